@@ -1,0 +1,5 @@
+import sys
+
+from neftc.cli import main
+
+sys.exit(main())

@@ -1,0 +1,200 @@
+"""The ``neftc`` command line."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from neftc import __version__
+from neftc.errors import NeftcError
+
+EPILOG = """examples:
+  neftc demo                                   train, compile and check a CNN on built-in data
+  neftc compile model.pt2 --target fefet_128x128 -o out/
+  neftc compile weights.pt --arch resnet18 --input-shape 3,32,32 --target rram4_256x256 -o out/
+  neftc inspect out/
+  neftc targets --json
+"""
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="neftc", description="Compile trained PyTorch models onto compute-in-memory "
+        "crossbar accelerators.", epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"neftc {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    comp = sub.add_parser("compile", help="compile a model into a crossbar layout",
+                          description="Trace MODEL, quantise, bit-slice and tile its weights for "
+                          "the target, place the tiles, and write a layout directory.")
+    comp.add_argument("model", type=Path, help="a torch.export.save archive (.pt2) or a "
+                      "torch.save state_dict (.pt, with --arch)")
+    _add_target_args(comp)
+    comp.add_argument("-o", "--output", type=Path, default=Path("out"),
+                      help="layout directory to write (default: out)")
+    comp.add_argument("--arch", help="architecture of a state_dict: mlp, lenet, vgg8, resnet18, "
+                      "or package.module:Class (built with no arguments)")
+    comp.add_argument("--input-shape", help="one sample's shape, e.g. 1,28,28 (needed with --arch)")
+    comp.add_argument("--trust-model", action="store_true",
+                      help="allow a .pt holding a pickled nn.Module (this runs code from the file)")
+    comp.add_argument("--per-channel", action="store_true",
+                      help="one quantisation scale per output channel (default: per layer)")
+    comp.add_argument("--calibration", choices=["max-abs", "percentile"], default="max-abs",
+                      help="weight range calibration (default: max-abs; percentile clips at "
+                      "the 99.99th percentile of |W|)")
+    comp.add_argument("--fold-bn", action="store_true",
+                      help="fold inference BatchNorm into the preceding conv/linear "
+                      "(default: BN runs in the digital periphery)")
+    comp.add_argument("--dump-after-each", type=Path, metavar="DIR",
+                      help="write the graph after every pass to DIR")
+    comp.add_argument("--json", action="store_true", help="print the summary as JSON")
+    comp.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
+
+    insp = sub.add_parser("inspect", help="summarise a layout directory",
+                          description="Validate a layout (schema and checksums) and print per "
+                          "layer: name, op, matrix rows x cols, bits, slices, tiles, arrays; and "
+                          "the totals.")
+    insp.add_argument("layout", type=Path)
+    insp.add_argument("--json", action="store_true", help="print as JSON")
+
+    tg = sub.add_parser("targets", help="list the built-in targets",
+                        description="List the built-in target presets, or print one (or all) "
+                        "as JSON with every field and its source.")
+    tg.add_argument("tag", nargs="?", help="show one target (a tag or a spec file), with --set")
+    tg.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    tg.add_argument("--json", action="store_true", help="print as JSON")
+
+    demo = sub.add_parser("demo", help="train, compile and check a small CNN on built-in data",
+                          description="Train a LeNet-style CNN on the built-in digits data (no "
+                          "download), save it with torch.export, compile it for the target, read "
+                          "the layout back and compare the test accuracy of the float model and "
+                          "of the weights the layout programs.")
+    _add_target_args(demo)
+    demo.add_argument("-o", "--output", type=Path, default=Path("neftc-demo"),
+                      help="directory for model.pt2, layout/ and demo.json (default: neftc-demo)")
+    demo.add_argument("--epochs", type=int, default=40)
+    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    return parser
+
+
+def _add_target_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--target", default="fefet_128x128",
+                        help="built-in tag (see 'neftc targets') or a YAML/JSON spec file "
+                        "(default: fefet_128x128)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[],
+                        metavar="KEY=VALUE", help="override a target field, e.g. "
+                        "--set noise.sigma_rel=0.15 (repeatable)")
+
+
+def _cmd_compile(args: argparse.Namespace) -> int:
+    from neftc.compiler import CompileSettings, compile_model
+    from neftc.frontend import parse_input_shape
+    from neftc.summary import format_summary, layout_summary
+    from neftc.targets import resolve_target
+
+    target = resolve_target(args.target, args.overrides)
+    shape = parse_input_shape(args.input_shape) if args.input_shape else None
+    settings = CompileSettings(per_channel=args.per_channel, calibration=args.calibration,
+                               fold_bn=args.fold_bn, dump_after_each=args.dump_after_each)
+    start = time.perf_counter()
+
+    def on_pass(name: str, modified: bool) -> None:
+        if not args.quiet and not args.json:
+            print(f"  [{time.perf_counter() - start:6.2f} s] {name}"
+                  f"{'' if modified else ' (no change)'}", file=sys.stderr)
+
+    result = compile_model(args.model, target, args.output, arch=args.arch, input_shape=shape,
+                           trust_model=args.trust_model, settings=settings, on_pass=on_pass)
+    summary = layout_summary(result.doc)
+    if args.json:
+        print(json.dumps({"output": str(args.output), **summary}, indent=1))
+    else:
+        print(format_summary(summary), end="")
+        print(f"\nwrote {args.output}/ in {time.perf_counter() - start:.1f} s")
+    return 0
+
+
+def _cmd_inspect(args: argparse.Namespace) -> int:
+    from neftc.layout import load_layout
+    from neftc.summary import format_summary, layout_summary
+
+    summary = layout_summary(load_layout(args.layout).doc)
+    print(json.dumps(summary, indent=1) if args.json else format_summary(summary), end="\n"
+          if args.json else "")
+    return 0
+
+
+def _cmd_targets(args: argparse.Namespace) -> int:
+    from neftc.targets import builtin_targets, resolve_target
+
+    if args.tag:
+        spec = resolve_target(args.tag, args.overrides)
+        print(json.dumps(spec.model_dump(mode="json"), indent=1) if args.json else
+              _target_text(spec))
+        return 0
+    targets = builtin_targets()
+    if args.json:
+        print(json.dumps({tag: t.model_dump(mode="json") for tag, t in targets.items()}, indent=1))
+        return 0
+    print(f"{'tag':<16} {'array':>9} {'cell':>6} {'weight':>7} {'encoding':<12} {'s':>4} "
+          f"{'sigma':>6} {'arrays':>7}  description")
+    for tag, t in targets.items():
+        print(f"{tag:<16} {t.array.rows:>4}x{t.array.cols:<4} {t.cell.bits:>4} b {t.weight.bits:>5} b"
+              f" {t.weight.sign_encoding:<12} {t.noise.state_ratio:>4g} {t.noise.sigma_rel:>6g} "
+              f"{t.chip.arrays:>7}  {t.description}")
+    print("\n'neftc targets TAG' shows every field with its source; --json prints all as JSON.")
+    return 0
+
+
+def _target_text(spec: object) -> str:
+    from neftc.targets.spec import TargetSpec
+
+    assert isinstance(spec, TargetSpec)
+    data = spec.model_dump(mode="json")
+    lines = [f"{spec.name}: {spec.description}"]
+    for section, values in data.items():
+        if not isinstance(values, dict) or section == "sources":
+            continue
+        for key, value in values.items():
+            path = f"{section}.{key}"
+            source = spec.sources.get(path, "")
+            lines.append(f"  {path:<36} {value!s:<14} {source}")
+    return "\n".join(lines)
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from neftc.demo import format_demo, run_demo
+    from neftc.targets import resolve_target
+
+    target = resolve_target(args.target, args.overrides)
+    if args.epochs < 1:
+        raise NeftcError(f"--epochs must be at least 1, got {args.epochs}")
+    result = run_demo(args.output, target, epochs=args.epochs, seed=args.seed,
+                      progress=not args.quiet)
+    print(format_demo(result, args.output), end="")
+    return 0
+
+
+COMMANDS = {"compile": _cmd_compile, "inspect": _cmd_inspect, "targets": _cmd_targets,
+            "demo": _cmd_demo}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except NeftcError as exc:
+        print(f"neftc {args.command}: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("neftc: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,102 @@
+"""The compile driver: model file (or module) -> passes -> layout directory."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from neftc.emit import build_layout, write_layout
+from neftc.errors import PassError
+from neftc.frontend import LoadedModel, file_sha256, load_model, trace_module
+from neftc.layout_schema import CompileOptions, LayoutDoc, SourceRecord
+from neftc.meta import crossbar_nodes
+from neftc.pass_manager import PassContext, PassManager
+from neftc.passes import default_pipeline
+from neftc.summary import format_summary, layout_summary
+from neftc.targets.spec import TargetSpec
+from neftc.zoo import InputShape
+
+
+@dataclass(frozen=True)
+class CompileSettings:
+    per_channel: bool = False
+    calibration: str = "max-abs"
+    fold_bn: bool = False
+    dump_after_each: Path | None = None
+
+    def options(self) -> CompileOptions:
+        return CompileOptions(per_channel=self.per_channel,
+                              calibration=self.calibration,  # type: ignore[arg-type]
+                              fold_bn=self.fold_bn, placement="in-order")
+
+
+@dataclass(frozen=True)
+class CompileResult:
+    doc: LayoutDoc
+    gm: torch.fx.GraphModule  # the compiled graph; it computes the fake-quantised model
+    out_dir: Path | None
+
+
+def _compile_loaded(loaded: LoadedModel, target: TargetSpec, settings: CompileSettings,
+                    out_dir: Path | None,
+                    on_pass: Callable[[str, bool], None] | None) -> CompileResult:
+    ctx = PassContext(target=target, example_input=loaded.example_input)
+    passes = default_pipeline(fold_bn=settings.fold_bn, per_channel=settings.per_channel,
+                              calibration=settings.calibration)
+    gm = PassManager(passes, dump_dir=settings.dump_after_each, on_pass=on_pass).run(loaded.gm, ctx)
+    if not crossbar_nodes(gm):
+        raise PassError("the model has no crossbar-mappable op (Linear, Conv1d/2d or a matmul "
+                        "with a parameter); there is nothing to put on the chip")
+    source = SourceRecord(path=loaded.source, sha256=loaded.sha256, kind=loaded.kind,
+                          arch=loaded.arch)
+    doc, levels, tensors = build_layout(gm, target, loaded.example_input, source,
+                                        settings.options())
+    if out_dir is not None:
+        write_layout(out_dir, doc, levels, tensors, format_summary(layout_summary(doc)))
+    return CompileResult(doc, gm, out_dir)
+
+
+def compile_model(
+    path: str | Path,
+    target: TargetSpec,
+    out_dir: str | Path | None = None,
+    *,
+    arch: str | None = None,
+    input_shape: InputShape | None = None,
+    trust_model: bool = False,
+    settings: CompileSettings = CompileSettings(),
+    on_pass: Callable[[str, bool], None] | None = None,
+    source_name: str | None = None,
+) -> CompileResult:
+    """Compile a model file for ``target``; write the layout to ``out_dir`` when given.
+
+    ``source_name`` replaces the model path recorded in the layout (default: ``path``).
+    """
+    loaded = load_model(path, arch=arch, input_shape=input_shape, trust_model=trust_model)
+    if source_name is not None:
+        loaded = replace(loaded, source=source_name)
+    return _compile_loaded(loaded, target, settings, Path(out_dir) if out_dir else None, on_pass)
+
+
+def compile_module(
+    module: nn.Module,
+    example_input: torch.Tensor,
+    target: TargetSpec,
+    out_dir: str | Path | None = None,
+    *,
+    settings: CompileSettings = CompileSettings(),
+) -> CompileResult:
+    """Compile an in-memory module (it is copied, never modified)."""
+    module = copy.deepcopy(module).eval()
+    gm = trace_module(module, example_input)
+    loaded = LoadedModel(gm, example_input, f"<{type(module).__name__}>", "0" * 64, "module",
+                         type(module).__name__)
+    return _compile_loaded(loaded, target, settings, Path(out_dir) if out_dir else None, None)
+
+
+__all__ = ["CompileResult", "CompileSettings", "compile_model", "compile_module", "file_sha256"]

@@ -1,0 +1,184 @@
+"""Emit a compiled graph as a layout directory (``layout.json`` + binary sidecars + checksums)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.fx
+
+from neftc import __version__
+from neftc.atomic import atomic_directory
+from neftc.graph_codec import encode_arg, target_name
+from neftc.layout_schema import (
+    CHECKSUMS_FILE, LAYOUT_FILE, LEVELS_FILE, REPORT_FILE, TENSORS_FILE, CompileOptions,
+    ConvRecord, FileRecord, GraphNode, GraphRecord, LayerRecord, LayoutDoc, PeripheryRecord,
+    QuantRecord, SlicingRecord, SourceRecord, SummaryRecord, TensorRecord, TileRecord,
+)
+from neftc.meta import NodeInfo, crossbar_nodes, get_info
+from neftc.pass_manager import NodeError
+from neftc.targets.spec import TargetSpec
+
+_ALIGN = 64
+
+
+@dataclass
+class _Blob:
+    """An append-only binary sidecar, each record aligned to 64 bytes."""
+
+    chunks: list[bytes]
+    size: int = 0
+
+    def append(self, data: bytes) -> int:
+        pad = (-self.size) % _ALIGN
+        if pad:
+            self.chunks.append(b"\0" * pad)
+            self.size += pad
+        offset = self.size
+        self.chunks.append(data)
+        self.size += len(data)
+        return offset
+
+    def bytes(self) -> bytes:
+        return b"".join(self.chunks)
+
+
+def _tile_block(levels: np.ndarray, row_start: int, row_count: int, col_start: int,
+                col_count: int) -> np.ndarray:
+    """The uint8 [row_count, col_count] block of a layer's physical matrix.
+
+    ``levels[p, s, r, c]`` becomes the physical matrix ``phys[r, (c * P + p) * S + s]``.
+    """
+    n_pol, n_slices, rows, cols = levels.shape
+    block_rows = levels[:, :, row_start:row_start + row_count, :]
+    phys = block_rows.transpose(2, 3, 0, 1).reshape(row_count, cols * n_pol * n_slices)
+    return np.ascontiguousarray(phys[:, col_start:col_start + col_count])
+
+
+def _layer_record(node: torch.fx.Node, info: NodeInfo, levels_blob: _Blob,
+                  bias: str | None) -> LayerRecord:
+    if info.quant is None or info.slices is None or not info.tiles:
+        raise NodeError(node, "is not quantised, sliced and tiled; run the full pipeline")
+    if any(t.core < 0 for t in info.tiles):
+        raise NodeError(node, "has tiles without an array; run place")
+    levels = info.slices.levels
+    tiles = []
+    for t in info.tiles:
+        block = _tile_block(levels, t.row_start, t.row_count, t.col_start, t.col_count)
+        offset = levels_blob.append(block.tobytes())
+        tiles.append(TileRecord(index=t.index, row_tile=t.row_tile, col_tile=t.col_tile,
+                                row_start=t.row_start, row_count=t.row_count,
+                                col_start=t.col_start, col_count=t.col_count, core=t.core,
+                                array=t.array, levels_offset=offset))
+    conv = None
+    if info.conv is not None:
+        conv = ConvRecord(stride=list(info.conv.stride), padding=list(info.conv.padding),
+                          dilation=list(info.conv.dilation), groups=info.conv.groups,
+                          kernel=list(info.conv.kernel))
+    return LayerRecord(
+        name=info.layer, node=node.name, op=info.op, weight_shape=list(info.weight_shape),
+        matrix_rows=info.matrix_rows, matrix_cols=info.matrix_cols, conv=conv, bias=bias,
+        quant=QuantRecord(bits=info.quant.bits, qmax=info.quant.qmax,
+                          per_channel=info.quant.per_channel,
+                          scales=[float(s) for s in info.quant.scales]),
+        slicing=SlicingRecord(cell_bits=info.slices.cell_bits, slices=int(levels.shape[1]),
+                              polarities=int(levels.shape[0]), encoding=info.slices.encoding,
+                              offset=info.slices.offset),
+        tiles=tiles,
+    )
+
+
+def _get_attr(gm: torch.nn.Module, target: str) -> torch.Tensor:
+    obj: object = gm
+    for part in target.split("."):
+        obj = getattr(obj, part)
+    if not isinstance(obj, torch.Tensor):
+        raise TypeError(f"attribute {target} is a {type(obj).__name__}, not a tensor")
+    return obj
+
+
+def build_layout(
+    gm: torch.fx.GraphModule,
+    target: TargetSpec,
+    example_input: torch.Tensor,
+    source: SourceRecord,
+    options: CompileOptions,
+) -> tuple[LayoutDoc, bytes, bytes]:
+    """The layout document and its two sidecars (levels, tensors) for a placed graph."""
+    levels_blob, tensors_blob = _Blob([]), _Blob([])
+    crossbar_weights: dict[str, str] = {}  # get_attr node name -> layer
+    for node in crossbar_nodes(gm):
+        crossbar_weights[node.args[1].name] = get_info(node).layer  # type: ignore[union-attr]
+    tensors: list[TensorRecord] = []
+    nodes: list[GraphNode] = []
+    layers: list[LayerRecord] = []
+    for node in gm.graph.nodes:
+        info = get_info(node)
+        if node.op == "get_attr":
+            layer = crossbar_weights.get(node.name)
+            if layer is None:  # a digital tensor: store its values
+                value = _get_attr(gm, str(node.target)).detach().cpu().contiguous()
+                if value.dtype == torch.bfloat16:
+                    value = value.float()
+                array = value.numpy()
+                offset = tensors_blob.append(array.astype(array.dtype.newbyteorder("<")).tobytes())
+                tensors.append(TensorRecord(name=str(node.target), dtype=str(array.dtype),
+                                            shape=list(array.shape), offset=offset,
+                                            nbytes=array.nbytes))
+            nodes.append(GraphNode(name=node.name, op="get_attr", target=str(node.target),
+                                   layer=layer))
+            continue
+        if node.op not in ("placeholder", "call_function", "output"):
+            raise NodeError(node, f"op kind '{node.op}' cannot be written to a layout; run normalize")
+        if info is not None:
+            bias_node = node.args[2]
+            bias = str(bias_node.target) if isinstance(bias_node, torch.fx.Node) else None
+            layers.append(_layer_record(node, info, levels_blob, bias))
+        nodes.append(GraphNode(
+            name=node.name, op=node.op, target=target_name(node),
+            args=[encode_arg(a, node) for a in node.args],
+            kwargs={k: encode_arg(v, node) for k, v in node.kwargs.items()},
+            layer=info.layer if info is not None else None,
+        ))
+    levels_bytes, tensors_bytes = levels_blob.bytes(), tensors_blob.bytes()
+    cells = sum(t.row_count * t.col_count for layer in layers for t in layer.tiles)
+    arrays = sum(len(layer.tiles) for layer in layers)
+    capacity = arrays * target.array.rows * target.array.cols
+    summary = SummaryRecord(
+        layers=len(layers),
+        weights=sum(int(np.prod(layer.weight_shape)) for layer in layers),
+        arrays_used=arrays, arrays_available=target.chip.arrays, cells_used=cells,
+        cells_in_used_arrays=capacity, utilization=cells / capacity if capacity else 0.0,
+    )
+    doc = LayoutDoc(
+        neftc_version=__version__, source=source, target=target, options=options,
+        periphery=PeripheryRecord(**target.periphery.model_dump()),
+        files={
+            "levels": FileRecord(path=LEVELS_FILE, nbytes=len(levels_bytes),
+                                 sha256=hashlib.sha256(levels_bytes).hexdigest()),
+            "tensors": FileRecord(path=TENSORS_FILE, nbytes=len(tensors_bytes),
+                                  sha256=hashlib.sha256(tensors_bytes).hexdigest()),
+        },
+        tensors=tensors, layers=layers,
+        graph=GraphRecord(input_shape=list(example_input.shape), nodes=nodes),
+        summary=summary,
+    )
+    return doc, levels_bytes, tensors_bytes
+
+
+def write_layout(out_dir: Path, doc: LayoutDoc, levels: bytes, tensors: bytes,
+                 report: str) -> None:
+    """Write the layout directory atomically, with a ``SHA256SUMS`` file over every file."""
+    document = json.dumps(doc.model_dump(mode="json"), indent=1).encode() + b"\n"
+    files = {LAYOUT_FILE: document, LEVELS_FILE: levels, TENSORS_FILE: tensors,
+             REPORT_FILE: report.encode()}
+    with atomic_directory(Path(out_dir), marker=LAYOUT_FILE) as tmp:
+        for name, data in files.items():
+            (tmp / name).write_bytes(data)
+        sums = "".join(f"{hashlib.sha256(data).hexdigest()}  {name}\n"
+                       for name, data in files.items() if name != REPORT_FILE)
+        (tmp / CHECKSUMS_FILE).write_text(sums)

@@ -1,0 +1,83 @@
+"""Encode fx graph arguments as JSON (and back).
+
+A JSON argument is a scalar (int, float, bool, str, null), a list, or one of the tagged objects
+``{"node": NAME}`` (another node's output), ``{"dtype": "float32"}``, ``{"device": "cpu"}``,
+``{"float": "inf" | "-inf" | "nan"}``, ``{"memory_format": NAME}``, ``{"layout": NAME}``.
+"""
+
+from __future__ import annotations
+
+import math
+import operator
+from typing import Any
+
+import torch
+import torch.fx
+
+from neftc.pass_manager import NodeError
+
+_DTYPES = {str(d).removeprefix("torch."): d for d in (
+    torch.float32, torch.float64, torch.float16, torch.bfloat16, torch.int64, torch.int32,
+    torch.int16, torch.int8, torch.uint8, torch.bool)}
+_MEMORY_FORMATS = {"contiguous_format": torch.contiguous_format,
+                   "channels_last": torch.channels_last,
+                   "preserve_format": torch.preserve_format}
+
+
+def target_name(node: torch.fx.Node) -> str:
+    if node.op == "call_function":
+        if node.target is operator.getitem:
+            return "getitem"
+        return str(node.target)  # e.g. 'aten.relu.default'
+    return str(node.target)
+
+
+def encode_arg(value: Any, node: torch.fx.Node) -> Any:
+    if isinstance(value, torch.fx.Node):
+        return {"node": value.name}
+    if isinstance(value, bool) or value is None or isinstance(value, (int, str)):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else {"float": repr(value)}
+    if isinstance(value, (list, tuple)):
+        return [encode_arg(v, node) for v in value]
+    if isinstance(value, torch.dtype):
+        return {"dtype": str(value).removeprefix("torch.")}
+    if isinstance(value, torch.device):
+        return {"device": "cpu"}
+    if isinstance(value, torch.memory_format):
+        return {"memory_format": str(value).removeprefix("torch.")}
+    if isinstance(value, torch.layout):
+        return {"layout": str(value).removeprefix("torch.")}
+    raise NodeError(node, f"argument of type {type(value).__name__} cannot be written to a layout")
+
+
+def decode_arg(value: Any, env: dict[str, Any]) -> Any:
+    """Inverse of ``encode_arg``; node references are looked up in ``env``."""
+    if isinstance(value, list):
+        return [decode_arg(v, env) for v in value]
+    if isinstance(value, dict):
+        if "node" in value:
+            return env[value["node"]]
+        if "dtype" in value:
+            return _DTYPES[value["dtype"]]
+        if "device" in value:
+            return torch.device("cpu")
+        if "float" in value:
+            return float(value["float"])
+        if "memory_format" in value:
+            return _MEMORY_FORMATS[value["memory_format"]]
+        if "layout" in value:
+            return torch.strided
+    return value
+
+
+def node_refs(value: Any) -> list[str]:
+    """Names of the nodes an encoded argument refers to."""
+    if isinstance(value, list):
+        return [name for v in value for name in node_refs(v)]
+    if isinstance(value, dict):
+        if "node" in value:
+            return [str(value["node"])]
+        return [name for v in value.values() for name in node_refs(v)]
+    return []

@@ -1,0 +1,165 @@
+"""The layout document (``layout.json``): a versioned pydantic schema.
+
+The JSON Schema exported from these models is in ``docs/layout.schema.json``; the prose reference,
+with the sidecar formats, is ``docs/layout.md``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from neftc.targets.spec import TargetSpec
+
+LAYOUT_FORMAT = "neftc-layout"
+LAYOUT_VERSION = 1
+
+LAYOUT_FILE = "layout.json"
+LEVELS_FILE = "levels.bin"
+TENSORS_FILE = "tensors.bin"
+CHECKSUMS_FILE = "SHA256SUMS"
+REPORT_FILE = "report.txt"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class FileRecord(_Strict):
+    """A binary sidecar file of the layout directory."""
+
+    path: str = Field(description="file name, relative to the layout directory")
+    nbytes: int = Field(ge=0)
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+
+
+class SourceRecord(_Strict):
+    path: str = Field(description="the model file as given to neftc compile")
+    sha256: str
+    kind: Literal["exported-program", "state-dict", "pickled-module", "module"]
+    arch: str | None = None
+
+
+class CompileOptions(_Strict):
+    per_channel: bool
+    calibration: Literal["max-abs", "percentile"]
+    fold_bn: bool
+    placement: Literal["in-order"]
+
+
+class TensorRecord(_Strict):
+    """A digital tensor (bias, BatchNorm statistics, constants) stored in ``tensors.bin``."""
+
+    name: str
+    dtype: Literal["float32", "float64", "float16", "int64", "int32", "int16", "int8", "uint8",
+                   "bool"]
+    shape: list[int]
+    offset: int = Field(ge=0, description="byte offset in tensors.bin (little-endian, C order)")
+    nbytes: int = Field(ge=0)
+
+
+class ConvRecord(_Strict):
+    stride: list[int]
+    padding: list[int]
+    dilation: list[int]
+    groups: int = Field(ge=1)
+    kernel: list[int]
+
+
+class QuantRecord(_Strict):
+    bits: int = Field(ge=1)
+    qmax: int = Field(ge=1)
+    per_channel: bool
+    scales: list[float] = Field(description="one per weight column (output channel): w = q * scale")
+
+
+class SlicingRecord(_Strict):
+    cell_bits: int = Field(ge=1)
+    slices: int = Field(ge=1, description="S: cells per weight column and polarity, LSB first")
+    polarities: int = Field(ge=1, le=2, description="P: 2 differential (+, -), 1 offset")
+    encoding: Literal["differential", "offset"]
+    offset: int = Field(ge=0, description="added to q before slicing (offset encoding), else 0")
+
+
+class TileRecord(_Strict):
+    """One programmed array: a block of the layer's physical matrix."""
+
+    index: int = Field(ge=0, description="tile index inside the layer, row tile major")
+    row_tile: int = Field(ge=0)
+    col_tile: int = Field(ge=0)
+    row_start: int = Field(ge=0, description="first matrix row (wordline input index)")
+    row_count: int = Field(ge=1)
+    col_start: int = Field(ge=0, description="first physical column of the layer")
+    col_count: int = Field(ge=1)
+    core: int = Field(ge=0)
+    array: int = Field(ge=0, description="array index inside the core")
+    levels_offset: int = Field(
+        ge=0, description="byte offset in levels.bin of this tile's uint8 [row_count, col_count]"
+    )
+
+
+class LayerRecord(_Strict):
+    """One crossbar-mapped layer."""
+
+    name: str
+    node: str = Field(description="the graph node that computes this layer")
+    op: Literal["linear", "conv1d", "conv2d"]
+    weight_shape: list[int]
+    matrix_rows: int = Field(ge=1, description="wordlines: C_in/groups * prod(kernel)")
+    matrix_cols: int = Field(ge=1, description="weight columns: C_out")
+    conv: ConvRecord | None = None
+    bias: str | None = Field(default=None, description="name of the bias tensor, if any")
+    quant: QuantRecord
+    slicing: SlicingRecord
+    tiles: list[TileRecord]
+
+
+class GraphNode(_Strict):
+    """One node of the network: the crossbar ops and the digital ops between them."""
+
+    name: str
+    op: Literal["placeholder", "get_attr", "call_function", "output"]
+    target: str = Field(description="ATen op ('aten.relu.default'), 'getitem', or attribute name")
+    args: list[Any] = Field(default_factory=list)
+    kwargs: dict[str, Any] = Field(default_factory=dict)
+    layer: str | None = Field(default=None, description="set on crossbar nodes and their weights")
+
+
+class GraphRecord(_Strict):
+    input_shape: list[int] = Field(description="example input shape, batch first")
+    nodes: list[GraphNode]
+
+
+class SummaryRecord(_Strict):
+    layers: int
+    weights: int
+    arrays_used: int
+    arrays_available: int
+    cells_used: int
+    cells_in_used_arrays: int
+    utilization: float = Field(description="cells_used / cells_in_used_arrays")
+
+
+class PeripheryRecord(_Strict):
+    input_bits: int
+    dac_bits_per_cycle: int
+    adc_bits: int
+    adcs_per_array: int
+
+
+class LayoutDoc(_Strict):
+    """The whole ``layout.json`` document."""
+
+    format: Literal["neftc-layout"] = LAYOUT_FORMAT
+    version: Literal[1] = LAYOUT_VERSION
+    neftc_version: str
+    source: SourceRecord
+    target: TargetSpec
+    options: CompileOptions
+    periphery: PeripheryRecord
+    files: dict[Literal["levels", "tensors"], FileRecord]
+    tensors: list[TensorRecord]
+    layers: list[LayerRecord]
+    graph: GraphRecord
+    summary: SummaryRecord

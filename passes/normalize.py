@@ -1,0 +1,279 @@
+"""normalize: lower the graph to canonical ATen ops and annotate the crossbar-mappable ones.
+
+After this pass the graph holds only placeholders, ``get_attr`` parameters, ATen ops (plus
+``operator.getitem``) and the output. Crossbar-mappable ops (a static weight) are canonical
+``aten.linear`` / ``aten.conv1d`` / ``aten.conv2d`` calls with every argument explicit and carry a
+``NodeInfo`` annotation; everything else runs in the digital periphery. BatchNorm stays a digital
+op unless ``fold_bn`` is set, which folds an inference BN into the conv or linear before it.
+"""
+
+from __future__ import annotations
+
+import operator
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+import torch.fx
+from torch.fx.operator_schemas import normalize_function
+
+from neftc.meta import ConvParams, NodeInfo, get_info, set_info
+from neftc.pass_manager import NodeError, PassContext, PassResult
+
+aten = torch.ops.aten
+
+_LINEAR = aten.linear.default
+_CONVS = {aten.conv1d.default: "conv1d", aten.conv2d.default: "conv2d"}
+_CONV_DIMS = {3: aten.conv1d.default, 4: aten.conv2d.default}
+_IDENTITY_OPS = {aten.dropout.default, aten.alias.default, aten.detach.default}
+
+
+@dataclass(frozen=True)
+class Normalize:
+    fold_bn: bool = False
+
+    name: ClassVar[str] = "normalize"
+    requires: ClassVar[frozenset[str]] = frozenset({"traced"})
+    provides: ClassVar[frozenset[str]] = frozenset({"normalized"})
+
+    def run(self, gm: torch.fx.GraphModule, ctx: PassContext) -> PassResult:
+        before = _signature(gm)
+        gm = _lower_to_aten(gm, ctx.example_input)
+        for node in list(gm.graph.nodes):
+            if node.op != "call_function":
+                continue
+            if node.target in _IDENTITY_OPS:
+                node.replace_all_uses_with(node.args[0])
+                gm.graph.erase_node(node)
+            elif node.target is aten._native_batch_norm_legit_no_training.default:
+                _canonical_batch_norm(gm, node)
+            elif node.target is aten.convolution.default:
+                _canonical_convolution(gm, node)
+            elif node.target in (aten.matmul.default, aten.mm.default, aten.addmm.default):
+                _canonical_matmul(gm, node)
+        gm.graph.eliminate_dead_code()
+        if self.fold_bn:
+            _fold_batch_norms(gm)
+        _annotate(gm)
+        _check_ops(gm)
+        gm.recompile()
+        return PassResult(gm, _signature(gm) != before)
+
+
+def _signature(gm: torch.fx.GraphModule) -> str:
+    return str(gm.graph) + repr([(n.name, get_info(n) is not None) for n in gm.graph.nodes])
+
+
+def _is_aten_level(gm: torch.fx.GraphModule) -> bool:
+    for node in gm.graph.nodes:
+        if node.op in ("call_module", "call_method"):
+            return False
+        if node.op == "call_function" and not (
+            isinstance(node.target, torch._ops.OpOverload) or node.target is operator.getitem
+        ):
+            return False
+    return True
+
+
+def _lower_to_aten(gm: torch.fx.GraphModule, example: torch.Tensor) -> torch.fx.GraphModule:
+    if _is_aten_level(gm):
+        return gm
+    gm.eval()
+    program = torch.export.export(gm, (example,))
+    lowered = program.module()
+    for node in list(lowered.graph.nodes):
+        if node.op == "call_module" and str(node.target).startswith("_guards"):
+            lowered.graph.erase_node(node)
+    lowered.graph.eliminate_dead_code()
+    lowered.recompile()
+    return lowered
+
+
+def _param(gm: torch.fx.GraphModule, node: Any) -> torch.Tensor | None:
+    """The tensor behind a get_attr node, else None."""
+    if isinstance(node, torch.fx.Node) and node.op == "get_attr":
+        value = _get_attr(gm, str(node.target))
+        return value if isinstance(value, torch.Tensor) else None
+    return None
+
+
+def _get_attr(gm: torch.nn.Module, target: str) -> Any:
+    obj: Any = gm
+    for part in target.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def _new_param(gm: torch.fx.GraphModule, anchor: torch.fx.Node, base: str,
+               value: torch.Tensor) -> torch.fx.Node:
+    """Register ``value`` as a new parameter named after ``base`` and return its get_attr node."""
+    name = base.replace(".", "_")
+    candidate, k = name, 1
+    while hasattr(gm, candidate):
+        k += 1
+        candidate = f"{name}_{k}"
+    gm.register_parameter(candidate, torch.nn.Parameter(value.detach().clone().contiguous()))
+    with gm.graph.inserting_before(anchor):
+        return gm.graph.get_attr(candidate)
+
+
+def _canonical_batch_norm(gm: torch.fx.GraphModule, node: torch.fx.Node) -> None:
+    x, weight, bias, mean, var, momentum, eps = node.args
+    users = list(node.users)
+    if not all(u.target is operator.getitem and u.args[1] == 0 for u in users):
+        return
+    with gm.graph.inserting_before(node):
+        bn = gm.graph.call_function(
+            aten.batch_norm.default, (x, weight, bias, mean, var, False, momentum, eps, False)
+        )
+    bn.meta.update(node.meta)
+    for user in users:
+        user.replace_all_uses_with(bn)
+        gm.graph.erase_node(user)
+    gm.graph.erase_node(node)
+
+
+def _canonical_convolution(gm: torch.fx.GraphModule, node: torch.fx.Node) -> None:
+    x, weight, bias, stride, padding, dilation, transposed, _output_padding, groups = node.args
+    w = _param(gm, weight)
+    if transposed or w is None or w.dim() not in _CONV_DIMS:
+        return  # transposed or dynamic-weight convs run digitally
+    with gm.graph.inserting_before(node):
+        conv = gm.graph.call_function(
+            _CONV_DIMS[w.dim()], (x, weight, bias, stride, padding, dilation, groups)
+        )
+    conv.meta.update(node.meta)
+    node.replace_all_uses_with(conv)
+    gm.graph.erase_node(node)
+
+
+def _transposed_weight(gm: torch.fx.GraphModule, node: Any) -> tuple[str, torch.Tensor] | None:
+    """If ``node`` is a static [in, out] weight (a parameter, or t() of one), its [out, in] form."""
+    if isinstance(node, torch.fx.Node) and node.op == "call_function" and node.target in (
+        aten.t.default, aten.transpose.int, aten.permute.default
+    ):
+        w = _param(gm, node.args[0])
+        if w is not None and w.dim() == 2:
+            return str(node.args[0].target), w  # t(W) with W [out, in]
+        return None
+    w = _param(gm, node)
+    if w is not None and w.dim() == 2:
+        return str(node.target), w.t()
+    return None
+
+
+def _canonical_matmul(gm: torch.fx.GraphModule, node: torch.fx.Node) -> None:
+    if node.target is aten.addmm.default:
+        bias, x, rhs = node.args[:3]
+        if node.kwargs.get("beta", 1) != 1 or node.kwargs.get("alpha", 1) != 1:
+            return
+    else:
+        x, rhs = node.args[:2]
+        bias = None
+    found = _transposed_weight(gm, rhs)
+    if found is None:
+        return  # a dynamic matmul (e.g. attention): digital
+    base, weight = found
+    weight_node = _new_param(gm, node, base + ".T", weight)
+    with gm.graph.inserting_before(node):
+        linear = gm.graph.call_function(_LINEAR, (x, weight_node, bias))
+    linear.meta.update(node.meta)
+    node.replace_all_uses_with(linear)
+    gm.graph.erase_node(node)
+
+
+def _fold_batch_norms(gm: torch.fx.GraphModule) -> None:
+    for node in list(gm.graph.nodes):
+        if node.target is not aten.batch_norm.default:
+            continue
+        producer = node.args[0]
+        if not (isinstance(producer, torch.fx.Node)
+                and (producer.target in _CONVS or producer.target is _LINEAR)
+                and len(producer.users) == 1):
+            continue
+        weight = _param(gm, producer.args[1])
+        stats = [_param(gm, a) for a in node.args[1:5]]
+        if weight is None or stats[2] is None or stats[3] is None:
+            continue
+        mean, var = stats[2], stats[3]
+        gamma = stats[0] if stats[0] is not None else torch.ones_like(mean)
+        beta = stats[1] if stats[1] is not None else torch.zeros_like(mean)
+        eps = float(node.args[7])
+        factor = gamma / torch.sqrt(var + eps)
+        old_bias = _param(gm, producer.args[2]) if len(producer.args) > 2 else None
+        bias = torch.zeros_like(mean) if old_bias is None else old_bias
+        shape = (-1,) + (1,) * (weight.dim() - 1)
+        new_w = _new_param(gm, producer, str(producer.args[1].target) + ".bnfold",
+                           weight * factor.reshape(shape))
+        new_b = _new_param(gm, producer, str(producer.args[1].target) + ".bnfold_bias",
+                           (bias - mean) * factor + beta)
+        args = list(producer.args)
+        args[1], args[2] = new_w, new_b
+        producer.args = tuple(args)
+        node.replace_all_uses_with(producer)
+        gm.graph.erase_node(node)
+    gm.graph.eliminate_dead_code()
+    gm.delete_all_unused_submodules()
+
+
+def _canonical_args(node: torch.fx.Node) -> tuple[Any, ...]:
+    normalized = normalize_function(node.target, node.args, node.kwargs,
+                                    normalize_to_only_use_kwargs=True)
+    if normalized is None:
+        raise NodeError(node, "cannot normalise the arguments of this op")
+    kw = normalized.kwargs
+    if node.target is _LINEAR:
+        return (kw["input"], kw["weight"], kw.get("bias"))
+    rank = 1 if node.target is aten.conv1d.default else 2
+    padding = kw.get("padding", 0)
+    if isinstance(padding, str):
+        raise NodeError(node, f"string padding '{padding}' is not supported; use explicit padding")
+    return (kw["input"], kw["weight"], kw.get("bias"), _tuple(kw.get("stride", 1), rank),
+            _tuple(padding, rank), _tuple(kw.get("dilation", 1), rank), int(kw.get("groups", 1)))
+
+
+def _tuple(value: Any, rank: int) -> tuple[int, ...]:
+    if isinstance(value, int):
+        return (value,) * rank
+    values = tuple(int(v) for v in value)
+    return values * rank if len(values) == 1 else values
+
+
+def _annotate(gm: torch.fx.GraphModule) -> None:
+    seen: dict[str, int] = {}
+    for node in gm.graph.nodes:
+        if node.op != "call_function" or not (node.target is _LINEAR or node.target in _CONVS):
+            continue
+        weight_node = node.args[1] if len(node.args) > 1 else node.kwargs.get("weight")
+        weight = _param(gm, weight_node)
+        if weight is None:
+            continue  # dynamic weight: digital
+        node.args = _canonical_args(node)
+        node.kwargs = {}
+        base = str(weight_node.target)
+        base = base[: -len(".weight")] if base.endswith(".weight") else base
+        seen[base] = seen.get(base, 0) + 1
+        layer = base if seen[base] == 1 else f"{base}#{seen[base]}"
+        c_out = int(weight.shape[0])
+        rows = int(weight[0].numel())
+        if node.target is _LINEAR:
+            set_info(node, NodeInfo(layer, "linear", tuple(weight.shape), rows, c_out))
+        else:
+            _, _, _, stride, padding, dilation, groups = node.args
+            conv = ConvParams(stride, padding, dilation, groups, tuple(weight.shape[2:]))
+            set_info(node, NodeInfo(layer, _CONVS[node.target], tuple(weight.shape), rows, c_out,
+                                    conv=conv))
+
+
+def _check_ops(gm: torch.fx.GraphModule) -> None:
+    for node in gm.graph.nodes:
+        if node.op in ("call_module", "call_method"):
+            raise NodeError(node, "left over after lowering to ATen; export the model with "
+                                  "torch.export and compile the .pt2")
+        if node.op == "call_function" and not (
+            node.target is operator.getitem
+            or (isinstance(node.target, torch._ops.OpOverload)
+                and node.target.namespace in ("aten", "prims"))
+        ):
+            raise NodeError(node, f"op {node.target} is neither an ATen op nor getitem, so the "
+                                  "layout cannot describe it; express it with standard torch ops")

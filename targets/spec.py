@@ -1,0 +1,161 @@
+"""The target spec: one frozen pydantic model per physical aspect of a CIM chip.
+
+Units are part of the field names (``_us`` microsiemens, ``_pj`` picojoules, ``_ns`` nanoseconds,
+``_um2`` square micrometres, ``_rel`` relative to a cell's full conductance range).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class ArraySpec(_Frozen):
+    """One crossbar array: wordlines (rows) x bitlines (columns)."""
+
+    rows: int = Field(gt=0, le=65536, description="wordlines per array")
+    cols: int = Field(gt=0, le=65536, description="bitlines per array")
+
+
+class CellSpec(_Frozen):
+    """One memory cell."""
+
+    bits: int = Field(ge=1, le=8, description="bits per cell; a cell holds 2**bits levels")
+    g_min_us: float = Field(ge=0, description="conductance of level 0, microsiemens")
+    g_max_us: float = Field(gt=0, description="conductance of the top level, microsiemens")
+    write_verify_tolerance_rel: float = Field(
+        ge=0, le=1, description="write-verify acceptance band, relative to the full range"
+    )
+
+    @property
+    def levels(self) -> int:
+        return 2**self.bits
+
+    @model_validator(mode="after")
+    def _range(self) -> "CellSpec":
+        if self.g_max_us <= self.g_min_us:
+            raise ValueError("cell.g_max_us must be larger than cell.g_min_us")
+        return self
+
+
+class WeightSpec(_Frozen):
+    """How a weight is quantised and encoded in cells."""
+
+    bits: int = Field(
+        ge=1,
+        le=16,
+        description=(
+            "bits programmed per weight column: the magnitude for 'differential' (8 -> -255..255, "
+            "as in the NeFT paper), the two's-range including sign for 'offset' (8 -> -128..127)"
+        ),
+    )
+    sign_encoding: Literal["differential", "offset"] = Field(
+        description=(
+            "'differential': a positive and a negative column per weight column; "
+            "'offset': one column holding q + 2**(bits-1), the offset removed digitally"
+        )
+    )
+
+
+class PeripherySpec(_Frozen):
+    """Converters at the array edges."""
+
+    input_bits: int = Field(ge=1, le=16, description="DAC resolution of the input activations")
+    dac_bits_per_cycle: int = Field(
+        ge=1, le=16, description="input bits applied per read cycle (1 = bit-serial)"
+    )
+    adc_bits: int = Field(ge=1, le=16, description="ADC resolution per bitline")
+    adcs_per_array: int = Field(ge=1, description="ADCs shared by the columns of one array")
+
+
+class NoiseSpec(_Frozen):
+    """Device-to-device programming variation (DESIGN.md section 4)."""
+
+    sigma_rel: float = Field(
+        ge=0, le=2, description="std of the programmed conductance, relative to the full range"
+    )
+    state_ratio: float = Field(
+        ge=0,
+        description="s: intermediate levels vary s times more than the two extreme levels",
+    )
+
+
+class FaultSpec(_Frozen):
+    """Optional stuck-at faults, as fractions of all cells."""
+
+    stuck_at_min_rate: float = Field(default=0.0, ge=0, le=1)
+    stuck_at_max_rate: float = Field(default=0.0, ge=0, le=1)
+
+
+class ChipSpec(_Frozen):
+    """Chip organisation."""
+
+    cores: int = Field(gt=0, description="compute cores")
+    arrays_per_core: int = Field(gt=0, description="crossbar arrays per core")
+    core_links: Literal["mesh", "ring", "all_to_all"] = Field(
+        description="topology of the core-to-core network"
+    )
+
+    @property
+    def arrays(self) -> int:
+        return self.cores * self.arrays_per_core
+
+
+class CostSpec(_Frozen):
+    """Per-operation cost constants for estimates."""
+
+    array_read_energy_pj: float = Field(ge=0, description="one read of a whole array")
+    array_read_latency_ns: float = Field(ge=0, description="one array read cycle")
+    adc_energy_pj: float = Field(ge=0, description="one ADC conversion")
+    dac_energy_pj: float = Field(ge=0, description="one DAC conversion (one wordline, one cycle)")
+    digital_add_energy_pj: float = Field(ge=0, description="one digital shift-and-add")
+    link_energy_pj_per_byte: float = Field(ge=0, description="moving one byte between cores")
+    array_area_um2: float = Field(ge=0, description="area of one array with its periphery")
+    cell_write_energy_pj: float = Field(ge=0, description="programming one cell (write-verify)")
+
+
+class TargetSpec(_Frozen):
+    """Everything neftc needs to know about a CIM chip."""
+
+    name: str = Field(min_length=1)
+    description: str = ""
+    array: ArraySpec
+    cell: CellSpec
+    weight: WeightSpec
+    periphery: PeripherySpec
+    noise: NoiseSpec
+    faults: FaultSpec = FaultSpec()
+    chip: ChipSpec
+    cost: CostSpec
+    sources: dict[str, str] = Field(
+        default_factory=dict, description="dotted field path -> where the number comes from"
+    )
+
+    @property
+    def slices(self) -> int:
+        """Cells (bit slices) per weight column."""
+        return -(-self.weight.bits // self.cell.bits)
+
+    @property
+    def polarities(self) -> int:
+        """Columns per weight column: 2 for a differential pair, 1 for offset encoding."""
+        return 2 if self.weight.sign_encoding == "differential" else 1
+
+    @property
+    def qmax(self) -> int:
+        """Largest integer weight magnitude the encoding can hold."""
+        if self.weight.sign_encoding == "differential":
+            return 2**self.weight.bits - 1
+        return 2 ** (self.weight.bits - 1) - 1
+
+    @property
+    def qmin(self) -> int:
+        """Smallest integer weight the encoding can hold."""
+        if self.weight.sign_encoding == "differential":
+            return -self.qmax
+        return -(2 ** (self.weight.bits - 1))
