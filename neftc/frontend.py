@@ -52,7 +52,8 @@ def file_sha256(path: Path) -> str:
 def parse_input_shape(text: str) -> InputShape:
     """'1,28,28' -> (1, 28, 28): the shape of one sample, without the batch dimension."""
     try:
-        shape = tuple(int(part) for part in text.replace("x", ",").split(",") if part.strip())
+        parts = text.split(",") if "," in text else text.split("x")
+        shape = tuple(int(part) for part in parts)
     except ValueError:
         shape = ()
     if not shape or any(d <= 0 for d in shape):
@@ -175,7 +176,14 @@ def _build_arch(arch: str, input_shape: InputShape, state: dict[str, torch.Tenso
         head = state.get(entry.head_key) if entry is not None else None
         num_classes = int(head.shape[0]) if head is not None and head.dim() == 2 else 10
         module = build(arch, input_shape, num_classes)
-    result = module.load_state_dict(state, strict=False)
+    try:
+        result = module.load_state_dict(state, strict=False)
+    except RuntimeError as exc:  # shape mismatches
+        mismatches = [line.strip().rstrip(".") for line in str(exc).splitlines() if "size mismatch" in line]
+        raise ModelFileError(f"'{path}' does not match architecture '{arch}': "
+                             + "; ".join(mismatches[:3])
+                             + (f" and {len(mismatches) - 3} more" if len(mismatches) > 3 else "")
+                             + ". Check --arch and --input-shape") from None
     problems = []
     if result.missing_keys:
         problems.append(f"missing {_some(result.missing_keys)}")

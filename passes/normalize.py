@@ -76,10 +76,17 @@ def _is_aten_level(gm: torch.fx.GraphModule) -> bool:
 
 
 def _lower_to_aten(gm: torch.fx.GraphModule, example: torch.Tensor) -> torch.fx.GraphModule:
+    """Lower a torch-level fx graph to ATen with torch.export, keeping the batch size dynamic
+    (a batch of 2 avoids export's specialisation of size-1 dimensions)."""
     if _is_aten_level(gm):
         return gm
     gm.eval()
-    program = torch.export.export(gm, (example,))
+    batch2 = example[:1].expand(2, *example.shape[1:]).contiguous()
+    try:
+        program = torch.export.export(gm, (batch2,),
+                                      dynamic_shapes=({0: torch.export.Dim.AUTO},))
+    except Exception:  # noqa: BLE001 - a model that needs a static batch still compiles
+        program = torch.export.export(gm, (example,))
     lowered = program.module()
     for node in list(lowered.graph.nodes):
         if node.op == "call_module" and str(node.target).startswith("_guards"):
@@ -104,9 +111,13 @@ def _get_attr(gm: torch.nn.Module, target: str) -> Any:
     return obj
 
 
+LAYER_KEY = "neftc_layer"  # get_attr meta: the layer name of a weight made by canonicalisation
+
+
 def _new_param(gm: torch.fx.GraphModule, anchor: torch.fx.Node, base: str,
-               value: torch.Tensor) -> torch.fx.Node:
-    """Register ``value`` as a new parameter named after ``base`` and return its get_attr node."""
+               value: torch.Tensor, layer: str) -> torch.fx.Node:
+    """Register ``value`` as a new parameter named after ``base`` and return its get_attr node,
+    tagged with the name of the layer it belongs to."""
     name = base.replace(".", "_")
     candidate, k = name, 1
     while hasattr(gm, candidate):
@@ -114,7 +125,9 @@ def _new_param(gm: torch.fx.GraphModule, anchor: torch.fx.Node, base: str,
         candidate = f"{name}_{k}"
     gm.register_parameter(candidate, torch.nn.Parameter(value.detach().clone().contiguous()))
     with gm.graph.inserting_before(anchor):
-        return gm.graph.get_attr(candidate)
+        node = gm.graph.get_attr(candidate)
+    node.meta[LAYER_KEY] = layer
+    return node
 
 
 def _canonical_batch_norm(gm: torch.fx.GraphModule, node: torch.fx.Node) -> None:
@@ -174,7 +187,7 @@ def _canonical_matmul(gm: torch.fx.GraphModule, node: torch.fx.Node) -> None:
     if found is None:
         return  # a dynamic matmul (e.g. attention): digital
     base, weight = found
-    weight_node = _new_param(gm, node, base + ".T", weight)
+    weight_node = _new_param(gm, node, base + ".T", weight, _layer_name(rhs, base))
     with gm.graph.inserting_before(node):
         linear = gm.graph.call_function(_LINEAR, (x, weight_node, bias))
     linear.meta.update(node.meta)
@@ -203,10 +216,11 @@ def _fold_batch_norms(gm: torch.fx.GraphModule) -> None:
         old_bias = _param(gm, producer.args[2]) if len(producer.args) > 2 else None
         bias = torch.zeros_like(mean) if old_bias is None else old_bias
         shape = (-1,) + (1,) * (weight.dim() - 1)
+        layer = _layer_name(producer.args[1], str(producer.args[1].target))
         new_w = _new_param(gm, producer, str(producer.args[1].target) + ".bnfold",
-                           weight * factor.reshape(shape))
+                           weight * factor.reshape(shape), layer)
         new_b = _new_param(gm, producer, str(producer.args[1].target) + ".bnfold_bias",
-                           (bias - mean) * factor + beta)
+                           (bias - mean) * factor + beta, layer + ".bias")
         args = list(producer.args)
         args[1], args[2] = new_w, new_b
         producer.args = tuple(args)
@@ -214,6 +228,16 @@ def _fold_batch_norms(gm: torch.fx.GraphModule) -> None:
         gm.graph.erase_node(node)
     gm.graph.eliminate_dead_code()
     gm.delete_all_unused_submodules()
+
+
+def _layer_name(weight_node: Any, target: str) -> str:
+    """A layer's name: the weight's qualified name without '.weight', or the original layer's
+    name when canonicalisation made a new weight (transposed matmul, folded BN)."""
+    if isinstance(weight_node, torch.fx.Node) and LAYER_KEY in weight_node.meta:
+        return str(weight_node.meta[LAYER_KEY])
+    if isinstance(weight_node, torch.fx.Node) and weight_node.op == "call_function":
+        return _layer_name(weight_node.args[0], str(getattr(weight_node.args[0], "target", target)))
+    return target[: -len(".weight")] if target.endswith(".weight") else target
 
 
 def _canonical_args(node: torch.fx.Node) -> tuple[Any, ...]:
@@ -250,8 +274,7 @@ def _annotate(gm: torch.fx.GraphModule) -> None:
             continue  # dynamic weight: digital
         node.args = _canonical_args(node)
         node.kwargs = {}
-        base = str(weight_node.target)
-        base = base[: -len(".weight")] if base.endswith(".weight") else base
+        base = _layer_name(weight_node, str(weight_node.target))
         seen[base] = seen.get(base, 0) + 1
         layer = base if seen[base] == 1 else f"{base}#{seen[base]}"
         c_out = int(weight.shape[0])

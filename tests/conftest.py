@@ -1,0 +1,69 @@
+"""Shared fixtures: small third-party-style models, written as a user would write them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from neftc.targets import TargetSpec, resolve_target
+
+
+class ResidualCNN(nn.Module):
+    """Conv + BN + residual add + pooling + flatten + functional linear: nothing neftc-specific."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU())
+        self.block = nn.Sequential(
+            nn.Conv2d(16, 16, 3, padding=1, bias=False), nn.BatchNorm2d(16), nn.ReLU(),
+            nn.Conv2d(16, 16, 3, padding=1, bias=False), nn.BatchNorm2d(16),
+        )
+        self.head_w = nn.Parameter(torch.randn(10, 16 * 4 * 4) * 0.05)
+        self.head_b = nn.Parameter(torch.zeros(10))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stem(x)
+        x = F.relu(self.block(x) + x)
+        x = F.max_pool2d(x, 2)
+        x = torch.flatten(x, 1)
+        return F.linear(x, self.head_w, self.head_b)
+
+
+def randomize_bn(model: nn.Module, seed: int = 0) -> nn.Module:
+    """Give BatchNorm layers non-trivial statistics so that BN handling is really tested."""
+    generator = torch.Generator().manual_seed(seed)
+    for module in model.modules():
+        if isinstance(module, nn.BatchNorm2d):
+            n = module.num_features
+            module.running_mean.copy_(torch.randn(n, generator=generator) * 0.1)
+            module.running_var.copy_(torch.rand(n, generator=generator) + 0.5)
+            module.weight.data.copy_(torch.rand(n, generator=generator) + 0.5)
+            module.bias.data.copy_(torch.randn(n, generator=generator) * 0.1)
+    return model.eval()
+
+
+@pytest.fixture
+def residual_cnn() -> nn.Module:
+    torch.manual_seed(0)
+    return randomize_bn(ResidualCNN())
+
+
+@pytest.fixture
+def cnn_input() -> torch.Tensor:
+    return torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(1))
+
+
+@pytest.fixture
+def exported_cnn(tmp_path: Path, residual_cnn: nn.Module, cnn_input: torch.Tensor) -> Path:
+    path = tmp_path / "model.pt2"
+    torch.export.save(torch.export.export(residual_cnn, (cnn_input[:1],)), path)
+    return path
+
+
+@pytest.fixture
+def fefet() -> TargetSpec:
+    return resolve_target("fefet_128x128")

@@ -1,0 +1,292 @@
+"""Each pass: structure, numerics (with stated tolerances), a does-nothing case, idempotence."""
+
+from __future__ import annotations
+
+import operator
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from torch import nn
+
+from neftc.errors import CapacityError, PassError, PassOrderError
+from neftc.frontend import trace_module
+from neftc.meta import crossbar_nodes, get_info
+from neftc.pass_manager import PassContext, PassManager, check_order
+from neftc.passes import BitSlice, MapTiles, Normalize, Place, Quantize
+from neftc.passes.bit_slice import slice_levels, unslice_levels
+from neftc.passes.map_tiles import make_tiles
+from neftc.targets import TargetSpec, resolve_target
+
+aten = torch.ops.aten
+
+
+def run(module: nn.Module, example: torch.Tensor, target: TargetSpec, passes: list):
+    gm = trace_module(module, example)
+    ctx = PassContext(target, example)
+    return PassManager(passes).run(gm, ctx), ctx
+
+
+def targets_of(gm: torch.fx.GraphModule) -> list:
+    return [n.target for n in gm.graph.nodes if n.op == "call_function"]
+
+
+# ---------------------------------------------------------------- normalize
+
+
+def test_normalize_lowers_to_canonical_aten(residual_cnn, cnn_input, fefet) -> None:
+    gm, _ = run(residual_cnn, cnn_input, fefet, [Normalize()])
+    ops = targets_of(gm)
+    assert ops.count(aten.conv2d.default) == 3
+    assert ops.count(aten.linear.default) == 1  # the functional F.linear head
+    assert ops.count(aten.batch_norm.default) == 3  # BN stays digital by default
+    assert aten.add.Tensor in ops and aten.max_pool2d.default in ops
+    assert all(n.op in ("placeholder", "get_attr", "call_function", "output")
+               for n in gm.graph.nodes)
+    layers = [get_info(n).layer for n in crossbar_nodes(gm)]
+    assert layers == ["stem.0", "block.0", "block.3", "head_w"]
+    info = get_info(crossbar_nodes(gm)[1])
+    assert (info.op, info.matrix_rows, info.matrix_cols) == ("conv2d", 16 * 3 * 3, 16)
+    assert info.conv.padding == (1, 1) and info.conv.kernel == (3, 3)
+
+
+def test_normalize_keeps_numerics(residual_cnn, cnn_input, fefet) -> None:
+    gm, _ = run(residual_cnn, cnn_input, fefet, [Normalize()])
+    # Same ops on the same float32 weights: only kernel-order rounding may differ.
+    torch.testing.assert_close(gm(cnn_input), residual_cnn(cnn_input), rtol=1e-5, atol=1e-6)
+
+
+def test_normalize_fold_bn(residual_cnn, cnn_input, fefet) -> None:
+    gm, _ = run(residual_cnn, cnn_input, fefet, [Normalize(fold_bn=True)])
+    assert aten.batch_norm.default not in targets_of(gm)
+    # Folding changes float rounding of w * gamma / sqrt(var + eps): a few ulps of the outputs.
+    torch.testing.assert_close(gm(cnn_input), residual_cnn(cnn_input), rtol=1e-4, atol=1e-5)
+
+
+class MatmulModel(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.proj = nn.Parameter(torch.randn(12, 5))
+        self.query = nn.Linear(12, 12)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        q = self.query(x)
+        scores = torch.matmul(q, x.transpose(-1, -2))  # dynamic: stays digital
+        return torch.matmul(torch.softmax(scores, -1) @ x, self.proj)  # static: crossbar
+
+
+def test_normalize_static_matmul_becomes_linear_dynamic_stays_digital(fefet) -> None:
+    model = MatmulModel().eval()
+    x = torch.randn(1, 4, 12)
+    gm, _ = run(model, x, fefet, [Normalize()])
+    infos = [get_info(n) for n in crossbar_nodes(gm)]
+    assert [(i.layer, i.matrix_rows, i.matrix_cols) for i in infos] == [
+        ("query", 12, 12), ("proj", 12, 5)]
+    assert sum(t in (aten.matmul.default, aten.bmm.default) for t in targets_of(gm)) >= 1
+    torch.testing.assert_close(gm(x), model(x), rtol=1e-5, atol=1e-5)
+
+
+def test_normalize_does_nothing_on_normalized_graph(residual_cnn, cnn_input, fefet) -> None:
+    gm, ctx = run(residual_cnn, cnn_input, fefet, [Normalize()])
+    text = str(gm.graph)
+    result = Normalize().run(gm, ctx)
+    assert not result.modified and str(result.gm.graph) == text
+
+
+def test_normalize_digital_only_model_has_no_crossbar_nodes(fefet) -> None:
+    model = nn.Sequential(nn.ReLU(), nn.AdaptiveAvgPool2d(1)).eval()
+    gm, _ = run(model, torch.randn(1, 2, 4, 4), fefet, [Normalize()])
+    assert crossbar_nodes(gm) == []
+
+
+# ---------------------------------------------------------------- quantize
+
+
+@pytest.mark.parametrize("per_channel", [False, True])
+def test_quantize_within_half_step(residual_cnn, cnn_input, fefet, per_channel) -> None:
+    original = {k: v.clone() for k, v in residual_cnn.state_dict().items()}
+    gm, _ = run(residual_cnn, cnn_input, fefet, [Normalize(), Quantize(per_channel=per_channel)])
+    for node in crossbar_nodes(gm):
+        info = get_info(node)
+        key = info.layer + ".weight" if info.layer != "head_w" else "head_w"
+        w = original[key].reshape(info.matrix_cols, -1).t().numpy().astype(np.float64)
+        q, scales = info.quant.q, info.quant.scales.astype(np.float64)
+        assert np.abs(q).max() <= 255
+        assert np.abs(q).max() == 255  # max-abs calibration uses the full range
+        # |w - q s| <= s/2 (rounding), plus float32 slack of the scale itself.
+        assert np.all(np.abs(w - q * scales) <= scales / 2 * (1 + 1e-5))
+        if per_channel:
+            assert np.all(np.abs(q).max(axis=0) == 255)
+        else:
+            assert np.unique(scales).size == 1
+    # The user's model is never modified.
+    for key, value in residual_cnn.state_dict().items():
+        assert torch.equal(value, original[key])
+
+
+def test_quantize_graph_computes_fake_quant(residual_cnn, cnn_input, fefet) -> None:
+    gm, _ = run(residual_cnn, cnn_input, fefet, [Normalize(), Quantize()])
+    reference = residual_cnn.eval()
+    with torch.no_grad():
+        out_q, out_f = gm(cnn_input), reference(cnn_input)
+    # 8-bit magnitudes: outputs move, but only by a small fraction of their scale.
+    assert not torch.equal(out_q, out_f)
+    assert (out_q - out_f).abs().max() < 0.02 * out_f.abs().max()
+
+
+def test_quantize_idempotent(residual_cnn, cnn_input, fefet) -> None:
+    gm, ctx = run(residual_cnn, cnn_input, fefet, [Normalize(), Quantize()])
+    before = [get_info(n).quant.q.copy() for n in crossbar_nodes(gm)]
+    result = Quantize().run(gm, ctx)
+    assert not result.modified
+    for node, q in zip(crossbar_nodes(result.gm), before):
+        assert np.array_equal(get_info(node).quant.q, q)
+
+
+def test_quantize_percentile_clips(fefet) -> None:
+    model = nn.Linear(200, 100).eval()  # 20000 weights: the 99.99th percentile excludes one
+    with torch.no_grad():
+        model.weight[0, 0] = 100.0  # one outlier
+    gm, _ = run(model, torch.randn(1, 200), fefet,
+                [Normalize(), Quantize(calibration="percentile")])
+    info = get_info(crossbar_nodes(gm)[0])
+    assert info.quant.scales[0] < 100.0 / 255 / 10  # the outlier no longer sets the scale
+    assert info.quant.q.max() == 255  # it is clipped to qmax
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.floats(-10, 10, allow_nan=False, width=32), min_size=2, max_size=40),
+       st.sampled_from([4, 6, 8]))
+def test_quantize_property_error_bound(values, bits) -> None:
+    target = resolve_target("fefet_128x128", [f"weight.bits={bits}"])
+    model = nn.Linear(len(values), 1, bias=False).eval()
+    with torch.no_grad():
+        model.weight.copy_(torch.tensor([values]))
+    gm, _ = run(model, torch.randn(1, len(values)), target, [Normalize(), Quantize()])
+    info = get_info(crossbar_nodes(gm)[0])
+    w = np.asarray(values, dtype=np.float64)
+    s = float(info.quant.scales[0])
+    assert np.abs(info.quant.q).max() <= target.qmax
+    assert np.all(np.abs(w - info.quant.q[:, 0] * s) <= s / 2 * (1 + 1e-5) + 1e-12)
+
+
+# ---------------------------------------------------------------- bit-slice
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.integers(-255, 255), min_size=1, max_size=50), st.sampled_from([1, 2, 3, 4]))
+def test_slice_property_round_trip_differential(values, cell_bits) -> None:
+    q = np.asarray(values, dtype=np.int64)
+    levels, offset = slice_levels(q, 8, cell_bits, "differential")
+    assert levels.shape == (2, -(-8 // cell_bits), len(values))
+    assert levels.max() < 2**cell_bits
+    assert np.all((levels[0] == 0) | (levels[1] == 0))  # only one column of a pair is non-zero
+    assert np.array_equal(unslice_levels(levels, cell_bits, offset), q)
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.integers(-128, 127), min_size=1, max_size=50), st.sampled_from([1, 2, 4]))
+def test_slice_property_round_trip_offset(values, cell_bits) -> None:
+    q = np.asarray(values, dtype=np.int64)
+    levels, offset = slice_levels(q, 8, cell_bits, "offset")
+    assert offset == 128 and levels.shape[0] == 1
+    assert np.array_equal(unslice_levels(levels, cell_bits, offset), q)
+
+
+def test_slice_golden() -> None:
+    # 201 = 0b11_00_10_01 -> slices (LSB first) 1, 2, 0, 3 on the positive column.
+    levels, _ = slice_levels(np.array([201, -6]), 8, 2, "differential")
+    assert levels[:, :, 0].tolist() == [[1, 2, 0, 3], [0, 0, 0, 0]]
+    assert levels[:, :, 1].tolist() == [[0, 0, 0, 0], [2, 1, 0, 0]]
+
+
+def test_bit_slice_idempotent_and_requires_quant(residual_cnn, cnn_input, fefet) -> None:
+    gm, ctx = run(residual_cnn, cnn_input, fefet, [Normalize(), Quantize(), BitSlice()])
+    assert not BitSlice().run(gm, ctx).modified
+    with pytest.raises(PassOrderError, match="requires quantized"):
+        check_order([Normalize(), BitSlice()])
+
+
+# ---------------------------------------------------------------- map-tiles and place
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.integers(1, 700), st.integers(1, 700), st.sampled_from([16, 64, 128, 256]),
+       st.sampled_from([32, 128, 256]))
+def test_tiles_property_exact_cover(rows, cols, array_rows, array_cols) -> None:
+    tiles = make_tiles(rows, cols, array_rows, array_cols)
+    covered = np.zeros((rows, cols), dtype=np.int32)
+    for tile in tiles:
+        assert 1 <= tile.row_count <= array_rows and 1 <= tile.col_count <= array_cols
+        covered[tile.row_start:tile.row_start + tile.row_count,
+                tile.col_start:tile.col_start + tile.col_count] += 1
+    assert np.all(covered == 1)  # nothing lost, nothing overlapping
+    assert len(tiles) == -(-rows // array_rows) * -(-cols // array_cols)
+
+
+def test_map_tiles_golden(fefet) -> None:
+    # 300 inputs x 20 outputs, 8 physical columns per weight column: 3 x 2 tiles of 128 x 128.
+    model = nn.Linear(300, 20).eval()
+    gm, ctx = run(model, torch.randn(1, 300), fefet,
+                  [Normalize(), Quantize(), BitSlice(), MapTiles(), Place()])
+    tiles = get_info(crossbar_nodes(gm)[0]).tiles
+    assert [(t.row_start, t.row_count, t.col_start, t.col_count) for t in tiles] == [
+        (0, 128, 0, 128), (0, 128, 128, 32), (128, 128, 0, 128), (128, 128, 128, 32),
+        (256, 44, 0, 128), (256, 44, 128, 32)]
+    assert [(t.core, t.array) for t in tiles] == [(0, i) for i in range(6)]
+    assert not MapTiles().run(gm, ctx).modified  # tiling is idempotent (placement kept)
+    assert not Place().run(gm, ctx).modified
+
+
+def test_place_refuses_model_too_large() -> None:
+    small = resolve_target("fefet_128x128", ["chip.cores=1", "chip.arrays_per_core=4"])
+    with pytest.raises(CapacityError, match="needs 6 arrays .* has 4"):
+        run(nn.Linear(300, 20).eval(), torch.randn(1, 300), small,
+            [Normalize(), Quantize(), BitSlice(), MapTiles(), Place()])
+
+
+def test_place_spills_over_cores() -> None:
+    target = resolve_target("fefet_128x128", ["chip.cores=4", "chip.arrays_per_core=4"])
+    gm, _ = run(nn.Linear(300, 20).eval(), torch.randn(1, 300), target,
+                [Normalize(), Quantize(), BitSlice(), MapTiles(), Place()])
+    placed = [(t.core, t.array) for t in get_info(crossbar_nodes(gm)[0]).tiles]
+    assert placed == [(0, 0), (0, 1), (0, 2), (0, 3), (1, 0), (1, 1)]
+
+
+# ---------------------------------------------------------------- pass manager
+
+
+def test_pass_failure_names_pass_and_node(fefet) -> None:
+    class Exploding:
+        name = "exploding"
+        requires = frozenset({"traced"})
+        provides = frozenset()
+
+        def run(self, gm, ctx):
+            from neftc.pass_manager import NodeError
+
+            node = next(n for n in gm.graph.nodes if n.op == "call_module")
+            raise NodeError(node, "cannot handle it")
+
+    model = nn.Sequential(nn.Linear(3, 3)).eval()
+    gm = trace_module(model, torch.randn(1, 3))
+    with pytest.raises(PassError, match=r"pass 'exploding' failed at node '_0'.*cannot handle it"):
+        PassManager([Exploding()]).run(gm, PassContext(fefet, torch.randn(1, 3)))
+
+
+def test_dump_after_each(tmp_path, residual_cnn, cnn_input, fefet) -> None:
+    gm = trace_module(residual_cnn, cnn_input)
+    passes = [Normalize(), Quantize(), BitSlice(), MapTiles(), Place()]
+    PassManager(passes, dump_dir=tmp_path).run(gm, PassContext(fefet, cnn_input))
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert names == ["00-input.txt", "01-normalize.txt", "02-quantize.txt", "03-bit-slice.txt",
+                     "04-map-tiles.txt", "05-place.txt"]
+    assert "aten.conv2d" in (tmp_path / "01-normalize.txt").read_text()
+    assert "tiles=" in (tmp_path / "05-place.txt").read_text()
+
+
+def test_getitem_is_allowed() -> None:
+    assert operator.getitem is operator.getitem  # documented: getitem is a permitted graph op
