@@ -1,0 +1,204 @@
+"""One crossbar-mapped layer as the chip computes it.
+
+The layer holds its programmed levels ``[P, S, R, C]`` and, for the current chip instance, the
+noisy conductances in level units (``level + (L-1) * e``). Two execution paths:
+
+- ideal periphery: the conductances fold into one effective weight
+  ``W = (sum_{p,s} sign_p * L^s * G[p, s] - offset) * scale``; one float conv/linear;
+- target periphery: inputs quantised by the DAC, fed ``dac_bits_per_cycle`` bits per cycle (two
+  phases for signed inputs), each row tile's bitline sums digitised by the ADC, then shift-and-add
+  over cycles and slices, polarity subtraction, row-tile accumulation and dequantisation. All bit
+  planes of a layer go through one batched matmul per row tile. When the ADC covers the largest
+  column sum at one level unit per code (it cannot clip or round a noise-free sum), the planes,
+  slices and polarities fold and one matmul on the DAC-quantised input remains.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from neftc.layout_schema import LayerRecord
+
+
+@dataclass(frozen=True)
+class InputQuant:
+    """DAC setting of one layer: ``x_int = clamp(round(x / scale))``, signed or unsigned."""
+
+    scale: float
+    signed: bool
+    bits: int
+
+    @property
+    def magnitude_bits(self) -> int:
+        return self.bits - 1 if self.signed else self.bits
+
+    @property
+    def max_int(self) -> int:
+        return 2**self.magnitude_bits - 1
+
+
+@dataclass(frozen=True)
+class AdcConfig:
+    adc_bits: int
+    dac_bits_per_cycle: int
+    row_tiles: tuple[tuple[int, int], ...]  # (row_start, row_count) of each row tile
+
+    def full_scale(self, rows: int, n_levels: int) -> float:
+        """Largest bitline sum of a tile of ``rows`` rows, in level units."""
+        return rows * (2**self.dac_bits_per_cycle - 1) * (n_levels - 1)
+
+    def transparent(self, n_levels: int) -> bool:
+        """True when the ADC resolves every noise-free column sum exactly (one code per unit)."""
+        return all(self.full_scale(rc, n_levels) <= 2**self.adc_bits - 1
+                   for _, rc in self.row_tiles)
+
+
+class CrossbarLayer(nn.Module):
+    def __init__(self, record: LayerRecord, levels: torch.Tensor, bias: torch.Tensor | None,
+                 n_levels: int) -> None:
+        super().__init__()
+        self.record = record
+        self.n_levels = n_levels
+        self.weight_shape = tuple(record.weight_shape)
+        n_pol = record.slicing.polarities
+        self.offset = record.slicing.offset
+        self.register_buffer("levels", levels.to(torch.float32))  # [P, S, R, C]
+        self.register_buffer("scales", torch.tensor(record.quant.scales, dtype=torch.float32))
+        self.register_buffer("bias", None if bias is None else bias.to(torch.float32))
+        self.register_buffer("slice_weights", torch.tensor(
+            [float(n_levels**s) for s in range(record.slicing.slices)]))
+        self.register_buffer("signs", torch.tensor([1.0, -1.0][:n_pol]))
+        self.conductance: torch.Tensor = self.levels  # level units, this chip instance
+        self.weight_override: torch.Tensor | None = None  # paper mode: weight-level noise
+        self.weight: torch.Tensor = self._fold()
+        self.input_quant: InputQuant | None = None
+        self.adc: AdcConfig | None = None
+
+    # ------------------------------------------------------------ programming a chip instance
+
+    def program(self, conductance: torch.Tensor | None,
+                weight_override: torch.Tensor | None = None) -> None:
+        """Set this chip instance's conductances (None: the ideal levels)."""
+        self.conductance = self.levels if conductance is None else conductance
+        self.weight_override = weight_override
+        self.weight = weight_override if weight_override is not None else self._fold()
+
+    def integer_matrix(self) -> torch.Tensor:
+        """Effective integer weights [R, C] of the programmed conductances."""
+        q = torch.einsum("psrc,p,s->rc", self.conductance, self.signs, self.slice_weights)
+        return q - self.offset if self.offset else q
+
+    def _fold_ideal(self) -> torch.Tensor:
+        """The noise-free dequantised weight (q * scale) in the weight's shape."""
+        q = torch.einsum("psrc,p,s->rc", self.levels, self.signs, self.slice_weights)
+        q = q - self.offset if self.offset else q
+        return (q * self.scales).t().reshape(self.weight_shape).contiguous()
+
+    def _fold(self) -> torch.Tensor:
+        matrix = self.integer_matrix() * self.scales
+        return matrix.t().reshape(self.weight_shape).contiguous()
+
+    # ------------------------------------------------------------ execution
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.input_quant is None:
+            return self._float_op(x, self.weight)
+        return self._periphery(x)
+
+    def _float_op(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        rec = self.record
+        if rec.op == "linear":
+            return F.linear(x, weight, self.bias)
+        conv = rec.conv
+        assert conv is not None
+        fn = F.conv2d if rec.op == "conv2d" else F.conv1d
+        return fn(x, weight, self.bias, conv.stride, conv.padding, conv.dilation, conv.groups)
+
+    def _unfold(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, ...]]:
+        """Rows the crossbar sees: [M, R], and the output shape prefix to restore."""
+        rec = self.record
+        if rec.op == "linear":
+            return x.reshape(-1, x.shape[-1]), tuple(x.shape[:-1])
+        conv = rec.conv
+        assert conv is not None
+        if rec.op == "conv1d":
+            x4 = x.unsqueeze(-2)
+            kernel, dil, pad, stride = ((1, conv.kernel[0]), (1, conv.dilation[0]),
+                                        (0, conv.padding[0]), (1, conv.stride[0]))
+        else:
+            x4, kernel, dil, pad, stride = x, conv.kernel, conv.dilation, conv.padding, conv.stride
+        cols = F.unfold(x4, tuple(kernel), dilation=tuple(dil), padding=tuple(pad),
+                        stride=tuple(stride))  # [N, C_in*k, positions]
+        n, _, positions = cols.shape
+        out_h = (x4.shape[-2] + 2 * pad[0] - dil[0] * (kernel[0] - 1) - 1) // stride[0] + 1
+        out_w = positions // out_h
+        spatial = (out_w,) if rec.op == "conv1d" else (out_h, out_w)
+        return cols.transpose(1, 2).reshape(n * positions, -1), (n, *spatial)
+
+    def _periphery(self, x: torch.Tensor) -> torch.Tensor:
+        rec = self.record
+        groups = rec.conv.groups if rec.conv is not None else 1
+        rows, prefix = self._unfold(x)
+        quant = self.input_quant
+        assert quant is not None and self.adc is not None
+        x_int = torch.clamp(torch.round(rows / quant.scale),
+                            -quant.max_int if quant.signed else 0, quant.max_int)
+        c_out = rec.matrix_cols
+        if groups == 1:
+            q_out = self._crossbar_mvm(x_int, self.conductance)
+        else:  # column block g reads the input channels of group g
+            per_group_in = x_int.shape[1] // groups
+            per_group_out = c_out // groups
+            q_out = torch.cat([
+                self._crossbar_mvm(x_int[:, g * per_group_in:(g + 1) * per_group_in],
+                                   self.conductance[..., g * per_group_out:(g + 1) * per_group_out])
+                for g in range(groups)], dim=1)
+        out = q_out * (quant.scale * self.scales)
+        if self.bias is not None:
+            out = out + self.bias
+        if rec.op == "linear":
+            return out.reshape(*prefix, c_out)
+        n, *spatial = prefix
+        return out.reshape(n, *spatial, c_out).movedim(-1, 1).contiguous()
+
+    def _crossbar_mvm(self, x_int: torch.Tensor, conductance: torch.Tensor) -> torch.Tensor:
+        """Integer-domain output [M, C] of the crossbar for integer inputs [M, R]."""
+        adc = self.adc
+        quant = self.input_quant
+        assert adc is not None and quant is not None
+        n_pol, n_slices, _, n_cols = conductance.shape
+        if adc.transparent(self.n_levels):
+            q = torch.einsum("psrc,p,s->rc", conductance, self.signs, self.slice_weights)
+            if self.offset:
+                q = q - self.offset
+            return x_int @ q
+        phases = [x_int.clamp(min=0), (-x_int).clamp(min=0)] if quant.signed else [x_int]
+        bits = adc.dac_bits_per_cycle
+        cycles = math.ceil(quant.magnitude_bits / bits)
+        mask = 2**bits - 1
+        planes, plane_weights = [], []
+        for sign, phase in zip((1.0, -1.0), phases):
+            magnitude = phase.to(torch.int64)
+            for c in range(cycles):
+                planes.append(((magnitude >> (c * bits)) & mask).to(torch.float32))
+                plane_weights.append(sign * float(2 ** (c * bits)))
+        stacked = torch.stack(planes)  # [K, M, R]
+        physical = conductance.permute(2, 3, 0, 1).reshape(conductance.shape[2], -1)  # [R, C*P*S]
+        total = torch.zeros(stacked.shape[0], stacked.shape[1], physical.shape[1])
+        levels_max = 2**adc.adc_bits - 1
+        for r0, rc in adc.row_tiles:
+            partial = stacked[:, :, r0:r0 + rc] @ physical[r0:r0 + rc]
+            full = adc.full_scale(rc, self.n_levels)
+            step = full / levels_max
+            total += torch.clamp(torch.round(partial / step) * step, 0.0, full)
+        summed = torch.einsum("kmq,k->mq", total, torch.tensor(plane_weights))
+        q_out = torch.einsum("mcps,p,s->mc", summed.reshape(-1, n_cols, n_pol, n_slices),
+                             self.signs, self.slice_weights)
+        if self.offset:
+            q_out = q_out - self.offset * x_int.sum(dim=1, keepdim=True)
+        return q_out

@@ -1,0 +1,195 @@
+"""The emulator: execute a layout on simulated chip instances.
+
+    emu = Emulator("out/", sigma=0.1, seed=0)
+    emu.program_chip(3)              # chip instance 3: every cell drawn once from the device model
+    logits = emu.forward(x)
+    emu.effective_weights()          # noisy dequantised weights of every layer, this chip
+
+Chip instance ``i`` of seed ``k`` is always the same chip: its noise comes from a
+``torch.Generator`` seeded with a hash of ``(k, i)``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from neftc.errors import DataError
+from neftc.layout import Layout, load_layout
+from neftc.runtime.crossbar import AdcConfig, CrossbarLayer, InputQuant
+from neftc.runtime.graph import build_module
+from neftc.runtime.noise import NoiseMode, NoiseModel, cell_std_levels, paper_weight_std
+
+
+def chip_generator(seed: int, chip: int) -> torch.Generator:
+    """The generator of chip instance ``chip`` under ``seed`` (independent streams)."""
+    state = np.random.SeedSequence([seed, chip]).generate_state(2, dtype=np.uint32)
+    return torch.Generator().manual_seed(int(state[0]) << 32 | int(state[1]))
+
+
+class Emulator:
+    def __init__(self, layout: Layout | str | Path, *, sigma: float | None = None, seed: int = 0,
+                 noise: NoiseMode = "cell", ideal_periphery: bool = True,
+                 faults: bool = True) -> None:
+        self.layout = layout if isinstance(layout, Layout) else load_layout(layout)
+        target = self.layout.doc.target
+        self.seed = seed
+        self.noise = NoiseModel(
+            sigma=target.noise.sigma_rel if sigma is None else float(sigma),
+            state_ratio=target.noise.state_ratio, mode=noise,
+            stuck_at_min_rate=target.faults.stuck_at_min_rate if faults else 0.0,
+            stuck_at_max_rate=target.faults.stuck_at_max_rate if faults else 0.0)
+        self.ideal_periphery = ideal_periphery
+        self.module, self.layers = build_module(self.layout)
+        self.module.eval()
+        self.n_levels = 2**target.cell.bits
+        self._cell_std = {name: cell_std_levels(layer.levels, self.n_levels, self.noise.sigma,
+                                                self.noise.state_ratio)
+                          for name, layer in self.layers.items()}
+        self.chip: int | None = None
+        self.calibrated = False
+
+    # ------------------------------------------------------------------ chip instances
+
+    def program_ideal(self) -> None:
+        """Program every cell exactly (no variation)."""
+        for layer in self.layers.values():
+            layer.program(None)
+        self.chip = None
+
+    def program_chip(self, chip: int) -> None:
+        """Program chip instance ``chip``: each cell drawn once from the device model."""
+        if not self.noise.active:
+            self.program_ideal()
+            self.chip = chip
+            return
+        generator = chip_generator(self.seed, chip)
+        for name, layer in self.layers.items():
+            if self.noise.mode == "paper":
+                ideal = layer._fold_ideal()
+                rec = layer.record
+                std = paper_weight_std(ideal, rec.quant.qmax, self.n_levels, rec.slicing.slices,
+                                       self.noise.sigma, self.noise.state_ratio)
+                noisy = ideal + std * torch.randn(ideal.shape, generator=generator)
+                layer.program(None, weight_override=noisy)
+                continue
+            levels = layer.levels
+            conductance = levels + self._cell_std[name] * torch.randn(levels.shape,
+                                                                      generator=generator)
+            if self.noise.has_faults:
+                u = torch.rand(levels.shape, generator=generator)
+                low = self.noise.stuck_at_min_rate
+                conductance = torch.where(u < low, torch.zeros(()), conductance)
+                stuck_high = (u >= low) & (u < low + self.noise.stuck_at_max_rate)
+                conductance = torch.where(stuck_high, torch.full((), float(self.n_levels - 1)),
+                                          conductance)
+            layer.program(conductance)
+        self.chip = chip
+
+    def chips(self, count: int, start: int = 0) -> Iterator[int]:
+        """Program chip instances ``start .. start+count-1`` in turn, yielding each index."""
+        for chip in range(start, start + count):
+            self.program_chip(chip)
+            yield chip
+
+    def effective_weights(self) -> dict[str, torch.Tensor]:
+        """Dequantised weights of every layer as programmed on the current chip instance."""
+        return {name: layer.weight.detach().clone() for name, layer in self.layers.items()}
+
+    # ------------------------------------------------------------------ periphery
+
+    def calibrate(self, x: torch.Tensor) -> dict[str, InputQuant]:
+        """Set every layer's DAC range from the noise-free activations of ``x`` (max-abs)."""
+        periphery = self.layout.doc.periphery
+        ranges: dict[str, tuple[float, float]] = {}
+        hooks = []
+        for name, layer in self.layers.items():
+            def record(_module, inputs, _output, name=name):
+                value = inputs[0].detach()
+                low, high = ranges.get(name, (0.0, 0.0))
+                ranges[name] = (min(low, float(value.min())), max(high, float(value.max())))
+            hooks.append(layer.register_forward_hook(record))
+        chip = self.chip
+        saved = {name: (layer.conductance, layer.weight_override, layer.input_quant)
+                 for name, layer in self.layers.items()}
+        try:
+            for layer in self.layers.values():
+                layer.program(None)
+                layer.input_quant = None
+            self._run(x)
+        finally:
+            for hook in hooks:
+                hook.remove()
+            for name, layer in self.layers.items():
+                conductance, override, quant = saved[name]
+                layer.program(None if conductance is layer.levels else conductance, override)
+                layer.input_quant = quant
+            self.chip = chip
+        settings = {}
+        for name, (low, high) in ranges.items():
+            signed = low < 0
+            bits = periphery.input_bits
+            max_int = 2 ** (bits - 1 if signed else bits) - 1
+            bound = max(abs(low), abs(high)) or 1.0
+            settings[name] = InputQuant(scale=bound / max_int, signed=signed, bits=bits)
+        self.set_input_quant(settings)
+        return settings
+
+    def set_input_quant(self, settings: dict[str, InputQuant]) -> None:
+        periphery = self.layout.doc.periphery
+        array_rows = self.layout.doc.target.array.rows
+        for name, layer in self.layers.items():
+            if self.ideal_periphery:
+                layer.input_quant, layer.adc = None, None
+                continue
+            rows = layer.record.matrix_rows // (layer.record.conv.groups if layer.record.conv else 1)
+            row_tiles = tuple((r0, min(array_rows, rows - r0)) for r0 in range(0, rows, array_rows))
+            layer.input_quant = settings[name]
+            layer.adc = AdcConfig(periphery.adc_bits, periphery.dac_bits_per_cycle, row_tiles)
+        self.calibrated = True
+
+    # ------------------------------------------------------------------ execution
+
+    def _run(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.module(x)
+        while isinstance(out, (list, tuple)) and len(out) == 1:
+            out = out[0]
+        return out
+
+    @torch.no_grad()
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Outputs of the current chip instance (call ``calibrate`` first for the DAC/ADC path)."""
+        if not self.ideal_periphery and not self.calibrated:
+            raise DataError("the emulator's DAC ranges are not set; call calibrate(x) with "
+                            "representative inputs first (neftc verify does this)")
+        expected = tuple(self.layout.doc.graph.input_shape[1:])
+        if tuple(x.shape[1:]) != expected:
+            raise DataError(f"input samples have shape {tuple(x.shape[1:])} but the layout was "
+                            f"compiled for {expected}")
+        return self._run(x.to(torch.float32))
+
+    __call__ = forward
+
+    def partial_mvms_per_weight(self) -> dict[str, int]:
+        """How many crossbar partial MVMs each weight needs on the target's periphery
+        (input cycles x phases x slices x polarities; 1 where the ADC lets them fold)."""
+        counts = {}
+        for name, layer in self.layers.items():
+            if self.ideal_periphery or layer.input_quant is None or layer.adc is None:
+                counts[name] = 1
+                continue
+            if layer.adc.transparent(self.n_levels):
+                counts[name] = 1
+                continue
+            quant = layer.input_quant
+            cycles = -(-quant.magnitude_bits // layer.adc.dac_bits_per_cycle)
+            rec = layer.record
+            counts[name] = (cycles * (2 if quant.signed else 1) * rec.slicing.slices
+                            * rec.slicing.polarities)
+        return counts
+
+
+__all__ = ["CrossbarLayer", "Emulator", "chip_generator"]

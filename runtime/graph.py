@@ -1,0 +1,74 @@
+"""Rebuild an executable fx.GraphModule from a layout's digital graph.
+
+Digital ops are ATen ops resolved by name from ``torch.ops.aten`` (or ``prims``) and
+``operator.getitem``; nothing else can be called, so a layout cannot run arbitrary code. Crossbar
+nodes become ``CrossbarLayer`` submodules that read only the layout's levels.
+"""
+
+from __future__ import annotations
+
+import operator
+from typing import Any
+
+import torch
+import torch.fx
+from torch import nn
+
+from neftc.errors import LayoutError
+from neftc.graph_codec import decode_arg
+from neftc.layout import Layout
+from neftc.runtime.crossbar import CrossbarLayer
+
+_NAMESPACES = {"aten": torch.ops.aten, "prims": torch.ops.prims}
+
+
+def resolve_op(name: str) -> Any:
+    """'aten.relu.default' -> torch.ops.aten.relu.default; 'getitem' -> operator.getitem."""
+    if name == "getitem":
+        return operator.getitem
+    parts = name.split(".")
+    if len(parts) != 3 or parts[0] not in _NAMESPACES:
+        raise LayoutError(f"the layout's graph calls '{name}', which is not an ATen op; only "
+                          "aten.* / prims.* ops and getitem can appear in a layout")
+    try:
+        return getattr(getattr(_NAMESPACES[parts[0]], parts[1]), parts[2])
+    except AttributeError:
+        raise LayoutError(f"the layout's graph calls '{name}', which this torch "
+                          f"({torch.__version__}) does not have") from None
+
+
+def build_module(layout: Layout) -> tuple[torch.fx.GraphModule, dict[str, CrossbarLayer]]:
+    """The network of ``layout`` as a GraphModule, and its crossbar layers by name."""
+    root = nn.Module()
+    graph = torch.fx.Graph()
+    env: dict[str, Any] = {}
+    layers: dict[str, CrossbarLayer] = {}
+    n_levels = 2 ** layout.doc.target.cell.bits
+    records = {layer.name: layer for layer in layout.doc.layers}
+    for index, node in enumerate(layout.doc.graph.nodes):
+        if node.op == "placeholder":
+            env[node.name] = graph.placeholder(node.name)
+        elif node.op == "get_attr":
+            if node.layer is not None:
+                env[node.name] = None  # a crossbar weight: its layer module owns it
+                continue
+            buffer = f"t{index}"
+            root.register_buffer(buffer, torch.from_numpy(layout.tensor(node.target).copy()))
+            env[node.name] = graph.get_attr(buffer)
+        elif node.op == "call_function" and node.layer is not None:
+            record = records[node.layer]
+            bias = torch.from_numpy(layout.tensor(record.bias).copy()) if record.bias else None
+            module = CrossbarLayer(record, torch.from_numpy(layout.levels(record.name)), bias,
+                                   n_levels)
+            name = f"xbar{len(layers)}"
+            root.add_module(name, module)
+            layers[record.name] = module
+            env[node.name] = graph.call_module(name, (decode_arg(node.args[0], env),))
+        elif node.op == "call_function":
+            env[node.name] = graph.call_function(
+                resolve_op(node.target), tuple(decode_arg(a, env) for a in node.args),
+                {k: decode_arg(v, env) for k, v in node.kwargs.items()})
+        else:
+            env[node.name] = graph.output(decode_arg(node.args[0], env))
+    graph.lint()
+    return torch.fx.GraphModule(root, graph), layers
