@@ -15,7 +15,7 @@ from neftc import __version__
 from neftc.atomic import atomic_directory
 from neftc.graph_codec import encode_arg, target_name
 from neftc.layout_schema import (
-    CHECKSUMS_FILE, LAYOUT_FILE, LEVELS_FILE, REPORT_FILE, TENSORS_FILE, CompileOptions,
+    CHECKSUMS_FILE, LAYOUT_FILE, LAYOUT_FORMAT, LAYOUT_VERSION, LEVELS_FILE, REPORT_FILE, TENSORS_FILE, CompileOptions,
     ConvRecord, FileRecord, GraphNode, GraphRecord, LayerRecord, LayoutDoc, PeripheryRecord,
     QuantRecord, SlicingRecord, SourceRecord, SummaryRecord, TensorRecord, TileRecord,
 )
@@ -155,7 +155,7 @@ def build_layout(
         cells_in_used_arrays=capacity, utilization=cells / capacity if capacity else 0.0,
     )
     doc = LayoutDoc(
-        neftc_version=__version__, source=source, target=target, options=options,
+        format=LAYOUT_FORMAT, version=LAYOUT_VERSION, neftc_version=__version__, source=source, target=target, options=options,
         periphery=PeripheryRecord(**target.periphery.model_dump()),
         files={
             "levels": FileRecord(path=LEVELS_FILE, nbytes=len(levels_bytes),
@@ -172,7 +172,8 @@ def build_layout(
 
 def write_layout(out_dir: Path, doc: LayoutDoc, levels: bytes, tensors: bytes,
                  report: str) -> None:
-    """Write the layout directory atomically, with a ``SHA256SUMS`` file over every file."""
+    """Write the layout directory atomically, with a ``SHA256SUMS`` file over the layout's files
+    (``layout.json`` and the sidecars; ``report.txt`` is a human summary and not covered)."""
     document = json.dumps(doc.model_dump(mode="json"), indent=1).encode() + b"\n"
     files = {LAYOUT_FILE: document, LEVELS_FILE: levels, TENSORS_FILE: tensors,
              REPORT_FILE: report.encode()}

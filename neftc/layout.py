@@ -160,6 +160,25 @@ def _parse(root: Path, raw: bytes) -> LayoutDoc:
                           f"{err['msg']} ({exc.error_count()} problem(s)); {_FIX}") from None
 
 
+def _is_grid(tiles: list[TileRecord], rows: int, cols: int) -> bool:
+    """True when the tiles partition a rows x cols matrix into a grid (rows, then columns)."""
+    by_rows: dict[tuple[int, int], list[tuple[int, int]]] = {}
+    for tile in tiles:
+        by_rows.setdefault((tile.row_start, tile.row_count), []).append(
+            (tile.col_start, tile.col_count))
+
+    def partitions(intervals: list[tuple[int, int]], length: int) -> bool:
+        position = 0
+        for start, count in sorted(intervals):
+            if start != position:
+                return False
+            position += count
+        return position == length
+
+    return partitions(list(by_rows), rows) and all(
+        partitions(spans, cols) for spans in by_rows.values())
+
+
 def _check_consistency(root: Path, doc: LayoutDoc, levels: bytes, tensors: bytes) -> None:
     def fail(message: str) -> LayoutError:
         return LayoutError(f"'{root / LAYOUT_FILE}' is inconsistent: {message}; {_FIX}")
@@ -169,9 +188,12 @@ def _check_consistency(root: Path, doc: LayoutDoc, levels: bytes, tensors: bytes
         if record.nbytes != len(data) or record.sha256 != _sha256(data):
             raise fail(f"{record.path} does not match its recorded size and SHA-256")
     seen_arrays: set[tuple[int, int]] = set()
+    all_levels = np.frombuffer(levels, dtype=np.uint8)
     for layer in doc.layers:
         n_cols = layer.matrix_cols * layer.slicing.polarities * layer.slicing.slices
-        covered = 0
+        if not _is_grid(layer.tiles, layer.matrix_rows, n_cols):
+            raise fail(f"the tiles of layer '{layer.name}' do not cover its {layer.matrix_rows}x"
+                       f"{n_cols} physical matrix exactly once")
         for tile in layer.tiles:
             if tile.row_start + tile.row_count > layer.matrix_rows or \
                     tile.col_start + tile.col_count > n_cols:
@@ -184,10 +206,12 @@ def _check_consistency(root: Path, doc: LayoutDoc, levels: bytes, tensors: bytes
             if (tile.core, tile.array) in seen_arrays:
                 raise fail(f"array ({tile.core}, {tile.array}) holds two tiles")
             seen_arrays.add((tile.core, tile.array))
-            covered += tile.row_count * tile.col_count
-        if covered != layer.matrix_rows * n_cols:
-            raise fail(f"the tiles of layer '{layer.name}' cover {covered} cells, not "
-                       f"{layer.matrix_rows * n_cols}")
+            block = all_levels[tile.levels_offset:tile.levels_offset
+                               + tile.row_count * tile.col_count]
+            if block.size and int(block.max()) >= 2**layer.slicing.cell_bits:
+                raise fail(f"tile {tile.index} of layer '{layer.name}' holds level "
+                           f"{int(block.max())}, above the {2**layer.slicing.cell_bits} levels "
+                           "of its cells")
         if len(layer.quant.scales) != layer.matrix_cols:
             raise fail(f"layer '{layer.name}' has {len(layer.quant.scales)} scales for "
                        f"{layer.matrix_cols} columns")
@@ -213,6 +237,9 @@ def load_layout(directory: str | Path) -> Layout:
                           "'neftc compile MODEL --target TAG -o DIR'")
     raw = _read(root, LAYOUT_FILE)
     doc = _parse(root, raw)
+    if set(doc.files) != {"levels", "tensors"}:
+        raise LayoutError(f"'{root / LAYOUT_FILE}' must list exactly the 'levels' and 'tensors' "
+                          f"sidecars under \"files\"; {_FIX}")
     for record in doc.files.values():
         if record.path not in (LEVELS_FILE, TENSORS_FILE):
             raise LayoutError(f"'{root / LAYOUT_FILE}' names an unexpected sidecar "
@@ -222,10 +249,6 @@ def load_layout(directory: str | Path) -> Layout:
     _check_sums(root, {LAYOUT_FILE: raw, doc.files["levels"].path: levels,
                        doc.files["tensors"].path: tensors})
     _check_consistency(root, doc, levels, tensors)
-    levels_limit = 2 ** max((layer.slicing.cell_bits for layer in doc.layers), default=8)
-    if levels and np.frombuffer(levels, dtype=np.uint8).max() >= levels_limit:
-        raise LayoutError(f"'{root / doc.files['levels'].path}' holds a level above "
-                          f"{levels_limit - 1}; {_FIX}")
     return Layout(root, doc, levels, tensors)
 
 

@@ -151,8 +151,8 @@ class PeripheryRecord(_Strict):
 class LayoutDoc(_Strict):
     """The whole ``layout.json`` document."""
 
-    format: Literal["neftc-layout"] = LAYOUT_FORMAT
-    version: Literal[1] = LAYOUT_VERSION
+    format: Literal["neftc-layout"]
+    version: Literal[1]
     neftc_version: str
     source: SourceRecord
     target: TargetSpec

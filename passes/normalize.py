@@ -256,6 +256,26 @@ def _canonical_args(node: torch.fx.Node) -> tuple[Any, ...]:
             _tuple(padding, rank), _tuple(kw.get("dilation", 1), rank), int(kw.get("groups", 1)))
 
 
+def _split_computed_bias(gm: torch.fx.GraphModule, node: torch.fx.Node) -> None:
+    """A bias computed at run time (not a parameter) becomes a digital add after the op."""
+    bias = node.args[2]
+    if bias is None or (isinstance(bias, torch.fx.Node) and bias.op == "get_attr"):
+        return
+    args = list(node.args)
+    args[2] = None
+    node.args = tuple(args)
+    users = list(node.users)
+    with gm.graph.inserting_after(node):
+        shaped = bias
+        if node.target is not _LINEAR:
+            rank = 1 if node.target is aten.conv1d.default else 2
+            shaped = gm.graph.call_function(aten.view.default, (bias, [-1] + [1] * rank))
+        with gm.graph.inserting_after(shaped if shaped is not bias else node):
+            add = gm.graph.call_function(aten.add.Tensor, (node, shaped))
+    for user in users:
+        user.replace_input_with(node, add)
+
+
 def _tuple(value: Any, rank: int) -> tuple[int, ...]:
     if isinstance(value, int):
         return (value,) * rank
@@ -274,6 +294,7 @@ def _annotate(gm: torch.fx.GraphModule) -> None:
             continue  # dynamic weight: digital
         node.args = _canonical_args(node)
         node.kwargs = {}
+        _split_computed_bias(gm, node)
         base = _layer_name(weight_node, str(weight_node.target))
         seen[base] = seen.get(base, 0) + 1
         layer = base if seen[base] == 1 else f"{base}#{seen[base]}"

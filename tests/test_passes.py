@@ -290,3 +290,25 @@ def test_dump_after_each(tmp_path, residual_cnn, cnn_input, fefet) -> None:
 
 def test_getitem_is_allowed() -> None:
     assert operator.getitem is operator.getitem  # documented: getitem is a permitted graph op
+
+
+class ComputedBias(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.w = nn.Parameter(torch.randn(6, 4))
+        self.b = nn.Parameter(torch.randn(6))
+        self.k = nn.Parameter(torch.randn(5, 4, 3, 3))
+        self.kb = nn.Parameter(torch.randn(5))
+
+    def forward(self, x: torch.Tensor, ) -> torch.Tensor:
+        y = F.conv2d(x, self.k, self.kb * 2.0, padding=1)  # bias computed at run time
+        return F.linear(y.mean(dim=(2, 3))[:, :4], self.w, torch.tanh(self.b))
+
+
+def test_normalize_splits_computed_bias(fefet) -> None:
+    model = ComputedBias().eval()
+    x = torch.randn(2, 4, 5, 5)
+    gm, _ = run(model, x, fefet, [Normalize()])
+    for node in crossbar_nodes(gm):
+        assert node.args[2] is None  # the computed bias became a digital add
+    torch.testing.assert_close(gm(x), model(x), rtol=1e-5, atol=1e-5)
