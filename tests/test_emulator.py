@@ -1,0 +1,192 @@
+"""The emulator: exactness, device-noise statistics, seeds, faults and the DAC/ADC path."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import replace as dc_replace
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from neftc.compiler import compile_module
+from neftc.layout import load_layout
+from neftc.runtime.crossbar import AdcConfig, InputQuant
+from neftc.runtime.emulator import Emulator
+from neftc.runtime.noise import normalisation
+from neftc.targets import resolve_target
+
+
+@pytest.fixture
+def cnn_layout(tmp_path, residual_cnn, cnn_input, fefet):
+    result = compile_module(residual_cnn, cnn_input, fefet, tmp_path / "cnn")
+    return result, load_layout(tmp_path / "cnn")
+
+
+def mlp_layout(tmp_path, target_tag: str, overrides=(), per_channel=False):
+    from neftc.compiler import CompileSettings
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(64, 48), nn.ReLU(), nn.Linear(48, 10)).eval()
+    target = resolve_target(target_tag, list(overrides))
+    out = tmp_path / f"mlp-{target_tag}"
+    compile_module(model, torch.randn(1, 64), target, out,
+                   settings=CompileSettings(per_channel=per_channel))
+    return load_layout(out)
+
+
+def test_noise_off_ideal_periphery_equals_fake_quant_model(cnn_layout, cnn_input) -> None:
+    result, layout = cnn_layout
+    emulator = Emulator(layout, sigma=0.0)
+    emulator.program_ideal()
+    x = torch.randn(16, 3, 8, 8, generator=torch.Generator().manual_seed(3))
+    # Same float32 weights (integers below 2^24 times the same scales) and the same ATen ops in
+    # the same order: the outputs agree to float32 rounding of reordered accumulation at most.
+    torch.testing.assert_close(emulator(x), result.gm(x), rtol=1e-6, atol=1e-6)
+
+
+def test_effective_weights_without_noise_are_the_layout_weights(cnn_layout) -> None:
+    _, layout = cnn_layout
+    emulator = Emulator(layout, sigma=0.0)
+    emulator.program_chip(0)
+    for name, weight in emulator.effective_weights().items():
+        assert np.array_equal(weight.numpy(), layout.weights(name))
+
+
+def _weight_errors(layout, emulator: Emulator, name: str, chips: int) -> np.ndarray:
+    ideal = layout.weights(name)
+    errors = []
+    for _ in emulator.chips(chips):
+        errors.append(emulator.effective_weights()[name].numpy() - ideal)
+    return np.stack(errors)
+
+
+def test_paper_mode_rram1_std_matches_reference_formula(tmp_path) -> None:
+    layout = mlp_layout(tmp_path, "rram1_128x128")
+    sigma = 0.2
+    emulator = Emulator(layout, sigma=sigma, noise="paper", seed=1)
+    errors = _weight_errors(layout, emulator, "0", 300)
+    max_w = np.abs(layout.weights("0")).max()
+    predicted = 0.7776 * sigma * max_w  # s = 1: sigma' = sigma
+    # 300 chips x 3072 weights: the std estimate is far tighter than the 3 % required.
+    assert abs(errors.std() / predicted - 1) < 0.03
+
+
+def test_paper_mode_fefet6_state_dependent_split(tmp_path) -> None:
+    layout = mlp_layout(tmp_path, "fefet6_128x128")
+    sigma, s = 0.1, 6.0
+    emulator = Emulator(layout, sigma=sigma, noise="paper", seed=2)
+    errors = _weight_errors(layout, emulator, "0", 300)
+    weights = layout.weights("0")
+    max_w = np.abs(weights).max()
+    ratio = np.abs(weights) / max_w
+    mid = (ratio > 0.25) & (ratio < 0.75)
+    base = 0.7776 * sigma / normalisation(s) * max_w
+    assert mid.any() and (~mid).any()
+    assert abs(errors[:, mid].std() / (s * base) - 1) < 0.03
+    assert abs(errors[:, ~mid].std() / base - 1) < 0.03
+
+
+@pytest.mark.parametrize("tag,encoding", [("rram1_128x128", "differential"),
+                                          ("fefet6_128x128", "differential"),
+                                          ("rram4_128x128", "offset")])
+def test_cell_mode_std_matches_device_model(tmp_path, tag, encoding) -> None:
+    layout = mlp_layout(tmp_path, tag, [f"weight.sign_encoding={encoding}"], per_channel=True)
+    sigma = 0.15
+    spec = layout.doc.target
+    emulator = Emulator(layout, sigma=sigma, seed=3)
+    errors = _weight_errors(layout, emulator, "0", 300)
+    # Predicted per-weight variance from the weight's own cells: sum over polarities and slices
+    # of (L^s (L-1) sigma k(l))^2, times scale^2.
+    n_levels = 2**spec.cell.bits
+    levels = layout.levels("0").astype(np.float64)  # [P, S, R, C]
+    extreme = (levels == 0) | (levels == n_levels - 1)
+    k = np.where(extreme, 1.0, spec.noise.state_ratio) / normalisation(spec.noise.state_ratio)
+    slice_w = (n_levels ** np.arange(levels.shape[1]))[None, :, None, None]
+    var_q = ((slice_w * (n_levels - 1) * sigma * k) ** 2).sum(axis=(0, 1))  # [R, C]
+    var_w = (var_q * layout.scales("0")[None, :] ** 2).T  # weight layout [C, R]
+    empirical = errors.var(axis=0)
+    # Pooled over 3072 weights x 300 chips: within 3 % of the model's variance (std: 1.5 %).
+    assert abs(math.sqrt(empirical.mean() / var_w.mean()) - 1) < 0.03
+    # And per weight, the ratio scatters around 1 (each estimate from 300 chips).
+    assert abs(np.median(empirical / var_w) - 1) < 0.05
+
+
+def test_same_seed_same_chip_different_seed_different_chip(cnn_layout) -> None:
+    _, layout = cnn_layout
+    a, b, c = (Emulator(layout, sigma=0.1, seed=seed) for seed in (5, 5, 6))
+    a.program_chip(7)
+    b.program_chip(7)
+    c.program_chip(7)
+    wa, wb, wc = (e.effective_weights()["block.0"] for e in (a, b, c))
+    assert torch.equal(wa, wb)
+    assert not torch.equal(wa, wc)
+    a.program_chip(8)
+    assert not torch.equal(a.effective_weights()["block.0"], wb)
+
+
+def test_stuck_at_faults(tmp_path) -> None:
+    layout = mlp_layout(tmp_path, "rram1_128x128",
+                        ["faults.stuck_at_min_rate=0.1", "faults.stuck_at_max_rate=0.05"])
+    emulator = Emulator(layout, sigma=0.05, seed=0)
+    emulator.program_chip(0)
+    conductance = emulator.layers["0"].conductance
+    n = conductance.numel()
+    low = float((conductance == 0).sum()) / n
+    high = float((conductance == 3).sum()) / n
+    # Binomial with n = 24576 cells: 4 sigma is about 0.8 % (low) and 0.6 % (high).
+    assert abs(low - 0.1) < 0.01 and abs(high - 0.05) < 0.008
+    clean = Emulator(layout, sigma=0.05, seed=0, faults=False)
+    clean.program_chip(0)
+    assert float((clean.layers["0"].conductance == 0).sum()) == 0
+
+
+class _OpaqueAdc(AdcConfig):
+    """An ADC whose steps are negligibly small but that the emulator may not fold."""
+
+    def transparent(self, n_levels: int) -> bool:
+        return False
+
+
+@pytest.mark.parametrize("encoding", ["differential", "offset"])
+@pytest.mark.parametrize("signed", [False, True])
+def test_bit_serial_path_equals_folded_mvm(tmp_path, encoding, signed) -> None:
+    layout = mlp_layout(tmp_path, "fefet_128x128", [f"weight.sign_encoding={encoding}"])
+    emulator = Emulator(layout, sigma=0.0, ideal_periphery=False, seed=4)
+    emulator.program_chip(0)  # noise-free: no bitline sum leaves the ADC range
+    layer = emulator.layers["0"]
+    quant = InputQuant(scale=0.05, signed=signed, bits=8)
+    x = torch.randint(-127 if signed else 0, 128 if signed else 256, (9, 64)).float()
+    layer.input_quant = quant
+    layer.adc = AdcConfig(adc_bits=8, dac_bits_per_cycle=2, row_tiles=((0, 64),))
+    folded_adc = dc_replace(layer.adc, adc_bits=16)  # 64 rows x 3 x 3 = 576 <= 65535: folds
+    layer.adc = folded_adc
+    folded = layer._crossbar_mvm(x, layer.conductance)
+    layer.adc = _OpaqueAdc(adc_bits=30, dac_bits_per_cycle=2, row_tiles=((0, 40), (40, 24)))
+    serial = layer._crossbar_mvm(x, layer.conductance)
+    # Integer sums up to ~1e6 accumulated in float32 in a different order (planes, slices,
+    # polarities vs one folded matmul), and ADC steps of 576 / 2^30: agreement to 1e-4 relative.
+    torch.testing.assert_close(serial, folded, rtol=1e-4, atol=1e-3)
+    # A coarse ADC really rounds: the same inputs through 4-bit conversions differ.
+    layer.adc = _OpaqueAdc(adc_bits=4, dac_bits_per_cycle=2, row_tiles=((0, 40), (40, 24)))
+    assert not torch.allclose(layer._crossbar_mvm(x, layer.conductance), folded, atol=1.0)
+
+
+def test_target_adc_loses_little_on_a_trained_model(tmp_path) -> None:
+    from neftc.datasets import load_digits
+    from neftc.train import accuracy, train_classifier
+    from neftc.zoo import build
+
+    data = load_digits()
+    torch.manual_seed(0)
+    model = train_classifier(build("lenet", (1, 8, 8), 10).train(), data.train, epochs=25,
+                             lr=3e-3, progress=False)
+    compile_module(model, data.test.x[:1], resolve_target("fefet_128x128"), tmp_path / "l")
+    ideal = Emulator(tmp_path / "l", sigma=0.0)
+    adc = Emulator(tmp_path / "l", sigma=0.0, ideal_periphery=False)
+    adc.calibrate(data.train.x[:512])
+    acc_ideal, acc_adc = accuracy(ideal, data.test), accuracy(adc, data.test)
+    # 8-bit DAC + 8-bit ADC over 128-row tiles (step 1.5 level units): a small, real loss.
+    assert acc_ideal > 0.9 and acc_ideal - acc_adc < 0.03
+    assert adc.partial_mvms_per_weight()["features.3"] == 8 * 4 * 2  # cycles x slices x pol
