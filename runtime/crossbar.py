@@ -73,6 +73,7 @@ class CrossbarLayer(nn.Module):
         self.register_buffer("slice_weights", torch.tensor(
             [float(n_levels**s) for s in range(record.slicing.slices)]))
         self.register_buffer("signs", torch.tensor([1.0, -1.0][:n_pol]))
+        self.register_buffer("ideal_q", self._integer(self.levels))
         self.conductance: torch.Tensor = self.levels  # level units, this chip instance
         self.weight_override: torch.Tensor | None = None  # paper mode: weight-level noise
         self.weight: torch.Tensor = self._fold()
@@ -88,16 +89,32 @@ class CrossbarLayer(nn.Module):
         self.weight_override = weight_override
         self.weight = weight_override if weight_override is not None else self._fold()
 
+    def program_folded(self, noise: torch.Tensor) -> None:
+        """Fast path for ideal periphery: ``noise`` [P, S, R, C] in level units is folded
+        straight into the effective weight (same chip as ``program(levels + noise)``); the
+        per-cell conductances are not kept."""
+        signed = noise * self.fold_coefficients
+        q = self.ideal_q + signed.reshape(-1, *signed.shape[2:]).sum(dim=0)
+        self.conductance = self.levels
+        self.weight_override = None
+        self.weight = (q * self.scales).t().reshape(self.weight_shape)
+
+    @property
+    def fold_coefficients(self) -> torch.Tensor:
+        """sign_p * L^s, shaped [P, S, 1, 1]."""
+        return (self.signs[:, None] * self.slice_weights[None, :])[:, :, None, None]
+
     def integer_matrix(self) -> torch.Tensor:
         """Effective integer weights [R, C] of the programmed conductances."""
-        q = torch.einsum("psrc,p,s->rc", self.conductance, self.signs, self.slice_weights)
+        return self._integer(self.conductance)
+
+    def _integer(self, conductance: torch.Tensor) -> torch.Tensor:
+        q = torch.einsum("psrc,p,s->rc", conductance, self.signs, self.slice_weights)
         return q - self.offset if self.offset else q
 
     def _fold_ideal(self) -> torch.Tensor:
         """The noise-free dequantised weight (q * scale) in the weight's shape."""
-        q = torch.einsum("psrc,p,s->rc", self.levels, self.signs, self.slice_weights)
-        q = q - self.offset if self.offset else q
-        return (q * self.scales).t().reshape(self.weight_shape).contiguous()
+        return (self.ideal_q * self.scales).t().reshape(self.weight_shape).contiguous()
 
     def _fold(self) -> torch.Tensor:
         matrix = self.integer_matrix() * self.scales

@@ -77,8 +77,11 @@ class Emulator:
                 layer.program(None, weight_override=noisy)
                 continue
             levels = layer.levels
-            conductance = levels + self._cell_std[name] * torch.randn(levels.shape,
-                                                                      generator=generator)
+            noise = self._cell_std[name] * torch.randn(levels.shape, generator=generator)
+            if self.ideal_periphery and not self.noise.has_faults:
+                layer.program_folded(noise)
+                continue
+            conductance = levels + noise
             if self.noise.has_faults:
                 u = torch.rand(levels.shape, generator=generator)
                 low = self.noise.stuck_at_min_rate

@@ -137,7 +137,7 @@ def test_stuck_at_faults(tmp_path) -> None:
     high = float((conductance == 3).sum()) / n
     # Binomial with n = 24576 cells: 4 sigma is about 0.8 % (low) and 0.6 % (high).
     assert abs(low - 0.1) < 0.01 and abs(high - 0.05) < 0.008
-    clean = Emulator(layout, sigma=0.05, seed=0, faults=False)
+    clean = Emulator(layout, sigma=0.05, seed=0, faults=False, ideal_periphery=False)
     clean.program_chip(0)
     assert float((clean.layers["0"].conductance == 0).sum()) == 0
 
