@@ -17,6 +17,7 @@ EPILOG = """examples:
   neftc compile model.pt2 --target fefet_128x128 -o out/
   neftc compile weights.pt --arch resnet18 --input-shape 3,32,32 --target rram4_256x256 -o out/
   neftc inspect out/
+  neftc verify out/ --data digits --mc 200 --sigma 0.1 --sigma 0.2
   neftc targets --json
 """
 
@@ -67,6 +68,32 @@ def _parser() -> argparse.ArgumentParser:
     tg.add_argument("tag", nargs="?", help="show one target (a tag or a spec file), with --set")
     tg.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     tg.add_argument("--json", action="store_true", help="print as JSON")
+
+    ver = sub.add_parser("verify", help="Monte-Carlo accuracy sign-off of a layout",
+                         description="Run the layout on simulated chip instances (each cell "
+                         "programmed once with the target's device variation) over a test set and "
+                         "report the accuracy distribution per sigma.")
+    ver.add_argument("layout", type=Path)
+    ver.add_argument("--data", default="digits", help="digits (built-in), an .npz (x,y or "
+                     "x_test,y_test; fed as-is), an MNIST IDX folder or a CIFAR-10 batches folder")
+    ver.add_argument("--mc", type=int, default=100, metavar="N",
+                     help="chip instances per sigma (default 100)")
+    ver.add_argument("--sigma", type=float, action="append", metavar="S",
+                     help="device variation relative to the cell range; repeat for a sweep "
+                     "(default: the target's noise.sigma_rel)")
+    ver.add_argument("--seed", type=int, default=0, help="chip instance i of seed K is always "
+                     "the same chip (default 0)")
+    ver.add_argument("--noise", choices=["cell", "paper", "off"], default="cell",
+                     help="cell: every cell sampled (default); paper: the NeFT reference "
+                     "weight-level formula; off: no variation")
+    ver.add_argument("--ideal-periphery", action="store_true",
+                     help="no DAC/ADC quantisation (default: the target's DAC and ADC)")
+    ver.add_argument("--no-faults", action="store_true", help="ignore the target's stuck-at rates")
+    ver.add_argument("--calib-samples", type=int, default=512,
+                     help="samples (train split, else test) that set the DAC ranges")
+    ver.add_argument("--batch-size", type=int, default=1024)
+    ver.add_argument("--json", action="store_true", help="print the report as JSON")
+    ver.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
 
     demo = sub.add_parser("demo", help="train, compile and check a small CNN on built-in data",
                           description="Train a LeNet-style CNN on the built-in digits data (no "
@@ -180,7 +207,27 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"compile": _cmd_compile, "inspect": _cmd_inspect, "targets": _cmd_targets,
+def _cmd_verify(args: argparse.Namespace) -> int:
+    from neftc.verify import VerifySettings, format_verify, run_verify
+
+    if args.mc < 1:
+        raise NeftcError(f"--mc must be at least 1, got {args.mc}")
+    if args.sigma and any(s < 0 for s in args.sigma):
+        raise NeftcError(f"--sigma must be >= 0, got {min(args.sigma)}")
+    if args.batch_size < 1 or args.calib_samples < 1:
+        raise NeftcError("--batch-size and --calib-samples must be at least 1")
+    settings = VerifySettings(sigmas=tuple(args.sigma) if args.sigma else None, trials=args.mc,
+                              seed=args.seed, noise=args.noise,
+                              ideal_periphery=args.ideal_periphery, faults=not args.no_faults,
+                              batch_size=args.batch_size, calib_samples=args.calib_samples)
+    report = run_verify(args.layout, args.data, settings,
+                        progress=not args.quiet and not args.json)
+    print(json.dumps(report, indent=1) if args.json else format_verify(report), end="\n"
+          if args.json else "")
+    return 0
+
+
+COMMANDS = {"compile": _cmd_compile, "verify": _cmd_verify, "inspect": _cmd_inspect, "targets": _cmd_targets,
             "demo": _cmd_demo}
 
 

@@ -197,23 +197,25 @@ class CrossbarLayer(nn.Module):
         phases = [x_int.clamp(min=0), (-x_int).clamp(min=0)] if quant.signed else [x_int]
         bits = adc.dac_bits_per_cycle
         cycles = math.ceil(quant.magnitude_bits / bits)
-        mask = 2**bits - 1
-        planes, plane_weights = [], []
-        for sign, phase in zip((1.0, -1.0), phases):
-            magnitude = phase.to(torch.int64)
-            for c in range(cycles):
-                planes.append(((magnitude >> (c * bits)) & mask).to(torch.float32))
-                plane_weights.append(sign * float(2 ** (c * bits)))
-        stacked = torch.stack(planes)  # [K, M, R]
+        shifts = torch.arange(cycles, dtype=torch.int32) * bits
+        small = torch.uint8 if quant.magnitude_bits <= 8 else torch.int32
+        # Bit planes of every phase and cycle, stacked: [K, M, R] with K = phases x cycles.
+        stacked = torch.cat([
+            (phase.to(small)[None] >> shifts.to(small)[:, None, None]) & (2**bits - 1)
+            for phase in phases]).to(torch.float32)
+        plane_weights = torch.cat([sign * (2.0 ** shifts.to(torch.float32))
+                                   for sign in (1.0, -1.0)[:len(phases)]])
         physical = conductance.permute(2, 3, 0, 1).reshape(conductance.shape[2], -1)  # [R, C*P*S]
-        total = torch.zeros(stacked.shape[0], stacked.shape[1], physical.shape[1])
-        levels_max = 2**adc.adc_bits - 1
+        codes_max = 2**adc.adc_bits - 1
+        total: torch.Tensor | None = None
         for r0, rc in adc.row_tiles:
-            partial = stacked[:, :, r0:r0 + rc] @ physical[r0:r0 + rc]
+            partial = stacked[:, :, r0:r0 + rc] @ physical[r0:r0 + rc]  # bitline sums of a tile
             full = adc.full_scale(rc, self.n_levels)
-            step = full / levels_max
-            total += torch.clamp(torch.round(partial / step) * step, 0.0, full)
-        summed = torch.einsum("kmq,k->mq", total, torch.tensor(plane_weights))
+            step = full / codes_max
+            digitised = partial.div_(step).round_().clamp_(0, codes_max).mul_(step)
+            total = digitised if total is None else total.add_(digitised)
+        assert total is not None
+        summed = torch.einsum("kmq,k->mq", total, plane_weights)  # shift-and-add, phases
         q_out = torch.einsum("mcps,p,s->mc", summed.reshape(-1, n_cols, n_pol, n_slices),
                              self.signs, self.slice_weights)
         if self.offset:

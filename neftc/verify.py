@@ -1,0 +1,123 @@
+"""``neftc verify``: Monte-Carlo accuracy sign-off of a layout over simulated chip instances."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm import tqdm
+
+from neftc.datasets import Dataset, check_compatible, load_dataset
+from neftc.errors import DataError
+from neftc.layout import load_layout
+from neftc.runtime.emulator import Emulator
+from neftc.runtime.montecarlo import evaluate, monte_carlo
+from neftc.runtime.noise import NoiseMode
+
+
+@dataclass(frozen=True)
+class VerifySettings:
+    sigmas: tuple[float, ...] | None = None  # None: the target's own sigma
+    trials: int = 100
+    seed: int = 0
+    noise: NoiseMode = "cell"
+    ideal_periphery: bool = False
+    faults: bool = True
+    batch_size: int = 1024
+    calib_samples: int = 512
+
+
+def _calibration_inputs(data: Dataset, count: int) -> torch.Tensor:
+    split = data.train if len(data.train) else data.test
+    return split.x[:count]
+
+
+def run_verify(layout_dir: str | Path, data_spec: str, settings: VerifySettings,
+               progress: bool = False) -> dict[str, Any]:
+    layout = load_layout(layout_dir)
+    data = load_dataset(data_spec, seed=settings.seed)
+    input_shape = tuple(layout.doc.graph.input_shape[1:])
+    emulator = Emulator(layout, sigma=0.0, seed=settings.seed, noise=settings.noise,
+                        ideal_periphery=settings.ideal_periphery, faults=settings.faults)
+    with torch.no_grad():
+        try:
+            probe = emulator._run(data.test.x[:1].to(torch.float32)) if \
+                tuple(data.test.x.shape[1:]) == input_shape else None
+        except RuntimeError as exc:
+            raise DataError(f"the layout cannot run on samples of shape "
+                            f"{tuple(data.test.x.shape[1:])}: {exc}") from None
+    num_outputs = int(probe.shape[-1]) if probe is not None else 0
+    check_compatible(data, input_shape, num_outputs)
+    calib = _calibration_inputs(data, settings.calib_samples)
+    if not settings.ideal_periphery:
+        emulator.calibrate(calib)
+    x, y = data.test.x.to(torch.float32), data.test.y
+    target = layout.doc.target
+    sigmas = settings.sigmas or (target.noise.sigma_rel,)
+    emulator.program_ideal()
+    quantized = evaluate(emulator, x, y, settings.batch_size)
+    ideal_quantized = quantized
+    if not settings.ideal_periphery:
+        ideal = Emulator(layout, sigma=0.0, ideal_periphery=True)
+        ideal_quantized = evaluate(ideal, x, y, settings.batch_size)
+    results = []
+    bar = tqdm(total=len(sigmas) * settings.trials, desc="chip instances", disable=not progress,
+               leave=False)
+    for sigma in sigmas:
+        run = Emulator(layout, sigma=sigma, seed=settings.seed, noise=settings.noise,
+                       ideal_periphery=settings.ideal_periphery, faults=settings.faults)
+        if not settings.ideal_periphery:
+            run.set_input_quant({name: layer.input_quant for name, layer
+                                 in emulator.layers.items() if layer.input_quant is not None})
+        bar.set_postfix(sigma=sigma)
+        result = monte_carlo(run, x, y, settings.trials, batch_size=settings.batch_size,
+                             on_trial=lambda _chip, _acc: bar.update())
+        results.append({"sigma": sigma, "quantized_accuracy": quantized,
+                        "mc": result.stats.as_dict(), "seconds": result.seconds,
+                        "trials_per_second": result.trials_per_second})
+    bar.close()
+    partial = emulator.partial_mvms_per_weight()
+    return {
+        "layout": str(layout_dir), "target": target.name, "data": data.name,
+        "test_samples": len(data.test), "seed": settings.seed, "noise": settings.noise,
+        "state_ratio": target.noise.state_ratio,
+        "periphery": "ideal" if settings.ideal_periphery else {
+            "input_bits": layout.doc.periphery.input_bits,
+            "dac_bits_per_cycle": layout.doc.periphery.dac_bits_per_cycle,
+            "adc_bits": layout.doc.periphery.adc_bits,
+            "calibration_samples": int(calib.shape[0]),
+            "partial_mvms_per_weight": partial},
+        "quantized_accuracy_ideal_periphery": ideal_quantized,
+        "faults": settings.faults and (target.faults.stuck_at_min_rate > 0
+                                       or target.faults.stuck_at_max_rate > 0),
+        "results": results,
+    }
+
+
+def format_verify(report: dict[str, Any]) -> str:
+    lines = [f"layout {report['layout']} on target {report['target']} (s = "
+             f"{report['state_ratio']:g}), data {report['data']} ({report['test_samples']} test "
+             f"samples), noise model '{report['noise']}', seed {report['seed']}"]
+    periphery = report["periphery"]
+    if periphery == "ideal":
+        lines.append("periphery: ideal (no DAC/ADC quantisation)")
+    else:
+        lines.append(f"periphery: {periphery['input_bits']}-bit inputs, "
+                     f"{periphery['dac_bits_per_cycle']} bit(s) per cycle, "
+                     f"{periphery['adc_bits']}-bit ADC; noise-free accuracy with ideal periphery "
+                     f"{100 * report['quantized_accuracy_ideal_periphery']:.2f} %")
+    lines.append("")
+    header = (f"{'sigma':>6}  {'quantized':>9}  {'MC mean':>8}  {'95% CI':>7}  {'std':>6}  "
+              f"{'min':>6}  {'p5':>6}  {'max':>6}  {'trials':>6}  {'chips/s':>8}")
+    lines += [header, "-" * len(header)]
+    for row in report["results"]:
+        mc = row["mc"]
+        lines.append(
+            f"{row['sigma']:>6.3f}  {100 * row['quantized_accuracy']:>8.2f}%  "
+            f"{100 * mc['mean']:>7.2f}%  {100 * mc['ci95']:>6.2f}%  {100 * mc['std']:>5.2f}%  "
+            f"{100 * mc['min']:>5.1f}%  {100 * mc['p5']:>5.1f}%  {100 * mc['max']:>5.1f}%  "
+            f"{mc['trials']:>6}  {row['trials_per_second']:>8.1f}")
+    return "\n".join(lines) + "\n"
