@@ -1,1 +1,28 @@
-"""The noisy runtime emulator (see DESIGN.md section 7); it reads only a layout."""
+"""The noisy runtime emulator (DESIGN.md section 7). It reads only a layout directory.
+
+``neftc.runtime.Emulator(layout, sigma=..., seed=..., noise="cell", ideal_periphery=True)``;
+``neftc.runtime.monte_carlo(emulator, x, y, trials)``. Imported lazily: ``import neftc.runtime``
+does no work.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = ["Emulator", "NoiseModel", "monte_carlo", "summarize"]
+
+
+def __getattr__(name: str) -> Any:
+    if name == "Emulator":
+        from neftc.runtime.emulator import Emulator
+
+        return Emulator
+    if name in ("monte_carlo", "summarize"):
+        from neftc.runtime import montecarlo
+
+        return getattr(montecarlo, name)
+    if name == "NoiseModel":
+        from neftc.runtime.noise import NoiseModel
+
+        return NoiseModel
+    raise AttributeError(f"module 'neftc.runtime' has no attribute '{name}'")

@@ -1,0 +1,104 @@
+"""neftc verify end to end: JSON report, sweeps, repeatability and bad data."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from neftc.cli import main
+from neftc.compiler import compile_module
+from neftc.datasets import load_digits
+from neftc.targets import resolve_target
+from neftc.train import accuracy, train_classifier
+from neftc.zoo import build
+
+
+@pytest.fixture(scope="module")
+def digits_layout(tmp_path_factory) -> tuple[Path, float, torch.nn.Module]:
+    data = load_digits()
+    torch.manual_seed(0)
+    model = train_classifier(build("lenet", (1, 8, 8), 10).train(), data.train, epochs=25,
+                             lr=3e-3, progress=False)
+    out = tmp_path_factory.mktemp("verify") / "layout"
+    result = compile_module(model, data.test.x[:1], resolve_target("fefet_128x128"), out)
+    return out, accuracy(result.gm, data.test), model
+
+
+def run_json(capsys, *argv: str) -> dict:
+    assert main(["verify", *argv, "--json"]) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+def test_verify_json_report(capsys, digits_layout) -> None:
+    layout, fake_quant_acc, _ = digits_layout
+    report = run_json(capsys, str(layout), "--mc", "20", "--sigma", "0.05", "--sigma", "0.2",
+                      "--ideal-periphery")
+    assert report["target"] == "fefet_128x128" and report["seed"] == 0
+    assert [r["sigma"] for r in report["results"]] == [0.05, 0.2]
+    for row in report["results"]:
+        # Noise off with ideal periphery equals the fake-quantised model exactly.
+        assert row["quantized_accuracy"] == fake_quant_acc
+        mc = row["mc"]
+        assert set(mc) == {"trials", "mean", "std", "ci95", "min", "p5", "max"}
+        assert mc["trials"] == 20 and mc["min"] <= mc["p5"] <= mc["mean"] <= mc["max"]
+        assert row["trials_per_second"] > 0 and row["seconds"] > 0
+    low, high = report["results"]
+    assert high["mc"]["mean"] < low["mc"]["mean"]  # more variation, lower accuracy
+
+
+def test_verify_is_repeatable_and_seeded(capsys, digits_layout) -> None:
+    layout = str(digits_layout[0])
+    args = (layout, "--mc", "8", "--sigma", "0.15", "--ideal-periphery")
+    a = run_json(capsys, *args)["results"][0]["mc"]
+    b = run_json(capsys, *args)["results"][0]["mc"]
+    c = run_json(capsys, *args, "--seed", "1")["results"][0]["mc"]
+    assert a == b and a != c
+
+
+def test_verify_with_target_periphery(capsys, digits_layout) -> None:
+    report = run_json(capsys, str(digits_layout[0]), "--mc", "3", "--sigma", "0.0")
+    periphery = report["periphery"]
+    assert periphery["adc_bits"] == 8 and periphery["calibration_samples"] == 512
+    assert max(periphery["partial_mvms_per_weight"].values()) == 64
+    # The ADC costs at most a few points on this model (see docs/emulator.md).
+    row = report["results"][0]
+    assert report["quantized_accuracy_ideal_periphery"] - row["quantized_accuracy"] < 0.03
+
+
+def test_verify_human_table(capsys, digits_layout) -> None:
+    assert main(["verify", str(digits_layout[0]), "--mc", "4", "--sigma", "0.1", "-q",
+                 "--ideal-periphery"]) == 0
+    out = capsys.readouterr().out
+    assert "MC mean" in out and "0.100" in out
+
+
+def test_verify_npz_data(capsys, tmp_path, digits_layout) -> None:
+    data = load_digits()
+    path = tmp_path / "d.npz"
+    np.savez(path, x_test=data.test.x.numpy(), y_test=data.test.y.numpy())
+    report = run_json(capsys, str(digits_layout[0]), "--data", str(path), "--mc", "2",
+                      "--ideal-periphery")
+    assert report["test_samples"] == len(data.test)
+
+
+def test_verify_bad_data(capsys, tmp_path, digits_layout) -> None:
+    layout = str(digits_layout[0])
+    wrong_shape = tmp_path / "shape.npz"
+    np.savez(wrong_shape, x=np.zeros((10, 64), np.float32), y=np.zeros(10, np.int64))
+    assert main(["verify", layout, "--data", str(wrong_shape), "--mc", "2"]) == 2
+    err = capsys.readouterr().err
+    assert "shape" in err and "Traceback" not in err
+    many_classes = tmp_path / "classes.npz"
+    np.savez(many_classes, x=np.zeros((10, 1, 8, 8), np.float32), y=np.arange(10) * 3)
+    assert main(["verify", layout, "--data", str(many_classes), "--mc", "2"]) == 2
+    assert "classes" in capsys.readouterr().err
+    assert main(["verify", layout, "--data", str(tmp_path / "none.npz"), "--mc", "2"]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    assert main(["verify", layout, "--mc", "0"]) == 2
+    assert "--mc" in capsys.readouterr().err
+    assert main(["verify", str(tmp_path / "nolayout"), "--mc", "2"]) == 2
+    assert "does not exist" in capsys.readouterr().err
