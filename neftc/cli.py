@@ -13,7 +13,7 @@ from neftc import __version__
 from neftc.errors import NeftcError
 
 EPILOG = """examples:
-  neftc demo                                   train, compile and check a CNN on built-in data
+  neftc demo                                   train, compile and verify a CNN on built-in data
   neftc compile model.pt2 --target fefet_128x128 -o out/
   neftc compile weights.pt --arch resnet18 --input-shape 3,32,32 --target rram4_256x256 -o out/
   neftc inspect out/
@@ -95,16 +95,19 @@ def _parser() -> argparse.ArgumentParser:
     ver.add_argument("--json", action="store_true", help="print the report as JSON")
     ver.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
 
-    demo = sub.add_parser("demo", help="train, compile and check a small CNN on built-in data",
+    demo = sub.add_parser("demo", help="train, compile and verify a small CNN on built-in data",
                           description="Train a LeNet-style CNN on the built-in digits data (no "
                           "download), save it with torch.export, compile it for the target, read "
-                          "the layout back and compare the test accuracy of the float model and "
-                          "of the weights the layout programs.")
+                          "the layout back, compare the test accuracy of the float model and "
+                          "of the weights the layout programs, and run a Monte-Carlo sign-off "
+                          "(neftc verify) on simulated chips.")
     _add_target_args(demo)
     demo.add_argument("-o", "--output", type=Path, default=Path("neftc-demo"),
                       help="directory for model.pt2, layout/ and demo.json (default: neftc-demo)")
     demo.add_argument("--epochs", type=int, default=40)
     demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--mc", type=int, default=30, metavar="N",
+                      help="chip instances per sigma in the sign-off (default 30)")
     demo.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     return parser
 
@@ -201,7 +204,9 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     target = resolve_target(args.target, args.overrides)
     if args.epochs < 1:
         raise NeftcError(f"--epochs must be at least 1, got {args.epochs}")
-    result = run_demo(args.output, target, epochs=args.epochs, seed=args.seed,
+    if args.mc < 1:
+        raise NeftcError(f"--mc must be at least 1, got {args.mc}")
+    result = run_demo(args.output, target, epochs=args.epochs, seed=args.seed, trials=args.mc,
                       progress=not args.quiet)
     print(format_demo(result, args.output), end="")
     return 0

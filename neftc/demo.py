@@ -1,7 +1,8 @@
 """``neftc demo``: the whole path on the built-in digits data, with no download.
 
 Trains a small CNN, saves it with ``torch.export.save``, compiles it for a target, reads the layout
-back and checks the accuracy of the weights the chip would hold.
+back, checks the accuracy of the weights the chip would hold, and signs the layout off by Monte
+Carlo over simulated chip instances with the target's DAC/ADC.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from neftc.layout import load_layout
 from neftc.summary import format_summary, layout_summary
 from neftc.targets.spec import TargetSpec
 from neftc.train import accuracy, train_classifier
+from neftc.verify import VerifySettings, format_verify, run_verify
 from neftc.zoo import build
 
 DEMO_MARKER = "demo.json"
@@ -29,10 +31,12 @@ class DemoResult:
     float_accuracy: float
     layout_accuracy: float
     summary: dict
+    verify: dict
 
 
 def run_demo(out_dir: Path, target: TargetSpec, *, arch: str = "lenet", epochs: int = 40,
-             seed: int = 0, progress: bool = True) -> DemoResult:
+             seed: int = 0, trials: int = 30, sigmas: tuple[float, ...] = (0.05, 0.1),
+             progress: bool = True) -> DemoResult:
     data = load_digits(seed=seed)
     torch.manual_seed(seed)  # parameter initialisation of the zoo model
     model = build(arch, data.input_shape, data.num_classes).train()
@@ -52,12 +56,16 @@ def run_demo(out_dir: Path, target: TargetSpec, *, arch: str = "lenet", epochs: 
         deployed.load_state_dict(state)
         layout_acc = accuracy(deployed.eval(), data.test)
         summary = layout_summary(result.doc)
+        report = run_verify(tmp / "layout", "digits",
+                            VerifySettings(sigmas=sigmas, trials=trials, seed=seed),
+                            progress=progress)
+        report["layout"] = str(out_dir / "layout")
         record = {"arch": arch, "dataset": "digits", "train_samples": len(data.train),
                   "test_samples": len(data.test), "epochs": epochs, "seed": seed,
                   "target": target.name, "float_accuracy": float_acc,
-                  "layout_accuracy": layout_acc, "layout": summary}
+                  "layout_accuracy": layout_acc, "layout": summary, "verify": report}
         (tmp / DEMO_MARKER).write_text(json.dumps(record, indent=1) + "\n")
-    return DemoResult(float_acc, layout_acc, summary)
+    return DemoResult(float_acc, layout_acc, summary, report)
 
 
 def format_demo(result: DemoResult, out_dir: Path) -> str:
@@ -66,5 +74,7 @@ def format_demo(result: DemoResult, out_dir: Path) -> str:
         + "\n"
         + f"test accuracy, float model:              {100 * result.float_accuracy:6.2f} %\n"
         + f"test accuracy, weights read from layout: {100 * result.layout_accuracy:6.2f} %\n"
+        + "\nMonte-Carlo sign-off on simulated chips (neftc verify):\n"
+        + format_verify(result.verify)
         + f"\nwrote {out_dir}/model.pt2, {out_dir}/layout/ and {out_dir}/{DEMO_MARKER}\n"
     )
