@@ -13,7 +13,9 @@ from torch import nn
 from neftc.emit import build_layout, write_layout
 from neftc.errors import PassError
 from neftc.frontend import LoadedModel, file_sha256, load_model, trace_module
-from neftc.layout_schema import CompileOptions, LayoutDoc, SourceRecord
+from neftc.finetune import DEFAULT_BETA, TrainLog
+from neftc.layout_schema import CompileOptions, LayoutDoc, NeftRecord, SourceRecord
+from neftc.neft_pipeline import NeftSettings, run_neft
 from neftc.meta import crossbar_nodes
 from neftc.pass_manager import PassContext, PassManager
 from neftc.passes import default_pipeline
@@ -28,11 +30,22 @@ class CompileSettings:
     calibration: str = "max-abs"
     fold_bn: bool = False
     dump_after_each: Path | None = None
+    neft: NeftSettings | None = None  # fine-tune with NeFT before quantising
+    progress: bool = False
 
-    def options(self) -> CompileOptions:
+    def options(self, target: TargetSpec, log: TrainLog | None) -> CompileOptions:
+        neft = None
+        if self.neft is not None and log is not None:
+            n = self.neft
+            neft = NeftRecord(
+                mode=n.mode, data=n.data, epochs=n.epochs,
+                sigma=target.noise.sigma_rel if n.sigma is None else n.sigma,
+                beta=DEFAULT_BETA[n.mode] if n.beta is None else n.beta, lr=n.lr,
+                batch_size=n.batch_size, seed=n.seed, noise=n.noise, seconds=log.seconds,
+                final_loss=log.losses[-1] if log.losses else float("nan"))
         return CompileOptions(per_channel=self.per_channel,
                               calibration=self.calibration,  # type: ignore[arg-type]
-                              fold_bn=self.fold_bn, placement="in-order")
+                              fold_bn=self.fold_bn, placement="in-order", neft=neft)
 
 
 @dataclass(frozen=True)
@@ -46,16 +59,23 @@ def _compile_loaded(loaded: LoadedModel, target: TargetSpec, settings: CompileSe
                     out_dir: Path | None,
                     on_pass: Callable[[str, bool], None] | None) -> CompileResult:
     ctx = PassContext(target=target, example_input=loaded.example_input)
-    passes = default_pipeline(fold_bn=settings.fold_bn, per_channel=settings.per_channel,
-                              calibration=settings.calibration)
-    gm = PassManager(passes, dump_dir=settings.dump_after_each, on_pass=on_pass).run(loaded.gm, ctx)
+    normalize, *mapping = default_pipeline(fold_bn=settings.fold_bn,
+                                           per_channel=settings.per_channel,
+                                           calibration=settings.calibration)
+    dump = settings.dump_after_each
+    gm = PassManager([normalize], dump_dir=dump, on_pass=on_pass).run(loaded.gm, ctx)
+    log = None
+    if settings.neft is not None:
+        gm, log = run_neft(gm, ctx, settings.neft, dump_dir=dump, on_pass=on_pass,
+                           progress=settings.progress)
+    gm = PassManager(mapping, dump_dir=dump, on_pass=on_pass).run(gm, ctx)
     if not crossbar_nodes(gm):
         raise PassError("the model has no crossbar-mappable op (Linear, Conv1d/2d or a matmul "
                         "with a parameter); there is nothing to put on the chip")
     source = SourceRecord(path=loaded.source, sha256=loaded.sha256, kind=loaded.kind,
                           arch=loaded.arch)
     doc, levels, tensors = build_layout(gm, target, loaded.example_input, source,
-                                        settings.options())
+                                        settings.options(target, log))
     if out_dir is not None:
         write_layout(out_dir, doc, levels, tensors, format_summary(layout_summary(doc)))
     return CompileResult(doc, gm, out_dir)

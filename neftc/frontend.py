@@ -235,18 +235,20 @@ def _load_exported(path: Path, input_shape: InputShape | None,
     if shape is None:
         raise ModelFileError(f"'{path}' does not record its input shape; pass --input-shape")
     example = torch.randn(shape, generator=torch.Generator().manual_seed(seed))
-    gm = program.module()
-    _drop_guards(gm)
-    return gm, example
+    return unexported(program.module()), example
 
 
-def _drop_guards(gm: torch.fx.GraphModule) -> None:
-    """Remove torch.export's input-guard call, which is not part of the model's computation."""
+def unexported(gm: torch.fx.GraphModule) -> torch.fx.GraphModule:
+    """A plain GraphModule from ``ExportedProgram.module()``: without export's input-guard call
+    (not part of the model's computation) and with ordinary ``train()``/``eval()`` (which the
+    exported module refuses)."""
     for node in list(gm.graph.nodes):
         if node.op == "call_module" and str(node.target).startswith("_guards"):
             gm.graph.erase_node(node)
     gm.graph.eliminate_dead_code()
-    gm.recompile()
+    plain = torch.fx.GraphModule(gm, gm.graph)
+    plain.meta.update(gm.meta)
+    return plain
 
 
 def trace_module(module: nn.Module, example: torch.Tensor) -> torch.fx.GraphModule:

@@ -46,6 +46,23 @@ class CompileOptions(_Strict):
     calibration: Literal["max-abs", "percentile"]
     fold_bn: bool
     placement: Literal["in-order"]
+    neft: NeftRecord | None = None
+
+
+class NeftRecord(_Strict):
+    """How the weights were fine-tuned with NeFT before mapping (absent: not fine-tuned)."""
+
+    mode: Literal["ovf", "irs", "nit", "none"]
+    data: str
+    epochs: int
+    sigma: float = Field(description="training device variation, relative to the cell range")
+    beta: float
+    lr: float
+    batch_size: int
+    seed: int
+    noise: Literal["cell", "paper"]
+    seconds: float
+    final_loss: float
 
 
 class TensorRecord(_Strict):

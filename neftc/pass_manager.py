@@ -8,7 +8,8 @@ wraps any failure with the pass name (and the node, when the pass names one).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar, Protocol
@@ -30,6 +31,7 @@ class PassContext:
     target: TargetSpec
     example_input: torch.Tensor
     facts: set[str] = field(default_factory=lambda: set(INITIAL_FACTS))
+    passes_run: int = 0  # across pass managers sharing this context (numbers the dumps)
 
 
 @dataclass(frozen=True)
@@ -104,8 +106,9 @@ class PassManager:
         check_order(self.passes, frozenset(ctx.facts))
         if self.dump_dir is not None:
             self.dump_dir.mkdir(parents=True, exist_ok=True)
-            (self.dump_dir / "00-input.txt").write_text(graph_text(gm))
-        for index, p in enumerate(self.passes, start=1):
+            if ctx.passes_run == 0:
+                (self.dump_dir / "00-input.txt").write_text(graph_text(gm))
+        for p in self.passes:
             try:
                 result = p.run(gm, ctx)
                 gm = result.gm
@@ -120,10 +123,11 @@ class PassManager:
             except Exception as exc:  # noqa: BLE001 - any bug in a pass is reported with its name
                 raise PassError(f"pass '{p.name}' failed: {type(exc).__name__}: {exc}") from exc
             ctx.facts |= set(p.provides)
+            ctx.passes_run += 1
             if self.on_pass is not None:
                 self.on_pass(p.name, result.modified)
             if self.dump_dir is not None:
-                (self.dump_dir / f"{index:02d}-{p.name}.txt").write_text(graph_text(gm))
+                (self.dump_dir / f"{ctx.passes_run:02d}-{p.name}.txt").write_text(graph_text(gm))
         return gm
 
 
@@ -131,5 +135,17 @@ def _verify(gm: torch.fx.GraphModule, ctx: PassContext) -> None:
     """A pass must leave a well-formed graph that still runs on the example input."""
     gm.graph.lint()
     gm.recompile()
-    with torch.no_grad():
+    with evaluating(gm), torch.no_grad():
         gm(ctx.example_input)
+
+
+@contextmanager
+def evaluating(module: torch.nn.Module) -> Iterator[None]:
+    """Eval mode for the duration (training-only modules such as weight noise and feedback heads
+    are the identity in eval mode), then the previous mode again."""
+    training = module.training
+    module.eval()
+    try:
+        yield
+    finally:
+        module.train(training)

@@ -8,8 +8,12 @@ import torch.fx
 
 def weight_attr(node: torch.fx.Node) -> str:
     """Qualified name of the parameter a crossbar node reads as its weight."""
+    from neftc.pass_manager import NodeError
+
     weight = node.args[1]
-    assert isinstance(weight, torch.fx.Node) and weight.op == "get_attr"
+    if not (isinstance(weight, torch.fx.Node) and weight.op == "get_attr"):
+        raise NodeError(node, "its weight is not a plain parameter (training-only modules are "
+                              "still in the graph?); run strip-training first")
     return str(weight.target)
 
 

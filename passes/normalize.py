@@ -87,13 +87,9 @@ def _lower_to_aten(gm: torch.fx.GraphModule, example: torch.Tensor) -> torch.fx.
                                       dynamic_shapes=({0: torch.export.Dim.AUTO},))
     except Exception:  # noqa: BLE001 - a model that needs a static batch still compiles
         program = torch.export.export(gm, (example,))
-    lowered = program.module()
-    for node in list(lowered.graph.nodes):
-        if node.op == "call_module" and str(node.target).startswith("_guards"):
-            lowered.graph.erase_node(node)
-    lowered.graph.eliminate_dead_code()
-    lowered.recompile()
-    return lowered
+    from neftc.frontend import unexported
+
+    return unexported(program.module())
 
 
 def _param(gm: torch.fx.GraphModule, node: Any) -> torch.Tensor | None:

@@ -67,3 +67,29 @@ class NoiseModel:
     @property
     def has_faults(self) -> bool:
         return self.stuck_at_min_rate > 0 or self.stuck_at_max_rate > 0
+
+
+def cell_weight_std(q: torch.Tensor, scales: torch.Tensor, *, bits: int, cell_bits: int,
+                    encoding: str, sigma: float, state_ratio: float) -> torch.Tensor:
+    """Per-weight std (weight units) of the exact Gaussian equivalent of the cell-level noise.
+
+    ``q`` holds integer weights (any shape whose last dimension matches ``scales``, or scalar
+    scales). The effective weight of a chip is ``sum_{p,s} sign_p L^s (level + (L-1) e)`` times
+    the scale, so its variance is ``sum_{p,s} (L^s (L-1) sigma k(level_{p,s}))^2 scale^2``: the
+    weight's own slices on both polarities (differential) or of ``q + offset`` (offset).
+    """
+    n_levels = 2**cell_bits
+    n_slices = -(-bits // cell_bits)
+    if encoding == "differential":
+        magnitudes = [q.clamp(min=0), (-q).clamp(min=0)]
+    else:
+        magnitudes = [q + 2 ** (bits - 1)]
+    variance = torch.zeros_like(q, dtype=torch.float32)
+    for magnitude in magnitudes:
+        remaining = magnitude.to(torch.float32)
+        for s in range(n_slices):
+            level = torch.remainder(remaining, n_levels)
+            remaining = torch.div(remaining - level, n_levels)
+            std = cell_std_levels(level, n_levels, sigma, state_ratio) * float(n_levels**s)
+            variance = variance + std * std
+    return variance.sqrt() * scales

@@ -190,3 +190,24 @@ def test_target_adc_loses_little_on_a_trained_model(tmp_path) -> None:
     # 8-bit DAC + 8-bit ADC over 128-row tiles (step 1.5 level units): a small, real loss.
     assert acc_ideal > 0.9 and acc_ideal - acc_adc < 0.03
     assert adc.partial_mvms_per_weight()["features.3"] == 8 * 4 * 2  # cycles x slices x pol
+
+
+@pytest.mark.parametrize("encoding", ["differential", "offset"])
+def test_cell_weight_std_matches_emulator_prediction(tmp_path, encoding) -> None:
+    """The training-time Gaussian equivalent uses the same variance as the emulator's cells."""
+    from neftc.runtime.noise import cell_weight_std
+
+    layout = mlp_layout(tmp_path, "fefet6_128x128", [f"weight.sign_encoding={encoding}"])
+    spec = layout.doc.target
+    q = torch.from_numpy(layout.integer_matrix("0")).float()
+    std = cell_weight_std(q, torch.from_numpy(layout.scales("0")), bits=spec.weight.bits,
+                          cell_bits=spec.cell.bits, encoding=encoding, sigma=0.2,
+                          state_ratio=spec.noise.state_ratio)
+    n_levels = 2**spec.cell.bits
+    levels = layout.levels("0").astype(np.float64)
+    extreme = (levels == 0) | (levels == n_levels - 1)
+    k = np.where(extreme, 1.0, spec.noise.state_ratio) / normalisation(spec.noise.state_ratio)
+    slice_w = (n_levels ** np.arange(levels.shape[1]))[None, :, None, None]
+    var_q = ((slice_w * (n_levels - 1) * 0.2 * k) ** 2).sum(axis=(0, 1))
+    expected = np.sqrt(var_q) * layout.scales("0")[None, :]
+    np.testing.assert_allclose(std.numpy(), expected, rtol=1e-5)

@@ -1,0 +1,104 @@
+"""Training-only modules that the NeFT passes insert into a graph (and strip before mapping).
+
+- ``WeightNoise`` sits between a crossbar weight and its op. In training mode it adds, per weight,
+  the exact Gaussian equivalent of the target's cell-level programming noise at ``sigma``
+  (``runtime.noise.cell_weight_std``), or the NeFT reference formula (``mode="paper"``), with
+  fresh draws every forward from an explicit ``torch.Generator``. In eval mode it is the identity.
+- ``FeedbackHead`` (IRS) passes its input through unchanged and, in training mode, computes
+  snapshot logits ``AdaptiveAvgPool -> flatten -> Linear(., hidden) -> ReLU -> Linear(hidden, K)``
+  with noisy weights, kept in ``self.logits`` for the negative-feedback loss.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from neftc.runtime.noise import cell_weight_std, paper_weight_std
+from neftc.targets.spec import TargetSpec
+
+TrainNoiseMode = Literal["cell", "paper"]
+
+
+@dataclass(frozen=True)
+class DeviceNoise:
+    """The target's quantities a training-noise module needs."""
+
+    bits: int
+    cell_bits: int
+    encoding: str
+    qmax: int
+    state_ratio: float
+    per_channel: bool
+    mode: TrainNoiseMode
+
+    @classmethod
+    def of(cls, target: TargetSpec, per_channel: bool = False,
+           mode: TrainNoiseMode = "cell") -> "DeviceNoise":
+        return cls(target.weight.bits, target.cell.bits, target.weight.sign_encoding,
+                   target.qmax, target.noise.state_ratio, per_channel, mode)
+
+    def weight_std(self, weight: torch.Tensor, sigma: float) -> torch.Tensor:
+        """Per-weight noise std for a weight tensor [C_out, ...] (detached)."""
+        w = weight.detach()
+        matrix = w.reshape(w.shape[0], -1)
+        if self.mode == "paper":
+            return paper_weight_std(matrix, self.qmax, 2**self.cell_bits,
+                                    -(-self.bits // self.cell_bits), sigma,
+                                    self.state_ratio).reshape(w.shape)
+        bound = matrix.abs().amax(dim=1, keepdim=True) if self.per_channel else matrix.abs().max()
+        scale = torch.clamp(bound, min=1e-12) / self.qmax
+        q = torch.clamp(torch.round(matrix / scale), -self.qmax, self.qmax)
+        std = cell_weight_std(q, torch.ones(()), bits=self.bits, cell_bits=self.cell_bits,
+                              encoding=self.encoding, sigma=sigma, state_ratio=self.state_ratio)
+        return (std * scale).reshape(w.shape)
+
+
+class WeightNoise(nn.Module):
+    def __init__(self, device_noise: DeviceNoise, sigma: float) -> None:
+        super().__init__()
+        self.device_noise = device_noise
+        self.sigma = float(sigma)
+        self.generator: torch.Generator | None = None
+
+    def forward(self, weight: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.sigma <= 0:
+            return weight
+        if self.generator is None:
+            raise RuntimeError("WeightNoise needs a torch.Generator; the NeFT trainer sets it")
+        std = self.device_noise.weight_std(weight, self.sigma)
+        noise = torch.randn(weight.shape, generator=self.generator, device=weight.device)
+        return weight + std * noise
+
+    def extra_repr(self) -> str:
+        return f"sigma={self.sigma}, mode={self.device_noise.mode}"
+
+
+class FeedbackHead(nn.Module):
+    def __init__(self, in_channels: int, spatial_dims: int, pool_size: int, hidden: int,
+                 num_classes: int, device_noise: DeviceNoise, sigma: float) -> None:
+        super().__init__()
+        self.spatial_dims = spatial_dims
+        self.pool_size = pool_size
+        features = in_channels * pool_size**spatial_dims
+        self.fc1 = nn.Linear(features, hidden)
+        self.fc2 = nn.Linear(hidden, num_classes)
+        self.noise1 = WeightNoise(device_noise, sigma)
+        self.noise2 = WeightNoise(device_noise, sigma)
+        self.logits: torch.Tensor | None = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training:
+            h = x
+            if self.spatial_dims == 2:
+                h = F.adaptive_avg_pool2d(h, self.pool_size)
+            elif self.spatial_dims == 1:
+                h = F.adaptive_avg_pool1d(h, self.pool_size)
+            h = torch.flatten(h, 1)
+            h = F.relu(F.linear(h, self.noise1(self.fc1.weight), self.fc1.bias))
+            self.logits = F.linear(h, self.noise2(self.fc2.weight), self.fc2.bias)
+        return x

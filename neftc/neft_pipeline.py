@@ -1,0 +1,94 @@
+"""NeFT inside the compiler: inject-noise -> insert-feedback -> fine-tune -> strip-training."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import torch
+import torch.fx
+
+from neftc.datasets import Dataset, check_compatible, load_dataset
+from neftc.errors import DataError, NeftcError
+from neftc.finetune import DEFAULT_BATCH, DEFAULT_BETA, DEFAULT_LR, TrainLog, finetune
+from neftc.pass_manager import PassContext, PassManager
+from neftc.passes.inject_noise import InjectNoise
+from neftc.passes.insert_feedback import InsertFeedback, NeftMode
+from neftc.passes.strip_training import StripTraining
+
+NEFT_MODES: tuple[NeftMode, ...] = ("ovf", "irs", "nit", "none")
+
+
+@dataclass(frozen=True)
+class NeftSettings:
+    mode: NeftMode
+    data: str
+    epochs: int = 10
+    sigma: float | None = None  # training sigma; default: the target's noise.sigma_rel
+    beta: float | None = None  # default: the paper's VGG-8/MNIST value for the mode
+    lr: float = DEFAULT_LR
+    batch_size: int = DEFAULT_BATCH
+    seed: int = 0
+    device: str = "cpu"
+    noise: Literal["cell", "paper"] = "cell"
+    taps: int | tuple[str, ...] = 3
+    sigma_offsets: tuple[float, ...] = (0.15, 0.10, 0.05)
+
+    def validate(self) -> None:
+        if self.mode not in NEFT_MODES:
+            raise NeftcError(f"unknown NeFT mode '{self.mode}'; use one of {', '.join(NEFT_MODES)}")
+        if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0:
+            raise NeftcError("--epochs and --batch-size must be at least 1 and --lr positive")
+        if self.sigma is not None and self.sigma < 0:
+            raise NeftcError(f"--train-sigma must be >= 0, got {self.sigma}")
+        if self.device.startswith("cuda") and not torch.cuda.is_available():
+            raise NeftcError(f"--device {self.device}: no CUDA device is available here; "
+                             "use --device cpu")
+
+
+def num_outputs(gm: torch.fx.GraphModule, example: torch.Tensor) -> int:
+    with torch.no_grad():
+        out = gm(example)
+    while isinstance(out, (list, tuple)):
+        out = out[0]
+    return int(out.shape[-1])
+
+
+def training_data(settings: NeftSettings, input_shape: tuple[int, ...],
+                  classes: int) -> Dataset:
+    data = load_dataset(settings.data, seed=settings.seed)
+    check_compatible(data, input_shape, classes)
+    if len(data.train) == 0:
+        raise DataError(f"data '{settings.data}' has no training split; fine-tuning needs one "
+                        "(an .npz with x,y or x_train,y_train, or the MNIST train files)")
+    return data
+
+
+def run_neft(gm: torch.fx.GraphModule, ctx: PassContext, settings: NeftSettings, *,
+             dump_dir: Path | None = None, on_pass: Callable[[str, bool], None] | None = None,
+             progress: bool = True) -> tuple[torch.fx.GraphModule, TrainLog]:
+    """Fine-tune a normalised graph with NeFT; returns the deployable graph (noise and heads
+    stripped) and the training log."""
+    settings.validate()
+    classes = num_outputs(gm, ctx.example_input)
+    data = training_data(settings, tuple(ctx.example_input.shape[1:]), classes)
+    sigma = ctx.target.noise.sigma_rel if settings.sigma is None else settings.sigma
+    beta = DEFAULT_BETA[settings.mode] if settings.beta is None else settings.beta
+    passes: list = []
+    if settings.mode != "none":
+        passes.append(InjectNoise(sigma=sigma, mode=settings.noise))
+        passes.append(InsertFeedback(mode=settings.mode, beta=beta, sigma=sigma,
+                                     num_classes=classes, sigma_offsets=settings.sigma_offsets,
+                                     taps=settings.taps, noise_mode=settings.noise))
+    manager = PassManager(passes, dump_dir=dump_dir, on_pass=on_pass)
+    gm = manager.run(gm, ctx)
+    log = finetune(gm, data.train, sigma=sigma, epochs=settings.epochs, lr=settings.lr,
+                   batch_size=settings.batch_size, seed=settings.seed, device=settings.device,
+                   progress=progress)
+    if on_pass is not None:
+        on_pass(f"fine-tune ({settings.mode}, {settings.epochs} epochs, "
+                f"{log.seconds:.1f} s)", True)
+    gm = PassManager([StripTraining()], dump_dir=dump_dir, on_pass=on_pass).run(gm, ctx)
+    return gm, log

@@ -1,0 +1,54 @@
+"""inject-noise: make every crossbar weight noisy in training, exactly as the target's chip is.
+
+Between each crossbar op and its ``get_attr`` weight the pass inserts a ``WeightNoise`` module
+(``neft_noise_<i>``), which in training mode adds per weight the Gaussian equivalent of the
+target's cell-level variation at ``sigma`` (same variance as the emulator, computed from the
+weight's own slices and encoding) or the NeFT reference formula (``mode="paper"``). In eval mode
+the graph computes exactly what it did before. No model code is edited.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch.fx
+
+from neftc.meta import crossbar_nodes
+from neftc.neft_modules import DeviceNoise, TrainNoiseMode, WeightNoise
+from neftc.pass_manager import PassContext, PassResult
+
+NOISE_PREFIX = "neft_noise_"
+
+
+@dataclass(frozen=True)
+class InjectNoise:
+    sigma: float
+    mode: TrainNoiseMode = "cell"
+    per_channel: bool = False
+
+    name: ClassVar[str] = "inject-noise"
+    requires: ClassVar[frozenset[str]] = frozenset({"normalized"})
+    provides: ClassVar[frozenset[str]] = frozenset({"noisy-weights"})
+
+    def run(self, gm: torch.fx.GraphModule, ctx: PassContext) -> PassResult:
+        device_noise = DeviceNoise.of(ctx.target, self.per_channel, self.mode)
+        modified = False
+        for index, node in enumerate(crossbar_nodes(gm)):
+            weight = node.args[1]
+            assert isinstance(weight, torch.fx.Node)
+            if weight.op == "call_module" and str(weight.target).startswith(NOISE_PREFIX):
+                module = gm.get_submodule(str(weight.target))
+                assert isinstance(module, WeightNoise)
+                if module.sigma != self.sigma or module.device_noise != device_noise:
+                    module.sigma, module.device_noise = self.sigma, device_noise
+                    modified = True
+                continue
+            name = f"{NOISE_PREFIX}{index}"
+            gm.add_submodule(name, WeightNoise(device_noise, self.sigma))
+            with gm.graph.inserting_before(node):
+                noisy = gm.graph.call_module(name, (weight,))
+            node.replace_input_with(weight, noisy)
+            modified = True
+        gm.recompile()
+        return PassResult(gm, modified)

@@ -1,0 +1,128 @@
+"""insert-feedback: the NeFT feedback points (DESIGN.md section 5).
+
+- ``ovf`` (oriented variational forward): no graph change; the plan records the extra forwards'
+  sigma offsets (+0.15, +0.10, +0.05 by default) and their weights gamma_n = 10^-(n-1).
+- ``irs`` (intermediate representation snapshot): a training-only ``FeedbackHead`` at each of N
+  taps (default 3, evenly spaced over the crossbar layers, or named nodes); each passes its input
+  through and, in training, computes snapshot logits with noisy weights.
+- ``nit`` (noise-injection training) and ``none``: no feedback.
+
+The plan is stored in ``gm.meta["neft"]``; ``strip-training`` removes heads and noise before
+quantisation, leaving the deployed graph exactly as it was.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar, Literal
+
+import torch
+import torch.fx
+
+from neftc.meta import crossbar_nodes
+from neftc.neft_modules import DeviceNoise, FeedbackHead
+from neftc.pass_manager import NodeError, PassContext, PassResult, evaluating
+
+NeftMode = Literal["ovf", "irs", "nit", "none"]
+HEAD_PREFIX = "neft_head_"
+PLAN_KEY = "neft"
+
+
+@dataclass(frozen=True)
+class FeedbackPlan:
+    mode: NeftMode
+    beta: float
+    sigma_offsets: tuple[float, ...] = ()  # OVF
+    heads: tuple[str, ...] = ()  # IRS submodule names, in tap order
+
+    @property
+    def gammas(self) -> tuple[float, ...]:
+        n = len(self.sigma_offsets) if self.mode == "ovf" else len(self.heads)
+        return tuple(10.0 ** -i for i in range(n))
+
+
+def _even_taps(count: int, candidates: list[torch.fx.Node]) -> list[torch.fx.Node]:
+    """``count`` nodes evenly spaced over ``candidates`` (never the last one: it is the output)."""
+    pool = candidates[:-1]
+    if count > len(pool):
+        raise ValueError(f"{count} IRS taps asked for, but the model has only {len(pool)} "
+                         "crossbar layers before its last")
+    step = len(pool) / count
+    return [pool[min(len(pool) - 1, int(round((i + 1) * step)) - 1)] for i in range(count)]
+
+
+def _tap_point(node: torch.fx.Node) -> torch.fx.Node:
+    """Tap after the activation that follows a crossbar op, if there is exactly one."""
+    users = list(node.users)
+    while len(users) == 1 and users[0].op == "call_function" and \
+            users[0].target in (torch.ops.aten.relu.default, torch.ops.aten.batch_norm.default,
+                                torch.ops.aten.relu_.default):
+        node = users[0]
+        users = list(node.users)
+    return node
+
+
+@dataclass(frozen=True)
+class InsertFeedback:
+    mode: NeftMode
+    beta: float
+    sigma: float
+    num_classes: int
+    sigma_offsets: tuple[float, ...] = (0.15, 0.10, 0.05)
+    taps: int | tuple[str, ...] = 3
+    pool_size: int = 2
+    hidden: int = 512
+    noise_mode: Literal["cell", "paper"] = "cell"
+
+    name: ClassVar[str] = "insert-feedback"
+    requires: ClassVar[frozenset[str]] = frozenset({"normalized", "noisy-weights"})
+    provides: ClassVar[frozenset[str]] = frozenset({"feedback"})
+
+    def run(self, gm: torch.fx.GraphModule, ctx: PassContext) -> PassResult:
+        previous = gm.meta.get(PLAN_KEY)
+        if self.mode != "irs":
+            plan = FeedbackPlan(self.mode, self.beta,
+                                self.sigma_offsets if self.mode == "ovf" else ())
+            gm.meta[PLAN_KEY] = plan
+            return PassResult(gm, previous != plan)
+        if previous is not None and previous.mode == "irs":
+            return PassResult(gm, False)
+        by_name = {n.name: n for n in gm.graph.nodes}
+        if isinstance(self.taps, int):
+            try:
+                taps = [_tap_point(n) for n in _even_taps(self.taps, crossbar_nodes(gm))]
+            except ValueError as exc:
+                raise NodeError(next(iter(gm.graph.nodes)), str(exc)) from None
+        else:
+            missing = [t for t in self.taps if t not in by_name]
+            if missing:
+                raise NodeError(next(iter(gm.graph.nodes)),
+                                f"IRS tap node(s) {missing} not in the graph; see "
+                                "--dump-after-each for node names")
+            taps = [by_name[t] for t in self.taps]
+        shapes = _tap_shapes(gm, ctx.example_input, taps)
+        device_noise = DeviceNoise.of(ctx.target, mode=self.noise_mode)
+        heads = []
+        for index, (tap, shape) in enumerate(zip(taps, shapes)):
+            name = f"{HEAD_PREFIX}{index}"
+            head = FeedbackHead(shape[1], len(shape) - 2, self.pool_size, self.hidden,
+                                self.num_classes, device_noise, self.sigma)
+            gm.add_submodule(name, head)
+            users = list(tap.users)
+            with gm.graph.inserting_after(tap):
+                through = gm.graph.call_module(name, (tap,))
+            for user in users:
+                user.replace_input_with(tap, through)
+            heads.append(name)
+        gm.meta[PLAN_KEY] = FeedbackPlan("irs", self.beta, heads=tuple(heads))
+        gm.recompile()
+        return PassResult(gm, True)
+
+
+def _tap_shapes(gm: torch.fx.GraphModule, example: torch.Tensor,
+                taps: list[torch.fx.Node]) -> list[tuple[int, ...]]:
+    from torch.fx.passes.shape_prop import ShapeProp
+
+    with evaluating(gm):
+        ShapeProp(gm).propagate(example)
+    return [tuple(tap.meta["tensor_meta"].shape) for tap in taps]
