@@ -52,8 +52,44 @@ def _parser() -> argparse.ArgumentParser:
                       "(default: BN runs in the digital periphery)")
     comp.add_argument("--dump-after-each", type=Path, metavar="DIR",
                       help="write the graph after every pass to DIR")
+    _add_neft_args(comp, required=False)
     comp.add_argument("--json", action="store_true", help="print the summary as JSON")
     comp.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
+
+    fin = sub.add_parser("finetune", help="NeFT fine-tuning only: a model in, a tuned .pt2 out",
+                         description="Fine-tune MODEL with NeFT against the target's device "
+                         "noise and save the tuned model with torch.export (feedback heads and "
+                         "noise removed); compile it later, or use 'neftc compile --neft'.")
+    fin.add_argument("model", type=Path, help="a .pt2, or a .pt state_dict with --arch")
+    _add_target_args(fin)
+    fin.add_argument("-o", "--output", type=Path, required=True, help="tuned model (.pt2)")
+    fin.add_argument("--arch")
+    fin.add_argument("--input-shape")
+    fin.add_argument("--trust-model", action="store_true")
+    _add_neft_args(fin, required=True)
+    fin.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+
+    tr = sub.add_parser("train", help="train a zoo model on a data set and save it as .pt2",
+                        description="Train a built-in architecture (sized from the data's input "
+                        "shape and class count) with Adam and a cosine schedule; with --neft, "
+                        "then fine-tune it with NeFT. Saves a torch.export archive.")
+    tr.add_argument("arch", help="mlp, lenet, vgg8 or resnet18")
+    tr.add_argument("--data", required=True, help="digits, an .npz, an MNIST IDX folder or a "
+                    "CIFAR-10 batches folder")
+    tr.add_argument("-o", "--output", type=Path, required=True, help="model file (.pt2)")
+    tr.add_argument("--epochs", type=int, default=20)
+    tr.add_argument("--lr", type=float, default=3e-3)
+    tr.add_argument("--batch-size", type=int, default=128)
+    tr.add_argument("--seed", type=int, default=0)
+    tr.add_argument("--device", default="cpu", help="cpu or cuda")
+    tr.add_argument("--neft", choices=["ovf", "irs", "nit", "none"],
+                    help="after training, fine-tune with NeFT against --target's noise")
+    tr.add_argument("--neft-epochs", type=int, default=10)
+    tr.add_argument("--train-sigma", type=float)
+    tr.add_argument("--beta", type=float)
+    tr.add_argument("--train-noise", choices=["cell", "paper"], default="cell")
+    _add_target_args(tr)
+    tr.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
 
     insp = sub.add_parser("inspect", help="summarise a layout directory",
                           description="Validate a layout (schema and checksums) and print per "
@@ -121,6 +157,46 @@ def _add_target_args(parser: argparse.ArgumentParser) -> None:
                         "--set noise.sigma_rel=0.15 (repeatable)")
 
 
+def _add_neft_args(parser: argparse.ArgumentParser, required: bool) -> None:
+    group = parser.add_argument_group("NeFT fine-tuning (Negative Feedback Training)")
+    group.add_argument("--neft", choices=["ovf", "irs", "nit", "none"], required=required,
+                       help="ovf: oriented variational forwards; irs: snapshot heads; nit: "
+                       "noise-injection baseline; none: plain fine-tuning"
+                       + ("" if required else " (default: no fine-tuning)"))
+    group.add_argument("--data", default="digits", help="training data: digits (default), an "
+                       ".npz, an MNIST IDX folder or a CIFAR-10 batches folder")
+    group.add_argument("--epochs", type=int, default=10, help="fine-tuning epochs (default 10)")
+    group.add_argument("--train-sigma", type=float,
+                       help="device variation to train against (default: target's sigma_rel)")
+    group.add_argument("--beta", type=float, help="feedback strength (default: the paper's "
+                       "VGG-8/MNIST value, OVF 1e-3, IRS 1e-2)")
+    group.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (default 1e-3)")
+    group.add_argument("--batch-size", type=int, default=128, help="default 128 (the paper's)")
+    group.add_argument("--seed", type=int, default=0, help="makes fine-tuning repeatable")
+    group.add_argument("--device", default="cpu", help="cpu (default) or cuda")
+    group.add_argument("--train-noise", choices=["cell", "paper"], default="cell",
+                       help="cell: exact per-weight equivalent of the chip's cell noise "
+                       "(default); paper: the NeFT reference formula")
+    group.add_argument("--irs-taps", default="3", help="IRS: number of evenly spaced taps, or "
+                       "comma-separated node names (default 3)")
+
+
+def _neft_settings(args: argparse.Namespace):  # -> NeftSettings | None
+    from neftc.neft_pipeline import NeftSettings
+
+    if not getattr(args, "neft", None):
+        return None
+    taps: int | tuple[str, ...]
+    taps = int(args.irs_taps) if args.irs_taps.isdigit() else tuple(
+        t.strip() for t in args.irs_taps.split(",") if t.strip())
+    settings = NeftSettings(mode=args.neft, data=args.data, epochs=args.epochs,
+                            sigma=args.train_sigma, beta=args.beta, lr=args.lr,
+                            batch_size=args.batch_size, seed=args.seed, device=args.device,
+                            noise=args.train_noise, taps=taps)
+    settings.validate()
+    return settings
+
+
 def _cmd_compile(args: argparse.Namespace) -> int:
     from neftc.compiler import CompileSettings, compile_model
     from neftc.frontend import parse_input_shape
@@ -130,7 +206,9 @@ def _cmd_compile(args: argparse.Namespace) -> int:
     target = resolve_target(args.target, args.overrides)
     shape = parse_input_shape(args.input_shape) if args.input_shape else None
     settings = CompileSettings(per_channel=args.per_channel, calibration=args.calibration,
-                               fold_bn=args.fold_bn, dump_after_each=args.dump_after_each)
+                               fold_bn=args.fold_bn, dump_after_each=args.dump_after_each,
+                               neft=_neft_settings(args),
+                               progress=not args.quiet and not args.json)
     start = time.perf_counter()
 
     def on_pass(name: str, modified: bool) -> None:
@@ -232,7 +310,44 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"compile": _cmd_compile, "verify": _cmd_verify, "inspect": _cmd_inspect, "targets": _cmd_targets,
+def _cmd_finetune(args: argparse.Namespace) -> int:
+    from neftc.frontend import parse_input_shape
+    from neftc.neft_cli import finetune_file
+    from neftc.targets import resolve_target
+
+    target = resolve_target(args.target, args.overrides)
+    shape = parse_input_shape(args.input_shape) if args.input_shape else None
+    log = finetune_file(args.model, target, _neft_settings(args), args.output, arch=args.arch,
+                        input_shape=shape, trust_model=args.trust_model,
+                        progress=not args.quiet)
+    print(f"fine-tuned with NeFT {args.neft} for {log.epochs} epochs ({log.steps} steps, "
+          f"{log.seconds:.1f} s, final loss {log.losses[-1]:.4f}); wrote {args.output}")
+    return 0
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from neftc.neft_cli import train_zoo_model
+    from neftc.neft_pipeline import NeftSettings
+    from neftc.targets import resolve_target
+
+    target = resolve_target(args.target, args.overrides)
+    neft = None
+    if args.neft:
+        neft = NeftSettings(mode=args.neft, data=args.data, epochs=args.neft_epochs,
+                            sigma=args.train_sigma, beta=args.beta, seed=args.seed,
+                            device=args.device, noise=args.train_noise)
+        neft.validate()
+    if args.epochs < 1 or args.batch_size < 1 or args.lr <= 0:
+        raise NeftcError("--epochs and --batch-size must be at least 1 and --lr positive")
+    summary = train_zoo_model(args.arch, args.data, args.output, epochs=args.epochs, lr=args.lr,
+                              batch_size=args.batch_size, seed=args.seed, device=args.device,
+                              neft=neft, target=target, progress=not args.quiet)
+    print(summary)
+    return 0
+
+
+COMMANDS = {"compile": _cmd_compile, "verify": _cmd_verify, "finetune": _cmd_finetune,
+            "train": _cmd_train, "inspect": _cmd_inspect, "targets": _cmd_targets,
             "demo": _cmd_demo}
 
 

@@ -76,7 +76,10 @@ def run_verify(layout_dir: str | Path, data_spec: str, settings: VerifySettings,
         result = monte_carlo(run, x, y, settings.trials, batch_size=settings.batch_size,
                              on_trial=lambda _chip, _acc: bar.update())
         results.append({"sigma": sigma, "quantized_accuracy": quantized,
-                        "mc": result.stats.as_dict(), "seconds": result.seconds,
+                        "mc": result.stats.as_dict(),
+                        "uncertainty": {"expected_kl": result.expected_kl,
+                                        "mean_confidence": result.mean_confidence},
+                        "seconds": result.seconds,
                         "trials_per_second": result.trials_per_second})
     bar.close()
     partial = emulator.partial_mvms_per_weight()
@@ -111,7 +114,8 @@ def format_verify(report: dict[str, Any]) -> str:
                      f"{100 * report['quantized_accuracy_ideal_periphery']:.2f} %")
     lines.append("")
     header = (f"{'sigma':>6}  {'quantized':>9}  {'MC mean':>8}  {'95% CI':>7}  {'std':>6}  "
-              f"{'min':>6}  {'p5':>6}  {'max':>6}  {'trials':>6}  {'chips/s':>8}")
+              f"{'min':>6}  {'p5':>6}  {'max':>6}  {'E[KL]':>7}  {'conf':>6}  {'trials':>6}  "
+              f"{'chips/s':>8}")
     lines += [header, "-" * len(header)]
     for row in report["results"]:
         mc = row["mc"]
@@ -119,5 +123,7 @@ def format_verify(report: dict[str, Any]) -> str:
             f"{row['sigma']:>6.3f}  {100 * row['quantized_accuracy']:>8.2f}%  "
             f"{100 * mc['mean']:>7.2f}%  {100 * mc['ci95']:>6.2f}%  {100 * mc['std']:>5.2f}%  "
             f"{100 * mc['min']:>5.1f}%  {100 * mc['p5']:>5.1f}%  {100 * mc['max']:>5.1f}%  "
+            f"{row['uncertainty']['expected_kl']:>7.4f}  "
+            f"{100 * row['uncertainty']['mean_confidence']:>5.1f}%  "
             f"{mc['trials']:>6}  {row['trials_per_second']:>8.1f}")
     return "\n".join(lines) + "\n"

@@ -43,13 +43,49 @@ def summarize(accuracies: np.ndarray) -> McStats:
 
 
 @torch.no_grad()
+def predict(emulator: Emulator, x: torch.Tensor, batch_size: int) -> torch.Tensor:
+    """Logits of the currently programmed chip instance for all of ``x``."""
+    return torch.cat([emulator.forward(x[start:start + batch_size])
+                      for start in range(0, x.shape[0], batch_size)])
+
+
 def evaluate(emulator: Emulator, x: torch.Tensor, y: torch.Tensor, batch_size: int) -> float:
     """Top-1 accuracy of the currently programmed chip instance."""
-    correct = 0
-    for start in range(0, x.shape[0], batch_size):
-        logits = emulator.forward(x[start:start + batch_size])
-        correct += int((logits.argmax(dim=1) == y[start:start + batch_size]).sum())
-    return correct / max(int(y.shape[0]), 1)
+    logits = predict(emulator, x, batch_size)
+    return int((logits.argmax(dim=1) == y).sum()) / max(int(y.shape[0]), 1)
+
+
+class Uncertainty:
+    """Streaming epistemic uncertainty over chip instances, per test sample:
+    ``E_i[KL(p_i || p_mean)] = E_i[sum_c p_i log p_i] - sum_c p_mean log p_mean`` (the expected KL
+    divergence between each chip's predictive distribution and their mean), and the mean top-1
+    confidence ``E_i[max_c p_i]``."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.sum_p: torch.Tensor | None = None
+        self.sum_neg_entropy: torch.Tensor | None = None
+        self.sum_confidence = 0.0
+
+    def add(self, logits: torch.Tensor) -> None:
+        log_p = torch.log_softmax(logits.double(), dim=1)
+        p = log_p.exp()
+        neg_entropy = (p * log_p).sum(dim=1)
+        self.sum_p = p if self.sum_p is None else self.sum_p + p
+        self.sum_neg_entropy = (neg_entropy if self.sum_neg_entropy is None
+                                else self.sum_neg_entropy + neg_entropy)
+        self.sum_confidence += float(p.max(dim=1).values.mean())
+        self.count += 1
+
+    def expected_kl(self) -> float:
+        if self.count == 0 or self.sum_p is None or self.sum_neg_entropy is None:
+            return float("nan")
+        mean_p = self.sum_p / self.count
+        mean_neg_entropy = (mean_p * torch.log(mean_p.clamp(min=1e-300))).sum(dim=1)
+        return float((self.sum_neg_entropy / self.count - mean_neg_entropy).mean().clamp(min=0))
+
+    def mean_confidence(self) -> float:
+        return self.sum_confidence / self.count if self.count else float("nan")
 
 
 @dataclass(frozen=True)
@@ -57,6 +93,8 @@ class McResult:
     accuracies: np.ndarray
     stats: McStats
     seconds: float
+    expected_kl: float
+    mean_confidence: float
 
     @property
     def trials_per_second(self) -> float:
@@ -69,10 +107,14 @@ def monte_carlo(emulator: Emulator, x: torch.Tensor, y: torch.Tensor, trials: in
     """Accuracy of ``trials`` chip instances (0 .. trials-1 of the emulator's seed)."""
     start = time.perf_counter()
     accuracies = np.empty(trials)
+    uncertainty = Uncertainty()
     for i, chip in enumerate(emulator.chips(trials)):
-        accuracies[i] = evaluate(emulator, x, y, batch_size)
+        logits = predict(emulator, x, batch_size)
+        accuracies[i] = int((logits.argmax(dim=1) == y).sum()) / max(int(y.shape[0]), 1)
+        uncertainty.add(logits)
         if on_trial is not None:
             on_trial(chip, float(accuracies[i]))
     seconds = time.perf_counter() - start
     emulator.program_ideal()
-    return McResult(accuracies, summarize(accuracies), seconds)
+    return McResult(accuracies, summarize(accuracies), seconds, uncertainty.expected_kl(),
+                    uncertainty.mean_confidence())

@@ -211,3 +211,21 @@ def test_cell_weight_std_matches_emulator_prediction(tmp_path, encoding) -> None
     var_q = ((slice_w * (n_levels - 1) * 0.2 * k) ** 2).sum(axis=(0, 1))
     expected = np.sqrt(var_q) * layout.scales("0")[None, :]
     np.testing.assert_allclose(std.numpy(), expected, rtol=1e-5)
+
+
+def test_uncertainty_expected_kl() -> None:
+    from neftc.runtime.montecarlo import Uncertainty
+
+    same = Uncertainty()
+    for _ in range(5):
+        same.add(torch.tensor([[2.0, 0.0, -1.0], [0.0, 0.0, 0.0]]))
+    assert same.expected_kl() == pytest.approx(0.0, abs=1e-12)  # identical chips: no spread
+    assert same.mean_confidence() == pytest.approx((0.8437947 + 1 / 3) / 2, rel=1e-5)
+    spread = Uncertainty()
+    a, b = torch.tensor([[5.0, 0.0]]), torch.tensor([[0.0, 5.0]])
+    spread.add(a)
+    spread.add(b)
+    p = torch.softmax(a.double(), 1)[0]
+    mean = torch.tensor([0.5, 0.5], dtype=torch.float64)
+    expected = float((p * (p / mean).log()).sum())  # both chips are equally far from the mean
+    assert spread.expected_kl() == pytest.approx(expected, rel=1e-9)

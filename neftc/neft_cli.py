@@ -1,0 +1,86 @@
+"""The work behind ``neftc finetune`` and ``neftc train``."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from neftc.datasets import load_dataset
+from neftc.errors import DataError, OutputError
+from neftc.finetune import TrainLog
+from neftc.frontend import load_model, trace_module
+from neftc.neft_pipeline import NeftSettings, run_neft
+from neftc.pass_manager import PassContext, PassManager
+from neftc.passes import Normalize
+from neftc.targets.spec import TargetSpec
+from neftc.train import accuracy, train_classifier
+from neftc.zoo import build
+
+
+def save_program(module: nn.Module, example: torch.Tensor, path: Path) -> None:
+    """Export ``module`` (batch dimension dynamic) and save it atomically with torch.export."""
+    path = Path(path)
+    if path.exists() and path.is_dir():
+        raise OutputError(f"output '{path}' is a directory; give a file name such as model.pt2")
+    batch2 = example[:1].expand(2, *example.shape[1:]).contiguous()
+    try:
+        program = torch.export.export(module, (batch2,),
+                                      dynamic_shapes=({0: torch.export.Dim.AUTO},))
+    except Exception:  # noqa: BLE001 - fall back to the example's static batch
+        program = torch.export.export(module, (example,))
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.tmp-", suffix=".pt2", dir=path.parent)
+        os.close(fd)
+    except OSError as exc:
+        raise OutputError(f"cannot write '{path}': {exc}") from None
+    try:
+        torch.export.save(program, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def finetune_file(model: Path, target: TargetSpec, settings: NeftSettings, output: Path, *,
+                  arch: str | None = None, input_shape: tuple[int, ...] | None = None,
+                  trust_model: bool = False, progress: bool = True) -> TrainLog:
+    loaded = load_model(model, arch=arch, input_shape=input_shape, trust_model=trust_model)
+    ctx = PassContext(target=target, example_input=loaded.example_input)
+    gm = PassManager([Normalize()]).run(loaded.gm, ctx)
+    gm, log = run_neft(gm, ctx, settings, progress=progress)
+    save_program(gm, loaded.example_input, output)
+    return log
+
+
+def train_zoo_model(arch: str, data_spec: str, output: Path, *, epochs: int, lr: float,
+                    batch_size: int, seed: int, device: str, neft: NeftSettings | None,
+                    target: TargetSpec, progress: bool = True) -> str:
+    data = load_dataset(data_spec, seed=seed)
+    if len(data.train) == 0:
+        raise DataError(f"data '{data_spec}' has no training split")
+    torch.manual_seed(seed)  # parameter initialisation
+    model = build(arch, data.input_shape, data.num_classes).train().to(device)
+    train = data.train
+    if device != "cpu":
+        train = type(train)(train.x.to(device), train.y.to(device))
+    model = train_classifier(model, train, epochs=epochs, lr=lr, batch_size=batch_size,
+                             seed=seed, progress=progress, desc=f"train {arch}").to("cpu")
+    lines = [f"trained {arch} on {data.name} ({len(data.train)} samples, {epochs} epochs): "
+             f"test accuracy {100 * accuracy(model, data.test):.2f} %"]
+    example = data.test.x[:1]
+    if neft is not None:
+        ctx = PassContext(target=target, example_input=example)
+        gm = PassManager([Normalize()]).run(trace_module(model, example), ctx)
+        gm, log = run_neft(gm, ctx, neft, progress=progress)
+        lines.append(f"fine-tuned with NeFT {neft.mode} ({neft.epochs} epochs, "
+                     f"{log.seconds:.1f} s): test accuracy {100 * accuracy(gm, data.test):.2f} %")
+        save_program(gm, example, output)
+    else:
+        save_program(model.eval(), example, output)
+    lines.append(f"wrote {output}")
+    return "\n".join(lines)
