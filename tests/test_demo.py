@@ -35,6 +35,8 @@ def test_demo_end_to_end(tmp_path, capsys) -> None:
         assert (layout.doc.options.neft is None) == (method == "baseline")
         row = info["verify"]["results"][0]
         assert row["sigma"] == 0.1 and row["mc"]["trials"] == 4
-        # 8-bit weights and converters cost at most 3 points without noise.
-        assert record["float_accuracy"] - row["quantized_accuracy"] <= 0.03
+        if method == "baseline":  # 8-bit weights and converters cost at most 3 points
+            assert record["float_accuracy"] - row["quantized_accuracy"] <= 0.03
+        else:  # a few epochs of noisy fine-tuning keep the noise-free model working
+            assert row["quantized_accuracy"] > 0.8
     assert "| method |" in (out / "report.md").read_text()
