@@ -34,7 +34,7 @@ METHODS = ("baseline", "nit", "ovf", "irs")
 
 
 def run(args: argparse.Namespace) -> dict:
-    results: dict = {"config": vars(args).copy(), "runs": []}
+    results: dict = {"config": {k: v for k, v in vars(args).items() if k != "json"}, "runs": []}
     work = Path(tempfile.mkdtemp(prefix="neft-results-"))
     for seed in args.seeds:
         data = load_digits(seed=seed)
