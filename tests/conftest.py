@@ -67,3 +67,14 @@ def exported_cnn(tmp_path: Path, residual_cnn: nn.Module, cnn_input: torch.Tenso
 @pytest.fixture
 def fefet() -> TargetSpec:
     return resolve_target("fefet_128x128")
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _one_intra_op_thread():
+    """The test models are tiny: one intra-op thread is as fast, and it keeps the suite's run time
+    steady when other processes share the two cores (OpenMP worker threads otherwise spin-wait
+    for a busy core and small ops slow down by orders of magnitude)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
