@@ -18,6 +18,7 @@ EPILOG = """examples:
   neftc compile weights.pt --arch resnet18 --input-shape 3,32,32 --target rram4_256x256 -o out/
   neftc inspect out/
   neftc verify out/ --data digits --mc 200 --sigma 0.1 --sigma 0.2
+  neftc export-onnx out/ -o model.onnx
   neftc targets --json
 """
 
@@ -97,6 +98,13 @@ def _parser() -> argparse.ArgumentParser:
                           "the totals.")
     insp.add_argument("layout", type=Path)
     insp.add_argument("--json", action="store_true", help="print as JSON")
+
+    onx = sub.add_parser("export-onnx", help="write a layout's deployed network as ONNX",
+                         description="Write the deployed network of a layout (dequantised "
+                         "weights q*scale, the digital ops) as a standard ONNX model (opset 17) "
+                         "that passes onnx.checker.")
+    onx.add_argument("layout", type=Path)
+    onx.add_argument("-o", "--output", type=Path, required=True, help="model file (.onnx)")
 
     tg = sub.add_parser("targets", help="list the built-in targets",
                         description="List the built-in target presets, or print one (or all) "
@@ -245,6 +253,16 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_export_onnx(args: argparse.Namespace) -> int:
+    from neftc.layout import load_layout
+    from neftc.onnx_export import export_onnx
+
+    model = export_onnx(load_layout(args.layout), args.output)
+    print(f"wrote {args.output}: {len(model.graph.node)} ONNX nodes, opset "
+          f"{model.opset_import[0].version}, {len(model.graph.initializer)} initializers")
+    return 0
+
+
 def _cmd_targets(args: argparse.Namespace) -> int:
     from neftc.targets import builtin_targets, resolve_target
 
@@ -357,7 +375,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"compile": _cmd_compile, "verify": _cmd_verify, "finetune": _cmd_finetune,
+COMMANDS = {"export-onnx": _cmd_export_onnx, "compile": _cmd_compile, "verify": _cmd_verify, "finetune": _cmd_finetune,
             "train": _cmd_train, "inspect": _cmd_inspect, "targets": _cmd_targets,
             "demo": _cmd_demo}
 

@@ -48,6 +48,7 @@ def build_module(layout: Layout) -> tuple[torch.fx.GraphModule, dict[str, Crossb
     for index, node in enumerate(layout.doc.graph.nodes):
         if node.op == "placeholder":
             env[node.name] = graph.placeholder(node.name)
+            continue
         elif node.op == "get_attr":
             if node.layer is not None:
                 env[node.name] = None  # a crossbar weight: its layer module owns it
@@ -55,6 +56,7 @@ def build_module(layout: Layout) -> tuple[torch.fx.GraphModule, dict[str, Crossb
             buffer = f"t{index}"
             root.register_buffer(buffer, torch.from_numpy(layout.tensor(node.target).copy()))
             env[node.name] = graph.get_attr(buffer)
+            continue
         elif node.op == "call_function" and node.layer is not None:
             record = records[node.layer]
             bias = torch.from_numpy(layout.tensor(record.bias).copy()) if record.bias else None
@@ -63,11 +65,14 @@ def build_module(layout: Layout) -> tuple[torch.fx.GraphModule, dict[str, Crossb
             name = f"xbar{len(layers)}"
             root.add_module(name, module)
             layers[record.name] = module
-            env[node.name] = graph.call_module(name, (decode_arg(node.args[0], env),))
+            env[node.name] = graph.create_node("call_module", name,
+                                               (decode_arg(node.args[0], env),), {},
+                                               name=node.name)
         elif node.op == "call_function":
-            env[node.name] = graph.call_function(
-                resolve_op(node.target), tuple(decode_arg(a, env) for a in node.args),
-                {k: decode_arg(v, env) for k, v in node.kwargs.items()})
+            env[node.name] = graph.create_node(
+                "call_function", resolve_op(node.target),
+                tuple(decode_arg(a, env) for a in node.args),
+                {k: decode_arg(v, env) for k, v in node.kwargs.items()}, name=node.name)
         else:
             env[node.name] = graph.output(decode_arg(node.args[0], env))
     graph.lint()
