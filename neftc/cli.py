@@ -106,6 +106,24 @@ def _parser() -> argparse.ArgumentParser:
     onx.add_argument("layout", type=Path)
     onx.add_argument("-o", "--output", type=Path, required=True, help="model file (.onnx)")
 
+    prog = sub.add_parser("program", help="write programming files (target level per cell)",
+                          description="Write, per physical array, the target level of every "
+                          "cell by (row, column) with the conductance levels and the write-verify "
+                          "tolerance: arrays.npz and/or one CSV per array, plus manifest.json "
+                          "(see docs/programming.md).")
+    prog.add_argument("layout", type=Path)
+    prog.add_argument("-o", "--output", type=Path, required=True, help="output directory")
+    prog.add_argument("--format", choices=["npz", "csv", "both"], default="both")
+
+    dif = sub.add_parser("diff", help="cells whose level changes between two layouts",
+                         description="Compare two layouts of the same model (e.g. before and "
+                         "after a re-fine-tune) cell by cell: count of changed cells per layer "
+                         "and array, and the estimated re-programming energy.")
+    dif.add_argument("old", type=Path)
+    dif.add_argument("new", type=Path)
+    dif.add_argument("--cells", action="store_true", help="list every changed cell")
+    dif.add_argument("--json", action="store_true")
+
     tg = sub.add_parser("targets", help="list the built-in targets",
                         description="List the built-in target presets, or print one (or all) "
                         "as JSON with every field and its source.")
@@ -263,6 +281,39 @@ def _cmd_export_onnx(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_program(args: argparse.Namespace) -> int:
+    from neftc.layout import load_layout
+    from neftc.programming import write_programming_files
+
+    formats = ("npz", "csv") if args.format == "both" else (args.format,)
+    manifest = write_programming_files(load_layout(args.layout), args.output, formats)
+    cells = sum(a["programmed_cells"] for a in manifest["arrays"])
+    print(f"wrote {args.output}/: {len(manifest['arrays'])} arrays, {cells:,} programmed cells "
+          f"({', '.join(formats)}), write-verify tolerance "
+          f"+-{manifest['write_verify_tolerance_us']:.3g} uS")
+    return 0
+
+
+def _cmd_diff(args: argparse.Namespace) -> int:
+    from neftc.layout import load_layout
+    from neftc.programming import diff_layouts
+
+    result = diff_layouts(load_layout(args.old), load_layout(args.new))
+    if args.json:
+        print(json.dumps(result.as_dict(args.cells), indent=1))
+        return 0
+    print(f"{result.changed_cells:,} of {result.compared_cells:,} programmed cells change level; "
+          f"estimated re-programming energy {result.energy_pj / 1e6:.3g} uJ")
+    for layer, count in result.per_layer.items():
+        if count:
+            print(f"  {layer}: {count:,} cells")
+    if args.cells:
+        print("core,array,row,col,old,new")
+        for cell in result.cells:
+            print(",".join(str(v) for v in cell))
+    return 0
+
+
 def _cmd_targets(args: argparse.Namespace) -> int:
     from neftc.targets import builtin_targets, resolve_target
 
@@ -375,7 +426,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"export-onnx": _cmd_export_onnx, "compile": _cmd_compile, "verify": _cmd_verify, "finetune": _cmd_finetune,
+COMMANDS = {"export-onnx": _cmd_export_onnx, "program": _cmd_program, "diff": _cmd_diff, "compile": _cmd_compile, "verify": _cmd_verify, "finetune": _cmd_finetune,
             "train": _cmd_train, "inspect": _cmd_inspect, "targets": _cmd_targets,
             "demo": _cmd_demo}
 

@@ -1,0 +1,130 @@
+"""Programming files (per physical array, the target level of every cell) and layout diffs."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from neftc.atomic import atomic_directory
+from neftc.errors import LayoutError
+from neftc.layout import Layout
+
+PROGRAM_MARKER = "manifest.json"
+
+
+def array_levels(layout: Layout) -> dict[tuple[int, int], tuple[np.ndarray, np.ndarray, str]]:
+    """(core, array) -> (levels uint8 [rows, cols], programmed bool [rows, cols], layer)."""
+    rows, cols = layout.doc.target.array.rows, layout.doc.target.array.cols
+    arrays = {}
+    for layer in layout.doc.layers:
+        for tile in layer.tiles:
+            levels = np.zeros((rows, cols), dtype=np.uint8)
+            programmed = np.zeros((rows, cols), dtype=bool)
+            levels[:tile.row_count, :tile.col_count] = layout.tile_levels(layer, tile)
+            programmed[:tile.row_count, :tile.col_count] = True
+            arrays[(tile.core, tile.array)] = (levels, programmed, layer.name)
+    return dict(sorted(arrays.items()))
+
+
+def write_programming_files(layout: Layout, out_dir: Path, formats: tuple[str, ...]) -> dict:
+    """Write ``arrays.npz`` and/or one CSV per array, plus ``manifest.json``."""
+    target = layout.doc.target
+    n_levels = 2**target.cell.bits
+    g_min, g_max = target.cell.g_min_us, target.cell.g_max_us
+    tolerance_us = target.cell.write_verify_tolerance_rel * (g_max - g_min)
+    arrays = array_levels(layout)
+    files: dict[str, str] = {}
+    with atomic_directory(out_dir, marker=PROGRAM_MARKER) as tmp:
+        if "npz" in formats:
+            keys = list(arrays)
+            np.savez_compressed(
+                tmp / "arrays.npz",
+                core=np.array([k[0] for k in keys], dtype=np.int32),
+                array=np.array([k[1] for k in keys], dtype=np.int32),
+                levels=np.stack([arrays[k][0] for k in keys]),
+                programmed=np.stack([arrays[k][1] for k in keys]),
+                conductance_us=np.linspace(g_min, g_max, n_levels))
+            files["arrays.npz"] = _sha(tmp / "arrays.npz")
+        if "csv" in formats:
+            (tmp / "csv").mkdir()
+            for (core, array), (levels, programmed, _) in arrays.items():
+                name = f"csv/core{core:04d}_array{array:04d}.csv"
+                grid = np.where(programmed, levels.astype(np.int16), -1)
+                np.savetxt(tmp / name, grid, fmt="%d", delimiter=",")
+                files[name] = _sha(tmp / name)
+        manifest = {
+            "format": "neftc-programming", "version": 1, "target": target.name,
+            "layout_sha256": hashlib.sha256(
+                (layout.root / "layout.json").read_bytes()).hexdigest(),
+            "array": {"rows": target.array.rows, "cols": target.array.cols},
+            "levels": n_levels,
+            "level_conductance_us": [float(g) for g in np.linspace(g_min, g_max, n_levels)],
+            "write_verify_tolerance_us": tolerance_us,
+            "write_verify_tolerance_rel": target.cell.write_verify_tolerance_rel,
+            "arrays": [{"core": c, "array": a, "layer": layer,
+                        "programmed_cells": int(programmed.sum())}
+                       for (c, a), (_, programmed, layer) in arrays.items()],
+            "files": files,
+        }
+        (tmp / PROGRAM_MARKER).write_text(json.dumps(manifest, indent=1) + "\n")
+    return manifest
+
+
+def _sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@dataclass(frozen=True)
+class LayoutDiff:
+    changed_cells: int
+    compared_cells: int
+    per_layer: dict[str, int]
+    per_array: list[dict[str, Any]]
+    energy_pj: float
+    cells: list[tuple[int, int, int, int, int, int]]  # core, array, row, col, old, new
+
+    def as_dict(self, with_cells: bool) -> dict[str, Any]:
+        data: dict[str, Any] = {"changed_cells": self.changed_cells,
+                                "compared_cells": self.compared_cells,
+                                "per_layer": self.per_layer, "per_array": self.per_array,
+                                "reprogramming_energy_pj": self.energy_pj}
+        if with_cells:
+            data["cells"] = [dict(zip(("core", "array", "row", "col", "old", "new"), c))
+                             for c in self.cells]
+        return data
+
+
+def diff_layouts(old: Layout, new: Layout, keep_cells: int = 1_000_000) -> LayoutDiff:
+    """The cells whose programmed level differs between two layouts of the same model."""
+    if [(l.name, l.weight_shape) for l in old.doc.layers] != \
+            [(l.name, l.weight_shape) for l in new.doc.layers]:
+        raise LayoutError("the two layouts do not hold the same layers (names and weight "
+                          "shapes); neftc diff compares layouts of one model")
+    old_arrays, new_arrays = array_levels(old), array_levels(new)
+    if set(old_arrays) != set(new_arrays) or old.doc.target.array != new.doc.target.array:
+        raise LayoutError("the two layouts place their tiles on different arrays; diff needs the "
+                          "same target and placement")
+    per_layer: dict[str, int] = {}
+    per_array = []
+    cells: list[tuple[int, int, int, int, int, int]] = []
+    changed = compared = 0
+    for key, (levels_old, programmed, layer) in old_arrays.items():
+        levels_new, programmed_new, _ = new_arrays[key]
+        mask = (levels_old != levels_new) & (programmed | programmed_new)
+        count = int(mask.sum())
+        compared += int(programmed.sum())
+        per_layer[layer] = per_layer.get(layer, 0) + count
+        if count:
+            per_array.append({"core": key[0], "array": key[1], "layer": layer, "changed": count})
+            for row, col in zip(*np.nonzero(mask)):
+                if len(cells) < keep_cells:
+                    cells.append((key[0], key[1], int(row), int(col), int(levels_old[row, col]),
+                                  int(levels_new[row, col])))
+        changed += count
+    energy = changed * new.doc.target.cost.cell_write_energy_pj
+    return LayoutDiff(changed, compared, per_layer, per_array, energy, cells)

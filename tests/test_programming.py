@@ -1,0 +1,69 @@
+"""Programming files and neftc diff."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import torch
+
+from neftc.cli import main
+from neftc.compiler import compile_module
+from neftc.layout import load_layout
+
+
+def _compile(model, example, target, path):
+    compile_module(model, example, target, path)
+    return load_layout(path)
+
+
+def test_programming_files_hold_every_cell(tmp_path, residual_cnn, cnn_input, fefet, capsys):
+    layout = _compile(residual_cnn, cnn_input[:1], fefet, tmp_path / "out")
+    assert main(["program", str(tmp_path / "out"), "-o", str(tmp_path / "prog")]) == 0
+    manifest = json.loads((tmp_path / "prog" / "manifest.json").read_text())
+    data = np.load(tmp_path / "prog" / "arrays.npz")
+    assert manifest["write_verify_tolerance_us"] == 0.05 * (10.0 - 0.1)
+    assert data["levels"].shape[1:] == (128, 128)
+    for layer in layout.doc.layers:
+        for tile in layer.tiles:
+            index = np.nonzero((data["core"] == tile.core) & (data["array"] == tile.array))[0][0]
+            block = data["levels"][index, :tile.row_count, :tile.col_count]
+            assert np.array_equal(block, layout.tile_levels(layer, tile))
+            assert data["programmed"][index].sum() == tile.row_count * tile.col_count
+            csv = np.loadtxt(tmp_path / "prog" / "csv" /
+                             f"core{tile.core:04d}_array{tile.array:04d}.csv", delimiter=",")
+            assert np.array_equal(csv[:tile.row_count, :tile.col_count], block)
+            assert (csv[tile.row_count:] == -1).all()  # unprogrammed cells are marked -1
+
+
+def test_diff_against_itself_is_empty_and_counts_exactly(tmp_path, fefet, capsys) -> None:
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(40, 30), torch.nn.ReLU(),
+                                torch.nn.Linear(30, 10)).eval()
+    old = _compile(model, torch.randn(1, 40), fefet, tmp_path / "old")
+    with torch.no_grad():  # a "re-fine-tune": a few weights move
+        model[0].weight[:3] += 0.05
+        model[2].weight[0, 0] += 0.2
+    new = _compile(model, torch.randn(1, 40), fefet, tmp_path / "new")
+    assert main(["diff", str(tmp_path / "old"), str(tmp_path / "old"), "--json"]) == 0
+    same = json.loads(capsys.readouterr().out)
+    assert same["changed_cells"] == 0 and same["per_array"] == []
+    assert main(["diff", str(tmp_path / "old"), str(tmp_path / "new"), "--json", "--cells"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    expected = sum(int((old.levels(n) != new.levels(n)).sum()) for n in old.layer_names)
+    assert expected > 0 and result["changed_cells"] == expected == len(result["cells"])
+    assert result["reprogramming_energy_pj"] == expected * fefet.cost.cell_write_energy_pj
+    cell = result["cells"][0]
+    origin = new.cell_origin(cell["core"], cell["array"], cell["row"], cell["col"])
+    levels_old = old.levels(origin.layer)[origin.polarity, origin.slice, origin.matrix_row,
+                                          origin.weight_col]
+    assert levels_old == cell["old"]
+
+
+def test_diff_refuses_different_models(tmp_path, fefet, capsys) -> None:
+    a = torch.nn.Linear(8, 4).eval()
+    b = torch.nn.Linear(8, 5).eval()
+    _compile(a, torch.randn(1, 8), fefet, tmp_path / "a")
+    _compile(b, torch.randn(1, 8), fefet, tmp_path / "b")
+    assert main(["diff", str(tmp_path / "a"), str(tmp_path / "b")]) == 2
+    assert "same layers" in capsys.readouterr().err
