@@ -51,6 +51,11 @@ def _parser() -> argparse.ArgumentParser:
     comp.add_argument("--fold-bn", action="store_true",
                       help="fold inference BatchNorm into the preceding conv/linear "
                       "(default: BN runs in the digital periphery)")
+    comp.add_argument("--placement", choices=["dataflow", "in-order"], default="dataflow",
+                      help="dataflow: keep communicating tiles on nearby cores (default); "
+                      "in-order: fill cores in graph order")
+    comp.add_argument("--no-replicate", action="store_true",
+                      help="do not copy bottleneck layers into free arrays")
     comp.add_argument("--dump-after-each", type=Path, metavar="DIR",
                       help="write the graph after every pass to DIR")
     _add_neft_args(comp, required=False)
@@ -241,7 +246,8 @@ def _cmd_compile(args: argparse.Namespace) -> int:
     shape = parse_input_shape(args.input_shape) if args.input_shape else None
     settings = CompileSettings(per_channel=args.per_channel, calibration=args.calibration,
                                fold_bn=args.fold_bn, dump_after_each=args.dump_after_each,
-                               neft=_neft_settings(args),
+                               neft=_neft_settings(args), placement=args.placement,
+                               replicate=not args.no_replicate,
                                progress=not args.quiet and not args.json)
     start = time.perf_counter()
 

@@ -32,6 +32,8 @@ class CompileSettings:
     dump_after_each: Path | None = None
     neft: NeftSettings | None = None  # fine-tune with NeFT before quantising
     progress: bool = False
+    placement: str = "dataflow"
+    replicate: bool = True
 
     def options(self, target: TargetSpec, log: TrainLog | None) -> CompileOptions:
         neft = None
@@ -45,7 +47,8 @@ class CompileSettings:
                 final_loss=log.losses[-1] if log.losses else float("nan"))
         return CompileOptions(per_channel=self.per_channel,
                               calibration=self.calibration,  # type: ignore[arg-type]
-                              fold_bn=self.fold_bn, placement="in-order", neft=neft)
+                              fold_bn=self.fold_bn, placement=self.placement,  # type: ignore
+                              replicate=self.replicate, neft=neft)
 
 
 @dataclass(frozen=True)
@@ -61,7 +64,9 @@ def _compile_loaded(loaded: LoadedModel, target: TargetSpec, settings: CompileSe
     ctx = PassContext(target=target, example_input=loaded.example_input)
     normalize, *mapping = default_pipeline(fold_bn=settings.fold_bn,
                                            per_channel=settings.per_channel,
-                                           calibration=settings.calibration)
+                                           calibration=settings.calibration,
+                                           placement=settings.placement,
+                                           replicate=settings.replicate)
     dump = settings.dump_after_each
     gm = PassManager([normalize], dump_dir=dump, on_pass=on_pass).run(loaded.gm, ctx)
     log = None

@@ -17,6 +17,7 @@ from neftc.graph_codec import encode_arg, target_name
 from neftc.layout_schema import (
     CHECKSUMS_FILE, LAYOUT_FILE, LAYOUT_FORMAT, LAYOUT_VERSION, LEVELS_FILE, REPORT_FILE, TENSORS_FILE, CompileOptions,
     ConvRecord, FileRecord, GraphNode, GraphRecord, LayerRecord, LayoutDoc, PeripheryRecord,
+    PlacementRecord,
     QuantRecord, SlicingRecord, SourceRecord, SummaryRecord, TensorRecord, TileRecord,
 )
 from neftc.meta import NodeInfo, crossbar_nodes, get_info
@@ -73,7 +74,8 @@ def _layer_record(node: torch.fx.Node, info: NodeInfo, levels_blob: _Blob,
         tiles.append(TileRecord(index=t.index, row_tile=t.row_tile, col_tile=t.col_tile,
                                 row_start=t.row_start, row_count=t.row_count,
                                 col_start=t.col_start, col_count=t.col_count, core=t.core,
-                                array=t.array, levels_offset=offset))
+                                array=t.array, levels_offset=offset,
+                                replicas=[tuple(r) for r in t.replicas]))
     conv = None
     if info.conv is not None:
         conv = ConvRecord(stride=list(info.conv.stride), padding=list(info.conv.padding),
@@ -88,6 +90,7 @@ def _layer_record(node: torch.fx.Node, info: NodeInfo, levels_blob: _Blob,
         slicing=SlicingRecord(cell_bits=info.slices.cell_bits, slices=int(levels.shape[1]),
                               polarities=int(levels.shape[0]), encoding=info.slices.encoding,
                               offset=info.slices.offset),
+        positions=max(info.positions, 1), replication=1 + len(info.tiles[0].replicas),
         tiles=tiles,
     )
 
@@ -145,15 +148,25 @@ def build_layout(
             layer=info.layer if info is not None else None,
         ))
     levels_bytes, tensors_bytes = levels_blob.bytes(), tensors_blob.bytes()
-    cells = sum(t.row_count * t.col_count for layer in layers for t in layer.tiles)
-    arrays = sum(len(layer.tiles) for layer in layers)
+    cells = sum(t.row_count * t.col_count * (1 + len(t.replicas))
+                for layer in layers for t in layer.tiles)
+    replicas = sum(len(t.replicas) for layer in layers for t in layer.tiles)
+    arrays = sum(len(layer.tiles) for layer in layers) + replicas
     capacity = arrays * target.array.rows * target.array.cols
     summary = SummaryRecord(
         layers=len(layers),
         weights=sum(int(np.prod(layer.weight_shape)) for layer in layers),
-        arrays_used=arrays, arrays_available=target.chip.arrays, cells_used=cells,
-        cells_in_used_arrays=capacity, utilization=cells / capacity if capacity else 0.0,
+        arrays_used=arrays, replica_arrays=replicas, arrays_available=target.chip.arrays,
+        cells_used=cells, cells_in_used_arrays=capacity,
+        utilization=cells / capacity if capacity else 0.0,
     )
+    placed = gm.meta.get("neftc_placement")
+    if placed is None:
+        raise NodeError(next(iter(gm.graph.nodes)), "the graph is not placed; run place")
+    placement = PlacementRecord(strategy=placed.strategy, core_links=target.chip.core_links,
+                                byte_hops=placed.byte_hops,
+                                in_order_byte_hops=placed.in_order_byte_hops,
+                                bytes_exchanged=placed.bytes_exchanged)
     doc = LayoutDoc(
         format=LAYOUT_FORMAT, version=LAYOUT_VERSION, neftc_version=__version__, source=source, target=target, options=options,
         periphery=PeripheryRecord(**target.periphery.model_dump()),
@@ -165,7 +178,7 @@ def build_layout(
         },
         tensors=tensors, layers=layers,
         graph=GraphRecord(input_shape=list(example_input.shape), nodes=nodes),
-        summary=summary,
+        placement=placement, summary=summary,
     )
     return doc, levels_bytes, tensors_bytes
 

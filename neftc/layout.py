@@ -42,7 +42,8 @@ class Layout:
         self._tensors = tensors
         self._layers = {layer.name: layer for layer in doc.layers}
         self._tensor_records = {t.name: t for t in doc.tensors}
-        self._arrays = {(t.core, t.array): (layer, t) for layer in doc.layers for t in layer.tiles}
+        self._arrays = {(core, array): (layer, t) for layer in doc.layers for t in layer.tiles
+                        for core, array in [(t.core, t.array), *t.replicas]}
 
     @property
     def layer_names(self) -> list[str]:
@@ -203,9 +204,12 @@ def _check_consistency(root: Path, doc: LayoutDoc, levels: bytes, tensors: bytes
             if tile.levels_offset + tile.row_count * tile.col_count > len(levels):
                 raise fail(f"tile {tile.index} of layer '{layer.name}' lies past the end of "
                            "levels.bin")
-            if (tile.core, tile.array) in seen_arrays:
-                raise fail(f"array ({tile.core}, {tile.array}) holds two tiles")
-            seen_arrays.add((tile.core, tile.array))
+            for core, array in [(tile.core, tile.array), *tile.replicas]:
+                if (core, array) in seen_arrays:
+                    raise fail(f"array ({core}, {array}) holds two tiles")
+                if core >= doc.target.chip.cores or array >= doc.target.chip.arrays_per_core:
+                    raise fail(f"array ({core}, {array}) is not on the target chip")
+                seen_arrays.add((core, array))
             block = all_levels[tile.levels_offset:tile.levels_offset
                                + tile.row_count * tile.col_count]
             if block.size and int(block.max()) >= 2**layer.slicing.cell_bits:

@@ -45,7 +45,8 @@ class CompileOptions(_Strict):
     per_channel: bool
     calibration: Literal["max-abs", "percentile"]
     fold_bn: bool
-    placement: Literal["in-order"]
+    placement: Literal["in-order", "dataflow"]
+    replicate: bool = True
     neft: NeftRecord | None = None
 
 
@@ -114,6 +115,9 @@ class TileRecord(_Strict):
     levels_offset: int = Field(
         ge=0, description="byte offset in levels.bin of this tile's uint8 [row_count, col_count]"
     )
+    replicas: list[tuple[int, int]] = Field(
+        default_factory=list, description="(core, array) of each pipeline copy of this tile: "
+        "programmed with the same levels")
 
 
 class LayerRecord(_Strict):
@@ -129,6 +133,8 @@ class LayerRecord(_Strict):
     bias: str | None = Field(default=None, description="name of the bias tensor, if any")
     quant: QuantRecord
     slicing: SlicingRecord
+    positions: int = Field(ge=1, description="input vectors per sample (conv output positions)")
+    replication: int = Field(ge=1, description="copies of every tile (1 = no replica)")
     tiles: list[TileRecord]
 
 
@@ -148,10 +154,19 @@ class GraphRecord(_Strict):
     nodes: list[GraphNode]
 
 
+class PlacementRecord(_Strict):
+    strategy: Literal["in-order", "dataflow"]
+    core_links: str
+    byte_hops: float = Field(description="bytes x core-to-core hops per inference, this placement")
+    in_order_byte_hops: float = Field(description="the same for naive in-order placement")
+    bytes_exchanged: int = Field(description="bytes exchanged between tiles per inference")
+
+
 class SummaryRecord(_Strict):
     layers: int
     weights: int
-    arrays_used: int
+    arrays_used: int = Field(description="arrays holding a tile or a replica")
+    replica_arrays: int
     arrays_available: int
     cells_used: int
     cells_in_used_arrays: int
@@ -179,4 +194,5 @@ class LayoutDoc(_Strict):
     tensors: list[TensorRecord]
     layers: list[LayerRecord]
     graph: GraphRecord
+    placement: PlacementRecord
     summary: SummaryRecord

@@ -68,6 +68,7 @@ class Tile:
     col_count: int
     core: int = -1
     array: int = -1  # index of the array inside its core; -1 until placed
+    replicas: tuple[tuple[int, int], ...] = ()  # (core, array) of pipeline copies
 
 
 @dataclass(frozen=True)
@@ -83,6 +84,7 @@ class NodeInfo:
     quant: QuantInfo | None = None
     slices: SliceInfo | None = None
     tiles: tuple[Tile, ...] = field(default=())
+    positions: int = 0  # input vectors per sample (output positions of a conv), set by place
 
 
 def get_info(node: torch.fx.Node) -> NodeInfo | None:

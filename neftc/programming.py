@@ -27,7 +27,8 @@ def array_levels(layout: Layout) -> dict[tuple[int, int], tuple[np.ndarray, np.n
             programmed = np.zeros((rows, cols), dtype=bool)
             levels[:tile.row_count, :tile.col_count] = layout.tile_levels(layer, tile)
             programmed[:tile.row_count, :tile.col_count] = True
-            arrays[(tile.core, tile.array)] = (levels, programmed, layer.name)
+            for core, array in [(tile.core, tile.array), *tile.replicas]:
+                arrays[(core, array)] = (levels, programmed, layer.name)
     return dict(sorted(arrays.items()))
 
 

@@ -10,8 +10,10 @@ __all__ = ["BitSlice", "MapTiles", "Normalize", "Place", "Quantize", "default_pi
 
 
 def default_pipeline(*, fold_bn: bool = False, per_channel: bool = False,
-                     calibration: str = "max-abs") -> list:
+                     calibration: str = "max-abs", placement: str = "dataflow",
+                     replicate: bool = True) -> list:
     """normalize -> quantize -> bit-slice -> map-tiles -> place."""
     return [Normalize(fold_bn=fold_bn),
             Quantize(per_channel=per_channel, calibration=calibration),  # type: ignore[arg-type]
-            BitSlice(), MapTiles(), Place()]
+            BitSlice(), MapTiles(),
+            Place(strategy=placement, replicate=replicate)]  # type: ignore[arg-type]

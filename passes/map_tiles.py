@@ -53,4 +53,4 @@ class MapTiles:
 def _unplaced(tile: Tile) -> Tile:
     from dataclasses import replace
 
-    return replace(tile, core=-1, array=-1)
+    return replace(tile, core=-1, array=-1, replicas=())

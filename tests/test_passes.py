@@ -231,14 +231,15 @@ def test_map_tiles_golden(fefet) -> None:
     # 300 inputs x 20 outputs, 8 physical columns per weight column: 3 x 2 tiles of 128 x 128.
     model = nn.Linear(300, 20).eval()
     gm, ctx = run(model, torch.randn(1, 300), fefet,
-                  [Normalize(), Quantize(), BitSlice(), MapTiles(), Place()])
+                  [Normalize(), Quantize(), BitSlice(), MapTiles(),
+                   Place(strategy="in-order", replicate=False)])
     tiles = get_info(crossbar_nodes(gm)[0]).tiles
     assert [(t.row_start, t.row_count, t.col_start, t.col_count) for t in tiles] == [
         (0, 128, 0, 128), (0, 128, 128, 32), (128, 128, 0, 128), (128, 128, 128, 32),
         (256, 44, 0, 128), (256, 44, 128, 32)]
     assert [(t.core, t.array) for t in tiles] == [(0, i) for i in range(6)]
     assert not MapTiles().run(gm, ctx).modified  # tiling is idempotent (placement kept)
-    assert not Place().run(gm, ctx).modified
+    assert not Place(strategy="in-order", replicate=False).run(gm, ctx).modified
 
 
 def test_place_refuses_model_too_large() -> None:
@@ -251,7 +252,8 @@ def test_place_refuses_model_too_large() -> None:
 def test_place_spills_over_cores() -> None:
     target = resolve_target("fefet_128x128", ["chip.cores=4", "chip.arrays_per_core=4"])
     gm, _ = run(nn.Linear(300, 20).eval(), torch.randn(1, 300), target,
-                [Normalize(), Quantize(), BitSlice(), MapTiles(), Place()])
+                [Normalize(), Quantize(), BitSlice(), MapTiles(),
+                 Place(strategy="in-order", replicate=False)])
     placed = [(t.core, t.array) for t in get_info(crossbar_nodes(gm)[0]).tiles]
     assert placed == [(0, 0), (0, 1), (0, 2), (0, 3), (1, 0), (1, 1)]
 
@@ -312,3 +314,43 @@ def test_normalize_splits_computed_bias(fefet) -> None:
     for node in crossbar_nodes(gm):
         assert node.args[2] is None  # the computed bias became a digital add
     torch.testing.assert_close(gm(x), model(x), rtol=1e-5, atol=1e-5)
+
+
+def _placed(model, example, target, strategy, replicate):
+    gm, _ = run(model, example, target, [Normalize(), Quantize(), BitSlice(), MapTiles(),
+                                         Place(strategy=strategy, replicate=replicate)])
+    return gm, [get_info(n) for n in crossbar_nodes(gm)]
+
+
+@pytest.mark.parametrize("links", ["mesh", "all_to_all"])
+def test_dataflow_placement_beats_in_order(links) -> None:
+    from neftc.zoo import VGG8
+
+    target = resolve_target("fefet_128x128", ["chip.cores=16", "chip.arrays_per_core=3",
+                                              f"chip.core_links={links}"])
+    model, x = VGG8((1, 8, 8), 10, width=8).eval(), torch.randn(1, 1, 8, 8)
+    gm, infos = _placed(model, x, target, "dataflow", False)
+    summary = gm.meta["neftc_placement"]
+    assert summary.byte_hops < summary.in_order_byte_hops  # measured: about half
+    gm_naive, _ = _placed(model, x, target, "in-order", False)
+    assert gm_naive.meta["neftc_placement"].byte_hops == summary.in_order_byte_hops
+    arrays = [(t.core, t.array) for info in infos for t in info.tiles]
+    assert len(arrays) == len(set(arrays))  # every tile on exactly one array, one per array
+    assert all(0 <= a < 3 and 0 <= c < 16 for c, a in arrays)
+
+
+def test_replication_fills_only_free_arrays() -> None:
+    from neftc.zoo import LeNet
+
+    target = resolve_target("fefet_128x128", ["chip.cores=4", "chip.arrays_per_core=16"])
+    _, infos = _placed(LeNet((1, 8, 8), 10).eval(), torch.randn(1, 1, 8, 8), target,
+                       "dataflow", True)
+    originals = [(t.core, t.array) for i in infos for t in i.tiles]
+    copies = [r for i in infos for t in i.tiles for r in t.replicas]
+    assert copies, "free arrays and a conv bottleneck: something must be replicated"
+    everything = originals + copies
+    assert len(everything) == len(set(everything)) <= 64  # no array holds two tiles
+    # The first conv (64 positions per image) is the bottleneck and gets the most copies.
+    replication = {i.layer: 1 + len(i.tiles[0].replicas) for i in infos}
+    assert replication["features.0"] == max(replication.values()) > 1
+    assert replication["classifier.5"] == 1  # one input vector: nothing to gain
