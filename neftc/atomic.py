@@ -30,6 +30,7 @@ def atomic_directory(dest: Path, marker: str) -> Iterator[Path]:
     try:
         parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.tmp-", dir=parent))
+        os.chmod(tmp, 0o755)  # mkdtemp makes it private; an output directory is not
     except OSError as exc:
         raise OutputError(f"cannot create output directory next to '{dest}': {exc}") from None
     try:

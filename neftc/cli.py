@@ -160,6 +160,8 @@ def _parser() -> argparse.ArgumentParser:
                      help="samples (train split, else test) that set the DAC ranges")
     ver.add_argument("--batch-size", type=int, default=1024)
     ver.add_argument("--json", action="store_true", help="print the report as JSON")
+    ver.add_argument("--no-report", action="store_true", help="do not save verify.json and "
+                     "update report.html in the layout directory")
     ver.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
 
     demo = sub.add_parser("demo", help="train, compile with and without NeFT, and verify a "
@@ -391,6 +393,11 @@ def _cmd_verify(args: argparse.Namespace) -> int:
                               batch_size=args.batch_size, calib_samples=args.calib_samples)
     report = run_verify(args.layout, args.data, settings,
                         progress=not args.quiet and not args.json)
+    if not args.no_report:
+        from neftc.layout import load_layout
+        from neftc.report import write_report
+
+        write_report(args.layout, load_layout(args.layout).doc, report)
     print(json.dumps(report, indent=1) if args.json else format_verify(report), end="\n"
           if args.json else "")
     return 0

@@ -193,6 +193,9 @@ def write_layout(out_dir: Path, doc: LayoutDoc, levels: bytes, tensors: bytes,
     with atomic_directory(Path(out_dir), marker=LAYOUT_FILE) as tmp:
         for name, data in files.items():
             (tmp / name).write_bytes(data)
+        from neftc.report import write_report
+
+        write_report(tmp, doc)
         sums = "".join(f"{hashlib.sha256(data).hexdigest()}  {name}\n"
                        for name, data in files.items() if name != REPORT_FILE)
         (tmp / CHECKSUMS_FILE).write_text(sums)
