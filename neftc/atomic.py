@@ -45,3 +45,27 @@ def atomic_directory(dest: Path, marker: str) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+@contextmanager
+def atomic_file(dest: Path) -> Iterator[Path]:
+    """Yield a temporary path beside ``dest`` (same suffix); on success it replaces ``dest``,
+    on failure it is removed. A directory at ``dest`` is refused."""
+    dest = Path(dest)
+    if dest.is_dir():
+        raise OutputError(f"output '{dest}' is a directory; give a file name")
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(prefix=f".{dest.stem}.tmp-", suffix=dest.suffix,
+                                    dir=dest.parent)
+        os.close(fd)
+    except OSError as exc:
+        raise OutputError(f"cannot write '{dest}': {exc}") from None
+    tmp = Path(name)
+    try:
+        yield tmp
+        os.chmod(tmp, 0o644)  # mkstemp makes it private; an output file is not
+        os.replace(tmp, dest)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise

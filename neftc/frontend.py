@@ -238,6 +238,17 @@ def _load_exported(path: Path, input_shape: InputShape | None,
     return unexported(program.module()), example
 
 
+def export_dynamic_batch(module: nn.Module, example: torch.Tensor) -> torch.export.ExportedProgram:
+    """torch.export with the batch dimension dynamic (a batch of 2 avoids export's
+    specialisation of size-1 dimensions); a model that needs a static batch keeps the example's."""
+    batch2 = example[:1].expand(2, *example.shape[1:]).contiguous()
+    try:
+        return torch.export.export(module, (batch2,),
+                                   dynamic_shapes=({0: torch.export.Dim.AUTO},))
+    except Exception:  # noqa: BLE001 - export raises many types; the static form may still work
+        return torch.export.export(module, (example,))
+
+
 def unexported(gm: torch.fx.GraphModule) -> torch.fx.GraphModule:
     """A plain GraphModule from ``ExportedProgram.module()``: without export's input-guard call
     (not part of the model's computation) and with ordinary ``train()``/``eval()`` (which the

@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from neftc.datasets import load_dataset
-from neftc.errors import DataError, OutputError
+from neftc.atomic import atomic_file
+from neftc.errors import DataError
 from neftc.finetune import TrainLog
-from neftc.frontend import load_model, trace_module
+from neftc.frontend import export_dynamic_batch, load_model, trace_module
 from neftc.neft_pipeline import NeftSettings, run_neft
 from neftc.pass_manager import PassContext, PassManager
 from neftc.passes import Normalize
@@ -23,27 +22,9 @@ from neftc.zoo import build
 
 def save_program(module: nn.Module, example: torch.Tensor, path: Path) -> None:
     """Export ``module`` (batch dimension dynamic) and save it atomically with torch.export."""
-    path = Path(path)
-    if path.exists() and path.is_dir():
-        raise OutputError(f"output '{path}' is a directory; give a file name such as model.pt2")
-    batch2 = example[:1].expand(2, *example.shape[1:]).contiguous()
-    try:
-        program = torch.export.export(module, (batch2,),
-                                      dynamic_shapes=({0: torch.export.Dim.AUTO},))
-    except Exception:  # noqa: BLE001 - fall back to the example's static batch
-        program = torch.export.export(module, (example,))
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.tmp-", suffix=".pt2", dir=path.parent)
-        os.close(fd)
-    except OSError as exc:
-        raise OutputError(f"cannot write '{path}': {exc}") from None
-    try:
+    program = export_dynamic_batch(module, example)
+    with atomic_file(Path(path)) as tmp:
         torch.export.save(program, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def finetune_file(model: Path, target: TargetSpec, settings: NeftSettings, output: Path, *,

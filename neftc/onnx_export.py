@@ -9,8 +9,6 @@ inference, and onnxruntime reproduces the emulator's noise-free ideal-periphery 
 from __future__ import annotations
 
 import math
-import os
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -20,7 +18,8 @@ import onnx
 import torch
 from onnx import TensorProto, helper, numpy_helper
 
-from neftc.errors import LayoutError, OutputError
+from neftc.atomic import atomic_file
+from neftc.errors import LayoutError
 from neftc.layout import Layout
 from neftc.layout_schema import GraphNode
 from neftc.runtime.emulator import Emulator
@@ -360,19 +359,6 @@ def layout_to_onnx(layout: Layout) -> onnx.ModelProto:
 def export_onnx(layout: Layout, path: str | Path) -> onnx.ModelProto:
     """Write the layout's deployed network to ``path`` (atomically)."""
     model = layout_to_onnx(layout)
-    path = Path(path)
-    if path.is_dir():
-        raise OutputError(f"output '{path}' is a directory; give a file name such as model.onnx")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.tmp-", suffix=".onnx", dir=path.parent)
-        os.close(fd)
-    except OSError as exc:
-        raise OutputError(f"cannot write '{path}': {exc}") from None
-    try:
-        onnx.save(model, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_file(Path(path)) as tmp:
+        onnx.save(model, str(tmp))
     return model

@@ -12,11 +12,10 @@ import base64
 import html
 import io
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
+from neftc.atomic import atomic_file
 from neftc.layout_schema import LayoutDoc
 from neftc.summary import layout_summary
 
@@ -182,8 +181,5 @@ def write_report(layout_dir: Path, doc: LayoutDoc, verify: dict[str, Any] | None
 
 
 def _atomic_write(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        fh.write(text)
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, path)
+    with atomic_file(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")

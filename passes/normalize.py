@@ -76,20 +76,13 @@ def _is_aten_level(gm: torch.fx.GraphModule) -> bool:
 
 
 def _lower_to_aten(gm: torch.fx.GraphModule, example: torch.Tensor) -> torch.fx.GraphModule:
-    """Lower a torch-level fx graph to ATen with torch.export, keeping the batch size dynamic
-    (a batch of 2 avoids export's specialisation of size-1 dimensions)."""
+    """Lower a torch-level fx graph to ATen with torch.export, keeping the batch size dynamic."""
+    from neftc.frontend import export_dynamic_batch, unexported
+
     if _is_aten_level(gm):
         return gm
     gm.eval()
-    batch2 = example[:1].expand(2, *example.shape[1:]).contiguous()
-    try:
-        program = torch.export.export(gm, (batch2,),
-                                      dynamic_shapes=({0: torch.export.Dim.AUTO},))
-    except Exception:  # noqa: BLE001 - a model that needs a static batch still compiles
-        program = torch.export.export(gm, (example,))
-    from neftc.frontend import unexported
-
-    return unexported(program.module())
+    return unexported(export_dynamic_batch(gm, example).module())
 
 
 def _param(gm: torch.fx.GraphModule, node: Any) -> torch.Tensor | None:
