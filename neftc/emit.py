@@ -48,16 +48,11 @@ class _Blob:
         return b"".join(self.chunks)
 
 
-def _tile_block(levels: np.ndarray, row_start: int, row_count: int, col_start: int,
-                col_count: int) -> np.ndarray:
-    """The uint8 [row_count, col_count] block of a layer's physical matrix.
-
-    ``levels[p, s, r, c]`` becomes the physical matrix ``phys[r, (c * P + p) * S + s]``.
-    """
+def physical_matrix(levels: np.ndarray) -> np.ndarray:
+    """A layer's physical matrix: ``levels[p, s, r, c]`` at ``phys[r, (c * P + p) * S + s]``."""
     n_pol, n_slices, rows, cols = levels.shape
-    block_rows = levels[:, :, row_start:row_start + row_count, :]
-    phys = block_rows.transpose(2, 3, 0, 1).reshape(row_count, cols * n_pol * n_slices)
-    return np.ascontiguousarray(phys[:, col_start:col_start + col_count])
+    return np.ascontiguousarray(levels.transpose(2, 3, 0, 1)).reshape(rows,
+                                                                       cols * n_pol * n_slices)
 
 
 def _layer_record(node: torch.fx.Node, info: NodeInfo, levels_blob: _Blob,
@@ -67,10 +62,11 @@ def _layer_record(node: torch.fx.Node, info: NodeInfo, levels_blob: _Blob,
     if any(t.core < 0 for t in info.tiles):
         raise NodeError(node, "has tiles without an array; run place")
     levels = info.slices.levels
+    phys = physical_matrix(levels)
     tiles = []
     for t in info.tiles:
-        block = _tile_block(levels, t.row_start, t.row_count, t.col_start, t.col_count)
-        offset = levels_blob.append(block.tobytes())
+        block = phys[t.row_start:t.row_start + t.row_count, t.col_start:t.col_start + t.col_count]
+        offset = levels_blob.append(np.ascontiguousarray(block).tobytes())
         tiles.append(TileRecord(index=t.index, row_tile=t.row_tile, col_tile=t.col_tile,
                                 row_start=t.row_start, row_count=t.row_count,
                                 col_start=t.col_start, col_count=t.col_count, core=t.core,

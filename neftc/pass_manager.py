@@ -135,8 +135,13 @@ def _verify(gm: torch.fx.GraphModule, ctx: PassContext) -> None:
     """A pass must leave a well-formed graph that still runs on the example input."""
     gm.graph.lint()
     gm.recompile()
-    with evaluating(gm), torch.no_grad():
-        gm(ctx.example_input)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # a batch-1 check gains nothing from more, and stalls on busy cores
+    try:
+        with evaluating(gm), torch.no_grad():
+            gm(ctx.example_input)
+    finally:
+        torch.set_num_threads(threads)
 
 
 @contextmanager

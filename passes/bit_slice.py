@@ -21,12 +21,14 @@ from neftc.pass_manager import NodeError, PassContext, PassResult
 
 def slice_levels(q: np.ndarray, bits: int, cell_bits: int, encoding: str) -> tuple[np.ndarray, int]:
     """``levels[p, s, ...]`` for integer weights ``q``, and the offset that was added."""
-    q = q.astype(np.int64)
+    wide = np.int32 if bits < 31 else np.int64
+    small = np.uint16 if bits <= 16 else wide  # magnitudes < 2**bits
+    q = q.astype(wide)
     if encoding == "differential":
-        magnitudes, offset = np.stack([np.maximum(q, 0), np.maximum(-q, 0)]), 0
+        magnitudes, offset = np.stack([np.maximum(q, 0), np.maximum(-q, 0)]).astype(small), 0
     else:
         offset = 2 ** (bits - 1)
-        magnitudes = (q + offset)[None]
+        magnitudes = (q + offset).astype(small)[None]
     n_slices = -(-bits // cell_bits)
     mask = (1 << cell_bits) - 1
     levels = np.empty((magnitudes.shape[0], n_slices, *q.shape), dtype=np.uint8)

@@ -171,13 +171,16 @@ class Place:
         replication = _replication(infos, positions, chip.arrays - needed) if self.replicate \
             else {i.layer: 1 for i in infos}  # type: ignore[union-attr]
         free = _free_arrays(slots, chip)
+        nearest: dict[int, list[int]] = {}  # core -> all cores by hop distance (BFS), cached
         modified = False
         for i, (node, info) in enumerate(zip(nodes, infos)):
             assert info is not None
             tiles = []
             for tile in info.tiles:
                 core, array = slots[(i, tile.index)]
-                copies = tuple(_take_nearest(free, core, graph)
+                if replication[info.layer] > 1 and core not in nearest:
+                    nearest[core] = list(nx.bfs_tree(graph, core))
+                copies = tuple(_take_nearest(free, nearest[core])
                                for _ in range(replication[info.layer] - 1))
                 tiles.append(replace(tile, core=core, array=array, replicas=copies))
             new = update_info(node, tiles=tuple(tiles), positions=positions[info.layer])
@@ -279,8 +282,8 @@ def _free_arrays(slots: dict[TileKey, tuple[int, int]], chip: ChipSpec) -> dict[
             for core in range(chip.cores)}
 
 
-def _take_nearest(free: dict[int, list[int]], core: int, graph: nx.Graph) -> tuple[int, int]:
-    for candidate in nx.bfs_tree(graph, core):
+def _take_nearest(free: dict[int, list[int]], cores_by_distance: list[int]) -> tuple[int, int]:
+    for candidate in cores_by_distance:
         if free[candidate]:
             return candidate, free[candidate].pop()
     raise RuntimeError("no free array left for a replica")  # _replication never asks for more
