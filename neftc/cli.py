@@ -410,6 +410,9 @@ def _cmd_finetune(args: argparse.Namespace) -> int:
 
     target = resolve_target(args.target, args.overrides)
     shape = parse_input_shape(args.input_shape) if args.input_shape else None
+    if args.output.is_dir():
+        raise NeftcError(f"output '{args.output}' is a directory; give a file name such as "
+                         "tuned.pt2")
     log = finetune_file(args.model, target, _neft_settings(args), args.output, arch=args.arch,
                         input_shape=shape, trust_model=args.trust_model,
                         progress=not args.quiet)
