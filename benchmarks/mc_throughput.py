@@ -1,0 +1,494 @@
+"""Monte-Carlo throughput: the time one chip instance costs, four ways, in the same run.
+
+One Monte-Carlo trial = one chip instance evaluated over the whole test set (top-1 accuracy). For
+each model (untrained; timing only) compiled with ``compile_module`` for ``fefet_128x128`` into a
+temporary directory, on the same test set, the script times per trial:
+
+- (a) reference: the NeFT reference protocol as a per-trial loop over the float PyTorch model:
+      ``model.load_state_dict(saved_state)``, then per crossbar layer quantise the reloaded weight
+      with the layout's scales (``clamp(round(W / scale), -qmax, qmax) * scale``), draw one Gaussian
+      per weight with ``std = paper_weight_std(...)`` (runtime/noise.py) from an explicit
+      ``torch.Generator`` and add it, then evaluate the test set with the plain model;
+- (b) float: plain inference of the PyTorch model over the test set, no noise (the floor);
+- (c) neftc, ideal periphery: ``Emulator(layout, sigma=0.1, ideal_periphery=True)``,
+      ``program_chip(i)`` (draws every cell) + ``runtime.montecarlo.evaluate``;
+- (d) neftc, target DAC/ADC: ``Emulator(layout, sigma=0.1, ideal_periphery=False)`` after
+      ``calibrate(train_x[:512])``, ``program_chip(i)`` + ``evaluate``.
+
+Test set: the built-in digits test split (449 images, 1x8x8) tiled to 10,000 samples, the size of
+the MNIST and CIFAR-10 test sets the paper's protocol evaluates every trial on. (b) and (c) are
+also timed on the plain 449-sample split, to show how their ratio depends on the test-set size.
+Batch size 1024 everywhere (``neftc verify``'s default), ``torch.no_grad``, torch's default
+thread count.
+
+Timing: ``time.perf_counter``; every method is warmed up once (one trial; for (d) one batch of
+1024 samples), then ``--repeats`` rounds, each timing ``--trials`` consecutive trials of (a), (b)
+and (c) in turn (interleaved, so a load change hits all three); the reported time per trial is
+the median over the rounds of (round time / trials). (d) costs ~64x a float inference per trial,
+so it runs ``--periphery-trials`` trials in ``--periphery-repeats`` rounds (default 1 x 1).
+
+Beside (d) the script prints ``partial_mvms_per_weight()`` per layer and its MAC-weighted average
+(each layer weighted by its MACs per sample: rows x cols, times the output positions of a conv,
+read from one forward pass).
+
+Targets (from the issue), printed as PASS/MISS lines, never asserted, on the 10,000-sample set:
+(c) <= 1.2 x (b); (c) <= (a); (d) <= 1.5 x (b) x (MAC-weighted partial MVMs per weight).
+
+    python benchmarks/mc_throughput.py [--trials N] [--repeats N] [--periphery-trials N]
+        [--periphery-repeats N] [--models a,b,c] [--threads N] [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import platform
+import resource
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from neftc.compiler import compile_module
+from neftc.datasets import load_digits
+from neftc.layout import Layout, load_layout
+from neftc.runtime.crossbar import CrossbarLayer
+from neftc.runtime.emulator import Emulator
+from neftc.runtime.montecarlo import evaluate
+from neftc.runtime.noise import paper_weight_std
+from neftc.targets import resolve_target
+from neftc.zoo import MLP, VGG8, LeNet
+
+TARGET = "fefet_128x128"
+SIGMA = 0.1
+BATCH = 1024
+TEST_SAMPLES = 10_000  # MNIST / CIFAR-10 test-set size
+CALIB_SAMPLES = 512
+INPUT_SHAPE = (1, 8, 8)
+CLASSES = 10
+
+C_OVER_B = 1.2
+D_OVER_B_PARTIAL = 1.5
+
+MODELS: dict[str, tuple[str, Callable[[], nn.Module]]] = {
+    "lenet": ("LeNet (2 conv 5x5 + 3 FC)", lambda: LeNet(INPUT_SHAPE, CLASSES)),
+    "mlp": ("MLP 64-256-128-10", lambda: MLP(INPUT_SHAPE, CLASSES)),
+    "vgg8-w16": ("VGG8(width=16), 6 conv 3x3 + BN + 2 FC", lambda: VGG8(INPUT_SHAPE, CLASSES, 16)),
+    "vgg8-w32": ("VGG8(width=32), 6 conv 3x3 + BN + 2 FC", lambda: VGG8(INPUT_SHAPE, CLASSES, 32)),
+    "mlp-1024x1024": ("MLP 64-1024-1024-10",
+                      lambda: MLP(INPUT_SHAPE, CLASSES, hidden=(1024, 1024))),
+}
+DEFAULT_MODELS = "lenet,vgg8-w16,mlp-1024x1024"
+
+
+# ------------------------------------------------------------------------------ machine / load
+
+def _busy_cpu_seconds() -> float:
+    """CPU seconds all processes on the machine have used (user, nice, system, irq, steal)."""
+    try:
+        fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
+    except OSError:
+        return float("nan")
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (int(f) for f in fields[:8])
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+
+def _own_cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+class LoadMeter:
+    """Cores kept busy by OTHER processes while this one measured."""
+
+    def __init__(self) -> None:
+        self.busy, self.own, self.wall = _busy_cpu_seconds(), _own_cpu_seconds(), time.perf_counter()
+
+    def other_cores(self) -> float:
+        wall = time.perf_counter() - self.wall
+        other = (_busy_cpu_seconds() - self.busy) - (_own_cpu_seconds() - self.own)
+        return max(0.0, other / wall) if wall > 0 else 0.0
+
+
+def machine() -> dict:
+    cpu = platform.processor()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {"nproc": len(os.sched_getaffinity(0)), "torch": torch.__version__,
+            "torch_threads": torch.get_num_threads(), "numpy": np.__version__,
+            "python": platform.python_version(), "cpu": cpu}
+
+
+# ------------------------------------------------------------------------------ the four methods
+
+@torch.no_grad()
+def accuracy(forward: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, y: torch.Tensor,
+             batch_size: int = BATCH) -> float:
+    """Top-1 accuracy, the same loop as runtime.montecarlo.evaluate."""
+    correct = 0
+    for start in range(0, x.shape[0], batch_size):
+        logits = forward(x[start:start + batch_size])
+        correct += int((logits.argmax(dim=1) == y[start:start + batch_size]).sum())
+    return correct / max(int(y.shape[0]), 1)
+
+
+class Reference:
+    """(a) The NeFT reference protocol: reload the float weights, add weight-level noise per
+    crossbar layer (reference formula on the quantised weights), evaluate the plain model."""
+
+    def __init__(self, model: nn.Module, layout: Layout, sigma: float) -> None:
+        self.model = copy.deepcopy(model).eval()
+        self.saved_state = copy.deepcopy(self.model.state_dict())
+        target = layout.doc.target
+        self.n_levels = 2**target.cell.bits
+        self.state_ratio = target.noise.state_ratio
+        self.sigma = sigma
+        self.layers = []  # (parameter, scale broadcast over the weight, qmax, slices)
+        for name in layout.layer_names:
+            rec = layout.layer(name)
+            weight = self.model.get_submodule(name).weight
+            scale = torch.from_numpy(layout.scales(name).copy()).reshape(
+                -1, *([1] * (weight.dim() - 1)))
+            self.layers.append((weight, scale, rec.quant.qmax, rec.slicing.slices))
+        # Sanity: the per-trial quantisation reproduces the layout's weights.
+        self.quant_mismatch = 0
+        with torch.no_grad():
+            for (weight, scale, qmax, _), name in zip(self.layers, layout.layer_names):
+                wq = torch.clamp(torch.round(weight / scale), -qmax, qmax) * scale
+                ref = torch.from_numpy(layout.weights(name).copy())
+                self.quant_mismatch += int((~torch.isclose(wq, ref, rtol=1e-6, atol=0)).sum())
+
+    @torch.no_grad()
+    def trial(self, i: int, x: torch.Tensor, y: torch.Tensor) -> float:
+        self.model.load_state_dict(self.saved_state)
+        generator = torch.Generator().manual_seed(i)
+        for weight, scale, qmax, slices in self.layers:
+            wq = torch.clamp(torch.round(weight / scale), -qmax, qmax) * scale
+            std = paper_weight_std(wq, qmax, self.n_levels, slices, self.sigma, self.state_ratio)
+            weight.copy_(wq + std * torch.randn(wq.shape, generator=generator))
+        return accuracy(self.model, x, y)
+
+
+def chip_trial(emulator: Emulator) -> Callable[[int, torch.Tensor, torch.Tensor], float]:
+    def trial(i: int, x: torch.Tensor, y: torch.Tensor) -> float:
+        emulator.program_chip(i)
+        return evaluate(emulator, x, y, BATCH)
+    return trial
+
+
+def float_trial(model: nn.Module) -> Callable[[int, torch.Tensor, torch.Tensor], float]:
+    def trial(_i: int, x: torch.Tensor, y: torch.Tensor) -> float:
+        return accuracy(model, x, y)
+    return trial
+
+
+# ------------------------------------------------------------------------------ geometry
+
+def macs_per_sample(emulator: Emulator, x1: torch.Tensor) -> dict[str, int]:
+    """MACs per sample of every crossbar layer: rows x cols (x output positions for a conv)."""
+    positions: dict[str, int] = {}
+    hooks = []
+    for name, layer in emulator.layers.items():
+        def hook(module: CrossbarLayer, _inputs, output, name=name) -> None:
+            if module.record.op == "linear":
+                positions[name] = int(np.prod(output.shape[1:-1], dtype=np.int64))
+            else:
+                positions[name] = int(np.prod(output.shape[2:], dtype=np.int64))
+        hooks.append(layer.register_forward_hook(hook))
+    try:
+        with torch.no_grad():
+            emulator._run(x1)
+    finally:
+        for h in hooks:
+            h.remove()
+    return {name: layer.record.matrix_rows * layer.record.matrix_cols * positions[name]
+            for name, layer in emulator.layers.items()}
+
+
+# ------------------------------------------------------------------------------ measurement
+
+def time_rounds(methods: dict[str, Callable], sets: dict[str, tuple[torch.Tensor, torch.Tensor]],
+                trials: int, repeats: int, log) -> dict[str, dict]:
+    """``methods``: key -> (trial function, test-set key). Interleaved rounds; median per trial."""
+    per_trial: dict[str, list[float]] = {k: [] for k in methods}
+    accs: dict[str, list[float]] = {k: [] for k in methods}
+    for key, (fn, set_key) in methods.items():  # warm-up: one untimed trial each
+        fn(10**6, *sets[set_key])
+    for r in range(repeats):
+        meter = LoadMeter()
+        for key, (fn, set_key) in methods.items():
+            x, y = sets[set_key]
+            start = time.perf_counter()
+            for t in range(trials):
+                accs[key].append(fn(r * trials + t, x, y))
+            per_trial[key].append((time.perf_counter() - start) / trials)
+        log("    round %d/%d: %s; other work %.2f cores" % (r + 1, repeats, ", ".join(
+            f"{k} {1e3 * v[-1]:.1f} ms" for k, v in per_trial.items()), meter.other_cores()))
+    return {k: {"median_s": statistics.median(v), "min_s": min(v), "max_s": max(v), "all_s": v,
+                "trials": trials * repeats, "mean_accuracy": float(np.mean(accs[k]))}
+            for k, v in per_trial.items()}
+
+
+def run_model(key: str, root: Path, data, x10k, y10k, args, log) -> dict:
+    title, build = MODELS[key]
+    torch.manual_seed(0)
+    model = build().eval()
+    target = resolve_target(TARGET)
+    out_dir = root / key
+    t0 = time.perf_counter()
+    compiled = compile_module(model, data.test.x[:1], target, out_dir)
+    compile_s = time.perf_counter() - t0
+    layout = load_layout(out_dir)
+    summary = compiled.doc.summary
+    params = sum(p.numel() for p in model.parameters())
+    log(f"  {key}: {params} parameters, {summary.weights} crossbar weights, compiled in "
+        f"{compile_s:.1f} s")
+
+    ref = Reference(model, layout, SIGMA)
+    emu_c = Emulator(layout, sigma=SIGMA, seed=0, ideal_periphery=True)
+    emu_d = Emulator(layout, sigma=SIGMA, seed=0, ideal_periphery=False)
+    emu_d.calibrate(data.train.x[:CALIB_SAMPLES])
+    partial = emu_d.partial_mvms_per_weight()
+    macs = macs_per_sample(emu_c, data.test.x[:1])
+    total_macs = sum(macs.values())
+    partial_avg = sum(macs[n] * partial[n] for n in macs) / total_macs
+
+    sets = {"10k": (x10k, y10k), "449": (data.test.x, data.test.y)}
+    methods = {
+        "a_reference": (ref.trial, "10k"),
+        "b_float": (float_trial(model), "10k"),
+        "c_emulator_ideal": (chip_trial(emu_c), "10k"),
+        "b_float_449": (float_trial(model), "449"),
+        "c_emulator_ideal_449": (chip_trial(emu_c), "449"),
+    }
+    meter = LoadMeter()
+    times = time_rounds(methods, sets, args.trials, args.repeats, log)
+    other_abc = meter.other_cores()
+
+    # (d): warm up on one batch, then --periphery-repeats rounds of --periphery-trials trials.
+    emu_d.program_chip(10**6)
+    with torch.no_grad():
+        emu_d.forward(x10k[:BATCH])
+    meter = LoadMeter()
+    d_rounds, d_accs = [], []
+    for r in range(args.periphery_repeats):
+        start = time.perf_counter()
+        for t in range(args.periphery_trials):
+            d_accs.append(chip_trial(emu_d)(r * args.periphery_trials + t, x10k, y10k))
+        d_rounds.append((time.perf_counter() - start) / args.periphery_trials)
+        log(f"    (d) round {r + 1}/{args.periphery_repeats}: {d_rounds[-1]:.2f} s per trial")
+    times["d_emulator_periphery"] = {
+        "median_s": statistics.median(d_rounds), "min_s": min(d_rounds), "max_s": max(d_rounds),
+        "all_s": d_rounds, "trials": len(d_accs), "mean_accuracy": float(np.mean(d_accs))}
+    other_d = meter.other_cores()
+
+    # Program-only cost of a chip instance (c and d), and the reference's noise step, for the
+    # breakdown: median of 5.
+    def median_time(fn: Callable[[], object], n: int = 5) -> float:
+        values = []
+        for i in range(n):
+            start = time.perf_counter()
+            fn()
+            values.append(time.perf_counter() - start)
+        return statistics.median(values)
+
+    program_c = median_time(lambda: emu_c.program_chip(7))
+    program_d = median_time(lambda: emu_d.program_chip(7))
+
+    def ref_noise_only() -> None:
+        with torch.no_grad():
+            ref.model.load_state_dict(ref.saved_state)
+            g = torch.Generator().manual_seed(7)
+            for weight, scale, qmax, slices in ref.layers:
+                wq = torch.clamp(torch.round(weight / scale), -qmax, qmax) * scale
+                std = paper_weight_std(wq, qmax, ref.n_levels, slices, ref.sigma, ref.state_ratio)
+                weight.copy_(wq + std * torch.randn(wq.shape, generator=g))
+    noise_a = median_time(ref_noise_only)
+
+    a, b, c, d = (times[k]["median_s"] for k in ("a_reference", "b_float", "c_emulator_ideal",
+                                                 "d_emulator_periphery"))
+    return {
+        "name": key, "description": title, "parameters": params,
+        "crossbar_weights": summary.weights,
+        "cells": sum(int(layer.levels.numel()) for layer in emu_c.layers.values()),
+        "layout_cells_used": summary.cells_used,
+        "arrays": summary.arrays_used, "compile_s": compile_s,
+        "macs_per_sample": macs, "total_macs_per_sample": total_macs,
+        "partial_mvms_per_weight": partial, "partial_mvms_mac_weighted": partial_avg,
+        "reference_quantisation_mismatches": ref.quant_mismatch,
+        "times": times, "program_chip_s": {"c": program_c, "d": program_d},
+        "reference_noise_step_s": noise_a,
+        "other_cores": {"abc": other_abc, "d": other_d},
+        "ratios": {"c/b": c / b, "c/a": c / a, "a/b": a / b, "d/b": d / b,
+                   "d/(b*partial)": d / (b * partial_avg),
+                   "c/b_449": times["c_emulator_ideal_449"]["median_s"]
+                   / times["b_float_449"]["median_s"]},
+    }
+
+
+def checks(results: list[dict]) -> list[dict]:
+    out = []
+    for r in results:
+        ratios = r["ratios"]
+        out += [
+            {"name": f"{r['name']}: (c) ideal-periphery emulator within {C_OVER_B:g}x of (b) "
+                     f"float inference [c/b]", "value": ratios["c/b"],
+             "ok": ratios["c/b"] <= C_OVER_B},
+            {"name": f"{r['name']}: (c) no slower than (a) reference protocol [c/a]",
+             "value": ratios["c/a"], "ok": ratios["c/a"] <= 1.0},
+            {"name": f"{r['name']}: (d) DAC/ADC emulator within {D_OVER_B_PARTIAL:g}x of (b) x "
+                     f"{r['partial_mvms_mac_weighted']:.1f} partial MVMs/weight "
+                     f"[d/(b*partial)]", "value": ratios["d/(b*partial)"],
+             "ok": ratios["d/(b*partial)"] <= D_OVER_B_PARTIAL},
+        ]
+    return out
+
+
+# ------------------------------------------------------------------------------ output
+
+def _ms(seconds: float) -> str:
+    return f"{1e3 * seconds:.1f}" if seconds < 10 else f"{seconds:.0f}"
+
+
+def format_report(report: dict) -> str:
+    info, results = report["machine"], report["results"]
+    lines = [
+        f"Monte-Carlo throughput, target {TARGET}, sigma {SIGMA}: time per chip instance (one "
+        f"trial = one chip evaluated on the whole test set)",
+        f"machine: {info['nproc']} CPUs ({info['cpu']}), torch {info['torch']} with "
+        f"{info['torch_threads']} threads; load average {report['load_average']['before'][0]:.2f}"
+        f" -> {report['load_average']['after'][0]:.2f}",
+        f"test set: digits test split ({report['test_samples_plain']} images 1x8x8) tiled to "
+        f"{TEST_SAMPLES} samples = the size of the MNIST / CIFAR-10 test sets of the paper's "
+        f"protocol; batch {BATCH}",
+        f"(a),(b),(c): median over {report['repeats']} rounds of {report['trials']} trials; (d): "
+        f"median over {report['periphery_repeats']} round(s) of {report['periphery_trials']} "
+        f"trial(s); untrained weights",
+        "",
+    ]
+    head = (f"{'model':<14} {'params':>8} {'xbar w':>8} {'cells':>9} {'MAC/smp':>8} "
+            f"{'(a) ms':>8} {'(b) ms':>8} {'(c) ms':>8} {'(d) ms':>9} {'c/b':>5} {'c/a':>5} "
+            f"{'a/b':>5} {'part.':>5} {'d/(b*p)':>7}")
+    lines += [f"{TEST_SAMPLES} samples:", head, "-" * len(head)]
+    for r in results:
+        t, q = r["times"], r["ratios"]
+        lines.append(
+            f"{r['name']:<14} {r['parameters']:>8} {r['crossbar_weights']:>8} {r['cells']:>9} "
+            f"{r['total_macs_per_sample']:>8} {_ms(t['a_reference']['median_s']):>8} "
+            f"{_ms(t['b_float']['median_s']):>8} {_ms(t['c_emulator_ideal']['median_s']):>8} "
+            f"{1e3 * t['d_emulator_periphery']['median_s']:>9.0f} {q['c/b']:>5.2f} "
+            f"{q['c/a']:>5.2f} {q['a/b']:>5.2f} {r['partial_mvms_mac_weighted']:>5.1f} "
+            f"{q['d/(b*partial)']:>7.2f}")
+    lines += ["", f"{report['test_samples_plain']} samples (the plain digits test split):"]
+    head2 = f"{'model':<14} {'(b) ms':>8} {'(c) ms':>8} {'c/b':>6}   program_chip ms: (c) {'(d)':>6}"
+    lines += [head2, "-" * len(head2)]
+    for r in results:
+        t = r["times"]
+        lines.append(f"{r['name']:<14} {_ms(t['b_float_449']['median_s']):>8} "
+                     f"{_ms(t['c_emulator_ideal_449']['median_s']):>8} {r['ratios']['c/b_449']:>6.2f}"
+                     f"   {'':>16}{1e3 * r['program_chip_s']['c']:>5.1f} "
+                     f"{1e3 * r['program_chip_s']['d']:>6.1f}")
+    lines += ["", "partial MVMs per weight on the target periphery (partial_mvms_per_weight()), "
+              "MACs per sample per layer:"]
+    for r in results:
+        cells = ", ".join(f"{n} {r['partial_mvms_per_weight'][n]}x{m}"
+                          for n, m in r["macs_per_sample"].items())
+        lines.append(f"  {r['name']}: MAC-weighted {r['partial_mvms_mac_weighted']:.2f}  "
+                     f"[layer partial x MACs: {cells}]")
+    lines += ["", "(a) reference per-trial loop: load_state_dict + quantise + paper_weight_std "
+              "noise per weight + plain model;", "(b) float model, no noise; (c) Emulator "
+              "ideal_periphery=True, program_chip + evaluate; (d) Emulator ideal_periphery=False "
+              "(calibrated), program_chip + evaluate.",
+              "xbar w: crossbar weights; cells: cells program_chip draws per chip instance "
+              "(8 per weight: 4 slices x 2 polarities; replica arrays, if the layout has any, "
+              "not counted);", "part.: MAC-weighted partial MVMs per weight.",
+              "noise step of (a) alone (load_state_dict + quantise + draw), ms: " + ", ".join(
+                  f"{r['name']} {1e3 * r['reference_noise_step_s']:.1f}" for r in results)]
+    mism = [f"{r['name']} {r['reference_quantisation_mismatches']}" for r in results
+            if r["reference_quantisation_mismatches"]]
+    if mism:
+        lines.append("note: (a)'s float32 re-quantisation lands one step off the layout's "
+                     "(float64) on a few rounding ties: " + ", ".join(mism) + " weights")
+    busiest = max(max(r["other_cores"].values()) for r in results)
+    lines.append(f"other processes kept up to {busiest:.2f} cores busy during the measurements "
+                 "(/proc/stat)")
+    if busiest > 0.2:
+        lines.append("WARNING: the machine was not quiet; times are inflated. Re-run.")
+    lines.append("")
+    for check in report["checks"]:
+        lines.append(f"{'PASS' if check['ok'] else 'MISS'}  {check['name']}: "
+                     f"{check['value']:.2f}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--trials", type=int, default=30,
+                        help="trials per round for (a), (b), (c) (default 30)")
+    parser.add_argument("--repeats", type=int, default=3,
+                        help="rounds for (a), (b), (c); the median is reported (default 3)")
+    parser.add_argument("--periphery-trials", type=int, default=1,
+                        help="trials per round for (d) (default 1: ~64 float inferences each)")
+    parser.add_argument("--periphery-repeats", type=int, default=1,
+                        help="rounds for (d) (default 1)")
+    parser.add_argument("--models", default=DEFAULT_MODELS,
+                        help=f"comma-separated, from {', '.join(MODELS)} (default "
+                             f"{DEFAULT_MODELS})")
+    parser.add_argument("--threads", type=int,
+                        help="torch.set_num_threads(N) (default: torch's choice, one per core)")
+    parser.add_argument("--json", action="store_true", help="print the results as JSON")
+    args = parser.parse_args(argv)
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    if min(args.trials, args.repeats, args.periphery_trials, args.periphery_repeats) < 1:
+        parser.error("--trials, --repeats, --periphery-trials and --periphery-repeats must be >= 1")
+    keys = [k.strip() for k in args.models.split(",") if k.strip()]
+    unknown = [k for k in keys if k not in MODELS]
+    if unknown:
+        parser.error(f"unknown model(s) {', '.join(unknown)}; choose from {', '.join(MODELS)}")
+
+    def log(message: str) -> None:
+        print(message, file=sys.stderr, flush=True)
+
+    info = machine()
+    load_before = os.getloadavg()
+    log(f"machine: {info['nproc']} CPUs, torch {info['torch']}, load average {load_before[0]:.2f}")
+    data = load_digits()
+    reps = -(-TEST_SAMPLES // len(data.test))
+    x10k = data.test.x.repeat(reps, 1, 1, 1)[:TEST_SAMPLES].contiguous()
+    y10k = data.test.y.repeat(reps)[:TEST_SAMPLES].contiguous()
+    start = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="neftc-mc-") as tmp:
+        results = [run_model(k, Path(tmp), data, x10k, y10k, args, log) for k in keys]
+    total = time.perf_counter() - start
+    report = {
+        "benchmark": "mc_throughput", "target": TARGET, "sigma": SIGMA, "batch_size": BATCH,
+        "test_samples": TEST_SAMPLES, "test_samples_plain": len(data.test),
+        "trials": args.trials, "repeats": args.repeats,
+        "periphery_trials": args.periphery_trials, "periphery_repeats": args.periphery_repeats,
+        "machine": info, "load_average": {"before": load_before, "after": os.getloadavg()},
+        "total_s": total, "results": results, "checks": checks(results),
+    }
+    if args.json:
+        print(json.dumps(report, indent=1))
+    else:
+        print(format_report(report))
+        print(f"\n(total {total:.0f} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
