@@ -89,12 +89,11 @@ class CrossbarLayer(nn.Module):
         self.weight_override = weight_override
         self.weight = weight_override if weight_override is not None else self._fold()
 
-    def program_folded(self, noise: torch.Tensor) -> None:
-        """Fast path for ideal periphery: ``noise`` [P, S, R, C] in level units is folded
-        straight into the effective weight (same chip as ``program(levels + noise)``); the
-        per-cell conductances are not kept."""
-        signed = noise * self.fold_coefficients
-        q = self.ideal_q + signed.reshape(-1, *signed.shape[2:]).sum(dim=0)
+    def program_folded(self, noise_q: torch.Tensor) -> None:
+        """Fast path for ideal periphery: ``noise_q`` [R, C] is the cell noise already folded to
+        integer-weight units, ``sum_{p,s} sign_p L^s noise[p, s]`` (the same chip as
+        ``program(levels + noise)``); the per-cell conductances are not kept."""
+        q = self.ideal_q + noise_q
         self.conductance = self.levels
         self.weight_override = None
         self.weight = (q * self.scales).t().reshape(self.weight_shape)
@@ -183,6 +182,31 @@ class CrossbarLayer(nn.Module):
         n, *spatial = prefix
         return out.reshape(n, *spatial, c_out).movedim(-1, 1).contiguous()
 
+    def _bit_serial_block(self, x_int: torch.Tensor, physical: torch.Tensor, cycles: int,
+                          bits: int, signed: bool) -> torch.Tensor:
+        """Shift-and-added ADC outputs [M, C*P*S] for a block of integer inputs [M, R]: every
+        phase and cycle's bit plane in one batched matmul per row tile, each tile's bitline
+        sums through the ADC, row tiles accumulated."""
+        adc = self.adc
+        assert adc is not None
+        phases = [x_int.clamp(min=0), (-x_int).clamp(min=0)] if signed else [x_int]
+        shifts = torch.arange(cycles, dtype=torch.int32) * bits
+        small = torch.uint8 if cycles * bits <= 8 else torch.int32
+        stacked = torch.cat([  # [K, M, R], K = phases x cycles
+            (phase.to(small)[None] >> shifts.to(small)[:, None, None]) & (2**bits - 1)
+            for phase in phases]).to(torch.float32)
+        plane_weights = torch.cat([sign * (2.0 ** shifts.to(torch.float32))
+                                   for sign in (1.0, -1.0)[:len(phases)]])
+        codes_max = 2**adc.adc_bits - 1
+        total: torch.Tensor | None = None
+        for r0, rc in adc.row_tiles:
+            partial = stacked[:, :, r0:r0 + rc] @ physical[r0:r0 + rc]  # bitline sums of a tile
+            step = adc.full_scale(rc, self.n_levels) / codes_max
+            digitised = partial.div_(step).round_().clamp_(0, codes_max).mul_(step)
+            total = digitised if total is None else total.add_(digitised)
+        assert total is not None
+        return torch.einsum("kmq,k->mq", total, plane_weights)  # shift-and-add, phases
+
     def _crossbar_mvm(self, x_int: torch.Tensor, conductance: torch.Tensor) -> torch.Tensor:
         """Integer-domain output [M, C] of the crossbar for integer inputs [M, R]."""
         adc = self.adc
@@ -194,29 +218,16 @@ class CrossbarLayer(nn.Module):
             if self.offset:
                 q = q - self.offset
             return x_int @ q
-        phases = [x_int.clamp(min=0), (-x_int).clamp(min=0)] if quant.signed else [x_int]
         bits = adc.dac_bits_per_cycle
         cycles = math.ceil(quant.magnitude_bits / bits)
-        shifts = torch.arange(cycles, dtype=torch.int32) * bits
-        small = torch.uint8 if quant.magnitude_bits <= 8 else torch.int32
-        # Bit planes of every phase and cycle, stacked: [K, M, R] with K = phases x cycles.
-        stacked = torch.cat([
-            (phase.to(small)[None] >> shifts.to(small)[:, None, None]) & (2**bits - 1)
-            for phase in phases]).to(torch.float32)
-        plane_weights = torch.cat([sign * (2.0 ** shifts.to(torch.float32))
-                                   for sign in (1.0, -1.0)[:len(phases)]])
+        n_phases = 2 if quant.signed else 1
         physical = conductance.permute(2, 3, 0, 1).reshape(conductance.shape[2], -1)  # [R, C*P*S]
-        codes_max = 2**adc.adc_bits - 1
-        total: torch.Tensor | None = None
-        for r0, rc in adc.row_tiles:
-            partial = stacked[:, :, r0:r0 + rc] @ physical[r0:r0 + rc]  # bitline sums of a tile
-            full = adc.full_scale(rc, self.n_levels)
-            step = full / codes_max
-            digitised = partial.div_(step).round_().clamp_(0, codes_max).mul_(step)
-            total = digitised if total is None else total.add_(digitised)
-        assert total is not None
-        summed = torch.einsum("kmq,k->mq", total, plane_weights)  # shift-and-add, phases
-        q_out = torch.einsum("mcps,p,s->mc", summed.reshape(-1, n_cols, n_pol, n_slices),
+        # Input vectors in blocks, so that a block's bitline sums stay cache-sized (~16 MB).
+        block = max(1, min(x_int.shape[0], 4_000_000 // (n_phases * cycles * physical.shape[1])))
+        q_out = torch.cat([
+            self._bit_serial_block(x_int[m0:m0 + block], physical, cycles, bits, quant.signed)
+            for m0 in range(0, x_int.shape[0], block)])
+        q_out = torch.einsum("mcps,p,s->mc", q_out.reshape(-1, n_cols, n_pol, n_slices),
                              self.signs, self.slice_weights)
         if self.offset:
             q_out = q_out - self.offset * x_int.sum(dim=1, keepdim=True)

@@ -49,6 +49,11 @@ class Emulator:
         self._cell_std = {name: cell_std_levels(layer.levels, self.n_levels, self.noise.sigma,
                                                 self.noise.state_ratio)
                           for name, layer in self.layers.items()}
+        # Ideal-periphery fast path: per-cell std times sign_p L^s, flattened over (p, s).
+        self._fold_std = {name: (self._cell_std[name] * layer.fold_coefficients)
+                          .reshape(-1, *layer.levels.shape[2:])
+                          for name, layer in self.layers.items()}
+        self._draws = {name: torch.empty(layer.levels.shape) for name, layer in self.layers.items()}
         self.chip: int | None = None
         self.calibrated = False
 
@@ -77,11 +82,12 @@ class Emulator:
                 layer.program(None, weight_override=noisy)
                 continue
             levels = layer.levels
-            noise = self._cell_std[name] * torch.randn(levels.shape, generator=generator)
+            z = self._draws[name].normal_(generator=generator)  # one N(0, 1) per cell
             if self.ideal_periphery and not self.noise.has_faults:
-                layer.program_folded(noise)
+                flat = z.reshape(self._fold_std[name].shape)
+                layer.program_folded((flat * self._fold_std[name]).sum(dim=0))
                 continue
-            conductance = levels + noise
+            conductance = levels + self._cell_std[name] * z
             if self.noise.has_faults:
                 u = torch.rand(levels.shape, generator=generator)
                 low = self.noise.stuck_at_min_rate
