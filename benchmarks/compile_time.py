@@ -46,6 +46,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from _machine import busy_cpu_seconds  # benchmarks/_machine.py, beside this script
+
 TARGET_SECONDS = 10.0
 TARGET_MB = 2000.0  # 2 GB
 OTHER_WORK_WARNING = 0.2  # cores busy with other processes (median) above which times are suspect
@@ -124,14 +126,7 @@ sys.stderr.write("BREAKDOWN " + json.dumps(out) + "\n")
 """
 
 
-def _busy_cpu_seconds() -> float:
-    """CPU seconds all processes on the machine have used (user, system, irq, steal)."""
-    try:
-        fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
-    except OSError:
-        return float("nan")
-    user, nice, system, _idle, _iowait, irq, softirq, steal = (int(f) for f in fields[:8])
-    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+_busy_cpu_seconds = busy_cpu_seconds
 
 
 QUIET_WAIT_S = 0.0  # set from --quiet-wait

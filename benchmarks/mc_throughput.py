@@ -53,6 +53,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from _machine import busy_cpu_seconds  # benchmarks/_machine.py, beside this script
+
 import numpy as np
 import torch
 from torch import nn
@@ -91,14 +93,7 @@ DEFAULT_MODELS = "lenet,vgg8-w16,mlp-1024x1024"
 
 # ------------------------------------------------------------------------------ machine / load
 
-def _busy_cpu_seconds() -> float:
-    """CPU seconds all processes on the machine have used (user, nice, system, irq, steal)."""
-    try:
-        fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
-    except OSError:
-        return float("nan")
-    user, nice, system, _idle, _iowait, irq, softirq, steal = (int(f) for f in fields[:8])
-    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+_busy_cpu_seconds = busy_cpu_seconds
 
 
 def _own_cpu_seconds() -> float:
