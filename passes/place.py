@@ -38,6 +38,14 @@ from neftc.targets.spec import ChipSpec
 TileKey = tuple[int, int]  # (layer index, tile index)
 
 
+def mesh_shape(cores: int) -> tuple[int, int]:
+    """The most square rows x cols factorisation of the core count."""
+    rows = int(math.sqrt(cores))
+    while cores % rows:
+        rows -= 1
+    return rows, cores // rows
+
+
 def core_graph(chip: ChipSpec) -> nx.Graph:
     """The cores and their links; node ids are core indices."""
     n = chip.cores
@@ -45,22 +53,15 @@ def core_graph(chip: ChipSpec) -> nx.Graph:
         return nx.complete_graph(n)
     if chip.core_links == "ring" or n < 4:
         return nx.cycle_graph(n) if n > 2 else nx.path_graph(n)
-    rows = int(math.sqrt(n))
-    while n % rows:
-        rows -= 1
-    cols = n // rows
+    rows, cols = mesh_shape(n)
     grid = nx.grid_2d_graph(rows, cols)
     return nx.relabel_nodes(grid, {(r, c): r * cols + c for r, c in grid.nodes})
 
 
-def locality_order(graph: nx.Graph, chip: ChipSpec) -> list[int]:
+def locality_order(chip: ChipSpec) -> list[int]:
     """Cores ordered so that consecutive cores are adjacent where the topology allows it."""
     if chip.core_links == "mesh" and chip.cores >= 4:
-        cols = max(c for c in graph.nodes) + 1
-        rows = int(math.sqrt(chip.cores))
-        while chip.cores % rows:
-            rows -= 1
-        cols = chip.cores // rows
+        rows, cols = mesh_shape(chip.cores)
         return [r * cols + (c if r % 2 == 0 else cols - 1 - c)
                 for r in range(rows) for c in range(cols)]
     return list(range(chip.cores))
@@ -99,7 +100,6 @@ def traffic_edges(nodes: list[torch.fx.Node], producers: dict, positions: dict[s
     for i, node in enumerate(nodes):
         info = get_info(node)
         assert info is not None
-        per_col = info.slices.levels.shape[0] * info.slices.levels.shape[1]  # type: ignore
         accumulator = {t.col_tile: t for t in info.tiles if t.row_tile == 0}
         for tile in info.tiles:  # partial sums to the accumulating row tile of the column
             if tile.row_tile > 0:
@@ -116,7 +116,6 @@ def traffic_edges(nodes: list[torch.fx.Node], producers: dict, positions: dict[s
                 for tile in info.tiles:
                     edges.append(TrafficEdge((p, head.index), (i, tile.index),
                                              share * tile.row_count / info.matrix_rows))
-        del per_col
     return edges
 
 
@@ -163,7 +162,7 @@ class Place:
         if self.strategy == "in-order":
             where = in_order
         else:
-            order = locality_order(graph, chip)
+            order = locality_order(chip)
             where = {key: order[slot // chip.arrays_per_core] for slot, key in enumerate(keys)}
             where = _refine(where, edges, hops, chip.arrays_per_core, self.max_swap_rounds)
         cost = traffic_cost(edges, where, hops)
@@ -238,7 +237,6 @@ def _refine(where: dict[TileKey, int], edges: list[TrafficEdge], hops: np.ndarra
     def tile_cost(key: TileKey, core: int) -> float:
         return sum(b * hops[core, where[other]] for other, b in neighbours[key] if other != key)
 
-    cores = range(hops.shape[0])
     for _ in range(rounds):
         improved = False
         for key in sorted(where):
@@ -248,8 +246,6 @@ def _refine(where: dict[TileKey, int], edges: list[TrafficEdge], hops: np.ndarra
             candidates = {where[other] for other, _ in neighbours[key]} - {current}
             best, best_gain = None, 1e-9
             for core in sorted(candidates):
-                if core not in cores:
-                    continue
                 if load[core] < capacity:
                     gain = tile_cost(key, current) - tile_cost(key, core)
                     if gain > best_gain:
