@@ -159,6 +159,10 @@ def _parser() -> argparse.ArgumentParser:
     ver.add_argument("--calib-samples", type=int, default=512,
                      help="samples (train split, else test) that set the DAC ranges")
     ver.add_argument("--batch-size", type=int, default=1024)
+    ver.add_argument("--chips-per-pass", type=int, default=1, metavar="K",
+                     help="with --ideal-periphery, evaluate K chip instances in one batched pass "
+                     "(same results; meant for accelerators: on 2 CPU cores one chip per pass "
+                     "is fastest)")
     ver.add_argument("--json", action="store_true", help="print the report as JSON")
     ver.add_argument("--no-report", action="store_true", help="do not save verify.json and "
                      "update report.html in the layout directory")
@@ -385,12 +389,13 @@ def _cmd_verify(args: argparse.Namespace) -> int:
         raise NeftcError(f"--mc must be at least 1, got {args.mc}")
     if args.sigma and any(s < 0 for s in args.sigma):
         raise NeftcError(f"--sigma must be >= 0, got {min(args.sigma)}")
-    if args.batch_size < 1 or args.calib_samples < 1:
-        raise NeftcError("--batch-size and --calib-samples must be at least 1")
+    if args.batch_size < 1 or args.calib_samples < 1 or args.chips_per_pass < 1:
+        raise NeftcError("--batch-size, --calib-samples and --chips-per-pass must be at least 1")
     settings = VerifySettings(sigmas=tuple(args.sigma) if args.sigma else None, trials=args.mc,
                               seed=args.seed, noise=args.noise,
                               ideal_periphery=args.ideal_periphery, faults=not args.no_faults,
-                              batch_size=args.batch_size, calib_samples=args.calib_samples)
+                              batch_size=args.batch_size, calib_samples=args.calib_samples,
+                              chips_per_pass=args.chips_per_pass)
     report = run_verify(args.layout, args.data, settings,
                         progress=not args.quiet and not args.json)
     if not args.no_report:

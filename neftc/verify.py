@@ -28,6 +28,7 @@ class VerifySettings:
     faults: bool = True
     batch_size: int = 1024
     calib_samples: int = 512
+    chips_per_pass: int = 1
 
 
 def _calibration_inputs(data: Dataset, count: int) -> torch.Tensor:
@@ -74,6 +75,7 @@ def run_verify(layout_dir: str | Path, data_spec: str, settings: VerifySettings,
                                  in emulator.layers.items() if layer.input_quant is not None})
         bar.set_postfix(sigma=sigma)
         result = monte_carlo(run, x, y, settings.trials, batch_size=settings.batch_size,
+                             chips_per_pass=settings.chips_per_pass,
                              on_trial=lambda _chip, _acc: bar.update())
         results.append({"sigma": sigma, "quantized_accuracy": quantized,
                         "mc": result.stats.as_dict(),

@@ -79,6 +79,7 @@ class CrossbarLayer(nn.Module):
         self.weight: torch.Tensor = self._fold()
         self.input_quant: InputQuant | None = None
         self.adc: AdcConfig | None = None
+        self.stacked_weights: torch.Tensor | None = None  # [K, ...]: K chip instances at once
 
     # ------------------------------------------------------------ programming a chip instance
 
@@ -122,9 +123,36 @@ class CrossbarLayer(nn.Module):
     # ------------------------------------------------------------ execution
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.stacked_weights is not None:
+            return self._stacked_op(x, self.stacked_weights)
         if self.input_quant is None:
             return self._float_op(x, self.weight)
         return self._periphery(x)
+
+    def program_stacked(self, weights: torch.Tensor | None) -> None:
+        """Several chip instances at once (ideal periphery): ``weights`` [K, *weight_shape];
+        the input batch then holds K chip-major copies of the samples. None: back to one chip."""
+        self.stacked_weights = weights
+
+    def _stacked_op(self, x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        """The layer for K chips in one call: a batched matmul (linear) or a grouped conv."""
+        rec = self.record
+        k = weights.shape[0]
+        if rec.op == "linear":
+            out = torch.bmm(x.reshape(k, -1, x.shape[-1]), weights.transpose(1, 2))
+            if self.bias is not None:
+                out = out + self.bias
+            return out.reshape(*x.shape[:-1], weights.shape[1])
+        conv = rec.conv
+        assert conv is not None
+        n = x.shape[0] // k
+        grouped = x.reshape(k, n, *x.shape[1:]).transpose(0, 1).reshape(n, -1, *x.shape[2:])
+        fn = F.conv2d if rec.op == "conv2d" else F.conv1d
+        bias = None if self.bias is None else self.bias.repeat(k)
+        out = fn(grouped, weights.reshape(-1, *weights.shape[2:]), bias, conv.stride,
+                 conv.padding, conv.dilation, conv.groups * k)
+        out = out.reshape(n, k, -1, *out.shape[2:]).transpose(0, 1)
+        return out.reshape(k * n, *out.shape[2:])
 
     def _float_op(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         rec = self.record

@@ -104,6 +104,28 @@ class Emulator:
             self.program_chip(chip)
             yield chip
 
+    @torch.no_grad()
+    def forward_chips(self, chips: list[int], x: torch.Tensor) -> list[torch.Tensor]:
+        """Outputs of several chip instances in one pass (ideal periphery): each layer runs the
+        K chips' weights as one batched matmul or grouped conv on K chip-major copies of ``x``.
+        The same outputs as programming and running each chip in turn, in one pass (on an
+        accelerator, small models would otherwise leave it idle)."""
+        if not self.ideal_periphery:
+            raise ValueError("forward_chips needs ideal periphery")
+        stacks: dict[str, list[torch.Tensor]] = {name: [] for name in self.layers}
+        for chip in chips:
+            self.program_chip(chip)
+            for name, layer in self.layers.items():
+                stacks[name].append(layer.weight)
+        try:
+            for name, layer in self.layers.items():
+                layer.program_stacked(torch.stack(stacks[name]))
+            out = self._run(x.to(torch.float32).repeat(len(chips), *[1] * (x.dim() - 1)))
+        finally:
+            for layer in self.layers.values():
+                layer.program_stacked(None)
+        return list(out.reshape(len(chips), x.shape[0], *out.shape[1:]))
+
     def effective_weights(self) -> dict[str, torch.Tensor]:
         """Dequantised weights of every layer as programmed on the current chip instance."""
         return {name: layer.weight.detach().clone() for name, layer in self.layers.items()}

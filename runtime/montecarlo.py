@@ -101,19 +101,36 @@ class McResult:
         return self.stats.trials / self.seconds if self.seconds > 0 else float("inf")
 
 
+def _chip_groups(trials: int, size: int) -> list[list[int]]:
+    return [list(range(first, min(first + size, trials))) for first in range(0, trials, size)]
+
+
 def monte_carlo(emulator: Emulator, x: torch.Tensor, y: torch.Tensor, trials: int, *,
-                batch_size: int = 1024,
+                batch_size: int = 1024, chips_per_pass: int = 1,
                 on_trial: Callable[[int, float], None] | None = None) -> McResult:
-    """Accuracy of ``trials`` chip instances (0 .. trials-1 of the emulator's seed)."""
+    """Accuracy of ``trials`` chip instances (0 .. trials-1 of the emulator's seed).
+
+    ``chips_per_pass`` > 1 (ideal periphery only) evaluates that many chip instances in one
+    batched pass (``Emulator.forward_chips``): the same chips and results, fewer, larger kernels.
+    """
     start = time.perf_counter()
     accuracies = np.empty(trials)
     uncertainty = Uncertainty()
-    for i, chip in enumerate(emulator.chips(trials)):
-        logits = predict(emulator, x, batch_size)
-        accuracies[i] = int((logits.argmax(dim=1) == y).sum()) / max(int(y.shape[0]), 1)
-        uncertainty.add(logits)
-        if on_trial is not None:
-            on_trial(chip, float(accuracies[i]))
+    size = chips_per_pass if emulator.ideal_periphery else 1
+    per_pass = max(1, batch_size // size)
+    for group in _chip_groups(trials, size):
+        if len(group) == 1:
+            emulator.program_chip(group[0])
+            outputs = [predict(emulator, x, batch_size)]
+        else:
+            parts = [emulator.forward_chips(group, x[first:first + per_pass])
+                     for first in range(0, x.shape[0], per_pass)]
+            outputs = [torch.cat([part[k] for part in parts]) for k in range(len(group))]
+        for chip, logits in zip(group, outputs):
+            accuracies[chip] = int((logits.argmax(dim=1) == y).sum()) / max(int(y.shape[0]), 1)
+            uncertainty.add(logits)
+            if on_trial is not None:
+                on_trial(chip, float(accuracies[chip]))
     seconds = time.perf_counter() - start
     emulator.program_ideal()
     return McResult(accuracies, summarize(accuracies), seconds, uncertainty.expected_kl(),

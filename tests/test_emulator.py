@@ -229,3 +229,16 @@ def test_uncertainty_expected_kl() -> None:
     mean = torch.tensor([0.5, 0.5], dtype=torch.float64)
     expected = float((p * (p / mean).log()).sum())  # both chips are equally far from the mean
     assert spread.expected_kl() == pytest.approx(expected, rel=1e-9)
+
+
+def test_several_chips_per_pass_equal_one_by_one(cnn_layout) -> None:
+    """Batched chip instances (for accelerators) give each chip's own outputs."""
+    _, layout = cnn_layout
+    emulator = Emulator(layout, sigma=0.2, seed=9)
+    x = torch.randn(5, 3, 8, 8, generator=torch.Generator().manual_seed(4))
+    together = emulator.forward_chips([0, 1, 2], x)
+    for chip, out in zip([0, 1, 2], together):
+        emulator.program_chip(chip)
+        # Grouped conv and bmm vs one conv/matmul per chip: float32 reordering only.
+        torch.testing.assert_close(out, emulator(x), rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(together[0], together[1])  # different chips, different outputs

@@ -103,3 +103,12 @@ def test_verify_bad_data(capsys, tmp_path, digits_layout) -> None:
     assert "--mc" in capsys.readouterr().err
     assert main(["verify", str(tmp_path / "nolayout"), "--mc", "2"]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_chips_per_pass_gives_the_same_report(capsys, digits_layout) -> None:
+    args = (str(digits_layout[0]), "--mc", "6", "--sigma", "0.15", "--ideal-periphery")
+    one = run_json(capsys, *args)["results"][0]
+    batched = run_json(capsys, *args, "--chips-per-pass", "4")["results"][0]
+    assert one["mc"] == batched["mc"]
+    assert one["uncertainty"]["expected_kl"] == pytest.approx(
+        batched["uncertainty"]["expected_kl"], rel=1e-5)
