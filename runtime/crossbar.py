@@ -97,7 +97,7 @@ class CrossbarLayer(nn.Module):
         q = self.ideal_q + noise_q
         self.conductance = self.levels
         self.weight_override = None
-        self.weight = (q * self.scales).t().reshape(self.weight_shape)
+        self.weight = (q * self.scales).t().reshape(self.weight_shape).contiguous()
 
     @property
     def fold_coefficients(self) -> torch.Tensor:
