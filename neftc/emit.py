@@ -15,10 +15,9 @@ from neftc import __version__
 from neftc.atomic import atomic_directory
 from neftc.graph_codec import encode_arg, target_name
 from neftc.layout_schema import (
-    CHECKSUMS_FILE, LAYOUT_FILE, LAYOUT_FORMAT, LAYOUT_VERSION, LEVELS_FILE, REPORT_FILE, TENSORS_FILE, CompileOptions,
-    ConvRecord, FileRecord, GraphNode, GraphRecord, LayerRecord, LayoutDoc, PeripheryRecord,
-    PlacementRecord,
-    QuantRecord, SlicingRecord, SourceRecord, SummaryRecord, TensorRecord, TileRecord,
+    CHECKSUMS_FILE, LAYOUT_FILE, LAYOUT_FORMAT, LAYOUT_VERSION, LEVELS_FILE, REPORT_FILE,
+    TENSORS_FILE, CompileOptions, ConvRecord, FileRecord, GraphNode, GraphRecord, LayerRecord,
+    LayoutDoc, PeripheryRecord, PlacementRecord, QuantRecord, SlicingRecord, SourceRecord, SummaryRecord, TensorRecord, TileRecord,
 )
 from neftc.meta import NodeInfo, crossbar_nodes, get_info
 from neftc.pass_manager import NodeError
@@ -66,7 +65,7 @@ def _layer_record(node: torch.fx.Node, info: NodeInfo, levels_blob: _Blob,
     tiles = []
     for t in info.tiles:
         block = phys[t.row_start:t.row_start + t.row_count, t.col_start:t.col_start + t.col_count]
-        offset = levels_blob.append(np.ascontiguousarray(block).tobytes())
+        offset = levels_blob.append(block.tobytes())  # tobytes copies in C order
         tiles.append(TileRecord(index=t.index, row_tile=t.row_tile, col_tile=t.col_tile,
                                 row_start=t.row_start, row_count=t.row_count,
                                 col_start=t.col_start, col_count=t.col_count, core=t.core,
@@ -164,7 +163,8 @@ def build_layout(
                                 in_order_byte_hops=placed.in_order_byte_hops,
                                 bytes_exchanged=placed.bytes_exchanged)
     doc = LayoutDoc(
-        format=LAYOUT_FORMAT, version=LAYOUT_VERSION, neftc_version=__version__, source=source, target=target, options=options,
+        format=LAYOUT_FORMAT, version=LAYOUT_VERSION, neftc_version=__version__, source=source,
+        target=target, options=options,
         periphery=PeripheryRecord(**target.periphery.model_dump()),
         files={
             "levels": FileRecord(path=LEVELS_FILE, nbytes=len(levels_bytes),

@@ -45,7 +45,8 @@ def _png(fig: Any) -> str:
     return f'<img alt="plot" src="data:image/png;base64,{data}">'
 
 
-def _plots(doc: LayoutDoc, verify: dict[str, Any] | None) -> dict[str, str]:
+def _plots(doc: LayoutDoc, summary: dict[str, Any],
+           verify: dict[str, Any] | None) -> dict[str, str]:
     try:
         import matplotlib
 
@@ -81,7 +82,6 @@ def _plots(doc: LayoutDoc, verify: dict[str, Any] | None) -> dict[str, str]:
     ax.set_ylabel("core")
     ax.set_title(f"placement ({doc.placement.strategy}): colour = layer")
     plots["placement"] = _png(fig)
-    summary = layout_summary(doc)
     energy = {k.removesuffix("_pj"): v for k, v in summary["cost"]["energy_pj"].items()
               if k != "total_pj"}
     fig, ax = plt.subplots(figsize=(6, 3))
@@ -108,7 +108,7 @@ def _plots(doc: LayoutDoc, verify: dict[str, Any] | None) -> dict[str, str]:
 
 def render_report(doc: LayoutDoc, verify: dict[str, Any] | None = None) -> str:
     summary = layout_summary(doc)
-    plots = _plots(doc, verify)
+    plots = _plots(doc, summary, verify)
     totals = summary["totals"]
     cost = summary["cost"]
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>neftc report: "

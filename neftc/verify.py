@@ -68,13 +68,9 @@ def run_verify(layout_dir: str | Path, data_spec: str, settings: VerifySettings,
     bar = tqdm(total=len(sigmas) * settings.trials, desc="chip instances", disable=not progress,
                leave=False)
     for sigma in sigmas:
-        run = Emulator(layout, sigma=sigma, seed=settings.seed, noise=settings.noise,
-                       ideal_periphery=settings.ideal_periphery, faults=settings.faults)
-        if not settings.ideal_periphery:
-            run.set_input_quant({name: layer.input_quant for name, layer
-                                 in emulator.layers.items() if layer.input_quant is not None})
+        emulator.set_sigma(sigma)  # same network and DAC ranges, new device variation
         bar.set_postfix(sigma=sigma)
-        result = monte_carlo(run, x, y, settings.trials, batch_size=settings.batch_size,
+        result = monte_carlo(emulator, x, y, settings.trials, batch_size=settings.batch_size,
                              chips_per_pass=settings.chips_per_pass,
                              on_trial=lambda _chip, _acc: bar.update())
         results.append({"sigma": sigma, "quantized_accuracy": quantized,

@@ -12,6 +12,7 @@ Chip instance ``i`` of seed ``k`` is always the same chip: its noise comes from 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -46,6 +47,14 @@ class Emulator:
         self.module, self.layers = build_module(self.layout)
         self.module.eval()
         self.n_levels = 2**target.cell.bits
+        self._draws = {name: torch.empty(layer.levels.shape) for name, layer in self.layers.items()}
+        self.set_sigma(self.noise.sigma)
+        self.calibrated = False
+
+    def set_sigma(self, sigma: float) -> None:
+        """Use device variation ``sigma`` from the next chip instance on (the network, its
+        calibration and its periphery stay); the chip is reset to the ideal levels."""
+        self.noise = replace(self.noise, sigma=float(sigma))
         self._cell_std = {name: cell_std_levels(layer.levels, self.n_levels, self.noise.sigma,
                                                 self.noise.state_ratio)
                           for name, layer in self.layers.items()}
@@ -53,9 +62,7 @@ class Emulator:
         self._fold_std = {name: (self._cell_std[name] * layer.fold_coefficients)
                           .reshape(-1, *layer.levels.shape[2:])
                           for name, layer in self.layers.items()}
-        self._draws = {name: torch.empty(layer.levels.shape) for name, layer in self.layers.items()}
-        self.chip: int | None = None
-        self.calibrated = False
+        self.program_ideal()
 
     # ------------------------------------------------------------------ chip instances
 
