@@ -73,10 +73,11 @@ class CrossbarLayer(nn.Module):
         self.register_buffer("slice_weights", torch.tensor(
             [float(n_levels**s) for s in range(record.slicing.slices)]))
         self.register_buffer("signs", torch.tensor([1.0, -1.0][:n_pol]))
-        self.register_buffer("ideal_q", self._integer(self.levels))
+        self.register_buffer("ideal_weight", self.to_weight_layout(
+            self._integer(self.levels) * self.scales))  # q * scale, the noise-free weight
         self.conductance: torch.Tensor = self.levels  # level units, this chip instance
-        self.weight_override: torch.Tensor | None = None  # paper mode: weight-level noise
-        self.weight: torch.Tensor = self._fold()
+        self.weight_override: torch.Tensor | None = None  # this chip's weight, given directly
+        self.weight: torch.Tensor = self.ideal_weight
         self.input_quant: InputQuant | None = None
         self.adc: AdcConfig | None = None
         self.stacked_weights: torch.Tensor | None = None  # [K, ...]: K chip instances at once
@@ -85,40 +86,34 @@ class CrossbarLayer(nn.Module):
 
     def program(self, conductance: torch.Tensor | None,
                 weight_override: torch.Tensor | None = None) -> None:
-        """Set this chip instance's conductances (None: the ideal levels)."""
+        """Set this chip instance's conductances (None: the ideal levels). ``weight_override``
+        gives the chip's effective weight directly (the ideal-periphery fast path, whose
+        conductances are drawn only on demand, and the paper's weight-level mode)."""
         self.conductance = self.levels if conductance is None else conductance
         self.weight_override = weight_override
-        self.weight = weight_override if weight_override is not None else self._fold()
-
-    def program_folded(self, noise_q: torch.Tensor) -> None:
-        """Fast path for ideal periphery: ``noise_q`` [R, C] is the cell noise already folded to
-        integer-weight units, ``sum_{p,s} sign_p L^s noise[p, s]`` (the same chip as
-        ``program(levels + noise)``); the per-cell conductances are not kept."""
-        q = self.ideal_q + noise_q
-        self.conductance = self.levels
-        self.weight_override = None
-        self.weight = (q * self.scales).t().reshape(self.weight_shape).contiguous()
+        if weight_override is not None:
+            self.weight = weight_override
+        elif conductance is None:
+            self.weight = self.ideal_weight
+        else:
+            self.weight = self.to_weight_layout(self._integer(self.conductance) * self.scales)
 
     @property
     def fold_coefficients(self) -> torch.Tensor:
         """sign_p * L^s, shaped [P, S, 1, 1]."""
         return (self.signs[:, None] * self.slice_weights[None, :])[:, :, None, None]
 
-    def integer_matrix(self) -> torch.Tensor:
-        """Effective integer weights [R, C] of the programmed conductances."""
-        return self._integer(self.conductance)
+    def to_weight_layout(self, matrix: torch.Tensor) -> torch.Tensor:
+        """A crossbar-shaped [R, C] tensor in the weight's own shape (C_out first)."""
+        return matrix.t().reshape(self.weight_shape).contiguous()
+
+    def from_weight_layout(self, weight: torch.Tensor) -> torch.Tensor:
+        """The inverse of ``to_weight_layout``: [R, C]."""
+        return weight.reshape(self.weight_shape[0], -1).t()
 
     def _integer(self, conductance: torch.Tensor) -> torch.Tensor:
         q = torch.einsum("psrc,p,s->rc", conductance, self.signs, self.slice_weights)
         return q - self.offset if self.offset else q
-
-    def _fold_ideal(self) -> torch.Tensor:
-        """The noise-free dequantised weight (q * scale) in the weight's shape."""
-        return (self.ideal_q * self.scales).t().reshape(self.weight_shape).contiguous()
-
-    def _fold(self) -> torch.Tensor:
-        matrix = self.integer_matrix() * self.scales
-        return matrix.t().reshape(self.weight_shape).contiguous()
 
     # ------------------------------------------------------------ execution
 

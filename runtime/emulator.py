@@ -18,16 +18,22 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from neftc.errors import DataError
+from neftc.errors import DataError, NeftcError
 from neftc.layout import Layout, load_layout
 from neftc.runtime.crossbar import AdcConfig, CrossbarLayer, InputQuant
 from neftc.runtime.graph import build_module
 from neftc.runtime.noise import NoiseMode, NoiseModel, cell_std_levels, paper_weight_std
 
 
-def chip_generator(seed: int, chip: int) -> torch.Generator:
-    """The generator of chip instance ``chip`` under ``seed`` (independent streams)."""
-    state = np.random.SeedSequence([seed, chip]).generate_state(2, dtype=np.uint32)
+# The independent random streams of one chip instance.
+AGGREGATE_STREAM = 0  # per weight: the folded noise of its cells (and paper mode's draws)
+CELL_STREAM = 1  # per cell: how that folded noise splits over the weight's cells
+FAULT_STREAM = 2  # per cell: stuck-at faults
+
+
+def chip_generator(seed: int, chip: int, stream: int = AGGREGATE_STREAM) -> torch.Generator:
+    """The generator of one random stream of chip instance ``chip`` under ``seed``."""
+    state = np.random.SeedSequence([seed, chip, stream]).generate_state(2, dtype=np.uint32)
     return torch.Generator().manual_seed(int(state[0]) << 32 | int(state[1]))
 
 
@@ -35,6 +41,10 @@ class Emulator:
     def __init__(self, layout: Layout | str | Path, *, sigma: float | None = None, seed: int = 0,
                  noise: NoiseMode = "cell", ideal_periphery: bool = True,
                  faults: bool = True) -> None:
+        if noise == "paper" and not ideal_periphery:
+            raise NeftcError("the paper's noise model is weight-level and has no per-cell form "
+                             "for the DAC/ADC path; use it with ideal periphery "
+                             "(neftc verify --noise paper --ideal-periphery)")
         self.layout = layout if isinstance(layout, Layout) else load_layout(layout)
         target = self.layout.doc.target
         self.seed = seed
@@ -47,7 +57,10 @@ class Emulator:
         self.module, self.layers = build_module(self.layout)
         self.module.eval()
         self.n_levels = 2**target.cell.bits
-        self._draws = {name: torch.empty(layer.levels.shape) for name, layer in self.layers.items()}
+        # Per layer: the standard normals of the current chip's folded noise, one per weight in
+        # the weight's own layout (kept so that the cells can be drawn later, on demand).
+        self._aggregate_z = {name: torch.empty(layer.weight_shape)
+                             for name, layer in self.layers.items()}
         self.set_sigma(self.noise.sigma)
         self.calibrated = False
 
@@ -55,13 +68,17 @@ class Emulator:
         """Use device variation ``sigma`` from the next chip instance on (the network, its
         calibration and its periphery stay); the chip is reset to the ideal levels."""
         self.noise = replace(self.noise, sigma=float(sigma))
-        self._cell_std = {name: cell_std_levels(layer.levels, self.n_levels, self.noise.sigma,
-                                                self.noise.state_ratio)
-                          for name, layer in self.layers.items()}
-        # Ideal-periphery fast path: per-cell std times sign_p L^s, flattened over (p, s).
-        self._fold_std = {name: (self._cell_std[name] * layer.fold_coefficients)
-                          .reshape(-1, *layer.levels.shape[2:])
-                          for name, layer in self.layers.items()}
+        self._cell_std: dict[str, torch.Tensor] = {}  # [P, S, R, C], level units
+        self._weight_std: dict[str, torch.Tensor] = {}  # [R, C], integer-weight units
+        self._weight_std_w: dict[str, torch.Tensor] = {}  # weight units, the weight's layout
+        for name, layer in self.layers.items():
+            cell_std = cell_std_levels(layer.levels, self.n_levels, self.noise.sigma,
+                                       self.noise.state_ratio)
+            # sum_{p,s} sign_p L^s e[p,s] has variance sum_{p,s} (L^s std[p,s])^2.
+            weight_std = ((cell_std * layer.fold_coefficients) ** 2).sum(dim=(0, 1)).sqrt()
+            self._cell_std[name] = cell_std
+            self._weight_std[name] = weight_std
+            self._weight_std_w[name] = layer.to_weight_layout(weight_std * layer.scales)
         self.program_ideal()
 
     # ------------------------------------------------------------------ chip instances
@@ -73,37 +90,67 @@ class Emulator:
         self.chip = None
 
     def program_chip(self, chip: int) -> None:
-        """Program chip instance ``chip``: each cell drawn once from the device model."""
+        """Program chip instance ``chip``: each cell drawn once from the device model.
+
+        The draw is made in two exact steps (docs/emulator.md, "How a chip is drawn"): first the
+        folded noise of every weight, ``sum_{p,s} sign_p L^s e[p,s]``, one Gaussian per weight
+        with the summed variance of its cells; then, when the cells themselves are needed (the
+        DAC/ADC path, stuck-at faults, ``cell_conductances``), each cell's noise given that sum.
+        Together they are distributed exactly as independent per-cell draws, and both periphery
+        paths see the same chip. The ideal-periphery path needs only the first step.
+        """
+        self.chip = chip
         if not self.noise.active:
-            self.program_ideal()
-            self.chip = chip
+            for layer in self.layers.values():
+                layer.program(None)
             return
-        generator = chip_generator(self.seed, chip)
+        aggregate = chip_generator(self.seed, chip, AGGREGATE_STREAM)
         for name, layer in self.layers.items():
+            z = self._aggregate_z[name].normal_(generator=aggregate)
             if self.noise.mode == "paper":
-                ideal = layer._fold_ideal()
+                ideal = layer.ideal_weight
                 rec = layer.record
                 std = paper_weight_std(ideal, rec.quant.qmax, self.n_levels, rec.slicing.slices,
                                        self.noise.sigma, self.noise.state_ratio)
-                noisy = ideal + std * torch.randn(ideal.shape, generator=generator)
-                layer.program(None, weight_override=noisy)
-                continue
-            levels = layer.levels
-            z = self._draws[name].normal_(generator=generator)  # one N(0, 1) per cell
-            if self.ideal_periphery and not self.noise.has_faults:
-                flat = z.reshape(self._fold_std[name].shape)
-                layer.program_folded((flat * self._fold_std[name]).sum(dim=0))
-                continue
-            conductance = levels + self._cell_std[name] * z
+                layer.program(None, weight_override=torch.addcmul(ideal, std, z))
+            elif self.ideal_periphery and not self.noise.has_faults:
+                layer.program(None, weight_override=torch.addcmul(
+                    layer.ideal_weight, self._weight_std_w[name], z))
+        if self.noise.mode == "paper" or (self.ideal_periphery and not self.noise.has_faults):
+            return
+        for name, conductance in self.cell_conductances().items():
+            self.layers[name].program(conductance)
+
+    def cell_conductances(self) -> dict[str, torch.Tensor]:
+        """Every cell of the current chip instance, ``[P, S, R, C]`` in level units
+        (``level + (L-1) e``, stuck-at faults applied): the same cells on either periphery path.
+        Drawn given the chip's folded per-weight noise, so that they fold back to it."""
+        if self.chip is None or not self.noise.active:
+            return {name: layer.levels.clone() for name, layer in self.layers.items()}
+        if self.noise.mode == "paper":
+            raise NeftcError("the paper's noise model is weight-level: it has no cells")
+        cells = chip_generator(self.seed, self.chip, CELL_STREAM)
+        faults = chip_generator(self.seed, self.chip, FAULT_STREAM)
+        out = {}
+        for name, layer in self.layers.items():
+            coefficients = layer.fold_coefficients
+            cell_std = self._cell_std[name]
+            weight_std = self._weight_std[name]
+            folded = layer.from_weight_layout(self._aggregate_z[name]) * weight_std
+            e = torch.randn(layer.levels.shape, generator=cells) * cell_std
+            # Condition independent cells on their weighted sum: e += std^2 a (A - a.e) / var.
+            residual = folded - (e * coefficients).sum(dim=(0, 1))
+            gain = cell_std * cell_std * coefficients / (weight_std * weight_std).clamp(min=1e-30)
+            conductance = layer.levels + e.addcmul_(gain, residual)
             if self.noise.has_faults:
-                u = torch.rand(levels.shape, generator=generator)
+                u = torch.rand(layer.levels.shape, generator=faults)
                 low = self.noise.stuck_at_min_rate
                 conductance = torch.where(u < low, torch.zeros(()), conductance)
                 stuck_high = (u >= low) & (u < low + self.noise.stuck_at_max_rate)
                 conductance = torch.where(stuck_high, torch.full((), float(self.n_levels - 1)),
                                           conductance)
-            layer.program(conductance)
-        self.chip = chip
+            out[name] = conductance
+        return out
 
     def chips(self, count: int, start: int = 0) -> Iterator[int]:
         """Program chip instances ``start .. start+count-1`` in turn, yielding each index."""

@@ -113,6 +113,54 @@ def test_cell_mode_std_matches_device_model(tmp_path, tag, encoding) -> None:
     assert abs(np.median(empirical / var_w) - 1) < 0.05
 
 
+def test_cells_are_independent_with_the_device_models_std(tmp_path) -> None:
+    """The cells drawn given each weight's folded noise are distributed as independent per-cell
+    draws: each cell's std is sigma k(level) (L-1), and cells of one weight are uncorrelated."""
+    layout = mlp_layout(tmp_path, "fefet6_128x128")
+    spec = layout.doc.target
+    sigma, n_levels, s = 0.15, 2**spec.cell.bits, spec.noise.state_ratio
+    emulator = Emulator(layout, sigma=sigma, seed=11, faults=False)
+    levels = torch.from_numpy(layout.levels("0").astype(np.float32))  # [P, S, R, C]
+    extreme = (levels == 0) | (levels == n_levels - 1)
+    std = (n_levels - 1) * sigma * torch.where(extreme, 1.0, s) / normalisation(s)
+    normalised = []
+    for _ in emulator.chips(300):
+        normalised.append((emulator.cell_conductances()["0"] - levels) / std)
+    z = torch.stack(normalised).double()  # [chips, P, S, R, C], N(0, 1) per cell if exact
+    # 300 chips x 24576 cells per class pooled: the std estimate is within 0.5 % (3 sigma).
+    for mask in (extreme, ~extreme):
+        assert mask.any()
+        assert abs(float(z[:, mask].std()) - 1) < 0.01
+    # Correlation of two cells of the same weight (slice 0 vs 3, positive vs negative polarity):
+    # 921600 pairs, standard error 0.001.
+    assert abs(float((z[:, 0, 0] * z[:, 0, 3]).mean())) < 0.006
+    assert abs(float((z[:, 0, 1] * z[:, 1, 1]).mean())) < 0.006
+
+
+@pytest.mark.parametrize("encoding", ["differential", "offset"])
+def test_both_periphery_paths_program_the_same_cells(tmp_path, encoding) -> None:
+    layout = mlp_layout(tmp_path, "rram4_128x128", [f"weight.sign_encoding={encoding}"])
+    ideal = Emulator(layout, sigma=0.2, seed=5)
+    adc = Emulator(layout, sigma=0.2, seed=5, ideal_periphery=False)
+    ideal.program_chip(3)
+    adc.program_chip(3)
+    cells = ideal.cell_conductances()
+    for name, layer in adc.layers.items():
+        assert torch.equal(cells[name], layer.conductance)
+        assert not torch.equal(cells[name], layer.levels)
+        # The cells fold back to the ideal path's weight: float32 sums of 4-8 terms.
+        torch.testing.assert_close(adc.effective_weights()[name],
+                                   ideal.effective_weights()[name], rtol=1e-5, atol=1e-6)
+
+
+def test_paper_mode_needs_ideal_periphery(tmp_path) -> None:
+    from neftc.errors import NeftcError
+
+    layout = mlp_layout(tmp_path, "rram1_128x128")
+    with pytest.raises(NeftcError, match="--ideal-periphery"):
+        Emulator(layout, sigma=0.1, noise="paper", ideal_periphery=False)
+
+
 def test_same_seed_same_chip_different_seed_different_chip(cnn_layout) -> None:
     _, layout = cnn_layout
     a, b, c = (Emulator(layout, sigma=0.1, seed=seed) for seed in (5, 5, 6))
