@@ -71,6 +71,7 @@ class Emulator:
         self._cell_std: dict[str, torch.Tensor] = {}  # [P, S, R, C], level units
         self._weight_std: dict[str, torch.Tensor] = {}  # [R, C], integer-weight units
         self._weight_std_w: dict[str, torch.Tensor] = {}  # weight units, the weight's layout
+        self._cell_gain: dict[str, torch.Tensor] = {}  # [P, S, R, C]: share of the folded noise
         for name, layer in self.layers.items():
             cell_std = cell_std_levels(layer.levels, self.n_levels, self.noise.sigma,
                                        self.noise.state_ratio)
@@ -79,6 +80,9 @@ class Emulator:
             self._cell_std[name] = cell_std
             self._weight_std[name] = weight_std
             self._weight_std_w[name] = layer.to_weight_layout(weight_std * layer.scales)
+            # Cells given their folded sum A: e += std^2 a (A - a.e) / var, a = sign_p L^s.
+            self._cell_gain[name] = (cell_std * cell_std * layer.fold_coefficients
+                                     / (weight_std * weight_std).clamp(min=1e-30))
         self.program_ideal()
 
     # ------------------------------------------------------------------ chip instances
@@ -135,13 +139,11 @@ class Emulator:
         for name, layer in self.layers.items():
             coefficients = layer.fold_coefficients
             cell_std = self._cell_std[name]
-            weight_std = self._weight_std[name]
-            folded = layer.from_weight_layout(self._aggregate_z[name]) * weight_std
-            e = torch.randn(layer.levels.shape, generator=cells) * cell_std
-            # Condition independent cells on their weighted sum: e += std^2 a (A - a.e) / var.
+            folded = layer.from_weight_layout(self._aggregate_z[name]) * self._weight_std[name]
+            e = torch.randn(layer.levels.shape, generator=cells).mul_(cell_std)
+            # Independent cells conditioned on their weighted sum being the folded draw.
             residual = folded - (e * coefficients).sum(dim=(0, 1))
-            gain = cell_std * cell_std * coefficients / (weight_std * weight_std).clamp(min=1e-30)
-            conductance = layer.levels + e.addcmul_(gain, residual)
+            conductance = e.addcmul_(self._cell_gain[name], residual).add_(layer.levels)
             if self.noise.has_faults:
                 u = torch.rand(layer.levels.shape, generator=faults)
                 low = self.noise.stuck_at_min_rate
