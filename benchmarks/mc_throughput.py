@@ -28,9 +28,8 @@ turns trial by trial (a, b, c, a, b, c, ...: a slow spell of the machine hits al
 the reported time per trial is the median over all timed trials. (d) costs ~64x a float inference per trial,
 so it runs ``--periphery-trials`` trials in ``--periphery-repeats`` rounds (default 1 x 1).
 
-(d) is timed batch by batch, each batch followed by (b) on the same batch; its target divides by
-that paired (b), so that a slow spell of the machine during the long (d) trial does not enter the
-ratio. Beside (d) the script prints ``partial_mvms_per_weight()`` per layer and its MAC-weighted average
+Each (d) trial is followed by one (b) trial, and the (d) target divides by that (b) (printed
+beside it), so that a slow spell of the machine during the long (d) trials hits both. Beside (d) the script prints ``partial_mvms_per_weight()`` per layer and its MAC-weighted average
 (each layer weighted by its MACs per sample: rows x cols, times the output positions of a conv,
 read from one forward pass).
 
@@ -187,26 +186,6 @@ def chip_trial(emulator: Emulator) -> Callable[[int, torch.Tensor, torch.Tensor]
     return trial
 
 
-@torch.no_grad()
-def paired_periphery_trial(emulator: Emulator, model: nn.Module, i: int, x: torch.Tensor,
-                           y: torch.Tensor) -> tuple[float, float, float]:
-    """(d) for chip ``i`` timed batch by batch, each batch followed by (b), the float model, on
-    the same batch: (seconds of d incl. program_chip, seconds of b, accuracy of d)."""
-    start = time.perf_counter()
-    emulator.program_chip(i)
-    d_seconds, b_seconds, correct = time.perf_counter() - start, 0.0, 0
-    for first in range(0, x.shape[0], BATCH):
-        batch = x[first:first + BATCH]
-        t0 = time.perf_counter()
-        logits = emulator.forward(batch)
-        correct += int((logits.argmax(dim=1) == y[first:first + BATCH]).sum())
-        t1 = time.perf_counter()
-        model(batch).argmax(dim=1)
-        t2 = time.perf_counter()
-        d_seconds, b_seconds = d_seconds + t1 - t0, b_seconds + t2 - t1
-    return d_seconds, b_seconds, correct / max(int(y.shape[0]), 1)
-
-
 def float_trial(model: nn.Module) -> Callable[[int, torch.Tensor, torch.Tensor], float]:
     def trial(_i: int, x: torch.Tensor, y: torch.Tensor) -> float:
         return accuracy(model, x, y)
@@ -303,8 +282,8 @@ def run_model(key: str, root: Path, data, x10k, y10k, args, log) -> dict:
     other_abc = meter.other_cores()
 
     # (d): warm up on one batch, then --periphery-repeats rounds of --periphery-trials trials,
-    # each batch followed by (b) on the same batch (d costs ~60 float inferences: pairing them
-    # batch by batch keeps a slow spell of the machine out of the ratio).
+    # each followed by one trial of (b): (d) costs ~60 float inferences, and its target divides
+    # by the (b) timed beside it, so that a slow spell of the machine hits both.
     emu_d.program_chip(10**6)
     with torch.no_grad():
         emu_d.forward(x10k[:BATCH])
@@ -313,10 +292,11 @@ def run_model(key: str, root: Path, data, x10k, y10k, args, log) -> dict:
     for r in range(args.periphery_repeats):
         d_sum = b_sum = 0.0
         for t in range(args.periphery_trials):
-            d_s, b_s, acc = paired_periphery_trial(emu_d, model, r * args.periphery_trials + t,
-                                                   x10k, y10k)
-            d_sum, b_sum = d_sum + d_s, b_sum + b_s
-            d_accs.append(acc)
+            start = time.perf_counter()
+            d_accs.append(chip_trial(emu_d)(r * args.periphery_trials + t, x10k, y10k))
+            middle = time.perf_counter()
+            float_trial(model)(0, x10k, y10k)
+            d_sum, b_sum = d_sum + middle - start, b_sum + time.perf_counter() - middle
         d_rounds.append(d_sum / args.periphery_trials)
         b_rounds.append(b_sum / args.periphery_trials)
         log(f"    (d) round {r + 1}/{args.periphery_repeats}: {d_rounds[-1]:.2f} s per trial, "

@@ -205,14 +205,14 @@ class CrossbarLayer(nn.Module):
         n, *spatial = prefix
         return out.reshape(n, *spatial, c_out).movedim(-1, 1).contiguous()
 
-    def _bit_serial_block(self, x_int: torch.Tensor, tiles: list[tuple[torch.Tensor, float]],
-                          cycles: int, bits: int, signed: bool, partial: torch.Tensor,
+    def _bit_serial_block(self, x_int: torch.Tensor, physical: torch.Tensor, cycles: int,
+                          bits: int, signed: bool, column_block: int, partial: torch.Tensor,
                           total: torch.Tensor, out: torch.Tensor) -> None:
         """Shift-and-added ADC outputs for a block of integer inputs [M, R] into ``out``
-        [M, C*P*S]: every phase and cycle's bit plane in one matmul per row tile, each tile's
-        bitline sums through the ADC, row tiles accumulated. ``tiles`` holds each row tile's
-        conductances and ADC step; ``partial`` and ``total`` are scratch buffers of at least
-        [K*M, C*P*S] (K = planes)."""
+        [M, C*P*S] (``physical`` [R, C*P*S]): every phase and cycle's bit plane in one matmul per
+        row tile and column block, each tile's bitline sums through the ADC, row tiles
+        accumulated. ``partial`` and ``total`` are scratch buffers of at least
+        [K*M, column_block] (K = phases x cycles), small enough to stay in cache."""
         adc = self.adc
         assert adc is not None
         shifts = torch.arange(cycles, dtype=torch.int32) * bits
@@ -220,30 +220,36 @@ class CrossbarLayer(nn.Module):
         mask = 2**bits - 1
 
         def bit_planes(x_tile: torch.Tensor) -> torch.Tensor:
-            """[K * M, rows] float bit planes of a tile's inputs, K = phases x cycles."""
+            """[K * M, rows] float bit planes of a tile's inputs."""
             phases = [x_tile.clamp(min=0), (-x_tile).clamp(min=0)] if signed else [x_tile]
             return torch.cat([
                 ((phase.to(small)[None] >> shifts.to(small)[:, None, None]) & mask)
                 .reshape(-1, phase.shape[1]) for phase in phases]).to(torch.float32)
 
-        n_planes = cycles * (2 if signed else 1)
+        planes = [bit_planes(x_int[:, r0:r0 + rc]) for r0, rc in adc.row_tiles]
+        steps = [adc.full_scale(rc, self.n_levels) / (2**adc.adc_bits - 1)
+                 for _, rc in adc.row_tiles]
+        n_planes = planes[0].shape[0] // x_int.shape[0]
         plane_weights = torch.cat([sign * (2.0 ** shifts.to(torch.float32))
                                    for sign in (1.0, -1.0)[:n_planes // cycles]])
         codes_max = float(2**adc.adc_bits - 1)
-        rows, cols = n_planes * x_int.shape[0], out.shape[1]
-        partial, total = partial[:rows * cols].view(rows, cols), total[:rows * cols].view(rows, cols)
-        for index, ((r0, rc), (conductance, step)) in enumerate(zip(adc.row_tiles, tiles)):
-            # Bitline sums of one tile (exact integers when noise-free), digitised: the ADC code
-            # (rounded, clipped) times its step; row tiles accumulated.
-            torch.mm(bit_planes(x_int[:, r0:r0 + rc]), conductance, out=partial)
-            partial.div_(step).round_().clamp_(0.0, codes_max)
-            if index == 0:
-                torch.mul(partial, step, out=total)
-            else:
-                total.add_(partial, alpha=step)
-        # Shift-and-add over cycles, minus the negative phase.
-        torch.mm(plane_weights[None], total.view(len(plane_weights), -1),
-                 out=out.view(1, -1))
+        rows = planes[0].shape[0]
+        for c0 in range(0, physical.shape[1], column_block):
+            cols = min(column_block, physical.shape[1] - c0)
+            bitline = partial[:rows * cols].view(rows, cols)
+            acc = total[:rows * cols].view(rows, cols)
+            for index, ((r0, rc), tile_planes, step) in enumerate(
+                    zip(adc.row_tiles, planes, steps)):
+                # Bitline sums of one tile (exact integers when noise-free), digitised: the
+                # ADC code (rounded, clipped) times its step; row tiles accumulated.
+                torch.mm(tile_planes, physical[r0:r0 + rc, c0:c0 + cols], out=bitline)
+                bitline.div_(step).round_().clamp_(0.0, codes_max)
+                if index == 0:
+                    torch.mul(bitline, step, out=acc)
+                else:
+                    acc.add_(bitline, alpha=step)
+            # Shift-and-add over cycles, minus the negative phase.
+            out[:, c0:c0 + cols] = (plane_weights @ acc.view(n_planes, -1)).view(-1, cols)
 
     def _crossbar_mvm(self, x_int: torch.Tensor, conductance: torch.Tensor) -> torch.Tensor:
         """Integer-domain output [M, C] of the crossbar for integer inputs [M, R]."""
@@ -260,18 +266,17 @@ class CrossbarLayer(nn.Module):
         cycles = math.ceil(quant.magnitude_bits / bits)
         n_phases = 2 if quant.signed else 1
         physical = conductance.permute(2, 3, 0, 1).reshape(conductance.shape[2], -1)  # [R, C*P*S]
-        tiles = [(physical[r0:r0 + rc], adc.full_scale(rc, self.n_levels) / (2**adc.adc_bits - 1))
-                 for r0, rc in adc.row_tiles]
         planes = n_phases * cycles
-        # Input vectors in blocks, so that a block's bitline sums stay cache-sized (~16 MB);
-        # the scratch buffers are reused by every block and tile.
-        block = max(1, min(x_int.shape[0], 4_000_000 // (planes * physical.shape[1])))
-        partial = torch.empty(planes * block * physical.shape[1])
+        # Blocks of input vectors and columns whose bitline sums (K*M x columns) stay in cache
+        # (~2 MB); the scratch buffers are reused by every block and tile.
+        column_block = min(physical.shape[1], 512)
+        block = max(1, min(x_int.shape[0], (1 << 19) // (planes * column_block)))
+        partial = torch.empty(planes * block * column_block)
         total = torch.empty_like(partial)
         q_out = torch.empty(x_int.shape[0], physical.shape[1])
         for m0 in range(0, x_int.shape[0], block):
-            self._bit_serial_block(x_int[m0:m0 + block], tiles, cycles, bits, quant.signed,
-                                   partial, total, q_out[m0:m0 + block])
+            self._bit_serial_block(x_int[m0:m0 + block], physical, cycles, bits, quant.signed,
+                                   column_block, partial, total, q_out[m0:m0 + block])
         q_out = torch.einsum("mcps,p,s->mc", q_out.reshape(-1, n_cols, n_pol, n_slices),
                              self.signs, self.slice_weights)
         if self.offset:
