@@ -163,6 +163,9 @@ def _parser() -> argparse.ArgumentParser:
                      help="with --ideal-periphery, evaluate K chip instances in one batched pass "
                      "(same results; meant for accelerators: on 2 CPU cores one chip per pass "
                      "is fastest)")
+    ver.add_argument("--device", default="cpu", help="cpu (default) or cuda[:N]: where the "
+                     "network runs; the noise is drawn on the CPU, so a seed gives the same "
+                     "chips on either")
     ver.add_argument("--json", action="store_true", help="print the report as JSON")
     ver.add_argument("--no-report", action="store_true", help="do not save verify.json and "
                      "update report.html in the layout directory")
@@ -395,7 +398,7 @@ def _cmd_verify(args: argparse.Namespace) -> int:
                               seed=args.seed, noise=args.noise,
                               ideal_periphery=args.ideal_periphery, faults=not args.no_faults,
                               batch_size=args.batch_size, calib_samples=args.calib_samples,
-                              chips_per_pass=args.chips_per_pass)
+                              chips_per_pass=args.chips_per_pass, device=args.device)
     report = run_verify(args.layout, args.data, settings,
                         progress=not args.quiet and not args.json)
     if not args.no_report:

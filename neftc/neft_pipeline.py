@@ -11,6 +11,7 @@ import torch
 import torch.fx
 
 from neftc.datasets import Dataset, check_compatible, load_dataset
+from neftc.devices import resolve_device
 from neftc.errors import DataError, NeftcError
 from neftc.finetune import DEFAULT_BATCH, DEFAULT_BETA, DEFAULT_LR, TrainLog, finetune
 from neftc.pass_manager import PassContext, PassManager
@@ -43,9 +44,7 @@ class NeftSettings:
             raise NeftcError("--epochs and --batch-size must be at least 1 and --lr positive")
         if self.sigma is not None and self.sigma < 0:
             raise NeftcError(f"--train-sigma must be >= 0, got {self.sigma}")
-        if self.device.startswith("cuda") and not torch.cuda.is_available():
-            raise NeftcError(f"--device {self.device}: no CUDA device is available here; "
-                             "use --device cpu")
+        resolve_device(self.device)
 
 
 def num_outputs(gm: torch.fx.GraphModule, example: torch.Tensor) -> int:

@@ -29,6 +29,7 @@ class VerifySettings:
     batch_size: int = 1024
     calib_samples: int = 512
     chips_per_pass: int = 1
+    device: str = "cpu"
 
 
 def _calibration_inputs(data: Dataset, count: int) -> torch.Tensor:
@@ -42,10 +43,11 @@ def run_verify(layout_dir: str | Path, data_spec: str, settings: VerifySettings,
     data = load_dataset(data_spec, seed=settings.seed)
     input_shape = tuple(layout.doc.graph.input_shape[1:])
     emulator = Emulator(layout, sigma=0.0, seed=settings.seed, noise=settings.noise,
-                        ideal_periphery=settings.ideal_periphery, faults=settings.faults)
+                        ideal_periphery=settings.ideal_periphery, faults=settings.faults,
+                        device=settings.device)
     with torch.no_grad():
         try:
-            probe = emulator._run(data.test.x[:1].to(torch.float32)) if \
+            probe = emulator._run(data.test.x[:1].to(emulator.device, torch.float32)) if \
                 tuple(data.test.x.shape[1:]) == input_shape else None
         except RuntimeError as exc:
             raise DataError(f"the layout cannot run on samples of shape "
@@ -62,7 +64,7 @@ def run_verify(layout_dir: str | Path, data_spec: str, settings: VerifySettings,
     quantized = evaluate(emulator, x, y, settings.batch_size)
     ideal_quantized = quantized
     if not settings.ideal_periphery:
-        ideal = Emulator(layout, sigma=0.0, ideal_periphery=True)
+        ideal = Emulator(layout, sigma=0.0, ideal_periphery=True, device=settings.device)
         ideal_quantized = evaluate(ideal, x, y, settings.batch_size)
     results = []
     bar = tqdm(total=len(sigmas) * settings.trials, desc="chip instances", disable=not progress,
@@ -84,6 +86,7 @@ def run_verify(layout_dir: str | Path, data_spec: str, settings: VerifySettings,
     return {
         "layout": str(layout_dir), "target": target.name, "data": data.name,
         "test_samples": len(data.test), "seed": settings.seed, "noise": settings.noise,
+        "device": str(emulator.device), "chips_per_pass": settings.chips_per_pass,
         "state_ratio": target.noise.state_ratio,
         "periphery": "ideal" if settings.ideal_periphery else {
             "input_bits": layout.doc.periphery.input_bits,

@@ -215,7 +215,7 @@ class CrossbarLayer(nn.Module):
         [K*M, column_block] (K = phases x cycles), small enough to stay in cache."""
         adc = self.adc
         assert adc is not None
-        shifts = torch.arange(cycles, dtype=torch.int32) * bits
+        shifts = torch.arange(cycles, dtype=torch.int32, device=x_int.device) * bits
         small = torch.uint8 if cycles * bits <= 8 else torch.int32
         mask = 2**bits - 1
 
@@ -271,9 +271,9 @@ class CrossbarLayer(nn.Module):
         # (~2 MB); the scratch buffers are reused by every block and tile.
         column_block = min(physical.shape[1], 512)
         block = max(1, min(x_int.shape[0], (1 << 19) // (planes * column_block)))
-        partial = torch.empty(planes * block * column_block)
+        partial = torch.empty(planes * block * column_block, device=x_int.device)
         total = torch.empty_like(partial)
-        q_out = torch.empty(x_int.shape[0], physical.shape[1])
+        q_out = torch.empty(x_int.shape[0], physical.shape[1], device=x_int.device)
         for m0 in range(0, x_int.shape[0], block):
             self._bit_serial_block(x_int[m0:m0 + block], physical, cycles, bits, quant.signed,
                                    column_block, partial, total, q_out[m0:m0 + block])

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from neftc.devices import resolve_device
 from neftc.errors import DataError, NeftcError
 from neftc.layout import Layout, load_layout
 from neftc.runtime.crossbar import AdcConfig, CrossbarLayer, InputQuant
@@ -40,7 +41,7 @@ def chip_generator(seed: int, chip: int, stream: int = AGGREGATE_STREAM) -> torc
 class Emulator:
     def __init__(self, layout: Layout | str | Path, *, sigma: float | None = None, seed: int = 0,
                  noise: NoiseMode = "cell", ideal_periphery: bool = True,
-                 faults: bool = True) -> None:
+                 faults: bool = True, device: str | torch.device = "cpu") -> None:
         if noise == "paper" and not ideal_periphery:
             raise NeftcError("the paper's noise model is weight-level and has no per-cell form "
                              "for the DAC/ADC path; use it with ideal periphery "
@@ -54,7 +55,10 @@ class Emulator:
             stuck_at_min_rate=target.faults.stuck_at_min_rate if faults else 0.0,
             stuck_at_max_rate=target.faults.stuck_at_max_rate if faults else 0.0)
         self.ideal_periphery = ideal_periphery
-        self.module, self.layers = build_module(self.layout)
+        # The network runs on ``device``; every random draw is made on the CPU from the chip's
+        # generators and moved there, so a chip instance is the same chip on any device.
+        self.device = resolve_device(device)
+        self.module, self.layers = build_module(self.layout, self.device)
         self.module.eval()
         self.n_levels = 2**target.cell.bits
         # Per layer: the standard normals of the current chip's folded noise, one per weight in
@@ -110,7 +114,7 @@ class Emulator:
             return
         aggregate = chip_generator(self.seed, chip, AGGREGATE_STREAM)
         for name, layer in self.layers.items():
-            z = self._aggregate_z[name].normal_(generator=aggregate)
+            z = self._aggregate_z[name].normal_(generator=aggregate).to(self.device)
             if self.noise.mode == "paper":
                 ideal = layer.ideal_weight
                 rec = layer.record
@@ -139,18 +143,18 @@ class Emulator:
         for name, layer in self.layers.items():
             coefficients = layer.fold_coefficients
             cell_std = self._cell_std[name]
-            folded = layer.from_weight_layout(self._aggregate_z[name]) * self._weight_std[name]
-            e = torch.randn(layer.levels.shape, generator=cells).mul_(cell_std)
+            z = self._aggregate_z[name].to(self.device)
+            folded = layer.from_weight_layout(z) * self._weight_std[name]
+            e = torch.randn(layer.levels.shape, generator=cells).to(self.device).mul_(cell_std)
             # Independent cells conditioned on their weighted sum being the folded draw.
             residual = folded - (e * coefficients).sum(dim=(0, 1))
             conductance = e.addcmul_(self._cell_gain[name], residual).add_(layer.levels)
             if self.noise.has_faults:
-                u = torch.rand(layer.levels.shape, generator=faults)
+                u = torch.rand(layer.levels.shape, generator=faults).to(self.device)
                 low = self.noise.stuck_at_min_rate
-                conductance = torch.where(u < low, torch.zeros(()), conductance)
+                conductance = torch.where(u < low, 0.0, conductance)
                 stuck_high = (u >= low) & (u < low + self.noise.stuck_at_max_rate)
-                conductance = torch.where(stuck_high, torch.full((), float(self.n_levels - 1)),
-                                          conductance)
+                conductance = torch.where(stuck_high, float(self.n_levels - 1), conductance)
             out[name] = conductance
         return out
 
@@ -176,7 +180,8 @@ class Emulator:
         try:
             for name, layer in self.layers.items():
                 layer.program_stacked(torch.stack(stacks[name]))
-            out = self._run(x.to(torch.float32).repeat(len(chips), *[1] * (x.dim() - 1)))
+            out = self._run(x.to(self.device, torch.float32)
+                            .repeat(len(chips), *[1] * (x.dim() - 1)))
         finally:
             for layer in self.layers.values():
                 layer.program_stacked(None)
@@ -206,7 +211,7 @@ class Emulator:
             for layer in self.layers.values():
                 layer.program(None)
                 layer.input_quant = None
-            self._run(x)
+            self._run(x.to(self.device, torch.float32))
         finally:
             for hook in hooks:
                 hook.remove()
@@ -248,7 +253,8 @@ class Emulator:
 
     @torch.no_grad()
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Outputs of the current chip instance (call ``calibrate`` first for the DAC/ADC path)."""
+        """Outputs of the current chip instance, on the emulator's device (call ``calibrate``
+        first for the DAC/ADC path)."""
         if not self.ideal_periphery and not self.calibrated:
             raise DataError("the emulator's DAC ranges are not set; call calibrate(x) with "
                             "representative inputs first (neftc verify does this)")
@@ -256,7 +262,7 @@ class Emulator:
         if tuple(x.shape[1:]) != expected:
             raise DataError(f"input samples have shape {tuple(x.shape[1:])} but the layout was "
                             f"compiled for {expected}")
-        return self._run(x.to(torch.float32))
+        return self._run(x.to(self.device, torch.float32))
 
     __call__ = forward
 

@@ -37,8 +37,10 @@ def resolve_op(name: str) -> Any:
                           f"({torch.__version__}) does not have") from None
 
 
-def build_module(layout: Layout) -> tuple[torch.fx.GraphModule, dict[str, CrossbarLayer]]:
-    """The network of ``layout`` as a GraphModule, and its crossbar layers by name."""
+def build_module(layout: Layout, device: torch.device | None = None
+                 ) -> tuple[torch.fx.GraphModule, dict[str, CrossbarLayer]]:
+    """The network of ``layout`` as a GraphModule, and its crossbar layers by name; ops that
+    create tensors (``device=`` in the graph) create them on ``device`` (default: the CPU)."""
     root = nn.Module()
     graph = torch.fx.Graph()
     env: dict[str, Any] = {}
@@ -69,11 +71,14 @@ def build_module(layout: Layout) -> tuple[torch.fx.GraphModule, dict[str, Crossb
                                                (decode_arg(node.args[0], env),), {},
                                                name=node.name)
         elif node.op == "call_function":
+            kwargs = {k: decode_arg(v, env) for k, v in node.kwargs.items()}
+            if device is not None and isinstance(kwargs.get("device"), torch.device):
+                kwargs["device"] = device
             env[node.name] = graph.create_node(
                 "call_function", resolve_op(node.target),
-                tuple(decode_arg(a, env) for a in node.args),
-                {k: decode_arg(v, env) for k, v in node.kwargs.items()}, name=node.name)
+                tuple(decode_arg(a, env) for a in node.args), kwargs, name=node.name)
         else:
             env[node.name] = graph.output(decode_arg(node.args[0], env))
     graph.lint()
-    return torch.fx.GraphModule(root, graph), layers
+    module = torch.fx.GraphModule(root, graph)
+    return (module, layers) if device is None else (module.to(device), layers)

@@ -44,8 +44,8 @@ def summarize(accuracies: np.ndarray) -> McStats:
 
 @torch.no_grad()
 def predict(emulator: Emulator, x: torch.Tensor, batch_size: int) -> torch.Tensor:
-    """Logits of the currently programmed chip instance for all of ``x``."""
-    return torch.cat([emulator.forward(x[start:start + batch_size])
+    """Logits (on the CPU) of the currently programmed chip instance for all of ``x``."""
+    return torch.cat([emulator.forward(x[start:start + batch_size]).cpu()
                       for start in range(0, x.shape[0], batch_size)])
 
 
@@ -125,7 +125,7 @@ def monte_carlo(emulator: Emulator, x: torch.Tensor, y: torch.Tensor, trials: in
         else:
             parts = [emulator.forward_chips(group, x[first:first + per_pass])
                      for first in range(0, x.shape[0], per_pass)]
-            outputs = [torch.cat([part[k] for part in parts]) for k in range(len(group))]
+            outputs = [torch.cat([part[k].cpu() for part in parts]) for k in range(len(group))]
         for chip, logits in zip(group, outputs):
             accuracies[chip] = int((logits.argmax(dim=1) == y).sum()) / max(int(y.shape[0]), 1)
             uncertainty.add(logits)

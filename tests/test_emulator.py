@@ -292,3 +292,44 @@ def test_several_chips_per_pass_equal_one_by_one(cnn_layout) -> None:
         # Grouped conv and bmm vs one conv/matmul per chip: float32 reordering only.
         torch.testing.assert_close(out, emulator(x), rtol=1e-5, atol=1e-5)
     assert not torch.allclose(together[0], together[1])  # different chips, different outputs
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("ideal", [True, False])
+def test_cuda_emulator_equals_cpu(cnn_layout, ideal) -> None:
+    _, layout = cnn_layout
+    x = torch.randn(32, 3, 8, 8, generator=torch.Generator().manual_seed(4))
+    outs = []
+    for device in ("cpu", "cuda"):
+        emulator = Emulator(layout, sigma=0.1, seed=3, ideal_periphery=ideal, device=device)
+        if not ideal:
+            emulator.calibrate(x)
+        emulator.program_chip(5)
+        outs.append(emulator(x).cpu())
+        if ideal:
+            together = emulator.forward_chips([5, 6], x)
+            torch.testing.assert_close(together[0].cpu(), outs[-1], rtol=1e-4, atol=1e-4)
+    # The same chip (noise drawn on the CPU); float kernels differ in rounding, and on the ADC
+    # path a sum that lands on a rounding edge may take the neighbouring code.
+    torch.testing.assert_close(outs[1], outs[0], rtol=1e-3, atol=1e-2 if ideal else 0.1)
+
+
+@pytest.mark.parametrize("ideal", [True, False])
+def test_emulator_keeps_its_tensors_on_its_device(monkeypatch, tmp_path, residual_cnn, cnn_input,
+                                                  ideal) -> None:
+    """On the meta device (shapes only), an op that mixes in a CPU tensor raises: a CPU-only
+    stand-in for an accelerator, for the allocations of every path (noise, faults, ADC)."""
+    import neftc.runtime.emulator as emulator_module
+    from neftc.runtime.crossbar import InputQuant
+
+    monkeypatch.setattr(emulator_module, "resolve_device", torch.device)
+    target = resolve_target("fefet_128x128", ["faults.stuck_at_min_rate=0.01"])
+    compile_module(residual_cnn, cnn_input, target, tmp_path / "cnn")
+    emulator = Emulator(tmp_path / "cnn", sigma=0.1, ideal_periphery=ideal, device="meta")
+    if not ideal:
+        emulator.set_input_quant({name: InputQuant(0.01, True, 8) for name in emulator.layers})
+    emulator.program_chip(3)
+    x = torch.randn(4, *cnn_input.shape[1:])
+    assert emulator(x).device.type == "meta"
+    if ideal:
+        assert all(out.device.type == "meta" for out in emulator.forward_chips([1, 2], x))

@@ -112,3 +112,26 @@ def test_chips_per_pass_gives_the_same_report(capsys, digits_layout) -> None:
     assert one["mc"] == batched["mc"]
     assert one["uncertainty"]["expected_kl"] == pytest.approx(
         batched["uncertainty"]["expected_kl"], rel=1e-5)
+
+
+def test_verify_device_errors(capsys, digits_layout) -> None:
+    layout = str(digits_layout[0])
+    assert main(["verify", layout, "--mc", "2", "--device", "tpu"]) == 2
+    err = capsys.readouterr().err
+    assert "cpu or cuda" in err and "Traceback" not in err
+    if not torch.cuda.is_available():
+        assert main(["verify", layout, "--mc", "2", "--device", "cuda"]) == 2
+        assert "no CUDA device" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_runs_the_same_chips_as_the_cpu(capsys, digits_layout) -> None:
+    """The noise is drawn on the CPU, so a seed is the same chips on the GPU; only float
+    rounding of the kernels differs (a few samples may flip near a decision boundary)."""
+    args = (str(digits_layout[0]), "--mc", "6", "--sigma", "0.15", "--ideal-periphery")
+    cpu = run_json(capsys, *args)["results"][0]["mc"]
+    gpu = run_json(capsys, *args, "--device", "cuda", "--chips-per-pass", "3")["results"][0]
+    assert gpu["mc"]["mean"] == pytest.approx(cpu["mean"], abs=0.005)
+    adc_cpu = run_json(capsys, *args[:-1])["results"][0]["mc"]
+    adc_gpu = run_json(capsys, *args[:-1], "--device", "cuda")["results"][0]["mc"]
+    assert adc_gpu["mean"] == pytest.approx(adc_cpu["mean"], abs=0.005)
