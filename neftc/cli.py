@@ -151,8 +151,8 @@ def _parser() -> argparse.ArgumentParser:
     ver.add_argument("--seed", type=int, default=0, help="chip instance i of seed K is always "
                      "the same chip (default 0)")
     ver.add_argument("--noise", choices=["cell", "paper", "off"], default="cell",
-                     help="cell: every cell sampled (default); paper: the NeFT reference "
-                     "weight-level formula; off: no variation")
+                     help="cell: the cell-level device model (default); paper: the NeFT reference "
+                     "weight-level formula (needs --ideal-periphery); off: no variation")
     ver.add_argument("--ideal-periphery", action="store_true",
                      help="no DAC/ADC quantisation (default: the target's DAC and ADC)")
     ver.add_argument("--no-faults", action="store_true", help="ignore the target's stuck-at rates")

@@ -1,12 +1,14 @@
 """The emulator: execute a layout on simulated chip instances.
 
     emu = Emulator("out/", sigma=0.1, seed=0)
-    emu.program_chip(3)              # chip instance 3: every cell drawn once from the device model
+    emu.program_chip(3)              # chip instance 3: every cell programmed once (device model)
     logits = emu.forward(x)
     emu.effective_weights()          # noisy dequantised weights of every layer, this chip
+    emu.cell_conductances()          # its cells, level units
 
-Chip instance ``i`` of seed ``k`` is always the same chip: its noise comes from a
-``torch.Generator`` seeded with a hash of ``(k, i)``.
+Chip instance ``i`` of seed ``k`` is always the same chip: its noise comes from CPU
+``torch.Generator``s seeded with a hash of ``(k, i, stream)``. See ``program_chip`` for how the
+cells are drawn (the folded noise of each weight first, then the cells given it).
 """
 
 from __future__ import annotations

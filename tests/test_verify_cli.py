@@ -135,3 +135,12 @@ def test_cuda_runs_the_same_chips_as_the_cpu(capsys, digits_layout) -> None:
     adc_cpu = run_json(capsys, *args[:-1])["results"][0]["mc"]
     adc_gpu = run_json(capsys, *args[:-1], "--device", "cuda")["results"][0]["mc"]
     assert adc_gpu["mean"] == pytest.approx(adc_cpu["mean"], abs=0.005)
+
+
+def test_paper_noise_needs_ideal_periphery(capsys, digits_layout) -> None:
+    layout = str(digits_layout[0])
+    assert main(["verify", layout, "--mc", "2", "--noise", "paper"]) == 2
+    err = capsys.readouterr().err
+    assert "--ideal-periphery" in err and "Traceback" not in err
+    report = run_json(capsys, layout, "--mc", "2", "--noise", "paper", "--ideal-periphery")
+    assert report["noise"] == "paper" and report["device"] == "cpu"
