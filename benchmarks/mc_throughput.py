@@ -25,7 +25,8 @@ thread count.
 Timing: ``time.perf_counter``; every method is warmed up once (one trial; for (d) one batch of
 1024 samples), then ``--repeats`` rounds of ``--trials`` trials in which (a), (b) and (c) take
 turns trial by trial (a, b, c, a, b, c, ...: a slow spell of the machine hits all three alike);
-the reported time per trial is the median over all timed trials. (d) costs ~64x a float inference per trial,
+the reported time per trial is the median over all timed trials, and the ratios c/b, c/a, a/b
+are paired: the median over trials of the ratio of the two methods' times in the same turn. (d) costs ~64x a float inference per trial,
 so it runs ``--periphery-trials`` trials in ``--periphery-repeats`` rounds (default 1 x 1).
 
 Each (d) trial is followed by one (b) trial, and the (d) target divides by that (b) (printed
@@ -241,8 +242,15 @@ def time_rounds(methods: dict[str, Callable], sets: dict[str, tuple[torch.Tensor
             r + 1, repeats, ", ".join(f"{k} {1e3 * statistics.median(v):.1f} ms"
                                       for k, v in this_round.items()), meter.other_cores()))
     return {k: {"median_s": statistics.median(v), "min_s": min(v), "max_s": max(v),
-                "trials": trials * repeats, "mean_accuracy": float(np.mean(accs[k]))}
+                "all_s": v, "trials": trials * repeats, "mean_accuracy": float(np.mean(accs[k]))}
             for k, v in per_trial.items()}
+
+
+def paired_ratio(times: dict[str, dict], numerator: str, denominator: str) -> float:
+    """Median over trials of numerator / denominator, each pair timed in the same turn (one
+    right after the other): a slow spell of the machine cancels out of each pair."""
+    return statistics.median(n / d for n, d in zip(times[numerator]["all_s"],
+                                                    times[denominator]["all_s"]))
 
 
 def run_model(key: str, root: Path, data, x10k, y10k, args, log) -> dict:
@@ -332,8 +340,7 @@ def run_model(key: str, root: Path, data, x10k, y10k, args, log) -> dict:
                 weight.copy_(wq + std * torch.randn(wq.shape, generator=g))
     noise_a = median_time(ref_noise_only)
 
-    a, b, c, d, b_d = (times[k]["median_s"] for k in (
-        "a_reference", "b_float", "c_emulator_ideal", "d_emulator_periphery", "b_float_beside_d"))
+    d, b_d = (times[k]["median_s"] for k in ("d_emulator_periphery", "b_float_beside_d"))
     return {
         "name": key, "description": title, "parameters": params,
         "crossbar_weights": summary.weights,
@@ -346,10 +353,11 @@ def run_model(key: str, root: Path, data, x10k, y10k, args, log) -> dict:
         "times": times, "program_chip_s": {"c": program_c, "d": program_d},
         "reference_noise_step_s": noise_a,
         "other_cores": {"abc": other_abc, "d": other_d},
-        "ratios": {"c/b": c / b, "c/a": c / a, "a/b": a / b, "d/b": d / b,
+        "ratios": {"c/b": paired_ratio(times, "c_emulator_ideal", "b_float"),
+                   "c/a": paired_ratio(times, "c_emulator_ideal", "a_reference"),
+                   "a/b": paired_ratio(times, "a_reference", "b_float"), "d/b": d / b_d,
                    "d/(b*partial)": d / (b_d * partial_avg),
-                   "c/b_449": times["c_emulator_ideal_449"]["median_s"]
-                   / times["b_float_449"]["median_s"]},
+                   "c/b_449": paired_ratio(times, "c_emulator_ideal_449", "b_float_449")},
     }
 
 
@@ -404,8 +412,8 @@ def format_report(report: dict) -> str:
             f"{r['name']:<14} {r['parameters']:>8} {r['crossbar_weights']:>8} {r['cells']:>9} "
             f"{r['total_macs_per_sample']:>8} {_ms(t['a_reference']['median_s']):>8} "
             f"{_ms(t['b_float']['median_s']):>8} {_ms(t['c_emulator_ideal']['median_s']):>8} "
-            f"{1e3 * t['d_emulator_periphery']['median_s']:>9.0f} {q['c/b']:>5.2f} "
-            f"{q['c/a']:>5.2f} {q['a/b']:>5.2f} {r['partial_mvms_mac_weighted']:>5.1f} "
+            f"{1e3 * t['d_emulator_periphery']['median_s']:>9.0f} {q['c/b']:>5.3f} "
+            f"{q['c/a']:>5.3f} {q['a/b']:>5.3f} {r['partial_mvms_mac_weighted']:>5.1f} "
             f"{q['d/(b*partial)']:>7.2f}")
     lines += ["", f"{report['test_samples_plain']} samples (the plain digits test split):"]
     head2 = f"{'model':<14} {'(b) ms':>8} {'(c) ms':>8} {'c/b':>6}   program_chip ms: (c) {'(d)':>6}"
@@ -445,7 +453,7 @@ def format_report(report: dict) -> str:
     lines.append("")
     for check in report["checks"]:
         lines.append(f"{'PASS' if check['ok'] else 'MISS'}  {check['name']}: "
-                     f"{check['value']:.2f}")
+                     f"{check['value']:.3f}")
     return "\n".join(lines)
 
 
