@@ -144,3 +144,14 @@ def test_paper_noise_needs_ideal_periphery(capsys, digits_layout) -> None:
     assert "--ideal-periphery" in err and "Traceback" not in err
     report = run_json(capsys, layout, "--mc", "2", "--noise", "paper", "--ideal-periphery")
     assert report["noise"] == "paper" and report["device"] == "cpu"
+
+
+def test_noise_off_is_within_one_point_of_the_float_model(capsys, digits_layout) -> None:
+    """8-bit weights on a small CNN: the quantised chip (noise off, ideal periphery) loses at
+    most one point of test accuracy against the float model (449 samples: 1 point = 4.5 images)."""
+    layout, fake_quant_acc, model = digits_layout
+    float_acc = accuracy(model.eval(), load_digits().test)
+    report = run_json(capsys, str(layout), "--mc", "1", "--noise", "off", "--ideal-periphery")
+    quantized = report["results"][0]["quantized_accuracy"]
+    assert quantized == fake_quant_acc
+    assert abs(float_acc - quantized) <= 0.01
