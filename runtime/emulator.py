@@ -77,7 +77,7 @@ class Emulator:
         self._cell_std: dict[str, torch.Tensor] = {}  # [P, S, R, C], level units
         self._weight_std: dict[str, torch.Tensor] = {}  # [R, C], integer-weight units
         self._weight_std_w: dict[str, torch.Tensor] = {}  # weight units, the weight's layout
-        self._cell_gain: dict[str, torch.Tensor] = {}  # [P, S, R, C]: share of the folded noise
+        self._cell_gain: dict[str, torch.Tensor] = {}  # filled when the cells are first drawn
         for name, layer in self.layers.items():
             cell_std = cell_std_levels(layer.levels, self.n_levels, self.noise.sigma,
                                        self.noise.state_ratio)
@@ -86,9 +86,6 @@ class Emulator:
             self._cell_std[name] = cell_std
             self._weight_std[name] = weight_std
             self._weight_std_w[name] = layer.to_weight_layout(weight_std * layer.scales)
-            # Cells given their folded sum A: e += std^2 a (A - a.e) / var, a = sign_p L^s.
-            self._cell_gain[name] = (cell_std * cell_std * layer.fold_coefficients
-                                     / (weight_std * weight_std).clamp(min=1e-30))
         self.program_ideal()
 
     # ------------------------------------------------------------------ chip instances
@@ -148,7 +145,12 @@ class Emulator:
             z = self._aggregate_z[name].to(self.device)
             folded = layer.from_weight_layout(z) * self._weight_std[name]
             e = torch.randn(layer.levels.shape, generator=cells).to(self.device).mul_(cell_std)
-            # Independent cells conditioned on their weighted sum being the folded draw.
+            # Independent cells conditioned on their weighted sum being the folded draw A:
+            # e += std^2 a (A - a.e) / var(A), a = sign_p L^s (each cell's share of A).
+            if name not in self._cell_gain:
+                weight_var = self._weight_std[name] ** 2
+                self._cell_gain[name] = (cell_std * cell_std * coefficients
+                                         / weight_var.clamp(min=1e-30))
             residual = folded - (e * coefficients).sum(dim=(0, 1))
             conductance = e.addcmul_(self._cell_gain[name], residual).add_(layer.levels)
             if self.noise.has_faults:
