@@ -333,3 +333,24 @@ def test_emulator_keeps_its_tensors_on_its_device(monkeypatch, tmp_path, residua
     assert emulator(x).device.type == "meta"
     if ideal:
         assert all(out.device.type == "meta" for out in emulator.forward_chips([1, 2], x))
+
+
+def test_both_periphery_paths_program_the_same_cells_on_a_cnn(tmp_path) -> None:
+    """Conv and grouped-conv weights: the weight layout and the crossbar layout agree."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(),
+                          nn.Conv2d(8, 8, 3, padding=1, groups=4), nn.ReLU(), nn.Flatten(),
+                          nn.Linear(8 * 6 * 6, 10)).eval()
+    x = torch.randn(4, 3, 6, 6)
+    compile_module(model, x[:1], resolve_target("fefet_128x128"), tmp_path / "g")
+    ideal = Emulator(tmp_path / "g", sigma=0.2, seed=8)
+    adc = Emulator(tmp_path / "g", sigma=0.2, seed=8, ideal_periphery=False)
+    ideal.program_chip(2)
+    adc.program_chip(2)
+    cells = ideal.cell_conductances()
+    for name, layer in adc.layers.items():
+        assert torch.equal(cells[name], layer.conductance)
+        torch.testing.assert_close(adc.effective_weights()[name],
+                                   ideal.effective_weights()[name], rtol=1e-5, atol=1e-6)
+    adc.calibrate(x)
+    assert torch.isfinite(adc(x)).all()
