@@ -111,22 +111,25 @@ class Emulator:
             for layer in self.layers.values():
                 layer.program(None)
             return
+        needs_cells = self.noise.mode != "paper" and (not self.ideal_periphery
+                                                      or self.noise.has_faults)
         aggregate = chip_generator(self.seed, chip, AGGREGATE_STREAM)
         for name, layer in self.layers.items():
-            z = self._aggregate_z[name].normal_(generator=aggregate).to(self.device)
+            z = self._aggregate_z[name].normal_(generator=aggregate)
+            if needs_cells:
+                continue  # cell_conductances() draws the cells given z
+            z = z.to(self.device)
             if self.noise.mode == "paper":
-                ideal = layer.ideal_weight
                 rec = layer.record
-                std = paper_weight_std(ideal, rec.quant.qmax, self.n_levels, rec.slicing.slices,
-                                       self.noise.sigma, self.noise.state_ratio)
-                layer.program(None, weight_override=torch.addcmul(ideal, std, z))
-            elif self.ideal_periphery and not self.noise.has_faults:
-                layer.program(None, weight_override=torch.addcmul(
-                    layer.ideal_weight, self._weight_std_w[name], z))
-        if self.noise.mode == "paper" or (self.ideal_periphery and not self.noise.has_faults):
-            return
-        for name, conductance in self.cell_conductances().items():
-            self.layers[name].program(conductance)
+                std = paper_weight_std(layer.ideal_weight, rec.quant.qmax, self.n_levels,
+                                       rec.slicing.slices, self.noise.sigma,
+                                       self.noise.state_ratio)
+            else:
+                std = self._weight_std_w[name]
+            layer.program(None, weight_override=torch.addcmul(layer.ideal_weight, std, z))
+        if needs_cells:
+            for name, conductance in self.cell_conductances().items():
+                self.layers[name].program(conductance)
 
     def cell_conductances(self) -> dict[str, torch.Tensor]:
         """Every cell of the current chip instance, ``[P, S, R, C]`` in level units
