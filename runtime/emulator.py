@@ -34,7 +34,7 @@ CELL_STREAM = 1  # per cell: how that folded noise splits over the weight's cell
 FAULT_STREAM = 2  # per cell: stuck-at faults
 
 
-def chip_generator(seed: int, chip: int, stream: int = AGGREGATE_STREAM) -> torch.Generator:
+def chip_generator(seed: int, chip: int, stream: int) -> torch.Generator:
     """The generator of one random stream of chip instance ``chip`` under ``seed``."""
     state = np.random.SeedSequence([seed, chip, stream]).generate_state(2, dtype=np.uint32)
     return torch.Generator().manual_seed(int(state[0]) << 32 | int(state[1]))
@@ -76,7 +76,7 @@ class Emulator:
         self.noise = replace(self.noise, sigma=float(sigma))
         self._cell_std: dict[str, torch.Tensor] = {}  # [P, S, R, C], level units
         self._weight_std: dict[str, torch.Tensor] = {}  # [R, C], integer-weight units
-        self._weight_std_w: dict[str, torch.Tensor] = {}  # weight units, the weight's layout
+        self._weight_std_w: dict[str, torch.Tensor] = {}  # per-weight std the folded draw uses
         self._cell_gain: dict[str, torch.Tensor] = {}  # filled when the cells are first drawn
         for name, layer in self.layers.items():
             cell_std = cell_std_levels(layer.levels, self.n_levels, self.noise.sigma,
@@ -85,7 +85,13 @@ class Emulator:
             weight_std = ((cell_std * layer.fold_coefficients) ** 2).sum(dim=(0, 1)).sqrt()
             self._cell_std[name] = cell_std
             self._weight_std[name] = weight_std
-            self._weight_std_w[name] = layer.to_weight_layout(weight_std * layer.scales)
+            if self.noise.mode == "paper":  # the reference code's weight-level formula
+                rec = layer.record
+                self._weight_std_w[name] = paper_weight_std(
+                    layer.ideal_weight, rec.quant.qmax, self.n_levels, rec.slicing.slices,
+                    self.noise.sigma, self.noise.state_ratio)
+            else:  # weight units, the weight's own layout
+                self._weight_std_w[name] = layer.to_weight_layout(weight_std * layer.scales)
         self.program_ideal()
 
     # ------------------------------------------------------------------ chip instances
@@ -106,11 +112,11 @@ class Emulator:
         Together they are distributed exactly as independent per-cell draws, and both periphery
         paths see the same chip. The ideal-periphery path needs only the first step.
         """
-        self.chip = chip
         if not self.noise.active:
-            for layer in self.layers.values():
-                layer.program(None)
+            self.program_ideal()
+            self.chip = chip
             return
+        self.chip = chip
         needs_cells = self.noise.mode != "paper" and (not self.ideal_periphery
                                                       or self.noise.has_faults)
         aggregate = chip_generator(self.seed, chip, AGGREGATE_STREAM)
@@ -118,15 +124,8 @@ class Emulator:
             z = self._aggregate_z[name].normal_(generator=aggregate)
             if needs_cells:
                 continue  # cell_conductances() draws the cells given z
-            z = z.to(self.device)
-            if self.noise.mode == "paper":
-                rec = layer.record
-                std = paper_weight_std(layer.ideal_weight, rec.quant.qmax, self.n_levels,
-                                       rec.slicing.slices, self.noise.sigma,
-                                       self.noise.state_ratio)
-            else:
-                std = self._weight_std_w[name]
-            layer.program(None, weight_override=torch.addcmul(layer.ideal_weight, std, z))
+            layer.program(None, weight_override=torch.addcmul(
+                layer.ideal_weight, self._weight_std_w[name], z.to(self.device)))
         if needs_cells:
             for name, conductance in self.cell_conductances().items():
                 self.layers[name].program(conductance)
