@@ -64,11 +64,11 @@ from torch import nn
 
 from neftc.compiler import compile_module
 from neftc.datasets import load_digits
-from neftc.layout import Layout, load_layout
+from neftc.format.reader import Layout, load_layout
 from neftc.runtime.crossbar import CrossbarLayer
 from neftc.runtime.emulator import Emulator
 from neftc.runtime.montecarlo import evaluate
-from neftc.runtime.noise import paper_weight_std
+from neftc.targets.device_model import paper_weight_std
 from neftc.targets import resolve_target
 from neftc.zoo import MLP, VGG8, LeNet
 

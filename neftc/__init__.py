@@ -22,7 +22,7 @@ def __getattr__(name: str) -> Any:
 
         return getattr(compiler, name)
     if name in ("load_layout", "Layout"):
-        from neftc import layout
+        from neftc.format import reader as layout
 
         return getattr(layout, name)
     if name == "NeftcError":

@@ -277,7 +277,7 @@ def _cmd_compile(args: argparse.Namespace) -> int:
 
 
 def _cmd_inspect(args: argparse.Namespace) -> int:
-    from neftc.layout import load_layout
+    from neftc.format.reader import load_layout
     from neftc.summary import format_summary, layout_summary
 
     summary = layout_summary(load_layout(args.layout).doc)
@@ -287,7 +287,7 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
 
 
 def _cmd_export_onnx(args: argparse.Namespace) -> int:
-    from neftc.layout import load_layout
+    from neftc.format.reader import load_layout
     from neftc.onnx_export import export_onnx
 
     model = export_onnx(load_layout(args.layout), args.output)
@@ -297,7 +297,7 @@ def _cmd_export_onnx(args: argparse.Namespace) -> int:
 
 
 def _cmd_program(args: argparse.Namespace) -> int:
-    from neftc.layout import load_layout
+    from neftc.format.reader import load_layout
     from neftc.programming import write_programming_files
 
     formats = ("npz", "csv") if args.format == "both" else (args.format,)
@@ -310,7 +310,7 @@ def _cmd_program(args: argparse.Namespace) -> int:
 
 
 def _cmd_diff(args: argparse.Namespace) -> int:
-    from neftc.layout import load_layout
+    from neftc.format.reader import load_layout
     from neftc.programming import diff_layouts
 
     result = diff_layouts(load_layout(args.old), load_layout(args.new))
@@ -402,7 +402,7 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     report = run_verify(args.layout, args.data, settings,
                         progress=not args.quiet and not args.json)
     if not args.no_report:
-        from neftc.layout import load_layout
+        from neftc.format.reader import load_layout
         from neftc.report import write_report
 
         write_report(args.layout, load_layout(args.layout).doc, report)

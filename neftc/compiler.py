@@ -10,11 +10,14 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from neftc.emit import build_layout, write_layout
+from neftc.emit import build_layout
 from neftc.errors import PassError
 from neftc.frontend import LoadedModel, file_sha256, load_model, trace_module
 from neftc.finetune import DEFAULT_BETA, TrainLog
-from neftc.layout_schema import CompileOptions, LayoutDoc, NeftRecord, SourceRecord
+from neftc.format.schema import (
+    REPORT_FILE, CompileOptions, LayoutDoc, NeftRecord, SourceRecord,
+)
+from neftc.format.writer import write_layout
 from neftc.neft_pipeline import NeftSettings, run_neft
 from neftc.meta import crossbar_nodes
 from neftc.pass_manager import PassContext, PassManager
@@ -82,7 +85,13 @@ def _compile_loaded(loaded: LoadedModel, target: TargetSpec, settings: CompileSe
     doc, levels, tensors = build_layout(gm, target, loaded.example_input, source,
                                         settings.options(target, log))
     if out_dir is not None:
-        write_layout(out_dir, doc, levels, tensors, format_summary(layout_summary(doc)))
+        def reports(tmp: Path) -> None:
+            from neftc.report import write_report
+
+            (tmp / REPORT_FILE).write_text(format_summary(layout_summary(doc)))
+            write_report(tmp, doc)
+
+        write_layout(Path(out_dir), doc, levels, tensors, extras=reports)
     return CompileResult(doc, gm, out_dir)
 
 

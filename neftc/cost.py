@@ -19,7 +19,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from neftc.layout_schema import LayoutDoc
+from neftc.format.schema import LayoutDoc
 
 
 def estimate_cost(doc: LayoutDoc) -> dict[str, Any]:

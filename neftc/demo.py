@@ -18,7 +18,7 @@ import torch
 from neftc.atomic import atomic_directory
 from neftc.compiler import CompileSettings, compile_model
 from neftc.datasets import load_digits
-from neftc.layout import load_layout
+from neftc.format.reader import load_layout
 from neftc.neft_pipeline import NeftSettings
 from neftc.targets.spec import TargetSpec
 from neftc.train import accuracy, train_classifier

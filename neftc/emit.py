@@ -1,67 +1,34 @@
-"""Emit a compiled graph as a layout directory (``layout.json`` + binary sidecars + checksums)."""
+"""Emit a compiled graph as a layout document and its sidecars (written by
+``neftc.format.writer``); the cell encoding comes from ``neftc.format.encoding``."""
 
 from __future__ import annotations
 
 import hashlib
-import json
-from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
 import torch.fx
 
 from neftc import __version__
-from neftc.atomic import atomic_directory
-from neftc.graph_codec import encode_arg, target_name
-from neftc.layout_schema import (
-    CHECKSUMS_FILE, LAYOUT_FILE, LAYOUT_FORMAT, LAYOUT_VERSION, LEVELS_FILE, REPORT_FILE,
-    TENSORS_FILE, CompileOptions, ConvRecord, FileRecord, GraphNode, GraphRecord, LayerRecord,
+from neftc.format import encoding
+from neftc.format.graph_codec import UnencodableArgument, encode_arg, target_name
+from neftc.format.schema import (
+    LAYOUT_FORMAT, LAYOUT_VERSION, LEVELS_FILE, TENSORS_FILE, CompileOptions, ConvRecord, FileRecord, GraphNode, GraphRecord, LayerRecord,
     LayoutDoc, PeripheryRecord, PlacementRecord, QuantRecord, SlicingRecord, SourceRecord, SummaryRecord, TensorRecord, TileRecord,
 )
+from neftc.format.writer import Sidecar
 from neftc.meta import NodeInfo, crossbar_nodes, get_info
 from neftc.pass_manager import NodeError
 from neftc.targets.spec import TargetSpec
 
-_ALIGN = 64
-
-
-@dataclass
-class _Blob:
-    """An append-only binary sidecar, each record aligned to 64 bytes."""
-
-    chunks: list[bytes]
-    size: int = 0
-
-    def append(self, data: bytes) -> int:
-        pad = (-self.size) % _ALIGN
-        if pad:
-            self.chunks.append(b"\0" * pad)
-            self.size += pad
-        offset = self.size
-        self.chunks.append(data)
-        self.size += len(data)
-        return offset
-
-    def bytes(self) -> bytes:
-        return b"".join(self.chunks)
-
-
-def physical_matrix(levels: np.ndarray) -> np.ndarray:
-    """A layer's physical matrix: ``levels[p, s, r, c]`` at ``phys[r, (c * P + p) * S + s]``."""
-    n_pol, n_slices, rows, cols = levels.shape
-    return np.ascontiguousarray(levels.transpose(2, 3, 0, 1)).reshape(rows,
-                                                                       cols * n_pol * n_slices)
-
-
-def _layer_record(node: torch.fx.Node, info: NodeInfo, levels_blob: _Blob,
+def _layer_record(node: torch.fx.Node, info: NodeInfo, levels_blob: Sidecar,
                   bias: str | None) -> LayerRecord:
     if info.quant is None or info.slices is None or not info.tiles:
         raise NodeError(node, "is not quantised, sliced and tiled; run the full pipeline")
     if any(t.core < 0 for t in info.tiles):
         raise NodeError(node, "has tiles without an array; run place")
     levels = info.slices.levels
-    phys = physical_matrix(levels)
+    phys = encoding.to_physical(levels)
     tiles = []
     for t in info.tiles:
         block = phys[t.row_start:t.row_start + t.row_count, t.col_start:t.col_start + t.col_count]
@@ -107,7 +74,7 @@ def build_layout(
     options: CompileOptions,
 ) -> tuple[LayoutDoc, bytes, bytes]:
     """The layout document and its two sidecars (levels, tensors) for a placed graph."""
-    levels_blob, tensors_blob = _Blob([]), _Blob([])
+    levels_blob, tensors_blob = Sidecar(), Sidecar()
     crossbar_weights: dict[str, str] = {}  # get_attr node name -> layer
     for node in crossbar_nodes(gm):
         crossbar_weights[node.args[1].name] = get_info(node).layer  # type: ignore[union-attr]
@@ -136,12 +103,13 @@ def build_layout(
             bias_node = node.args[2]
             bias = str(bias_node.target) if isinstance(bias_node, torch.fx.Node) else None
             layers.append(_layer_record(node, info, levels_blob, bias))
-        nodes.append(GraphNode(
-            name=node.name, op=node.op, target=target_name(node),
-            args=[encode_arg(a, node) for a in node.args],
-            kwargs={k: encode_arg(v, node) for k, v in node.kwargs.items()},
-            layer=info.layer if info is not None else None,
-        ))
+        try:
+            args = [encode_arg(a) for a in node.args]
+            kwargs = {k: encode_arg(v) for k, v in node.kwargs.items()}
+        except UnencodableArgument as exc:
+            raise NodeError(node, str(exc)) from None
+        nodes.append(GraphNode(name=node.name, op=node.op, target=target_name(node), args=args,
+                               kwargs=kwargs, layer=info.layer if info is not None else None))
     levels_bytes, tensors_bytes = levels_blob.bytes(), tensors_blob.bytes()
     cells = sum(t.row_count * t.col_count * (1 + len(t.replicas))
                 for layer in layers for t in layer.tiles)
@@ -177,21 +145,3 @@ def build_layout(
         placement=placement, summary=summary,
     )
     return doc, levels_bytes, tensors_bytes
-
-
-def write_layout(out_dir: Path, doc: LayoutDoc, levels: bytes, tensors: bytes,
-                 report: str) -> None:
-    """Write the layout directory atomically, with a ``SHA256SUMS`` file over the layout's files
-    (``layout.json`` and the sidecars; ``report.txt`` is a human summary and not covered)."""
-    document = json.dumps(doc.model_dump(mode="json"), indent=1).encode() + b"\n"
-    files = {LAYOUT_FILE: document, LEVELS_FILE: levels, TENSORS_FILE: tensors,
-             REPORT_FILE: report.encode()}
-    with atomic_directory(Path(out_dir), marker=LAYOUT_FILE) as tmp:
-        for name, data in files.items():
-            (tmp / name).write_bytes(data)
-        from neftc.report import write_report
-
-        write_report(tmp, doc)
-        sums = "".join(f"{hashlib.sha256(data).hexdigest()}  {name}\n"
-                       for name, data in files.items() if name != REPORT_FILE)
-        (tmp / CHECKSUMS_FILE).write_text(sums)

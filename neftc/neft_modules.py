@@ -2,7 +2,7 @@
 
 - ``WeightNoise`` sits between a crossbar weight and its op. In training mode it adds, per weight,
   the exact Gaussian equivalent of the target's cell-level programming noise at ``sigma``
-  (``runtime.noise.cell_weight_std``), or the NeFT reference formula (``mode="paper"``), with
+  (``cell_weight_std``), or the NeFT reference formula (``mode="paper"``), with
   fresh draws every forward from an explicit ``torch.Generator``. In eval mode it is the identity.
 - ``FeedbackHead`` (IRS) passes its input through unchanged and, in training mode, computes
   snapshot logits ``AdaptiveAvgPool -> flatten -> Linear(., hidden) -> ReLU -> Linear(hidden, K)``
@@ -18,7 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from neftc.runtime.noise import cell_weight_std, paper_weight_std
+from neftc.format import encoding as cell_encoding
+from neftc.targets.device_model import paper_weight_std, weight_std_levels
 from neftc.targets.spec import TargetSpec
 
 TrainNoiseMode = Literal["cell", "paper"]
@@ -53,9 +54,21 @@ class DeviceNoise:
         bound = matrix.abs().amax(dim=1, keepdim=True) if self.per_channel else matrix.abs().max()
         scale = torch.clamp(bound, min=1e-12) / self.qmax
         q = torch.clamp(torch.round(matrix / scale), -self.qmax, self.qmax)
-        std = cell_weight_std(q, torch.ones(()), bits=self.bits, cell_bits=self.cell_bits,
+        std = cell_weight_std(q, bits=self.bits, cell_bits=self.cell_bits,
                               encoding=self.encoding, sigma=sigma, state_ratio=self.state_ratio)
         return (std * scale).reshape(w.shape)
+
+
+def cell_weight_std(q: torch.Tensor, *, bits: int, cell_bits: int, encoding: cell_encoding.SignEncoding,
+                    sigma: float,
+                    state_ratio: float) -> torch.Tensor:
+    """Per-weight std, in integer-weight units, of the exact Gaussian equivalent of the cell-level
+    noise of integer weights ``q`` (any shape): the weight's own cells
+    (``neftc.format.encoding``) through the device model (``neftc.targets.device_model``), the
+    same two definitions the emulator uses."""
+    levels = cell_encoding.slice_levels(q.round().to(torch.int64), bits, cell_bits, encoding)
+    coefficients = cell_encoding.fold_coefficients(levels.shape[0], levels.shape[1], cell_bits)
+    return weight_std_levels(levels, coefficients, 2**cell_bits, sigma, state_ratio)
 
 
 class WeightNoise(nn.Module):

@@ -20,8 +20,8 @@ from onnx import TensorProto, helper, numpy_helper
 
 from neftc.atomic import atomic_file
 from neftc.errors import LayoutError
-from neftc.layout import Layout
-from neftc.layout_schema import GraphNode
+from neftc.format.reader import Layout
+from neftc.format.schema import GraphNode
 from neftc.runtime.emulator import Emulator
 
 OPSET = 17

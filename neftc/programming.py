@@ -12,7 +12,7 @@ import numpy as np
 
 from neftc.atomic import atomic_directory
 from neftc.errors import LayoutError
-from neftc.layout import Layout
+from neftc.format.reader import Layout
 
 PROGRAM_MARKER = "manifest.json"
 

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from neftc.atomic import atomic_file
-from neftc.layout_schema import LayoutDoc
+from neftc.format.schema import LayoutDoc
 from neftc.summary import layout_summary
 
 REPORT_HTML = "report.html"

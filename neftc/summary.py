@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from neftc.layout_schema import LayoutDoc
+from neftc.format.schema import LayoutDoc
 
 
 def layout_summary(doc: LayoutDoc) -> dict[str, Any]:

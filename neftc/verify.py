@@ -11,7 +11,7 @@ from tqdm import tqdm
 
 from neftc.datasets import Dataset, check_compatible, load_dataset
 from neftc.errors import DataError
-from neftc.layout import load_layout
+from neftc.format.reader import load_layout
 from neftc.runtime.emulator import Emulator
 from neftc.runtime.montecarlo import evaluate, monte_carlo
 from neftc.runtime.noise import NoiseMode

@@ -1,9 +1,8 @@
 """map-tiles: partition each layer's physical matrix into tiles of the target's array size.
 
-A layer's physical matrix has ``matrix_rows`` rows (wordlines) and ``matrix_cols * P * S`` columns
-(bitlines): every weight column is stored as P polarities of S slices, slice fastest (see
-``neftc.meta.Tile``). It is cut into ``ceil(rows / array.rows) x ceil(cols / array.cols)`` tiles,
-row tile major; each tile becomes one array. Every cell of the matrix lies in exactly one tile.
+A layer's physical matrix (``neftc.format.encoding``: ``matrix_rows`` wordlines, ``matrix_cols *
+P * S`` bitlines) is cut by ``encoding.grid_tiles`` into ``ceil(rows / array.rows) x
+ceil(cols / array.cols)`` tiles, row tile major; each tile becomes one array.
 """
 
 from __future__ import annotations
@@ -13,17 +12,16 @@ from typing import ClassVar
 
 import torch.fx
 
+from neftc.format import encoding
 from neftc.meta import Tile, crossbar_nodes, get_info, update_info
 from neftc.pass_manager import NodeError, PassContext, PassResult
 
 
 def make_tiles(rows: int, physical_cols: int, array_rows: int, array_cols: int) -> tuple[Tile, ...]:
-    tiles: list[Tile] = []
-    for rt, r0 in enumerate(range(0, rows, array_rows)):
-        for ct, c0 in enumerate(range(0, physical_cols, array_cols)):
-            tiles.append(Tile(len(tiles), rt, ct, r0, min(array_rows, rows - r0),
-                              c0, min(array_cols, physical_cols - c0)))
-    return tuple(tiles)
+    return tuple(Tile(index, span.row_tile, span.col_tile, span.row_start, span.row_count,
+                      span.col_start, span.col_count)
+                 for index, span in enumerate(encoding.grid_tiles(rows, physical_cols, array_rows,
+                                                                  array_cols)))
 
 
 @dataclass(frozen=True)

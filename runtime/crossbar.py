@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from neftc.layout_schema import LayerRecord
+from neftc.format.schema import LayerRecord
 
 
 @dataclass(frozen=True)

@@ -22,10 +22,11 @@ import torch
 
 from neftc.devices import resolve_device
 from neftc.errors import DataError, NeftcError
-from neftc.layout import Layout, load_layout
+from neftc.format.reader import Layout, load_layout
 from neftc.runtime.crossbar import AdcConfig, CrossbarLayer, InputQuant
 from neftc.runtime.graph import build_module
-from neftc.runtime.noise import NoiseMode, NoiseModel, cell_std_levels, paper_weight_std
+from neftc.runtime.noise import NoiseMode, NoiseModel
+from neftc.targets.device_model import cell_std_levels, paper_weight_std
 
 
 # The independent random streams of one chip instance.

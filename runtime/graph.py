@@ -7,35 +7,15 @@ nodes become ``CrossbarLayer`` submodules that read only the layout's levels.
 
 from __future__ import annotations
 
-import operator
 from typing import Any
 
 import torch
 import torch.fx
 from torch import nn
 
-from neftc.errors import LayoutError
-from neftc.graph_codec import decode_arg
-from neftc.layout import Layout
+from neftc.format.graph_codec import decode_arg, resolve_op
+from neftc.format.reader import Layout
 from neftc.runtime.crossbar import CrossbarLayer
-
-_NAMESPACES = {"aten": torch.ops.aten, "prims": torch.ops.prims}
-
-
-def resolve_op(name: str) -> Any:
-    """'aten.relu.default' -> torch.ops.aten.relu.default; 'getitem' -> operator.getitem."""
-    if name == "getitem":
-        return operator.getitem
-    parts = name.split(".")
-    if len(parts) != 3 or parts[0] not in _NAMESPACES:
-        raise LayoutError(f"the layout's graph calls '{name}', which is not an ATen op; only "
-                          "aten.* / prims.* ops and getitem can appear in a layout")
-    try:
-        return getattr(getattr(_NAMESPACES[parts[0]], parts[1]), parts[2])
-    except AttributeError:
-        raise LayoutError(f"the layout's graph calls '{name}', which this torch "
-                          f"({torch.__version__}) does not have") from None
-
 
 def build_module(layout: Layout, device: torch.device | None = None
                  ) -> tuple[torch.fx.GraphModule, dict[str, CrossbarLayer]]:

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from neftc.cli import main
-from neftc.layout import load_layout
+from neftc.format.reader import load_layout
 from neftc.zoo import build
 
 

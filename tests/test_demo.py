@@ -6,7 +6,7 @@ import json
 
 from neftc.cli import main
 from neftc.datasets import load_digits
-from neftc.layout import load_layout
+from neftc.format.reader import load_layout
 
 
 def test_digits_ship_with_the_package() -> None:

@@ -11,10 +11,10 @@ import torch
 from torch import nn
 
 from neftc.compiler import compile_module
-from neftc.layout import load_layout
+from neftc.format.reader import load_layout
 from neftc.runtime.crossbar import AdcConfig, InputQuant
 from neftc.runtime.emulator import Emulator
-from neftc.runtime.noise import normalisation
+from neftc.targets.device_model import normalisation
 from neftc.targets import resolve_target
 
 
@@ -245,14 +245,14 @@ def test_target_adc_loses_little_on_a_trained_model(tmp_path) -> None:
 @pytest.mark.parametrize("encoding", ["differential", "offset"])
 def test_cell_weight_std_matches_emulator_prediction(tmp_path, encoding) -> None:
     """The training-time Gaussian equivalent uses the same variance as the emulator's cells."""
-    from neftc.runtime.noise import cell_weight_std
+    from neftc.neft_modules import cell_weight_std
 
     layout = mlp_layout(tmp_path, "fefet6_128x128", [f"weight.sign_encoding={encoding}"])
     spec = layout.doc.target
     q = torch.from_numpy(layout.integer_matrix("0")).float()
-    std = cell_weight_std(q, torch.from_numpy(layout.scales("0")), bits=spec.weight.bits,
-                          cell_bits=spec.cell.bits, encoding=encoding, sigma=0.2,
-                          state_ratio=spec.noise.state_ratio)
+    std = cell_weight_std(q, bits=spec.weight.bits, cell_bits=spec.cell.bits,
+                          encoding=encoding, sigma=0.2,
+                          state_ratio=spec.noise.state_ratio) * torch.from_numpy(layout.scales("0"))
     n_levels = 2**spec.cell.bits
     levels = layout.levels("0").astype(np.float64)
     extreme = (levels == 0) | (levels == n_levels - 1)

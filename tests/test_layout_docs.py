@@ -22,15 +22,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from neftc.compiler import CompileSettings, compile_module
-from neftc.layout import load_layout
-from neftc.layout_schema import LayoutDoc
+from neftc.format.reader import load_layout
+from neftc.format.schema import LayoutDoc
 from neftc.targets import resolve_target
 
 DOCS = Path(__file__).resolve().parent.parent / "docs"
 SCHEMA_FILE = DOCS / "layout.schema.json"
 LAYOUT_DOC = DOCS / "layout.md"
 REGENERATE = (
-    "python -c \"import json; from neftc.layout_schema import LayoutDoc; "
+    "python -c \"import json; from neftc.format.schema import LayoutDoc; "
     "open('docs/layout.schema.json', 'w').write("
     "json.dumps(LayoutDoc.model_json_schema(), indent=2) + '\\n')\""
 )

@@ -15,7 +15,7 @@ from neftc.datasets import load_digits
 from neftc.errors import NeftcError, PassError
 from neftc.finetune import finetune, neft_loss
 from neftc.frontend import trace_module
-from neftc.layout import load_layout
+from neftc.format.reader import load_layout
 from neftc.meta import crossbar_nodes
 from neftc.neft_modules import DeviceNoise, FeedbackHead, WeightNoise
 from neftc.neft_pipeline import NeftSettings
@@ -24,7 +24,8 @@ from neftc.passes import Normalize
 from neftc.passes.inject_noise import InjectNoise
 from neftc.passes.insert_feedback import PLAN_KEY, InsertFeedback
 from neftc.passes.strip_training import StripTraining
-from neftc.runtime.noise import cell_weight_std, normalisation
+from neftc.neft_modules import cell_weight_std
+from neftc.targets.device_model import normalisation
 from neftc.targets import resolve_target
 from neftc.zoo import build
 
@@ -67,8 +68,8 @@ def test_training_noise_has_the_chip_variance(fefet) -> None:
     draws = torch.stack([module(weight) - weight for _ in range(400)])
     scale = weight.abs().max() / target.qmax
     q = torch.clamp(torch.round(weight / scale), -target.qmax, target.qmax)
-    expected = cell_weight_std(q, scale, bits=8, cell_bits=2, encoding="differential",
-                               sigma=0.2, state_ratio=6.0)
+    expected = cell_weight_std(q, bits=8, cell_bits=2, encoding="differential",
+                               sigma=0.2, state_ratio=6.0) * scale
     # 400 draws x 2048 weights: the pooled std is within 3 % (its sampling error is ~0.2 %).
     assert abs(math.sqrt(draws.var(dim=0).mean() / (expected**2).mean()) - 1) < 0.03
 

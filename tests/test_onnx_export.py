@@ -12,7 +12,7 @@ from torch import nn
 from neftc.cli import main
 from neftc.compiler import compile_module
 from neftc.errors import LayoutError
-from neftc.layout import load_layout
+from neftc.format.reader import load_layout
 from neftc.runtime.emulator import Emulator
 
 

@@ -17,7 +17,7 @@ from neftc.frontend import trace_module
 from neftc.meta import crossbar_nodes, get_info
 from neftc.pass_manager import PassContext, PassManager, check_order
 from neftc.passes import BitSlice, MapTiles, Normalize, Place, Quantize
-from neftc.passes.bit_slice import slice_levels, unslice_levels
+from neftc.format.encoding import fold, sign_offset, slice_levels
 from neftc.passes.map_tiles import make_tiles
 from neftc.targets import TargetSpec, resolve_target
 
@@ -180,25 +180,27 @@ def test_quantize_property_error_bound(values, bits) -> None:
 @given(st.lists(st.integers(-255, 255), min_size=1, max_size=50), st.sampled_from([1, 2, 3, 4]))
 def test_slice_property_round_trip_differential(values, cell_bits) -> None:
     q = np.asarray(values, dtype=np.int64)
-    levels, offset = slice_levels(q, 8, cell_bits, "differential")
+    levels = slice_levels(q, 8, cell_bits, "differential")
+    offset = sign_offset(8, "differential")
     assert levels.shape == (2, -(-8 // cell_bits), len(values))
     assert levels.max() < 2**cell_bits
     assert np.all((levels[0] == 0) | (levels[1] == 0))  # only one column of a pair is non-zero
-    assert np.array_equal(unslice_levels(levels, cell_bits, offset), q)
+    assert np.array_equal(fold(levels, cell_bits, offset), q)
 
 
 @settings(max_examples=100, deadline=None)
 @given(st.lists(st.integers(-128, 127), min_size=1, max_size=50), st.sampled_from([1, 2, 4]))
 def test_slice_property_round_trip_offset(values, cell_bits) -> None:
     q = np.asarray(values, dtype=np.int64)
-    levels, offset = slice_levels(q, 8, cell_bits, "offset")
+    levels = slice_levels(q, 8, cell_bits, "offset")
+    offset = sign_offset(8, "offset")
     assert offset == 128 and levels.shape[0] == 1
-    assert np.array_equal(unslice_levels(levels, cell_bits, offset), q)
+    assert np.array_equal(fold(levels, cell_bits, offset), q)
 
 
 def test_slice_golden() -> None:
     # 201 = 0b11_00_10_01 -> slices (LSB first) 1, 2, 0, 3 on the positive column.
-    levels, _ = slice_levels(np.array([201, -6]), 8, 2, "differential")
+    levels = slice_levels(np.array([201, -6]), 8, 2, "differential")
     assert levels[:, :, 0].tolist() == [[1, 2, 0, 3], [0, 0, 0, 0]]
     assert levels[:, :, 1].tolist() == [[0, 0, 0, 0], [2, 1, 0, 0]]
 

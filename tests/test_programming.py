@@ -9,7 +9,7 @@ import torch
 
 from neftc.cli import main
 from neftc.compiler import compile_module
-from neftc.layout import load_layout
+from neftc.format.reader import load_layout
 
 
 def _compile(model, example, target, path):

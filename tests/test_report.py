@@ -13,7 +13,7 @@ import torch
 
 from neftc.cli import main
 from neftc.compiler import compile_module
-from neftc.layout import load_layout
+from neftc.format.reader import load_layout
 from neftc.report import render_report
 
 ROOT = Path(__file__).resolve().parents[1]

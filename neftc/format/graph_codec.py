@@ -14,7 +14,9 @@ from typing import Any
 import torch
 import torch.fx
 
-from neftc.pass_manager import NodeError
+from neftc.errors import LayoutError
+
+_NAMESPACES = {"aten": torch.ops.aten, "prims": torch.ops.prims}
 
 _DTYPES = {str(d).removeprefix("torch."): d for d in (
     torch.float32, torch.float64, torch.float16, torch.bfloat16, torch.int64, torch.int32,
@@ -32,7 +34,12 @@ def target_name(node: torch.fx.Node) -> str:
     return str(node.target)
 
 
-def encode_arg(value: Any, node: torch.fx.Node) -> Any:
+class UnencodableArgument(TypeError):
+    """An fx argument that has no JSON form in a layout."""
+
+
+def encode_arg(value: Any) -> Any:
+    """The JSON form of an fx node argument (``UnencodableArgument`` if it has none)."""
     if isinstance(value, torch.fx.Node):
         return {"node": value.name}
     if isinstance(value, bool) or value is None or isinstance(value, (int, str)):
@@ -40,7 +47,7 @@ def encode_arg(value: Any, node: torch.fx.Node) -> Any:
     if isinstance(value, float):
         return value if math.isfinite(value) else {"float": repr(value)}
     if isinstance(value, (list, tuple)):
-        return [encode_arg(v, node) for v in value]
+        return [encode_arg(v) for v in value]
     if isinstance(value, torch.dtype):
         return {"dtype": str(value).removeprefix("torch.")}
     if isinstance(value, torch.device):
@@ -49,7 +56,8 @@ def encode_arg(value: Any, node: torch.fx.Node) -> Any:
         return {"memory_format": str(value).removeprefix("torch.")}
     if isinstance(value, torch.layout):
         return {"layout": str(value).removeprefix("torch.")}
-    raise NodeError(node, f"argument of type {type(value).__name__} cannot be written to a layout")
+    raise UnencodableArgument(f"argument of type {type(value).__name__} cannot be written to a "
+                              "layout")
 
 
 def decode_arg(value: Any, env: dict[str, Any]) -> Any:
@@ -81,3 +89,20 @@ def node_refs(value: Any) -> list[str]:
             return [str(value["node"])]
         return [name for v in value.values() for name in node_refs(v)]
     return []
+
+
+def resolve_op(name: str) -> Any:
+    """The callable a graph node's ``target`` names: ``'aten.relu.default'`` ->
+    ``torch.ops.aten.relu.default``, ``'getitem'`` -> ``operator.getitem``. Anything else is a
+    ``LayoutError``."""
+    if name == "getitem":
+        return operator.getitem
+    parts = name.split(".")
+    if len(parts) != 3 or parts[0] not in _NAMESPACES:
+        raise LayoutError(f"the layout's graph calls '{name}', which is not an ATen op; only "
+                          "aten.* / prims.* ops and getitem can appear in a layout")
+    try:
+        return getattr(getattr(_NAMESPACES[parts[0]], parts[1]), parts[2])
+    except (AttributeError, RuntimeError):
+        raise LayoutError(f"the layout's graph calls '{name}', which this torch "
+                          f"({torch.__version__}) does not have") from None

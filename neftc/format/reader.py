@@ -11,8 +11,9 @@ import numpy as np
 from pydantic import ValidationError
 
 from neftc.errors import LayoutError
-from neftc.graph_codec import node_refs
-from neftc.layout_schema import (
+from neftc.format import encoding
+from neftc.format.graph_codec import node_refs, resolve_op
+from neftc.format.schema import (
     CHECKSUMS_FILE, LAYOUT_FILE, LAYOUT_FORMAT, LAYOUT_VERSION, LEVELS_FILE, TENSORS_FILE,
     LayerRecord, LayoutDoc,
     TensorRecord, TileRecord,
@@ -68,14 +69,12 @@ class Layout:
         for tile in layer.tiles:
             phys[tile.row_start:tile.row_start + tile.row_count,
                  tile.col_start:tile.col_start + tile.col_count] = self.tile_levels(layer, tile)
-        return phys.reshape(layer.matrix_rows, layer.matrix_cols, n_pol, n_slices).transpose(2, 3, 0, 1)
+        return encoding.from_physical(phys, n_pol, n_slices)
 
     def integer_matrix(self, name: str) -> np.ndarray:
         """The integer weight matrix, int64 [matrix_rows, matrix_cols] (rows = wordlines)."""
-        from neftc.passes.bit_slice import unslice_levels
-
         layer = self.layer(name)
-        return unslice_levels(self.levels(name), layer.slicing.cell_bits, layer.slicing.offset)
+        return encoding.fold(self.levels(name), layer.slicing.cell_bits, layer.slicing.offset)
 
     def integer_weights(self, name: str) -> np.ndarray:
         """The integer weights in the layer's weight shape (e.g. [C_out, C_in, kh, kw])."""
@@ -107,10 +106,9 @@ class Layout:
         if not (0 <= row < tile.row_count and 0 <= col < tile.col_count):
             raise KeyError(f"cell ({row}, {col}) is outside the programmed "
                            f"{tile.row_count}x{tile.col_count} block of array ({core}, {array})")
-        physical = tile.col_start + col
-        n_pol, n_slices = layer.slicing.polarities, layer.slicing.slices
-        return CellOrigin(layer.name, tile.row_start + row, physical // (n_pol * n_slices),
-                          (physical // n_slices) % n_pol, physical % n_slices)
+        weight_col, polarity, slice_ = encoding.column_origin(
+            tile.col_start + col, layer.slicing.polarities, layer.slicing.slices)
+        return CellOrigin(layer.name, tile.row_start + row, weight_col, polarity, slice_)
 
 
 def _sha256(data: bytes) -> str:
