@@ -48,6 +48,9 @@ class CompileOptions(_Strict):
     placement: Literal["in-order", "dataflow"]
     replicate: bool = True
     neft: NeftRecord | None = None
+    target_overrides: list[str] = Field(
+        default_factory=list, description="the --set overrides applied to the target, as given "
+        "('noise.sigma_rel=0.15'); the target record already holds their values")
 
 
 class NeftRecord(_Strict):
@@ -120,6 +123,24 @@ class TileRecord(_Strict):
         "programmed with the same levels")
 
 
+class DacRecord(_Strict):
+    """The input DAC setting of one layer: ``x_int = clamp(round(x / scale), lo, max_int)`` with
+    ``max_int = 2**(bits-1) - 1`` and ``lo = -max_int`` (signed) or ``max_int = 2**bits - 1``,
+    ``lo = 0`` (unsigned)."""
+
+    scale: float = Field(gt=0, description="input units per DAC step")
+    signed: bool
+    bits: int = Field(ge=1, le=32)
+
+
+class DacCalibrationRecord(_Strict):
+    """Where the layers' DAC settings (``layers[i].dac``) come from."""
+
+    method: Literal["max-abs"] = "max-abs"
+    data: str = Field(description="the data set whose activations set the ranges")
+    samples: int = Field(ge=1, description="samples run through the noise-free network")
+
+
 class LayerRecord(_Strict):
     """One crossbar-mapped layer."""
 
@@ -136,6 +157,8 @@ class LayerRecord(_Strict):
     positions: int = Field(ge=1, description="input vectors per sample (conv output positions)")
     replication: int = Field(ge=1, description="copies of every tile (1 = no replica)")
     tiles: list[TileRecord]
+    dac: DacRecord | None = Field(default=None, description="input DAC setting used for "
+                                  "sign-off (absent: not calibrated)")
 
 
 class GraphNode(_Strict):
@@ -196,3 +219,4 @@ class LayoutDoc(_Strict):
     graph: GraphRecord
     placement: PlacementRecord
     summary: SummaryRecord
+    dac_calibration: DacCalibrationRecord | None = None
