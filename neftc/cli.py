@@ -86,7 +86,9 @@ def _parser() -> argparse.ArgumentParser:
     tr.add_argument("--epochs", type=int, default=20)
     tr.add_argument("--lr", type=float, default=3e-3)
     tr.add_argument("--batch-size", type=int, default=128)
-    tr.add_argument("--seed", type=int, default=0)
+    tr.add_argument("--seed", type=int, default=0, help="randomness of the initial weights, "
+                    "the batch order and NeFT's noise (default 0); never the train/test split, "
+                    "which is fixed by the data")
     tr.add_argument("--device", default="cpu", help="cpu or cuda")
     tr.add_argument("--neft", choices=["ovf", "irs", "nit", "none"],
                     help="after training, fine-tune with NeFT against --target's noise")
@@ -148,8 +150,9 @@ def _parser() -> argparse.ArgumentParser:
     ver.add_argument("--sigma", type=float, action="append", metavar="S",
                      help="device variation relative to the cell range; repeat for a sweep "
                      "(default: the target's noise.sigma_rel)")
-    ver.add_argument("--seed", type=int, default=0, help="chip instance i of seed K is always "
-                     "the same chip (default 0)")
+    ver.add_argument("--seed", type=int, default=0, help="randomness of the simulated chips: "
+                     "chip instance i of seed K is always the same chip (default 0); never the "
+                     "train/test split, which is fixed by the data")
     ver.add_argument("--noise", choices=["cell", "paper", "off"], default="cell",
                      help="cell: the cell-level device model (default); paper: the NeFT reference "
                      "weight-level formula (needs --ideal-periphery); off: no variation")
@@ -191,7 +194,9 @@ def _parser() -> argparse.ArgumentParser:
                       help="sigmas to verify at (default 0.05, 0.1, 0.15)")
     demo.add_argument("--mc", type=int, default=30, metavar="N",
                       help="chip instances per sigma and method (default 30)")
-    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--seed", type=int, default=0, help="randomness of training, "
+                      "fine-tuning and the simulated chips (default 0); the digits train/test "
+                      "split is fixed")
     demo.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     return parser
 
@@ -220,7 +225,9 @@ def _add_neft_args(parser: argparse.ArgumentParser, required: bool) -> None:
                        "VGG-8/MNIST value, OVF 1e-3, IRS 1e-2)")
     group.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (default 1e-3)")
     group.add_argument("--batch-size", type=int, default=128, help="default 128 (the paper's)")
-    group.add_argument("--seed", type=int, default=0, help="makes fine-tuning repeatable")
+    group.add_argument("--seed", type=int, default=0, help="randomness of fine-tuning (batch "
+                       "order, injected noise; default 0), so it is repeatable; never the "
+                       "train/test split, which is fixed by the data")
     group.add_argument("--device", default="cpu", help="cpu (default) or cuda")
     group.add_argument("--train-noise", choices=["cell", "paper"], default="cell",
                        help="cell: exact per-weight equivalent of the chip's cell noise "

@@ -3,6 +3,13 @@
 The built-in data set is scikit-learn's digits (1797 8x8 images, 10 classes), shipped inside the
 package (``neftc/data/digits.npz``), so nothing is downloaded. :func:`load_dataset` also reads
 user data: ``.npz`` files, MNIST IDX folders and CIFAR-10 python-version folders.
+
+The train/test split is a property of the data, never of a command's ``--seed``: files that store
+their split (``x_train``/``x_test``, MNIST's ``train-*``/``t10k-*``, CIFAR-10's batches) keep it,
+and data without one (the built-in digits, a ``.npz`` with ``x``, ``y``) is split by one fixed
+permutation drawn from :data:`SPLIT_SEED`. So a model trained with any seed is never tested on its
+own training samples, and every command sees the same test set. :attr:`Dataset.split` says which
+rule made the split.
 """
 
 from __future__ import annotations
@@ -36,23 +43,43 @@ class Dataset:
     train: Split
     test: Split
     num_classes: int
+    split: str  # how train and test were separated, e.g. "stored by the file (x_train/x_test)"
 
     @property
     def input_shape(self) -> tuple[int, ...]:
         return tuple(self.test.x.shape[1:])
 
 
-def load_digits(test_fraction: float = 0.25, seed: int = 0) -> Dataset:
-    """The built-in digits: images [N, 1, 8, 8] scaled to [0, 1], a fixed seeded split."""
+#: Seed of the one permutation that splits data without a stored split (the built-in digits, a
+#: ``.npz`` with ``x``, ``y``) into train and test. A constant of the data format, not a user
+#: option: it is used for nothing else, no command's ``--seed`` reaches it, and changing it
+#: changes which samples are test samples (0 keeps the split neftc has always used by default).
+SPLIT_SEED = 0
+#: Fraction of such data (rounded, at least one sample) that goes to the test split.
+TEST_FRACTION = 0.25
+_PERMUTATION_SPLIT = (f"seeded permutation, split seed {SPLIT_SEED}, "
+                      f"test fraction {TEST_FRACTION}")
+
+
+def _split_indices(n: int) -> tuple[np.ndarray, np.ndarray]:
+    """(train, test) row indices of an unsplit data set of ``n`` samples: the same for every
+    caller, drawn from a generator used only for this."""
+    order = np.random.default_rng(SPLIT_SEED).permutation(n)
+    n_test = min(max(int(round(n * TEST_FRACTION)), 1), n)
+    return order[n_test:], order[:n_test]
+
+
+def load_digits() -> Dataset:
+    """The built-in digits: images [N, 1, 8, 8] scaled to [0, 1], split into 1348 train and
+    449 test images by the fixed permutation of :data:`SPLIT_SEED`."""
     with resources.files("neftc.data").joinpath("digits.npz").open("rb") as fh:
         data = np.load(fh)
         x, y = data["x"].astype(np.float32) / 16.0, data["y"].astype(np.int64)
-    order = np.random.default_rng(seed).permutation(len(y))
-    n_test = int(round(len(y) * test_fraction))
-    test, train = order[:n_test], order[n_test:]
+    train, test = _split_indices(len(y))
     x_t = torch.from_numpy(x[:, None])
     y_t = torch.from_numpy(y)
-    return Dataset("digits", Split(x_t[train], y_t[train]), Split(x_t[test], y_t[test]), 10)
+    return Dataset("digits", Split(x_t[train], y_t[train]), Split(x_t[test], y_t[test]), 10,
+                   _PERMUTATION_SPLIT)
 
 
 # --------------------------------------------------------------------------------------------
@@ -70,15 +97,16 @@ CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR10_STD = (0.2470, 0.2435, 0.2616)
 
 
-def load_dataset(spec: str, *, test_fraction: float = 0.25, seed: int = 0) -> Dataset:
+def load_dataset(spec: str) -> Dataset:
     """Load a data set for calibration and accuracy sign-off.
 
     ``spec`` is one of:
 
     * ``"digits"``: the built-in digits (:func:`load_digits`), images [N, 1, 8, 8] in [0, 1].
     * a ``.npz`` file (read with ``allow_pickle=False``, so nothing is ever unpickled) holding
-      either ``x`` and ``y``, split into train/test by a seeded permutation with
-      ``test_fraction`` of the samples in the test split (as :func:`load_digits` does), or
+      either ``x`` and ``y``, split into train/test by the fixed permutation of
+      :data:`SPLIT_SEED` with :data:`TEST_FRACTION` of the samples (at least one) in the test
+      split (as :func:`load_digits` does), or
       ``x_test``, ``y_test`` and optionally ``x_train``, ``y_train``. ``x`` is fed to the model
       as it is, only converted to float32: no rescaling, no added channel dimension. ``y``
       must be 1-D integer class labels >= 0.
@@ -94,15 +122,15 @@ def load_dataset(spec: str, *, test_fraction: float = 0.25, seed: int = 0) -> Da
       std ``(0.2470, 0.2435, 0.2616)``, i.e. ``(x / 255 - mean) / std``, the usual
       torchvision preprocessing of CIFAR-10 models.
 
-    A missing train part gives an empty train split with the test split's sample shape.
+    The split never depends on who loads the data: there is no seed to pass, and
+    :attr:`Dataset.split` describes it. A missing train part gives an empty train split with the
+    test split's sample shape.
     ``num_classes`` is the largest label (over train and test) plus one. Every problem with the
     data is reported as a :class:`~neftc.errors.DataError`.
     """
-    if not isinstance(test_fraction, (int, float)) or not 0.0 < float(test_fraction) <= 1.0:
-        raise DataError(f"test_fraction must be in (0, 1], got {test_fraction!r}")
     spec = str(spec)
     if spec == "digits":
-        return load_digits(test_fraction=test_fraction, seed=seed)
+        return load_digits()
     path = Path(spec).expanduser()
     try:
         exists, is_dir, is_file = path.exists(), path.is_dir(), path.is_file()
@@ -115,7 +143,7 @@ def load_dataset(spec: str, *, test_fraction: float = 0.25, seed: int = 0) -> Da
                         f"{did_you_mean(spec, ['digits'])}")
     if is_file:
         if path.suffix.lower() == ".npz":
-            return _load_npz(path, test_fraction, seed)
+            return _load_npz(path)
         raise DataError(f"data file '{path}' is not a .npz file{_file_hint(path)}; "
                         f"expected {_EXPECTED}")
     if is_dir:
@@ -225,7 +253,7 @@ def _num_classes(*splits: Split) -> int:
 # ---- .npz ----------------------------------------------------------------------------------
 
 
-def _load_npz(path: Path, test_fraction: float, seed: int) -> Dataset:
+def _load_npz(path: Path) -> Dataset:
     try:
         archive = np.load(path, allow_pickle=False)
     except Exception as exc:  # noqa: BLE001 - numpy/zipfile/OSError must not reach the user
@@ -264,11 +292,10 @@ def _load_npz(path: Path, test_fraction: float, seed: int) -> Dataset:
         x, y = _check_xy(path, arrays["x"], arrays["y"], "x", "y")
         if len(y) == 0:
             raise DataError(f"'{path}' holds no samples (x and y are empty)")
-        order = np.random.default_rng(seed).permutation(len(y))
-        n_test = min(max(int(round(len(y) * test_fraction)), 1), len(y))
-        test_idx, train_idx = order[:n_test], order[n_test:]
+        train_idx, test_idx = _split_indices(len(y))
         train = _split_from_numpy(x[train_idx], y[train_idx])
         test = _split_from_numpy(x[test_idx], y[test_idx])
+        split = _PERMUTATION_SPLIT
     else:
         x_test, y_test = _check_xy(path, arrays["x_test"], arrays["y_test"], "x_test", "y_test")
         if len(y_test) == 0:
@@ -282,9 +309,11 @@ def _load_npz(path: Path, test_fraction: float, seed: int) -> Dataset:
                                 f"but x_test samples have shape {list(x_test.shape[1:])}; "
                                 f"they must match")
             train = _split_from_numpy(x_train, y_train)
+            split = "stored by the file (x_train/x_test)"
         else:
             train = _empty_like(test)
-    return Dataset(path.name, train, test, _num_classes(train, test))
+            split = "stored by the file (x_test only, no train split)"
+    return Dataset(path.name, train, test, _num_classes(train, test), split)
 
 
 def _keys(keys: set[str]) -> str:
@@ -434,7 +463,9 @@ def _load_mnist_idx(folder: Path, names: set[str]) -> Dataset:
     if len(train) and train.x.shape[1:] != test.x.shape[1:]:
         raise DataError(f"MNIST folder '{folder}': train images are {list(train.x.shape[2:])} "
                         f"but test images are {list(test.x.shape[2:])}; they must match")
-    return Dataset("mnist-idx", train, test, _num_classes(train, test))
+    split = ("stored by the files (train-*/t10k-*)" if found["train_images"] is not None
+             else "stored by the files (t10k-* only, no train split)")
+    return Dataset("mnist-idx", train, test, _num_classes(train, test), split)
 
 
 # ---- CIFAR-10 ------------------------------------------------------------------------------
@@ -544,4 +575,6 @@ def _load_cifar10(folder: Path, names: set[str]) -> Dataset:
         raise DataError(f"CIFAR-10 batch '{folder / 'test_batch'}' holds no images")
     train_names = sorted((n for n in names if _batch_number(n) is not None), key=_batch_number)
     train = _cifar_split([folder / n for n in train_names]) if train_names else _empty_like(test)
-    return Dataset("cifar10", train, test, _num_classes(train, test))
+    split = ("stored by the files (data_batch_*/test_batch)" if train_names
+             else "stored by the files (test_batch only, no train split)")
+    return Dataset("cifar10", train, test, _num_classes(train, test), split)

@@ -42,15 +42,15 @@ class DemoConfig:
 
 def run_demo(out_dir: Path, target: TargetSpec, config: DemoConfig = DemoConfig(),
              progress: bool = True) -> dict[str, Any]:
-    data = load_digits(seed=config.seed)
+    data = load_digits()
     torch.manual_seed(config.seed)  # parameter initialisation of the zoo model
     model = build(config.arch, data.input_shape, data.num_classes).train()
     model = train_classifier(model, data.train, epochs=config.epochs, lr=3e-3, seed=config.seed,
                              progress=progress, desc=f"train {config.arch} on digits")
     record: dict[str, Any] = {
         "arch": config.arch, "dataset": "digits", "train_samples": len(data.train),
-        "test_samples": len(data.test), "epochs": config.epochs, "seed": config.seed,
-        "target": target.name, "train_sigma": config.train_sigma,
+        "test_samples": len(data.test), "split": data.split, "epochs": config.epochs,
+        "seed": config.seed, "target": target.name, "train_sigma": config.train_sigma,
         "neft_epochs": config.neft_epochs, "sigmas": list(config.sigmas),
         "trials": config.trials, "float_accuracy": accuracy(model, data.test), "methods": {}}
     with atomic_directory(out_dir, marker=DEMO_MARKER) as tmp:

@@ -41,7 +41,7 @@ def finetune_file(model: Path, target: TargetSpec, settings: NeftSettings, outpu
 def train_zoo_model(arch: str, data_spec: str, output: Path, *, epochs: int, lr: float,
                     batch_size: int, seed: int, device: str, neft: NeftSettings | None,
                     target: TargetSpec, progress: bool = True) -> str:
-    data = load_dataset(data_spec, seed=seed)
+    data = load_dataset(data_spec)
     if len(data.train) == 0:
         raise DataError(f"data '{data_spec}' has no training split")
     torch.manual_seed(seed)  # parameter initialisation

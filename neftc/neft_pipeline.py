@@ -57,7 +57,7 @@ def num_outputs(gm: torch.fx.GraphModule, example: torch.Tensor) -> int:
 
 def training_data(settings: NeftSettings, input_shape: tuple[int, ...],
                   classes: int) -> Dataset:
-    data = load_dataset(settings.data, seed=settings.seed)
+    data = load_dataset(settings.data)
     check_compatible(data, input_shape, classes)
     if len(data.train) == 0:
         raise DataError(f"data '{settings.data}' has no training split; fine-tuning needs one "

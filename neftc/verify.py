@@ -39,7 +39,7 @@ def _calibration_inputs(data: Dataset, count: int) -> torch.Tensor:
 def run_verify(layout_dir: str | Path, data_spec: str, settings: VerifySettings,
                progress: bool = False) -> dict[str, Any]:
     layout = load_layout(layout_dir)
-    data = load_dataset(data_spec, seed=settings.seed)
+    data = load_dataset(data_spec)  # the split is the data's, never the seed's
     input_shape = tuple(layout.doc.graph.input_shape[1:])
     emulator = Emulator(layout, sigma=0.0, seed=settings.seed, noise=settings.noise,
                         ideal_periphery=settings.ideal_periphery, faults=settings.faults,
@@ -84,7 +84,8 @@ def run_verify(layout_dir: str | Path, data_spec: str, settings: VerifySettings,
     partial = emulator.partial_mvms_per_weight()
     return {
         "layout": str(layout_dir), "target": target.name, "data": data.name,
-        "test_samples": len(data.test), "seed": settings.seed, "noise": settings.noise,
+        "test_samples": len(data.test), "split": data.split, "seed": settings.seed,
+        "noise": settings.noise,
         "device": str(emulator.device), "chips_per_pass": settings.chips_per_pass,
         "state_ratio": target.noise.state_ratio,
         "periphery": "ideal" if settings.ideal_periphery else {
@@ -103,7 +104,8 @@ def run_verify(layout_dir: str | Path, data_spec: str, settings: VerifySettings,
 def format_verify(report: dict[str, Any]) -> str:
     lines = [f"layout {report['layout']} on target {report['target']} (s = "
              f"{report['state_ratio']:g}), data {report['data']} ({report['test_samples']} test "
-             f"samples), noise model '{report['noise']}', seed {report['seed']}"]
+             f"samples), noise model '{report['noise']}', seed {report['seed']}",
+             f"train/test split: {report['split']}"]
     periphery = report["periphery"]
     if periphery == "ideal":
         lines.append("periphery: ideal (no DAC/ADC quantisation)")

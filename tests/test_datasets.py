@@ -15,6 +15,7 @@ import torch
 from neftc.datasets import (
     CIFAR10_MEAN,
     CIFAR10_STD,
+    SPLIT_SEED,
     Dataset,
     Split,
     check_compatible,
@@ -115,9 +116,9 @@ def cifar_expected(data: np.ndarray) -> np.ndarray:
     return (x - mean) / std
 
 
-def expect_error(spec: Path | str, *fragments: str, **kwargs) -> str:
+def expect_error(spec: Path | str, *fragments: str) -> str:
     with pytest.raises(DataError) as info:
-        load_dataset(str(spec), **kwargs)
+        load_dataset(str(spec))
     message = str(info.value)
     for fragment in fragments:
         assert fragment in message, f"{fragment!r} not in {message!r}"
@@ -131,6 +132,8 @@ def test_digits_spec():
     data = load_dataset("digits")
     assert data.name == "digits" and data.input_shape == (1, 8, 8) and data.num_classes == 10
     assert len(data.train) + len(data.test) == 1797
+    assert len(data.test) == 449 and data.split == (f"seeded permutation, split seed "
+                                                    f"{SPLIT_SEED}, test fraction 0.25")
 
 
 def test_missing_path(tmp_path):
@@ -154,9 +157,11 @@ def test_unrecognised_file_and_folder(tmp_path):
     expect_error(tmp_path / "mnist" / "t10k-images-idx3-ubyte", "pass the folder")
 
 
-def test_bad_test_fraction(tmp_path):
-    expect_error("digits", "test_fraction", test_fraction=0.0)
-    expect_error("digits", "test_fraction", test_fraction=1.5)
+def test_split_cannot_be_moved_by_a_caller():
+    # The split is the data's: neither a seed nor a test fraction can be passed.
+    for kwargs in ({"seed": 3}, {"test_fraction": 0.5}):
+        with pytest.raises(TypeError):
+            load_dataset("digits", **kwargs)
 
 
 # ---- .npz ----------------------------------------------------------------------------------
@@ -166,20 +171,23 @@ def test_npz_combined_split_is_deterministic(tmp_path):
     x = np.arange(20 * 3 * 4, dtype=np.int16).reshape(20, 3, 4)
     y = np.arange(20, dtype=np.uint8) % 5
     np.savez(tmp_path / "mine.npz", x=x, y=y)
-    data = load_dataset(str(tmp_path / "mine.npz"), seed=3)
+    data = load_dataset(str(tmp_path / "mine.npz"))
     assert data.name == "mine.npz" and data.num_classes == 5 and data.input_shape == (3, 4)
     assert len(data.test) == 5 and len(data.train) == 15
     assert data.test.x.dtype == torch.float32 and data.test.y.dtype == torch.int64
-    order = np.random.default_rng(3).permutation(20)
+    assert data.split == f"seeded permutation, split seed {SPLIT_SEED}, test fraction 0.25"
+    order = np.random.default_rng(SPLIT_SEED).permutation(20)
     # fed as-is: no rescaling, no channel dimension
     np.testing.assert_array_equal(data.test.x.numpy(), x[order[:5]].astype(np.float32))
     np.testing.assert_array_equal(data.train.y.numpy(), y[order[5:]])
-    again = load_dataset(str(tmp_path / "mine.npz"), seed=3)
+    again = load_dataset(str(tmp_path / "mine.npz"))
     assert torch.equal(again.test.x, data.test.x) and torch.equal(again.train.y, data.train.y)
-    other = load_dataset(str(tmp_path / "mine.npz"), seed=4)
-    assert not torch.equal(other.test.x, data.test.x)
-    half = load_dataset(str(tmp_path / "mine.npz"), test_fraction=0.5)
-    assert len(half.test) == 10 and len(half.train) == 10
+
+
+def test_npz_small_combined_keeps_one_test_sample(tmp_path):
+    np.savez(tmp_path / "one.npz", x=np.arange(2 * 3).reshape(2, 3), y=np.array([0, 1]))
+    data = load_dataset(str(tmp_path / "one.npz"))  # round(2 * 0.25) = 0, raised to 1
+    assert len(data.test) == 1 and len(data.train) == 1
 
 
 def test_npz_explicit_and_test_only(tmp_path):
@@ -189,6 +197,7 @@ def test_npz_explicit_and_test_only(tmp_path):
                         x_test=x_te, y_test=np.array([3, 0, 1, 2]))
     data = load_dataset(str(tmp_path / "s.npz"))
     assert len(data.train) == 6 and len(data.test) == 4 and data.num_classes == 4
+    assert data.split == "stored by the file (x_train/x_test)"
     np.testing.assert_allclose(data.test.x.numpy(), x_te.astype(np.float32))
     assert data.train.x.dtype == torch.float32 and data.train.y.dtype == torch.int64
     np.savez(tmp_path / "t.npz", x_test=np.ones((3, 2, 5), np.float32), y_test=np.array([0, 1, 7]))
@@ -196,6 +205,7 @@ def test_npz_explicit_and_test_only(tmp_path):
     assert len(data.train) == 0 and tuple(data.train.x.shape) == (0, 2, 5)
     assert data.train.x.dtype == torch.float32 and data.train.y.dtype == torch.int64
     assert data.num_classes == 8 and data.input_shape == (2, 5)
+    assert data.split == "stored by the file (x_test only, no train split)"
 
 
 def test_npz_missing_arrays_lists_what_it_has(tmp_path):
@@ -257,6 +267,7 @@ def test_mnist_idx(tmp_path, gz, dot):
     np.testing.assert_allclose(data.test.x.numpy()[:, 0], arrays["x_test"] / 255.0, rtol=1e-6)
     np.testing.assert_array_equal(data.train.y.numpy(), arrays["y_train"])
     np.testing.assert_array_equal(data.test.y.numpy(), [0, 1, 2, 3])
+    assert data.split == "stored by the files (train-*/t10k-*)"
 
 
 def test_mnist_test_only(tmp_path):
@@ -264,6 +275,7 @@ def test_mnist_test_only(tmp_path):
     data = load_dataset(str(tmp_path))
     assert len(data.train) == 0 and tuple(data.train.x.shape) == (0, 1, 28, 28)
     assert len(data.test) == 4 and data.num_classes == 4
+    assert data.split == "stored by the files (t10k-* only, no train split)"
 
 
 def test_mnist_missing_test_files(tmp_path):
@@ -327,6 +339,7 @@ def test_cifar10(tmp_path):
     labels = [v for _, ls in arrays["train"] for v in ls]
     assert data.train.y.tolist() == labels and data.test.y.tolist() == arrays["test"][1]
     assert data.num_classes == max(labels + arrays["test"][1]) + 1
+    assert data.split == "stored by the files (data_batch_*/test_batch)"
 
 
 def test_cifar10_test_only_and_python2_pickle(tmp_path):
@@ -336,6 +349,7 @@ def test_cifar10_test_only_and_python2_pickle(tmp_path):
     assert len(data.train) == 0 and tuple(data.train.x.shape) == (0, 3, 32, 32)
     np.testing.assert_allclose(data.test.x.numpy(), cifar_expected(data_arr), rtol=1e-5)
     assert data.test.y.tolist() == labels
+    assert data.split == "stored by the files (test_batch only, no train split)"
 
 
 class _Evil:
@@ -409,7 +423,7 @@ def test_cifar10_requires_test_batch(tmp_path):
 def _dataset(name: str, shape: tuple[int, ...], labels: list[int]) -> Dataset:
     test = Split(torch.zeros((len(labels), *shape)), torch.tensor(labels))
     empty = Split(torch.zeros((0, *shape)), torch.zeros(0, dtype=torch.int64))
-    return Dataset(name, empty, test, max(labels) + 1)
+    return Dataset(name, empty, test, max(labels) + 1, "stored by the file (x_test only)")
 
 
 def test_check_compatible():
