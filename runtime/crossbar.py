@@ -1,16 +1,22 @@
-"""One crossbar-mapped layer as the chip computes it.
+"""One crossbar-mapped layer as the chip computes it, read from its layout record.
 
-The layer holds its programmed levels ``[P, S, R, C]`` and, for the current chip instance, the
-noisy conductances in level units (``level + (L-1) * e``). Two execution paths:
+The layer holds its programmed levels ``[P, S, R, C]``, the tiles of the layout (every row and
+column range comes from the layout's tile records, never recomputed) and, for the current chip
+instance, the noisy conductances of each pipeline copy in level units (``level + (L-1) * e``).
+How levels fold into weights, the physical column order, the inputs of a grouped convolution's
+columns and which copy computes which output position are read from ``neftc.format.encoding``.
+Two execution paths:
 
-- ideal periphery: the conductances fold into one effective weight
-  ``W = (sum_{p,s} sign_p * L^s * G[p, s] - offset) * scale``; one float conv/linear;
+- ideal periphery: each copy's conductances fold into one effective weight
+  ``W = (sum_{p,s} sign_p * L^s * G[p, s] - offset) * scale``; one float conv/linear (a matmul
+  per copy on its output positions when the layer has pipeline copies);
 - target periphery: inputs quantised by the DAC, fed ``dac_bits_per_cycle`` bits per cycle (two
-  phases for signed inputs), each row tile's bitline sums digitised by the ADC, then shift-and-add
-  over cycles and slices, polarity subtraction, row-tile accumulation and dequantisation. All bit
-  planes of a layer go through one batched matmul per row tile. When the ADC covers the largest
-  column sum at one level unit per code (it cannot clip or round a noise-free sum), the planes,
-  slices and polarities fold and one matmul on the DAC-quantised input remains.
+  phases for signed inputs); per tile of the layout, the bitline sums of the tile's rows for its
+  columns are digitised by the ADC (full scale set by the tile's own row count), then row tiles
+  are accumulated, and shift-and-add over cycles and slices, polarity subtraction and
+  dequantisation follow. When every tile's ADC resolves its largest noise-free sum at one level
+  unit per code, the planes, slices and polarities fold and one matmul on the DAC-quantised input
+  remains (``adc_shortcut``; exact without noise).
 """
 
 from __future__ import annotations
@@ -22,7 +28,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from neftc.format.schema import LayerRecord
+from neftc.format import encoding
+from neftc.format.schema import LayerRecord, TileRecord
 
 
 @dataclass(frozen=True)
@@ -46,16 +53,57 @@ class InputQuant:
 class AdcConfig:
     adc_bits: int
     dac_bits_per_cycle: int
-    row_tiles: tuple[tuple[int, int], ...]  # (row_start, row_count) of each row tile
+
+    @property
+    def codes(self) -> int:
+        return 2**self.adc_bits - 1
 
     def full_scale(self, rows: int, n_levels: int) -> float:
-        """Largest bitline sum of a tile of ``rows`` rows, in level units."""
+        """Largest noise-free bitline sum of a tile of ``rows`` rows, in level units."""
         return rows * (2**self.dac_bits_per_cycle - 1) * (n_levels - 1)
 
-    def transparent(self, n_levels: int) -> bool:
-        """True when the ADC resolves every noise-free column sum exactly (one code per unit)."""
-        return all(self.full_scale(rc, n_levels) <= 2**self.adc_bits - 1
-                   for _, rc in self.row_tiles)
+    def step(self, rows: int, n_levels: int) -> float:
+        """Level units per ADC code for a tile of ``rows`` rows: the full scale over the codes,
+        never finer than one level unit (an ADC with codes to spare resolves every noise-free
+        sum exactly)."""
+        return max(1.0, self.full_scale(rows, n_levels) / self.codes)
+
+    def exact(self, rows: int, n_levels: int) -> bool:
+        """True when the ADC resolves every noise-free sum of such a tile (one code per unit)."""
+        return self.full_scale(rows, n_levels) <= self.codes
+
+
+@dataclass(frozen=True)
+class _Segment:
+    """Physical columns ``[col_start, col_start + col_count)`` of one convolution group, and the
+    tiles (row ranges) that hold them."""
+
+    group: int
+    col_start: int
+    col_count: int
+    row_ranges: tuple[tuple[int, int], ...]  # (row_start, row_count) of each covering tile
+
+
+def _column_segments(record: LayerRecord) -> list[_Segment]:
+    """The layer's physical columns cut at every tile and group boundary, each with the row
+    ranges of the tiles covering it (the ADC digitises every bitline on its own, so cutting a
+    tile's columns changes nothing)."""
+    n_pol, n_slices = record.slicing.polarities, record.slicing.slices
+    groups = record.conv.groups if record.conv is not None else 1
+    cuts: set[int] = set()
+    for tile in record.tiles:
+        for segment in encoding.group_segments(tile.col_start, tile.col_count, n_pol, n_slices,
+                                               record.matrix_cols, groups):
+            cuts.update((segment.col_start, segment.col_start + segment.col_count))
+    bounds = sorted(cuts)
+    segments = []
+    for start, stop in zip(bounds, bounds[1:]):
+        covering = tuple(sorted((t.row_start, t.row_count) for t in record.tiles
+                                if t.col_start <= start and stop <= t.col_start + t.col_count))
+        group = encoding.group_segments(start, stop - start, n_pol, n_slices, record.matrix_cols,
+                                        groups)[0].group
+        segments.append(_Segment(group, start, stop - start, covering))
+    return segments
 
 
 class CrossbarLayer(nn.Module):
@@ -65,43 +113,52 @@ class CrossbarLayer(nn.Module):
         self.record = record
         self.n_levels = n_levels
         self.weight_shape = tuple(record.weight_shape)
-        n_pol = record.slicing.polarities
+        self.copies = record.replication
+        self.groups = record.conv.groups if record.conv is not None else 1
         self.offset = record.slicing.offset
+        self.tiles: tuple[TileRecord, ...] = tuple(record.tiles)
+        self.segments = _column_segments(record)
         self.register_buffer("levels", levels.to(torch.float32))  # [P, S, R, C]
         self.register_buffer("scales", torch.tensor(record.quant.scales, dtype=torch.float32))
         self.register_buffer("bias", None if bias is None else bias.to(torch.float32))
-        self.register_buffer("slice_weights", torch.tensor(
-            [float(n_levels**s) for s in range(record.slicing.slices)]))
-        self.register_buffer("signs", torch.tensor([1.0, -1.0][:n_pol]))
+        self.register_buffer("coefficients", encoding.fold_coefficients(
+            record.slicing.polarities, record.slicing.slices, record.slicing.cell_bits))
         self.register_buffer("ideal_weight", self.to_weight_layout(
             self._integer(self.levels) * self.scales))  # q * scale, the noise-free weight
-        self.conductance: torch.Tensor = self.levels  # level units, this chip instance
-        self.weight_override: torch.Tensor | None = None  # this chip's weight, given directly
-        self.weight: torch.Tensor = self.ideal_weight
+        # This chip instance, per pipeline copy: conductances in level units, and the effective
+        # weight (given directly on the ideal path, whose cells are drawn only on demand).
+        self.conductances: list[torch.Tensor] = [self.levels] * self.copies
+        self.weights: list[torch.Tensor] = [self.ideal_weight] * self.copies
         self.input_quant: InputQuant | None = None
         self.adc: AdcConfig | None = None
-        self.stacked_weights: torch.Tensor | None = None  # [K, ...]: K chip instances at once
+        self.adc_shortcut = True
+        self.stacked_weights: list[torch.Tensor] | None = None  # per copy [K, ...]: K chips
 
     # ------------------------------------------------------------ programming a chip instance
 
-    def program(self, conductance: torch.Tensor | None,
-                weight_override: torch.Tensor | None = None) -> None:
-        """Set this chip instance's conductances (None: the ideal levels). ``weight_override``
-        gives the chip's effective weight directly (the ideal-periphery fast path, whose
-        conductances are drawn only on demand, and the paper's weight-level mode)."""
-        self.conductance = self.levels if conductance is None else conductance
-        self.weight_override = weight_override
-        if weight_override is not None:
-            self.weight = weight_override
-        elif conductance is None:
-            self.weight = self.ideal_weight
-        else:
-            self.weight = self.to_weight_layout(self._integer(self.conductance) * self.scales)
+    @property
+    def conductance(self) -> torch.Tensor:
+        """Copy 0's conductances, ``[P, S, R, C]``."""
+        return self.conductances[0]
 
     @property
-    def fold_coefficients(self) -> torch.Tensor:
-        """sign_p * L^s, shaped [P, S, 1, 1]."""
-        return (self.signs[:, None] * self.slice_weights[None, :])[:, :, None, None]
+    def weight(self) -> torch.Tensor:
+        """Copy 0's effective weight."""
+        return self.weights[0]
+
+    def program(self, conductances: list[torch.Tensor] | None,
+                weights: list[torch.Tensor] | None = None) -> None:
+        """Set this chip instance's conductances, one per copy (None: the ideal levels).
+        ``weights`` gives each copy's effective weight directly (the ideal-periphery fast path,
+        whose conductances are drawn only on demand, and the paper's weight-level mode)."""
+        self.conductances = [self.levels] * self.copies if conductances is None else conductances
+        if weights is not None:
+            self.weights = weights
+        elif conductances is None:
+            self.weights = [self.ideal_weight] * self.copies
+        else:
+            self.weights = [self.to_weight_layout(self._integer(c) * self.scales)
+                            for c in conductances]
 
     def to_weight_layout(self, matrix: torch.Tensor) -> torch.Tensor:
         """A crossbar-shaped [R, C] tensor in the weight's own shape (C_out first)."""
@@ -112,8 +169,7 @@ class CrossbarLayer(nn.Module):
         return weight.reshape(self.weight_shape[0], -1).t()
 
     def _integer(self, conductance: torch.Tensor) -> torch.Tensor:
-        q = torch.einsum("psrc,p,s->rc", conductance, self.signs, self.slice_weights)
-        return q - self.offset if self.offset else q
+        return encoding.fold(conductance, self.record.slicing.cell_bits, self.offset)
 
     # ------------------------------------------------------------ execution
 
@@ -121,30 +177,35 @@ class CrossbarLayer(nn.Module):
         if self.stacked_weights is not None:
             return self._stacked_op(x, self.stacked_weights)
         if self.input_quant is None:
-            return self._float_op(x, self.weight)
+            if self.copies == 1:
+                return self._float_op(x, self.weights[0])
+            return self._copies_op(x, [w[None] for w in self.weights])
         return self._periphery(x)
 
-    def program_stacked(self, weights: torch.Tensor | None) -> None:
-        """Several chip instances at once (ideal periphery): ``weights`` [K, *weight_shape];
+    def program_stacked(self, weights: list[torch.Tensor] | None) -> None:
+        """Several chip instances at once (ideal periphery): ``weights[copy]`` [K, *weight_shape];
         the input batch then holds K chip-major copies of the samples. None: back to one chip."""
         self.stacked_weights = weights
 
-    def _stacked_op(self, x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    def _stacked_op(self, x: torch.Tensor, weights: list[torch.Tensor]) -> torch.Tensor:
         """The layer for K chips in one call: a batched matmul (linear) or a grouped conv."""
+        if self.copies > 1:
+            return self._copies_op(x, weights)
         rec = self.record
-        k = weights.shape[0]
+        stacked = weights[0]
+        k = stacked.shape[0]
         if rec.op == "linear":
-            out = torch.bmm(x.reshape(k, -1, x.shape[-1]), weights.transpose(1, 2))
+            out = torch.bmm(x.reshape(k, -1, x.shape[-1]), stacked.transpose(1, 2))
             if self.bias is not None:
                 out = out + self.bias
-            return out.reshape(*x.shape[:-1], weights.shape[1])
+            return out.reshape(*x.shape[:-1], stacked.shape[1])
         conv = rec.conv
         assert conv is not None
         n = x.shape[0] // k
         grouped = x.reshape(k, n, *x.shape[1:]).transpose(0, 1).reshape(n, -1, *x.shape[2:])
         fn = F.conv2d if rec.op == "conv2d" else F.conv1d
         bias = None if self.bias is None else self.bias.repeat(k)
-        out = fn(grouped, weights.reshape(-1, *weights.shape[2:]), bias, conv.stride,
+        out = fn(grouped, stacked.reshape(-1, *stacked.shape[2:]), bias, conv.stride,
                  conv.padding, conv.dilation, conv.groups * k)
         out = out.reshape(n, k, -1, *out.shape[2:]).transpose(0, 1)
         return out.reshape(k * n, *out.shape[2:])
@@ -158,8 +219,41 @@ class CrossbarLayer(nn.Module):
         fn = F.conv2d if rec.op == "conv2d" else F.conv1d
         return fn(x, weight, self.bias, conv.stride, conv.padding, conv.dilation, conv.groups)
 
+    def _copies_op(self, x: torch.Tensor, weights: list[torch.Tensor]) -> torch.Tensor:
+        """A layer with pipeline copies, for K chips (``weights[copy]`` [K, *weight_shape], the
+        batch K chip-major copies of the samples): output position ``m`` of each sample on copy
+        ``encoding.copy_of_position``'s choice, a matmul per copy on its positions."""
+        k = weights[0].shape[0]
+        rows, prefix = self._unfold(x)  # [K*N*positions, G*R]
+        positions = self.record.positions
+        per_sample = rows.reshape(k, -1, positions, rows.shape[-1])
+        out = rows.new_empty(k, per_sample.shape[1], positions, self.record.matrix_cols)
+        owner = encoding.copy_of_position(positions, self.copies)
+        for copy, weight in enumerate(weights):
+            chosen = (owner == copy).nonzero().flatten().to(x.device)
+            if chosen.numel() == 0:
+                continue
+            picked = per_sample[:, :, chosen]  # [K, N, m, G*R]
+            matrices = weight.reshape(k, self.record.matrix_cols, -1).transpose(1, 2)  # [K,R,C]
+            out[:, :, chosen] = self._grouped_matmul(picked.reshape(k, -1, picked.shape[-1]),
+                                                     matrices).reshape(*picked.shape[:3], -1)
+        out = out.reshape(-1, self.record.matrix_cols)
+        if self.bias is not None:
+            out = out + self.bias
+        return self._restore(out, prefix)
+
+    def _grouped_matmul(self, rows: torch.Tensor, matrices: torch.Tensor) -> torch.Tensor:
+        """``rows`` [..., G*R] times a grouped [.., R, C] matrix: weight column c of group g
+        reads input rows ``g*R .. g*R+R-1`` (``neftc.format.encoding``)."""
+        if self.groups == 1:
+            return rows @ matrices
+        r, c = self.record.matrix_rows, self.record.matrix_cols // self.groups
+        return torch.cat([rows[..., g * r:(g + 1) * r] @ matrices[..., g * c:(g + 1) * c]
+                          for g in range(self.groups)], dim=-1)
+
     def _unfold(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, ...]]:
-        """Rows the crossbar sees: [M, R], and the output shape prefix to restore."""
+        """Rows the crossbar sees: [N * positions, G * R] (group-major, C-order im2col), and the
+        output shape prefix to restore."""
         rec = self.record
         if rec.op == "linear":
             return x.reshape(-1, x.shape[-1]), tuple(x.shape[:-1])
@@ -179,40 +273,87 @@ class CrossbarLayer(nn.Module):
         spatial = (out_w,) if rec.op == "conv1d" else (out_h, out_w)
         return cols.transpose(1, 2).reshape(n * positions, -1), (n, *spatial)
 
+    def _restore(self, out: torch.Tensor, prefix: tuple[int, ...]) -> torch.Tensor:
+        """[N * positions, C] back to the op's output shape."""
+        c_out = self.record.matrix_cols
+        if self.record.op == "linear":
+            return out.reshape(*prefix, c_out)
+        n, *spatial = prefix
+        return out.reshape(n, *spatial, c_out).movedim(-1, 1).contiguous()
+
     def _periphery(self, x: torch.Tensor) -> torch.Tensor:
-        rec = self.record
-        groups = rec.conv.groups if rec.conv is not None else 1
         rows, prefix = self._unfold(x)
         quant = self.input_quant
         assert quant is not None and self.adc is not None
         x_int = torch.clamp(torch.round(rows / quant.scale),
                             -quant.max_int if quant.signed else 0, quant.max_int)
-        c_out = rec.matrix_cols
-        if groups == 1:
-            q_out = self._crossbar_mvm(x_int, self.conductance)
-        else:  # column block g reads the input channels of group g
-            per_group_in = x_int.shape[1] // groups
-            per_group_out = c_out // groups
-            q_out = torch.cat([
-                self._crossbar_mvm(x_int[:, g * per_group_in:(g + 1) * per_group_in],
-                                   self.conductance[..., g * per_group_out:(g + 1) * per_group_out])
-                for g in range(groups)], dim=1)
+        if self.copies == 1:
+            q_out = self._crossbar_mvm(x_int, self.conductances[0])
+        else:
+            positions = self.record.positions
+            per_sample = x_int.reshape(-1, positions, x_int.shape[-1])
+            q_out = x_int.new_empty(per_sample.shape[0], positions, self.record.matrix_cols)
+            owner = encoding.copy_of_position(positions, self.copies)
+            for copy, conductance in enumerate(self.conductances):
+                chosen = (owner == copy).nonzero().flatten().to(x.device)
+                if chosen.numel():
+                    picked = per_sample[:, chosen].reshape(-1, x_int.shape[-1])
+                    q_out[:, chosen] = self._crossbar_mvm(picked, conductance).reshape(
+                        per_sample.shape[0], chosen.numel(), -1)
+            q_out = q_out.reshape(-1, self.record.matrix_cols)
         out = q_out * (quant.scale * self.scales)
         if self.bias is not None:
             out = out + self.bias
-        if rec.op == "linear":
-            return out.reshape(*prefix, c_out)
-        n, *spatial = prefix
-        return out.reshape(n, *spatial, c_out).movedim(-1, 1).contiguous()
+        return self._restore(out, prefix)
+
+    def _foldable(self) -> bool:
+        adc = self.adc
+        assert adc is not None
+        return self.adc_shortcut and all(adc.exact(t.row_count, self.n_levels)
+                                         for t in self.tiles)
+
+    def _crossbar_mvm(self, x_int: torch.Tensor, conductance: torch.Tensor) -> torch.Tensor:
+        """Integer-domain output [M, C] of the crossbar for integer inputs [M, G*R]."""
+        adc = self.adc
+        quant = self.input_quant
+        assert adc is not None and quant is not None
+        if self._foldable():
+            q = torch.einsum("psrc,ps->rc", conductance, self.coefficients)
+            out = self._grouped_matmul(x_int, q)
+            return out - self.offset * self._group_sums(x_int) if self.offset else out
+        bits = adc.dac_bits_per_cycle
+        cycles = math.ceil(quant.magnitude_bits / bits)
+        physical = encoding.to_physical(conductance)  # [R, C*P*S]
+        planes = (2 if quant.signed else 1) * cycles
+        widest = max(s.col_count for s in self.segments)
+        # Blocks of input vectors whose bitline sums (planes x M x columns) stay in cache
+        # (~2 MB); the scratch buffers are reused by every block and segment.
+        block = max(1, min(x_int.shape[0], (1 << 19) // (planes * widest)))
+        partial = torch.empty(planes * block * widest, device=x_int.device)
+        total = torch.empty_like(partial)
+        q_phys = torch.empty(x_int.shape[0], physical.shape[1], device=x_int.device)
+        for m0 in range(0, x_int.shape[0], block):
+            self._bit_serial_block(x_int[m0:m0 + block], physical, cycles, bits, quant.signed,
+                                   partial, total, q_phys[m0:m0 + block])
+        n_pol, n_slices = self.record.slicing.polarities, self.record.slicing.slices
+        q_out = torch.einsum("mcps,ps->mc", q_phys.reshape(-1, self.record.matrix_cols, n_pol,
+                                                           n_slices), self.coefficients)
+        return q_out - self.offset * self._group_sums(x_int) if self.offset else q_out
+
+    def _group_sums(self, x_int: torch.Tensor) -> torch.Tensor:
+        """Per output column, the sum of the inputs its group reads: [M, C] (offset encoding)."""
+        r, c = self.record.matrix_rows, self.record.matrix_cols // self.groups
+        sums = x_int.reshape(x_int.shape[0], self.groups, r).sum(dim=2)  # [M, G]
+        return sums.repeat_interleave(c, dim=1)
 
     def _bit_serial_block(self, x_int: torch.Tensor, physical: torch.Tensor, cycles: int,
-                          bits: int, signed: bool, column_block: int, partial: torch.Tensor,
-                          total: torch.Tensor, out: torch.Tensor) -> None:
-        """Shift-and-added ADC outputs for a block of integer inputs [M, R] into ``out``
-        [M, C*P*S] (``physical`` [R, C*P*S]): every phase and cycle's bit plane in one matmul per
-        row tile and column block, each tile's bitline sums through the ADC, row tiles
-        accumulated. ``partial`` and ``total`` are scratch buffers of at least
-        [K*M, column_block] (K = phases x cycles), small enough to stay in cache."""
+                          bits: int, signed: bool, partial: torch.Tensor, total: torch.Tensor,
+                          out: torch.Tensor) -> None:
+        """Shift-and-added ADC outputs for a block of integer inputs [M, G*R] into ``out``
+        [M, C*P*S]: for each column segment (a group's columns inside the layout's tiles), every
+        phase and cycle's bit plane of each covering tile's input rows in one matmul, each
+        tile's bitline sums through the ADC, row tiles accumulated. ``partial`` and ``total``
+        are scratch buffers of at least [planes * M, widest segment]."""
         adc = self.adc
         assert adc is not None
         shifts = torch.arange(cycles, dtype=torch.int32, device=x_int.device) * bits
@@ -226,23 +367,25 @@ class CrossbarLayer(nn.Module):
                 ((phase.to(small)[None] >> shifts.to(small)[:, None, None]) & mask)
                 .reshape(-1, phase.shape[1]) for phase in phases]).to(torch.float32)
 
-        planes = [bit_planes(x_int[:, r0:r0 + rc]) for r0, rc in adc.row_tiles]
-        steps = [adc.full_scale(rc, self.n_levels) / (2**adc.adc_bits - 1)
-                 for _, rc in adc.row_tiles]
-        n_planes = planes[0].shape[0] // x_int.shape[0]
+        n_planes = (2 if signed else 1) * cycles
         plane_weights = torch.cat([sign * (2.0 ** shifts.to(torch.float32))
                                    for sign in (1.0, -1.0)[:n_planes // cycles]])
-        codes_max = float(2**adc.adc_bits - 1)
-        rows = planes[0].shape[0]
-        for c0 in range(0, physical.shape[1], column_block):
-            cols = min(column_block, physical.shape[1] - c0)
+        codes_max = float(adc.codes)
+        rows = n_planes * x_int.shape[0]
+        planes: dict[tuple[int, int, int], torch.Tensor] = {}
+        for segment in self.segments:
+            c0, cols = segment.col_start, segment.col_count
             bitline = partial[:rows * cols].view(rows, cols)
             acc = total[:rows * cols].view(rows, cols)
-            for index, ((r0, rc), tile_planes, step) in enumerate(
-                    zip(adc.row_tiles, planes, steps)):
+            for index, (r0, rc) in enumerate(segment.row_ranges):
+                key = (segment.group, r0, rc)
+                if key not in planes:
+                    first = encoding.input_row_start(segment.group, self.record.matrix_rows, r0)
+                    planes[key] = bit_planes(x_int[:, first:first + rc])
                 # Bitline sums of one tile (exact integers when noise-free), digitised: the
                 # ADC code (rounded, clipped) times its step; row tiles accumulated.
-                torch.mm(tile_planes, physical[r0:r0 + rc, c0:c0 + cols], out=bitline)
+                torch.mm(planes[key], physical[r0:r0 + rc, c0:c0 + cols], out=bitline)
+                step = adc.step(rc, self.n_levels)
                 bitline.div_(step).round_().clamp_(0.0, codes_max)
                 if index == 0:
                     torch.mul(bitline, step, out=acc)
@@ -250,35 +393,3 @@ class CrossbarLayer(nn.Module):
                     acc.add_(bitline, alpha=step)
             # Shift-and-add over cycles, minus the negative phase.
             out[:, c0:c0 + cols] = (plane_weights @ acc.view(n_planes, -1)).view(-1, cols)
-
-    def _crossbar_mvm(self, x_int: torch.Tensor, conductance: torch.Tensor) -> torch.Tensor:
-        """Integer-domain output [M, C] of the crossbar for integer inputs [M, R]."""
-        adc = self.adc
-        quant = self.input_quant
-        assert adc is not None and quant is not None
-        n_pol, n_slices, _, n_cols = conductance.shape
-        if adc.transparent(self.n_levels):
-            q = torch.einsum("psrc,p,s->rc", conductance, self.signs, self.slice_weights)
-            if self.offset:
-                q = q - self.offset
-            return x_int @ q
-        bits = adc.dac_bits_per_cycle
-        cycles = math.ceil(quant.magnitude_bits / bits)
-        n_phases = 2 if quant.signed else 1
-        physical = conductance.permute(2, 3, 0, 1).reshape(conductance.shape[2], -1)  # [R, C*P*S]
-        planes = n_phases * cycles
-        # Blocks of input vectors and columns whose bitline sums (K*M x columns) stay in cache
-        # (~2 MB); the scratch buffers are reused by every block and tile.
-        column_block = min(physical.shape[1], 512)
-        block = max(1, min(x_int.shape[0], (1 << 19) // (planes * column_block)))
-        partial = torch.empty(planes * block * column_block, device=x_int.device)
-        total = torch.empty_like(partial)
-        q_out = torch.empty(x_int.shape[0], physical.shape[1], device=x_int.device)
-        for m0 in range(0, x_int.shape[0], block):
-            self._bit_serial_block(x_int[m0:m0 + block], physical, cycles, bits, quant.signed,
-                                   column_block, partial, total, q_out[m0:m0 + block])
-        q_out = torch.einsum("mcps,p,s->mc", q_out.reshape(-1, n_cols, n_pol, n_slices),
-                             self.signs, self.slice_weights)
-        if self.offset:
-            q_out = q_out - self.offset * x_int.sum(dim=1, keepdim=True)
-        return q_out

@@ -7,8 +7,10 @@
     emu.cell_conductances()          # its cells, level units
 
 Chip instance ``i`` of seed ``k`` is always the same chip: its noise comes from CPU
-``torch.Generator``s seeded with a hash of ``(k, i, stream)``. See ``program_chip`` for how the
-cells are drawn (the folded noise of each weight first, then the cells given it).
+``torch.Generator``s seeded with a hash of ``(k, i, stream)`` (and the pipeline copy, for copies
+after the first). See ``program_chip`` for how the cells are drawn (the folded noise of each
+weight first, then the cells given it). Every pipeline copy of a layer (``TileRecord.replicas``)
+is programmed with its own cells.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from neftc.format.reader import Layout, load_layout
 from neftc.runtime.crossbar import AdcConfig, CrossbarLayer, InputQuant
 from neftc.runtime.graph import build_module
 from neftc.runtime.noise import NoiseMode, NoiseModel
-from neftc.targets.device_model import cell_std_levels, paper_weight_std
+from neftc.targets.device_model import cell_std_levels, folded_std, paper_weight_std
 
 
 # The independent random streams of one chip instance.
@@ -35,16 +37,19 @@ CELL_STREAM = 1  # per cell: how that folded noise splits over the weight's cell
 FAULT_STREAM = 2  # per cell: stuck-at faults
 
 
-def chip_generator(seed: int, chip: int, stream: int) -> torch.Generator:
-    """The generator of one random stream of chip instance ``chip`` under ``seed``."""
-    state = np.random.SeedSequence([seed, chip, stream]).generate_state(2, dtype=np.uint32)
+def chip_generator(seed: int, chip: int, stream: int, copy: int = 0) -> torch.Generator:
+    """The generator of one random stream of chip instance ``chip`` under ``seed``, for the
+    layers' first copy (``copy`` 0) or their ``copy``-th pipeline copy."""
+    entropy = [seed, chip, stream] if copy == 0 else [seed, chip, stream, copy]
+    state = np.random.SeedSequence(entropy).generate_state(2, dtype=np.uint32)
     return torch.Generator().manual_seed(int(state[0]) << 32 | int(state[1]))
 
 
 class Emulator:
     def __init__(self, layout: Layout | str | Path, *, sigma: float | None = None, seed: int = 0,
                  noise: NoiseMode = "cell", ideal_periphery: bool = True,
-                 faults: bool = True, device: str | torch.device = "cpu") -> None:
+                 faults: bool = True, device: str | torch.device = "cpu",
+                 adc_shortcut: bool = True) -> None:
         if noise == "paper" and not ideal_periphery:
             raise NeftcError("the paper's noise model is weight-level and has no per-cell form "
                              "for the DAC/ADC path; use it with ideal periphery "
@@ -64,12 +69,19 @@ class Emulator:
         self.module, self.layers = build_module(self.layout, self.device)
         self.module.eval()
         self.n_levels = 2**target.cell.bits
-        # Per layer: the standard normals of the current chip's folded noise, one per weight in
-        # the weight's own layout (kept so that the cells can be drawn later, on demand).
-        self._aggregate_z = {name: torch.empty(layer.weight_shape)
+        self.copies = max((layer.copies for layer in self.layers.values()), default=1)
+        # Per layer and copy: the standard normals of the current chip's folded noise, one per
+        # weight in the weight's own layout (kept so that the cells can be drawn on demand).
+        self._aggregate_z = {name: [torch.empty(layer.weight_shape) for _ in range(layer.copies)]
                              for name, layer in self.layers.items()}
         self.set_sigma(self.noise.sigma)
         self.calibrated = False
+        self.adc_shortcut = adc_shortcut
+        stored = {layer.name: layer.dac for layer in self.layout.doc.layers}
+        if all(dac is not None for dac in stored.values()):
+            # The DAC ranges sign-off uses are part of the layout (neftc calibrate).
+            self.set_input_quant({name: InputQuant(dac.scale, dac.signed, dac.bits)
+                                  for name, dac in stored.items() if dac is not None})
 
     def set_sigma(self, sigma: float) -> None:
         """Use device variation ``sigma`` from the next chip instance on (the network, its
@@ -83,7 +95,7 @@ class Emulator:
             cell_std = cell_std_levels(layer.levels, self.n_levels, self.noise.sigma,
                                        self.noise.state_ratio)
             # sum_{p,s} sign_p L^s e[p,s] has variance sum_{p,s} (L^s std[p,s])^2.
-            weight_std = ((cell_std * layer.fold_coefficients) ** 2).sum(dim=(0, 1)).sqrt()
+            weight_std = folded_std(cell_std, layer.coefficients)
             self._cell_std[name] = cell_std
             self._weight_std[name] = weight_std
             if self.noise.mode == "paper":  # the reference code's weight-level formula
@@ -101,7 +113,7 @@ class Emulator:
         """Program every cell exactly (no variation)."""
         for layer in self.layers.values():
             layer.program(None)
-        self.chip = None
+        self.chip: int | None = None
 
     def program_chip(self, chip: int) -> None:
         """Program chip instance ``chip``: each cell drawn once from the device model.
@@ -120,32 +132,44 @@ class Emulator:
         self.chip = chip
         needs_cells = self.noise.mode != "paper" and (not self.ideal_periphery
                                                       or self.noise.has_faults)
-        aggregate = chip_generator(self.seed, chip, AGGREGATE_STREAM)
-        for name, layer in self.layers.items():
-            z = self._aggregate_z[name].normal_(generator=aggregate)
-            if needs_cells:
-                continue  # cell_conductances() draws the cells given z
-            layer.program(None, weight_override=torch.addcmul(
-                layer.ideal_weight, self._weight_std_w[name], z.to(self.device)))
+        for copy in range(self.copies):
+            aggregate = chip_generator(self.seed, chip, AGGREGATE_STREAM, copy)
+            for name, layer in self.layers.items():
+                if copy < layer.copies:
+                    self._aggregate_z[name][copy].normal_(generator=aggregate)
         if needs_cells:
-            for name, conductance in self.cell_conductances().items():
-                self.layers[name].program(conductance)
+            drawn = [self._draw_cells(copy) for copy in range(self.copies)]
+            for name, layer in self.layers.items():
+                layer.program([drawn[copy][name] for copy in range(layer.copies)])
+            return
+        for name, layer in self.layers.items():
+            layer.program(None, weights=[
+                torch.addcmul(layer.ideal_weight, self._weight_std_w[name], z.to(self.device))
+                for z in self._aggregate_z[name]])
 
-    def cell_conductances(self) -> dict[str, torch.Tensor]:
-        """Every cell of the current chip instance, ``[P, S, R, C]`` in level units
-        (``level + (L-1) e``, stuck-at faults applied): the same cells on either periphery path.
-        Drawn given the chip's folded per-weight noise, so that they fold back to it."""
+    def cell_conductances(self, copy: int = 0) -> dict[str, torch.Tensor]:
+        """Every cell of pipeline copy ``copy`` (0: the tiles themselves) of the current chip
+        instance, ``[P, S, R, C]`` in level units (``level + (L-1) e``, stuck-at faults applied),
+        for the layers that have that copy: the same cells on either periphery path. Drawn given
+        the chip's folded per-weight noise, so that they fold back to it."""
         if self.chip is None or not self.noise.active:
-            return {name: layer.levels.clone() for name, layer in self.layers.items()}
+            return {name: layer.levels.clone() for name, layer in self.layers.items()
+                    if copy < layer.copies}
         if self.noise.mode == "paper":
             raise NeftcError("the paper's noise model is weight-level: it has no cells")
-        cells = chip_generator(self.seed, self.chip, CELL_STREAM)
-        faults = chip_generator(self.seed, self.chip, FAULT_STREAM)
+        return self._draw_cells(copy)
+
+    def _draw_cells(self, copy: int) -> dict[str, torch.Tensor]:
+        assert self.chip is not None
+        cells = chip_generator(self.seed, self.chip, CELL_STREAM, copy)
+        faults = chip_generator(self.seed, self.chip, FAULT_STREAM, copy)
         out = {}
         for name, layer in self.layers.items():
-            coefficients = layer.fold_coefficients
+            if copy >= layer.copies:
+                continue
+            coefficients = layer.coefficients[:, :, None, None]
             cell_std = self._cell_std[name]
-            z = self._aggregate_z[name].to(self.device)
+            z = self._aggregate_z[name][copy].to(self.device)
             folded = layer.from_weight_layout(z) * self._weight_std[name]
             e = torch.randn(layer.levels.shape, generator=cells).to(self.device).mul_(cell_std)
             # Independent cells conditioned on their weighted sum being the folded draw A:
@@ -179,14 +203,16 @@ class Emulator:
         accelerator, small models would otherwise leave it idle)."""
         if not self.ideal_periphery:
             raise ValueError("forward_chips needs ideal periphery")
-        stacks: dict[str, list[torch.Tensor]] = {name: [] for name in self.layers}
+        stacks: dict[str, list[list[torch.Tensor]]] = {
+            name: [[] for _ in range(layer.copies)] for name, layer in self.layers.items()}
         for chip in chips:
             self.program_chip(chip)
             for name, layer in self.layers.items():
-                stacks[name].append(layer.weight)
+                for copy, weight in enumerate(layer.weights):
+                    stacks[name][copy].append(weight)
         try:
             for name, layer in self.layers.items():
-                layer.program_stacked(torch.stack(stacks[name]))
+                layer.program_stacked([torch.stack(stack) for stack in stacks[name]])
             out = self._run(x.to(self.device, torch.float32)
                             .repeat(len(chips), *[1] * (x.dim() - 1)))
         finally:
@@ -194,9 +220,11 @@ class Emulator:
                 layer.program_stacked(None)
         return list(out.reshape(len(chips), x.shape[0], *out.shape[1:]))
 
-    def effective_weights(self) -> dict[str, torch.Tensor]:
-        """Dequantised weights of every layer as programmed on the current chip instance."""
-        return {name: layer.weight.detach().clone() for name, layer in self.layers.items()}
+    def effective_weights(self, copy: int = 0) -> dict[str, torch.Tensor]:
+        """Dequantised weights of pipeline copy ``copy`` (0: the tiles themselves) of every layer
+        that has it, as programmed on the current chip instance."""
+        return {name: layer.weights[copy].detach().clone()
+                for name, layer in self.layers.items() if copy < layer.copies}
 
     # ------------------------------------------------------------------ periphery
 
@@ -212,7 +240,7 @@ class Emulator:
                 ranges[name] = (min(low, float(value.min())), max(high, float(value.max())))
             hooks.append(layer.register_forward_hook(record))
         chip = self.chip
-        saved = {name: (layer.conductance, layer.weight_override, layer.input_quant)
+        saved = {name: (layer.conductances, layer.weights, layer.input_quant)
                  for name, layer in self.layers.items()}
         try:
             for layer in self.layers.values():
@@ -223,9 +251,8 @@ class Emulator:
             for hook in hooks:
                 hook.remove()
             for name, layer in self.layers.items():
-                conductance, override, quant = saved[name]
-                layer.program(None if conductance is layer.levels else conductance, override)
-                layer.input_quant = quant
+                conductances, weights, quant = saved[name]
+                layer.conductances, layer.weights, layer.input_quant = conductances, weights, quant
             self.chip = chip
         settings = {}
         for name, (low, high) in ranges.items():
@@ -238,16 +265,16 @@ class Emulator:
         return settings
 
     def set_input_quant(self, settings: dict[str, InputQuant]) -> None:
+        """Set every layer's DAC; the ADC is the layout's periphery, applied per tile of the
+        layout (each tile's full scale from its own row count)."""
         periphery = self.layout.doc.periphery
-        array_rows = self.layout.doc.target.array.rows
         for name, layer in self.layers.items():
+            layer.adc_shortcut = self.adc_shortcut
             if self.ideal_periphery:
                 layer.input_quant, layer.adc = None, None
                 continue
-            rows = layer.record.matrix_rows // (layer.record.conv.groups if layer.record.conv else 1)
-            row_tiles = tuple((r0, min(array_rows, rows - r0)) for r0 in range(0, rows, array_rows))
             layer.input_quant = settings[name]
-            layer.adc = AdcConfig(periphery.adc_bits, periphery.dac_bits_per_cycle, row_tiles)
+            layer.adc = AdcConfig(periphery.adc_bits, periphery.dac_bits_per_cycle)
         self.calibrated = True
 
     # ------------------------------------------------------------------ execution
@@ -281,7 +308,7 @@ class Emulator:
             if self.ideal_periphery or layer.input_quant is None or layer.adc is None:
                 counts[name] = 1
                 continue
-            if layer.adc.transparent(self.n_levels):
+            if layer._foldable():
                 counts[name] = 1
                 continue
             quant = layer.input_quant

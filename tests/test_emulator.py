@@ -12,7 +12,7 @@ from torch import nn
 
 from neftc.compiler import compile_module
 from neftc.format.reader import load_layout
-from neftc.runtime.crossbar import AdcConfig, InputQuant
+from neftc.runtime.crossbar import InputQuant
 from neftc.runtime.emulator import Emulator
 from neftc.targets.device_model import normalisation
 from neftc.targets import resolve_target
@@ -190,37 +190,35 @@ def test_stuck_at_faults(tmp_path) -> None:
     assert float((clean.layers["0"].conductance == 0).sum()) == 0
 
 
-class _OpaqueAdc(AdcConfig):
-    """An ADC whose steps are negligibly small but that the emulator may not fold."""
-
-    def transparent(self, n_levels: int) -> bool:
-        return False
-
-
 @pytest.mark.parametrize("encoding", ["differential", "offset"])
 @pytest.mark.parametrize("signed", [False, True])
 def test_bit_serial_path_equals_folded_mvm(tmp_path, encoding, signed) -> None:
-    layout = mlp_layout(tmp_path, "fefet_128x128", [f"weight.sign_encoding={encoding}"])
-    emulator = Emulator(layout, sigma=0.0, ideal_periphery=False, seed=4)
-    emulator.program_chip(0)  # noise-free: no bitline sum leaves the ADC range
-    layer = emulator.layers["0"]
-    quant = InputQuant(scale=0.05, signed=signed, bits=8)
-    x = torch.randint(-127 if signed else 0, 128 if signed else 256, (9, 64)).float()
-    layer.input_quant = quant
-    layer.adc = AdcConfig(adc_bits=8, dac_bits_per_cycle=2, row_tiles=((0, 64),))
-    folded_adc = dc_replace(layer.adc, adc_bits=16)  # 64 rows x 3 x 3 = 576 <= 65535: folds
-    layer.adc = folded_adc
-    folded = layer._crossbar_mvm(x, layer.conductance)
-    layer.adc = _OpaqueAdc(adc_bits=30, dac_bits_per_cycle=2, row_tiles=((0, 40), (40, 24)))
-    serial = layer._crossbar_mvm(x, layer.conductance)
-    # Terms up to ~1e6 (ADC outputs shifted by up to 4^2 x 4^3) accumulated in float32 in a
-    # different order (planes, slices, polarities vs one folded matmul), and ADC steps of
-    # 576 / 2^30: agreement to 1e-4 relative, or a few float32 ulps of 1e6 (0.06 each) where
-    # large terms cancel. A wrong plane, slice or polarity weight would be off by >= 1.
-    torch.testing.assert_close(serial, folded, rtol=1e-4, atol=0.05)
+    """The per-tile bit-serial path with an ADC that resolves every sum equals the folded
+    matmul; 2-bit DAC cycles; 40-row arrays so the layer has two row tiles (40 + 24)."""
+    overrides = [f"weight.sign_encoding={encoding}", "periphery.dac_bits_per_cycle=2",
+                 "array.rows=40", "periphery.adc_bits=16"]
+    layout = mlp_layout(tmp_path, "fefet_128x128", overrides)
+    quant = {"0": InputQuant(scale=0.05, signed=signed, bits=8)}
+    x = torch.randint(-127 if signed else 0, 128 if signed else 256, (9, 64)).float() * 0.05
+    outputs = {}
+    for shortcut in (True, False):
+        emulator = Emulator(layout, sigma=0.0, ideal_periphery=False, adc_shortcut=shortcut)
+        emulator.set_input_quant({name: quant["0"] for name in emulator.layers})
+        outputs[shortcut] = emulator(x)
+        # 4 cycles of 2 bits, 1 or 2 phases, 4 slices, 1 or 2 polarities (1: folded).
+        polarities = emulator.layout.layer("0").slicing.polarities
+        assert emulator.partial_mvms_per_weight()["0"] == (
+            1 if shortcut else 4 * (2 if signed else 1) * 4 * polarities)
+    # Terms up to ~1e6 accumulated in float32 in a different order (planes, slices,
+    # polarities vs one folded matmul): agreement to 1e-4 relative. A wrong plane, slice,
+    # polarity weight or row range would be off by at least one level unit x scale.
+    torch.testing.assert_close(outputs[False], outputs[True], rtol=1e-4, atol=1e-3)
     # A coarse ADC really rounds: the same inputs through 4-bit conversions differ.
-    layer.adc = _OpaqueAdc(adc_bits=4, dac_bits_per_cycle=2, row_tiles=((0, 40), (40, 24)))
-    assert not torch.allclose(layer._crossbar_mvm(x, layer.conductance), folded, atol=1.0)
+    coarse = mlp_layout(tmp_path / "coarse", "fefet_128x128", overrides[:-1]
+                        + ["periphery.adc_bits=4"])
+    emulator = Emulator(coarse, sigma=0.0, ideal_periphery=False)
+    emulator.set_input_quant({name: quant["0"] for name in emulator.layers})
+    assert not torch.allclose(emulator(x), outputs[True], atol=1e-2)
 
 
 def test_target_adc_loses_little_on_a_trained_model(tmp_path) -> None:

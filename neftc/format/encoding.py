@@ -95,8 +95,7 @@ def fold(cells: ArrayT, cell_bits: int, offset: int) -> ArrayT:
     dtype = values.dtype if floating else torch.int64
     coefficients = fold_coefficients(values.shape[0], values.shape[1], cell_bits,
                                      torch.float64 if not floating else dtype)
-    if not floating:
-        coefficients = coefficients.to(torch.int64)
+    coefficients = coefficients.to(values.device, dtype if floating else torch.int64)
     out = torch.tensordot(coefficients, values.to(dtype), dims=([0, 1], [0, 1]))
     if offset:
         out = out - offset
