@@ -51,13 +51,8 @@ class SliceInfo:
 
 @dataclass(frozen=True)
 class Tile:
-    """One array's worth of a layer's physical matrix.
-
-    Physical columns of a layer are ordered ``(weight column, polarity, slice)``, slice fastest:
-    physical column ``pc`` holds weight column ``pc // (P*S)``, polarity ``(pc // S) % P`` and
-    slice ``pc % S``. A tile covers matrix rows ``[row_start, row_start+row_count)`` and physical
-    columns ``[col_start, col_start+col_count)``.
-    """
+    """One array's worth of a layer's physical matrix (the column order and what a tile covers
+    are defined in ``neftc.format.encoding``)."""
 
     index: int
     row_tile: int
