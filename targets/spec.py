@@ -10,6 +10,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from neftc.format import encoding
+
 
 class _Frozen(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -139,12 +141,12 @@ class TargetSpec(_Frozen):
     @property
     def slices(self) -> int:
         """Cells (bit slices) per weight column."""
-        return -(-self.weight.bits // self.cell.bits)
+        return encoding.n_slices(self.weight.bits, self.cell.bits)
 
     @property
     def polarities(self) -> int:
         """Columns per weight column: 2 for a differential pair, 1 for offset encoding."""
-        return 2 if self.weight.sign_encoding == "differential" else 1
+        return encoding.n_polarities(self.weight.sign_encoding)
 
     @property
     def qmax(self) -> int:
