@@ -72,7 +72,7 @@ def _parser() -> argparse.ArgumentParser:
     fin.add_argument("--arch")
     fin.add_argument("--input-shape")
     fin.add_argument("--trust-model", action="store_true")
-    _add_neft_args(fin, required=True)
+    _add_neft_args(fin, required=True, quantisation=True)
     fin.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
 
     tr = sub.add_parser("train", help="train a zoo model on a data set and save it as .pt2",
@@ -210,7 +210,10 @@ def _add_target_args(parser: argparse.ArgumentParser) -> None:
                         "--set noise.sigma_rel=0.15 (repeatable)")
 
 
-def _add_neft_args(parser: argparse.ArgumentParser, required: bool) -> None:
+def _add_neft_args(parser: argparse.ArgumentParser, required: bool,
+                   quantisation: bool = False) -> None:
+    """The NeFT options; with ``quantisation``, also the chip's quantisation options the training
+    noise is computed with (``compile`` has them already: there they set both)."""
     group = parser.add_argument_group("NeFT fine-tuning (Negative Feedback Training)")
     group.add_argument("--neft", choices=["ovf", "irs", "nit", "none"], required=required,
                        help="ovf: oriented variational forwards; irs: snapshot heads; nit: "
@@ -234,6 +237,14 @@ def _add_neft_args(parser: argparse.ArgumentParser, required: bool) -> None:
                        "(default); paper: the NeFT reference formula")
     group.add_argument("--irs-taps", default="3", help="IRS: number of evenly spaced taps, or "
                        "comma-separated node names (default 3)")
+    if quantisation:
+        group.add_argument("--per-channel", action="store_true",
+                           help="train against the noise of a chip quantised with one scale "
+                           "per output channel (default: per layer); compile the tuned model "
+                           "with the same option")
+        group.add_argument("--calibration", choices=["max-abs", "percentile"], default="max-abs",
+                           help="weight range calibration of the chip the noise is computed for "
+                           "(default: max-abs); compile the tuned model with the same option")
 
 
 def _neft_settings(args: argparse.Namespace):  # -> NeftSettings | None
@@ -247,24 +258,33 @@ def _neft_settings(args: argparse.Namespace):  # -> NeftSettings | None
     settings = NeftSettings(mode=args.neft, data=args.data, epochs=args.epochs,
                             sigma=args.train_sigma, beta=args.beta, lr=args.lr,
                             batch_size=args.batch_size, seed=args.seed, device=args.device,
-                            noise=args.train_noise, taps=taps)
+                            noise=args.train_noise, taps=taps, per_channel=args.per_channel,
+                            calibration=args.calibration)
     settings.validate()
     return settings
 
 
+def _compile_settings(args: argparse.Namespace):  # -> CompileSettings
+    """``compile``'s settings; with --neft, its fine-tuning trains against the noise of the
+    chip quantised with the same --per-channel and --calibration (``neft_settings()``)."""
+    from neftc.compiler import CompileSettings
+
+    return CompileSettings(per_channel=args.per_channel, calibration=args.calibration,
+                           fold_bn=args.fold_bn, dump_after_each=args.dump_after_each,
+                           neft=_neft_settings(args), placement=args.placement,
+                           replicate=not args.no_replicate,
+                           progress=not args.quiet and not args.json)
+
+
 def _cmd_compile(args: argparse.Namespace) -> int:
-    from neftc.compiler import CompileSettings, compile_model
+    from neftc.compiler import compile_model
     from neftc.frontend import parse_input_shape
     from neftc.summary import format_summary, layout_summary
     from neftc.targets import resolve_target
 
     target = resolve_target(args.target, args.overrides)
     shape = parse_input_shape(args.input_shape) if args.input_shape else None
-    settings = CompileSettings(per_channel=args.per_channel, calibration=args.calibration,
-                               fold_bn=args.fold_bn, dump_after_each=args.dump_after_each,
-                               neft=_neft_settings(args), placement=args.placement,
-                               replicate=not args.no_replicate,
-                               progress=not args.quiet and not args.json)
+    settings = _compile_settings(args)
     start = time.perf_counter()
 
     def on_pass(name: str, modified: bool) -> None:
@@ -431,8 +451,12 @@ def _cmd_finetune(args: argparse.Namespace) -> int:
     log = finetune_file(args.model, target, _neft_settings(args), args.output, arch=args.arch,
                         input_shape=shape, trust_model=args.trust_model,
                         progress=not args.quiet)
+    quant = " ".join((["--per-channel"] if args.per_channel else [])
+                     + (["--calibration", args.calibration]
+                        if args.calibration != "max-abs" else []))
     print(f"fine-tuned with NeFT {args.neft} for {log.epochs} epochs ({log.steps} steps, "
-          f"{log.seconds:.1f} s, final loss {log.losses[-1]:.4f}); wrote {args.output}")
+          f"{log.seconds:.1f} s, final loss {log.losses[-1]:.4f}); wrote {args.output}"
+          + (f"\ncompile it with the quantisation it was tuned for: {quant}" if quant else ""))
     return 0
 
 

@@ -38,6 +38,14 @@ class CompileSettings:
     placement: str = "dataflow"
     replicate: bool = True
 
+    def neft_settings(self) -> NeftSettings | None:
+        """The NeFT settings with this compile's quantisation options: fine-tuning trains
+        against the noise of the chip this compile produces (its scales and integer weights)."""
+        if self.neft is None:
+            return None
+        return replace(self.neft, per_channel=self.per_channel,
+                       calibration=self.calibration)  # type: ignore[arg-type]
+
     def options(self, target: TargetSpec, log: TrainLog | None) -> CompileOptions:
         neft = None
         if self.neft is not None and log is not None:
@@ -73,8 +81,9 @@ def _compile_loaded(loaded: LoadedModel, target: TargetSpec, settings: CompileSe
     dump = settings.dump_after_each
     gm = PassManager([normalize], dump_dir=dump, on_pass=on_pass).run(loaded.gm, ctx)
     log = None
-    if settings.neft is not None:
-        gm, log = run_neft(gm, ctx, settings.neft, dump_dir=dump, on_pass=on_pass,
+    neft = settings.neft_settings()
+    if neft is not None:
+        gm, log = run_neft(gm, ctx, neft, dump_dir=dump, on_pass=on_pass,
                            progress=settings.progress)
     gm = PassManager(mapping, dump_dir=dump, on_pass=on_pass).run(gm, ctx)
     if not crossbar_nodes(gm):

@@ -2,7 +2,9 @@
 
 - ``WeightNoise`` sits between a crossbar weight and its op. In training mode it adds, per weight,
   the exact Gaussian equivalent of the target's cell-level programming noise at ``sigma``
-  (``cell_weight_std``), or the NeFT reference formula (``mode="paper"``), with
+  (``cell_weight_std``) on the integer weights and scales the ``quantize`` pass gives it (same
+  per-layer/per-channel and calibration options, ``neftc.passes.quantize.quantize_matrix``),
+  or the NeFT reference formula (``mode="paper"``), with
   fresh draws every forward from an explicit ``torch.Generator``. In eval mode it is the identity.
 - ``FeedbackHead`` (IRS) passes its input through unchanged and, in training mode, computes
   snapshot logits ``AdaptiveAvgPool -> flatten -> Linear(., hidden) -> ReLU -> Linear(hidden, K)``
@@ -19,6 +21,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from neftc.format import encoding as cell_encoding
+from neftc.passes._weights import weight_matrix
+from neftc.passes.quantize import DEFAULT_PERCENTILE, Calibration, quantize_matrix
 from neftc.targets.device_model import paper_weight_std, weight_std_levels
 from neftc.targets.spec import TargetSpec
 
@@ -27,36 +31,48 @@ TrainNoiseMode = Literal["cell", "paper"]
 
 @dataclass(frozen=True)
 class DeviceNoise:
-    """The target's quantities a training-noise module needs."""
+    """The target's quantities a training-noise module needs, and the quantisation options of the
+    chip it trains for (the ``quantize`` pass's ``per_channel``, ``calibration`` and
+    ``percentile``): the noise is computed from the same integer weights and scales as the
+    chip's."""
 
     bits: int
     cell_bits: int
     encoding: str
     qmax: int
     state_ratio: float
-    per_channel: bool
-    mode: TrainNoiseMode
+    per_channel: bool = False
+    mode: TrainNoiseMode = "cell"
+    calibration: Calibration = "max-abs"
+    percentile: float = DEFAULT_PERCENTILE
 
     @classmethod
     def of(cls, target: TargetSpec, per_channel: bool = False,
-           mode: TrainNoiseMode = "cell") -> "DeviceNoise":
+           mode: TrainNoiseMode = "cell", *, calibration: Calibration = "max-abs",
+           percentile: float = DEFAULT_PERCENTILE) -> "DeviceNoise":
         return cls(target.weight.bits, target.cell.bits, target.weight.sign_encoding,
-                   target.qmax, target.noise.state_ratio, per_channel, mode)
+                   target.qmax, target.noise.state_ratio, per_channel, mode, calibration,
+                   percentile)
+
+    def quantize(self, weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(q, scales)`` of a weight [C_out, ...] as the ``quantize`` pass computes them:
+        crossbar view ``[rows, C_out]``, float64."""
+        return quantize_matrix(weight_matrix(weight), self.qmax, per_channel=self.per_channel,
+                               calibration=self.calibration, percentile=self.percentile)
 
     def weight_std(self, weight: torch.Tensor, sigma: float) -> torch.Tensor:
-        """Per-weight noise std for a weight tensor [C_out, ...] (detached)."""
+        """Per-weight noise std for a weight tensor [C_out, ...] (detached, ``weight``'s dtype)."""
         w = weight.detach()
-        matrix = w.reshape(w.shape[0], -1)
         if self.mode == "paper":
+            matrix = w.reshape(w.shape[0], -1)
             return paper_weight_std(matrix, self.qmax, 2**self.cell_bits,
                                     -(-self.bits // self.cell_bits), sigma,
                                     self.state_ratio).reshape(w.shape)
-        bound = matrix.abs().amax(dim=1, keepdim=True) if self.per_channel else matrix.abs().max()
-        scale = torch.clamp(bound, min=1e-12) / self.qmax
-        q = torch.clamp(torch.round(matrix / scale), -self.qmax, self.qmax)
+        q, scales = self.quantize(w)
         std = cell_weight_std(q, bits=self.bits, cell_bits=self.cell_bits,
-                              encoding=self.encoding, sigma=sigma, state_ratio=self.state_ratio)
-        return (std * scale).reshape(w.shape)
+                              encoding=self.encoding,  # type: ignore[arg-type]
+                              sigma=sigma, state_ratio=self.state_ratio)
+        return (std * scales).t().reshape(w.shape).to(w.dtype)
 
 
 def cell_weight_std(q: torch.Tensor, *, bits: int, cell_bits: int, encoding: cell_encoding.SignEncoding,
@@ -88,7 +104,10 @@ class WeightNoise(nn.Module):
         return weight + std * noise
 
     def extra_repr(self) -> str:
-        return f"sigma={self.sigma}, mode={self.device_noise.mode}"
+        noise = self.device_noise
+        quant = "" if noise.mode == "paper" else (
+            f", per_channel={noise.per_channel}, calibration={noise.calibration}")
+        return f"sigma={self.sigma}, mode={noise.mode}{quant}"
 
 
 class FeedbackHead(nn.Module):

@@ -17,7 +17,9 @@ from neftc.finetune import DEFAULT_BATCH, DEFAULT_BETA, DEFAULT_LR, TrainLog, fi
 from neftc.pass_manager import PassContext, PassManager
 from neftc.passes.inject_noise import InjectNoise
 from neftc.passes.insert_feedback import InsertFeedback, NeftMode
+from neftc.passes.quantize import Calibration
 from neftc.passes.strip_training import StripTraining
+from neftc.targets.spec import TargetSpec
 
 NEFT_MODES: tuple[NeftMode, ...] = ("ovf", "irs", "nit", "none")
 
@@ -36,6 +38,10 @@ class NeftSettings:
     noise: Literal["cell", "paper"] = "cell"
     taps: int | tuple[str, ...] = 3
     sigma_offsets: tuple[float, ...] = (0.15, 0.10, 0.05)
+    # How the chip will quantise the weights (the quantize pass's options): the training noise is
+    # computed from the same integer weights and scales. The compiler sets them from its own.
+    per_channel: bool = False
+    calibration: Calibration = "max-abs"
 
     def validate(self) -> None:
         if self.mode not in NEFT_MODES:
@@ -44,6 +50,9 @@ class NeftSettings:
             raise NeftcError("--epochs and --batch-size must be at least 1 and --lr positive")
         if self.sigma is not None and self.sigma < 0:
             raise NeftcError(f"--train-sigma must be >= 0, got {self.sigma}")
+        if self.calibration not in ("max-abs", "percentile"):
+            raise NeftcError(f"unknown calibration '{self.calibration}'; use max-abs or "
+                             "percentile")
         resolve_device(self.device)
 
 
@@ -65,6 +74,21 @@ def training_data(settings: NeftSettings, input_shape: tuple[int, ...],
     return data
 
 
+def training_passes(settings: NeftSettings, target: TargetSpec, classes: int) -> list:
+    """The passes that make a normalised graph trainable with NeFT for ``target``: inject-noise
+    and insert-feedback (none for mode ``none``), with the settings' sigma, beta and the chip's
+    quantisation options."""
+    if settings.mode == "none":
+        return []
+    sigma = target.noise.sigma_rel if settings.sigma is None else settings.sigma
+    beta = DEFAULT_BETA[settings.mode] if settings.beta is None else settings.beta
+    quant = dict(per_channel=settings.per_channel, calibration=settings.calibration)
+    return [InjectNoise(sigma=sigma, mode=settings.noise, **quant),  # type: ignore[arg-type]
+            InsertFeedback(mode=settings.mode, beta=beta, sigma=sigma, num_classes=classes,
+                           sigma_offsets=settings.sigma_offsets, taps=settings.taps,
+                           noise_mode=settings.noise, **quant)]  # type: ignore[arg-type]
+
+
 def run_neft(gm: torch.fx.GraphModule, ctx: PassContext, settings: NeftSettings, *,
              dump_dir: Path | None = None, on_pass: Callable[[str, bool], None] | None = None,
              progress: bool = True) -> tuple[torch.fx.GraphModule, TrainLog]:
@@ -74,13 +98,7 @@ def run_neft(gm: torch.fx.GraphModule, ctx: PassContext, settings: NeftSettings,
     classes = num_outputs(gm, ctx.example_input)
     data = training_data(settings, tuple(ctx.example_input.shape[1:]), classes)
     sigma = ctx.target.noise.sigma_rel if settings.sigma is None else settings.sigma
-    beta = DEFAULT_BETA[settings.mode] if settings.beta is None else settings.beta
-    passes: list = []
-    if settings.mode != "none":
-        passes.append(InjectNoise(sigma=sigma, mode=settings.noise))
-        passes.append(InsertFeedback(mode=settings.mode, beta=beta, sigma=sigma,
-                                     num_classes=classes, sigma_offsets=settings.sigma_offsets,
-                                     taps=settings.taps, noise_mode=settings.noise))
+    passes = training_passes(settings, ctx.target, classes)
     manager = PassManager(passes, dump_dir=dump_dir, on_pass=on_pass)
     gm = manager.run(gm, ctx)
     log = finetune(gm, data.train, sigma=sigma, epochs=settings.epochs, lr=settings.lr,

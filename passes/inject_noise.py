@@ -3,8 +3,10 @@
 Between each crossbar op and its ``get_attr`` weight the pass inserts a ``WeightNoise`` module
 (``neft_noise_<i>``), which in training mode adds per weight the Gaussian equivalent of the
 target's cell-level variation at ``sigma`` (same variance as the emulator, computed from the
-weight's own slices and encoding) or the NeFT reference formula (``mode="paper"``). In eval mode
-the graph computes exactly what it did before. No model code is edited.
+weight's own slices and encoding) or the NeFT reference formula (``mode="paper"``). The weight is
+quantised for that as the ``quantize`` pass will quantise it on the chip: give the pass the same
+``per_channel``, ``calibration`` and ``percentile``. In eval mode the graph computes exactly what
+it did before. No model code is edited.
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ import torch.fx
 from neftc.meta import crossbar_nodes
 from neftc.neft_modules import DeviceNoise, TrainNoiseMode, WeightNoise
 from neftc.pass_manager import PassContext, PassResult
+from neftc.passes.quantize import DEFAULT_PERCENTILE, Calibration
+from neftc.targets.spec import TargetSpec
 
 NOISE_PREFIX = "neft_noise_"
 
@@ -25,14 +29,21 @@ NOISE_PREFIX = "neft_noise_"
 class InjectNoise:
     sigma: float
     mode: TrainNoiseMode = "cell"
-    per_channel: bool = False
+    per_channel: bool = False  # the quantize pass's options: the chip's scales
+    calibration: Calibration = "max-abs"
+    percentile: float = DEFAULT_PERCENTILE
 
     name: ClassVar[str] = "inject-noise"
     requires: ClassVar[frozenset[str]] = frozenset({"normalized"})
     provides: ClassVar[frozenset[str]] = frozenset({"noisy-weights"})
 
+    def device_noise(self, target: TargetSpec) -> DeviceNoise:
+        """The noise every inserted ``WeightNoise`` computes, for ``target``."""
+        return DeviceNoise.of(target, self.per_channel, self.mode, calibration=self.calibration,
+                              percentile=self.percentile)
+
     def run(self, gm: torch.fx.GraphModule, ctx: PassContext) -> PassResult:
-        device_noise = DeviceNoise.of(ctx.target, self.per_channel, self.mode)
+        device_noise = self.device_noise(ctx.target)
         modified = False
         for index, node in enumerate(crossbar_nodes(gm)):
             weight = node.args[1]

@@ -22,6 +22,7 @@ import torch.fx
 from neftc.meta import crossbar_nodes
 from neftc.neft_modules import DeviceNoise, FeedbackHead
 from neftc.pass_manager import NodeError, PassContext, PassResult, evaluating
+from neftc.passes.quantize import DEFAULT_PERCENTILE, Calibration
 
 NeftMode = Literal["ovf", "irs", "nit", "none"]
 HEAD_PREFIX = "neft_head_"
@@ -73,6 +74,9 @@ class InsertFeedback:
     pool_size: int = 2
     hidden: int = 512
     noise_mode: Literal["cell", "paper"] = "cell"
+    per_channel: bool = False  # the heads' weight noise: same quantisation options as inject-noise
+    calibration: Calibration = "max-abs"
+    percentile: float = DEFAULT_PERCENTILE
 
     name: ClassVar[str] = "insert-feedback"
     requires: ClassVar[frozenset[str]] = frozenset({"normalized", "noisy-weights"})
@@ -85,8 +89,18 @@ class InsertFeedback:
                                 self.sigma_offsets if self.mode == "ovf" else ())
             gm.meta[PLAN_KEY] = plan
             return PassResult(gm, previous != plan)
+        device_noise = DeviceNoise.of(ctx.target, self.per_channel, self.noise_mode,
+                                      calibration=self.calibration, percentile=self.percentile)
         if previous is not None and previous.mode == "irs":
-            return PassResult(gm, False)
+            # Heads already there: only their weight noise can change (sigma, quantisation).
+            modified = False
+            for name in previous.heads:
+                head = gm.get_submodule(name)
+                for noise in (head.noise1, head.noise2):
+                    if noise.sigma != self.sigma or noise.device_noise != device_noise:
+                        noise.sigma, noise.device_noise = self.sigma, device_noise
+                        modified = True
+            return PassResult(gm, modified)
         by_name = {n.name: n for n in gm.graph.nodes}
         if isinstance(self.taps, int):
             try:
@@ -101,7 +115,6 @@ class InsertFeedback:
                                 "--dump-after-each for node names")
             taps = [by_name[t] for t in self.taps]
         shapes = _tap_shapes(gm, ctx.example_input, taps)
-        device_noise = DeviceNoise.of(ctx.target, mode=self.noise_mode)
         heads = []
         for index, (tap, shape) in enumerate(zip(taps, shapes)):
             name = f"{HEAD_PREFIX}{index}"
