@@ -16,6 +16,7 @@ EPILOG = """examples:
   neftc demo                                   train, compile and verify a CNN on built-in data
   neftc compile model.pt2 --target fefet_128x128 -o out/
   neftc compile weights.pt --arch resnet18 --input-shape 3,32,32 --target rram4_256x256 -o out/
+  neftc calibrate out/ --data digits            store the DAC ranges sign-off and programming use
   neftc inspect out/
   neftc verify out/ --data digits --mc 200 --sigma 0.1 --sigma 0.2
   neftc export-onnx out/ -o model.onnx
@@ -56,6 +57,12 @@ def _parser() -> argparse.ArgumentParser:
                       "in-order: fill cores in graph order")
     comp.add_argument("--no-replicate", action="store_true",
                       help="do not copy bottleneck layers into free arrays")
+    comp.add_argument("--dac-data", metavar="DATA",
+                      help="after compiling, set every layer's input DAC range from DATA (as "
+                      "'neftc calibrate' does; default with --neft: its --data; else none)")
+    comp.add_argument("--dac-samples", type=int, default=512, metavar="N",
+                      help="samples (train split, else test) that set the DAC ranges "
+                      "(default 512)")
     comp.add_argument("--dump-after-each", type=Path, metavar="DIR",
                       help="write the graph after every pass to DIR")
     _add_neft_args(comp, required=False)
@@ -106,6 +113,19 @@ def _parser() -> argparse.ArgumentParser:
     insp.add_argument("layout", type=Path)
     insp.add_argument("--json", action="store_true", help="print as JSON")
 
+    cal = sub.add_parser("calibrate", help="store the input DAC ranges in a layout",
+                         description="Run the noise-free layout on the first N samples of DATA "
+                         "(train split, else test), set every crossbar layer's input DAC range "
+                         "(max-abs of its input activations) and write the layout again, "
+                         "re-signed. 'neftc verify' and 'neftc program' then use these ranges.")
+    cal.add_argument("layout", type=Path)
+    cal.add_argument("--data", required=True, help="digits (built-in), an .npz, an MNIST IDX "
+                     "folder or a CIFAR-10 batches folder")
+    cal.add_argument("--samples", type=int, default=512, metavar="N",
+                     help="samples that set the ranges (default 512, as neftc verify)")
+    cal.add_argument("-o", "--output", type=Path, help="write the calibrated layout here "
+                     "(default: rewrite LAYOUT in place)")
+
     onx = sub.add_parser("export-onnx", help="write a layout's deployed network as ONNX",
                          description="Write the deployed network of a layout (dequantised "
                          "weights q*scale, the digital ops) as a standard ONNX model (opset 17) "
@@ -128,7 +148,10 @@ def _parser() -> argparse.ArgumentParser:
                          "and array, and the estimated re-programming energy.")
     dif.add_argument("old", type=Path)
     dif.add_argument("new", type=Path)
-    dif.add_argument("--cells", action="store_true", help="list every changed cell")
+    dif.add_argument("--cells", action="store_true", help="list the changed cells")
+    dif.add_argument("--cells-limit", type=int, default=1_000_000, metavar="N",
+                     help="list at most N changed cells (default 1,000,000); the output says "
+                     "when the list is truncated")
     dif.add_argument("--json", action="store_true")
 
     tg = sub.add_parser("targets", help="list the built-in targets",
@@ -284,7 +307,13 @@ def _cmd_compile(args: argparse.Namespace) -> int:
 
     target = resolve_target(args.target, args.overrides)
     shape = parse_input_shape(args.input_shape) if args.input_shape else None
-    settings = _compile_settings(args)
+    if args.dac_samples < 1:
+        raise NeftcError(f"--dac-samples must be at least 1, got {args.dac_samples}")
+    from dataclasses import replace
+
+    settings = replace(_compile_settings(args), target_overrides=tuple(args.overrides),
+                       dac_data=args.dac_data or (args.data if args.neft else None),
+                       dac_samples=args.dac_samples)
     start = time.perf_counter()
 
     def on_pass(name: str, modified: bool) -> None:
@@ -313,6 +342,16 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_calibrate(args: argparse.Namespace) -> int:
+    from neftc.dac_calibration import calibrate_layout, format_calibration
+
+    if args.samples < 1:
+        raise NeftcError(f"--samples must be at least 1, got {args.samples}")
+    result = calibrate_layout(args.layout, args.data, args.samples, out_dir=args.output)
+    print(format_calibration(result), end="")
+    return 0
+
+
 def _cmd_export_onnx(args: argparse.Namespace) -> int:
     from neftc.format.reader import load_layout
     from neftc.onnx_export import export_onnx
@@ -333,6 +372,14 @@ def _cmd_program(args: argparse.Namespace) -> int:
     print(f"wrote {args.output}/: {len(manifest['arrays'])} arrays, {cells:,} programmed cells "
           f"({', '.join(formats)}), write-verify tolerance "
           f"+-{manifest['write_verify_tolerance_us']:.3g} uS")
+    calibration = manifest["dac_calibration"]
+    if calibration is not None:
+        print(f"input DACs: {len(manifest['dac'])} layers, ranges from {calibration['data']} "
+              f"({calibration['samples']} samples, {calibration['method']}) in dac.csv")
+    else:
+        print(f"note: layout {args.layout} has no DAC calibration, so the programming files "
+              "hold no input DAC ranges; store the ones sign-off uses with 'neftc calibrate "
+              f"{args.layout} --data DATA' and run 'neftc program' again")
     return 0
 
 
@@ -340,7 +387,10 @@ def _cmd_diff(args: argparse.Namespace) -> int:
     from neftc.format.reader import load_layout
     from neftc.programming import diff_layouts
 
-    result = diff_layouts(load_layout(args.old), load_layout(args.new))
+    if args.cells_limit < 0:
+        raise NeftcError(f"--cells-limit must be >= 0, got {args.cells_limit}")
+    result = diff_layouts(load_layout(args.old), load_layout(args.new),
+                          keep_cells=args.cells_limit if args.cells else 0)
     if args.json:
         print(json.dumps(result.as_dict(args.cells), indent=1))
         return 0
@@ -350,6 +400,8 @@ def _cmd_diff(args: argparse.Namespace) -> int:
         if count:
             print(f"  {layer}: {count:,} cells")
     if args.cells:
+        if result.cells_truncated:
+            print(result.truncation_note())
         print("core,array,row,col,old,new")
         for cell in result.cells:
             print(",".join(str(v) for v in cell))
@@ -481,7 +533,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"export-onnx": _cmd_export_onnx, "program": _cmd_program, "diff": _cmd_diff, "compile": _cmd_compile, "verify": _cmd_verify, "finetune": _cmd_finetune,
+COMMANDS = {"calibrate": _cmd_calibrate, "export-onnx": _cmd_export_onnx, "program": _cmd_program, "diff": _cmd_diff, "compile": _cmd_compile, "verify": _cmd_verify, "finetune": _cmd_finetune,
             "train": _cmd_train, "inspect": _cmd_inspect, "targets": _cmd_targets,
             "demo": _cmd_demo}
 

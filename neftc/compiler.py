@@ -37,6 +37,9 @@ class CompileSettings:
     progress: bool = False
     placement: str = "dataflow"
     replicate: bool = True
+    target_overrides: tuple[str, ...] = ()  # the --set overrides, recorded in the layout
+    dac_data: str | None = None  # set the layers' DAC ranges from this data after compiling
+    dac_samples: int = 512
 
     def neft_settings(self) -> NeftSettings | None:
         """The NeFT settings with this compile's quantisation options: fine-tuning trains
@@ -59,7 +62,8 @@ class CompileSettings:
         return CompileOptions(per_channel=self.per_channel,
                               calibration=self.calibration,  # type: ignore[arg-type]
                               fold_bn=self.fold_bn, placement=self.placement,  # type: ignore
-                              replicate=self.replicate, neft=neft)
+                              replicate=self.replicate, neft=neft,
+                              target_overrides=list(self.target_overrides))
 
 
 @dataclass(frozen=True)
@@ -72,6 +76,11 @@ class CompileResult:
 def _compile_loaded(loaded: LoadedModel, target: TargetSpec, settings: CompileSettings,
                     out_dir: Path | None,
                     on_pass: Callable[[str, bool], None] | None) -> CompileResult:
+    dac_data = None
+    if settings.dac_data is not None:  # read the data first: a bad --dac-data fails fast
+        from neftc.datasets import load_dataset
+
+        dac_data = load_dataset(settings.dac_data)
     ctx = PassContext(target=target, example_input=loaded.example_input)
     normalize, *mapping = default_pipeline(fold_bn=settings.fold_bn,
                                            per_channel=settings.per_channel,
@@ -93,6 +102,12 @@ def _compile_loaded(loaded: LoadedModel, target: TargetSpec, settings: CompileSe
                           arch=loaded.arch)
     doc, levels, tensors = build_layout(gm, target, loaded.example_input, source,
                                         settings.options(target, log))
+    if dac_data is not None:  # the DAC ranges sign-off and programming use (neftc calibrate)
+        from neftc.dac_calibration import calibrate_doc
+        from neftc.format.reader import Layout
+
+        doc, _, _ = calibrate_doc(Layout(Path(out_dir or "."), doc, levels, tensors), dac_data,
+                                  str(settings.dac_data), settings.dac_samples)
     if out_dir is not None:
         def reports(tmp: Path) -> None:
             from neftc.report import write_report

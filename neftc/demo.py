@@ -61,7 +61,8 @@ def run_demo(out_dir: Path, target: TargetSpec, config: DemoConfig = DemoConfig(
                 seed=config.seed)  # type: ignore[arg-type]
             layout_dir = tmp / f"layout-{method}"
             result = compile_model(tmp / "model.pt2", target, layout_dir,
-                                   settings=CompileSettings(neft=neft, progress=progress),
+                                   settings=CompileSettings(neft=neft, progress=progress,
+                                                            dac_data="digits"),
                                    source_name=str(out_dir / "model.pt2"))
             layout = load_layout(layout_dir)
             report = run_verify(layout_dir, "digits",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import json
 from dataclasses import dataclass
@@ -15,6 +16,8 @@ from neftc.errors import LayoutError
 from neftc.format.reader import Layout
 
 PROGRAM_MARKER = "manifest.json"
+DAC_CSV = "dac.csv"
+DAC_COLUMNS = ("layer", "scale", "signed", "bits", "method", "data", "samples")
 
 
 def array_levels(layout: Layout) -> dict[tuple[int, int], tuple[np.ndarray, np.ndarray, str]]:
@@ -33,23 +36,36 @@ def array_levels(layout: Layout) -> dict[tuple[int, int], tuple[np.ndarray, np.n
 
 
 def write_programming_files(layout: Layout, out_dir: Path, formats: tuple[str, ...]) -> dict:
-    """Write ``arrays.npz`` and/or one CSV per array, plus ``manifest.json``."""
+    """Write ``arrays.npz`` and/or one CSV per array, plus ``manifest.json``; with the layout's
+    DAC calibration (``neftc calibrate``), also each layer's input DAC setting (``dac.csv``, the
+    npz's ``dac_*`` arrays and the manifest)."""
     target = layout.doc.target
     n_levels = 2**target.cell.bits
     g_min, g_max = target.cell.g_min_us, target.cell.g_max_us
     tolerance_us = target.cell.write_verify_tolerance_rel * (g_max - g_min)
     arrays = array_levels(layout)
+    calibration = layout.doc.dac_calibration
+    dac = [(name, layout.dac(name)) for name in layout.layer_names]
+    if calibration is None or any(d is None for _, d in dac):
+        calibration, dac = None, []
     files: dict[str, str] = {}
     with atomic_directory(out_dir, marker=PROGRAM_MARKER) as tmp:
         if "npz" in formats:
             keys = list(arrays)
+            dac_arrays = {} if calibration is None else {
+                "dac_layer": np.array([name for name, _ in dac], dtype=str),
+                "dac_scale": np.array([d.scale for _, d in dac], dtype=np.float64),
+                "dac_signed": np.array([d.signed for _, d in dac], dtype=bool),
+                "dac_bits": np.array([d.bits for _, d in dac], dtype=np.int32),
+                "dac_data": np.array(calibration.data, dtype=str),
+                "dac_samples": np.array(calibration.samples, dtype=np.int64)}
             np.savez_compressed(
                 tmp / "arrays.npz",
                 core=np.array([k[0] for k in keys], dtype=np.int32),
                 array=np.array([k[1] for k in keys], dtype=np.int32),
                 levels=np.stack([arrays[k][0] for k in keys]),
                 programmed=np.stack([arrays[k][1] for k in keys]),
-                conductance_us=np.linspace(g_min, g_max, n_levels))
+                conductance_us=np.linspace(g_min, g_max, n_levels), **dac_arrays)
             files["arrays.npz"] = _sha(tmp / "arrays.npz")
         if "csv" in formats:
             (tmp / "csv").mkdir()
@@ -58,6 +74,14 @@ def write_programming_files(layout: Layout, out_dir: Path, formats: tuple[str, .
                 grid = np.where(programmed, levels.astype(np.int16), -1)
                 np.savetxt(tmp / name, grid, fmt="%d", delimiter=",")
                 files[name] = _sha(tmp / name)
+        if calibration is not None:
+            with open(tmp / DAC_CSV, "w", newline="") as handle:
+                writer = csv.writer(handle)
+                writer.writerow(DAC_COLUMNS)
+                for name, d in dac:  # repr: the shortest text that gives back the exact scale
+                    writer.writerow([name, repr(d.scale), int(d.signed), d.bits,
+                                     calibration.method, calibration.data, calibration.samples])
+            files[DAC_CSV] = _sha(tmp / DAC_CSV)
         manifest = {
             "format": "neftc-programming", "version": 1, "target": target.name,
             "layout_sha256": hashlib.sha256(
@@ -70,6 +94,8 @@ def write_programming_files(layout: Layout, out_dir: Path, formats: tuple[str, .
             "arrays": [{"core": c, "array": a, "layer": layer,
                         "programmed_cells": int(programmed.sum())}
                        for (c, a), (_, programmed, layer) in arrays.items()],
+            "dac_calibration": None if calibration is None else calibration.model_dump(),
+            "dac": [{"layer": name, **d.model_dump()} for name, d in dac],
             "files": files,
         }
         (tmp / PROGRAM_MARKER).write_text(json.dumps(manifest, indent=1) + "\n")
@@ -88,6 +114,16 @@ class LayoutDiff:
     per_array: list[dict[str, Any]]
     energy_pj: float
     cells: list[tuple[int, int, int, int, int, int]]  # core, array, row, col, old, new
+    cells_limit: int = 1_000_000  # at most this many changed cells are kept in ``cells``
+
+    @property
+    def cells_truncated(self) -> bool:
+        """True when ``cells`` lists fewer cells than change."""
+        return len(self.cells) < self.changed_cells
+
+    def truncation_note(self) -> str:
+        return (f"showing {len(self.cells):,} of {self.changed_cells:,} changed cells "
+                f"(--cells-limit {self.cells_limit:,}); raise --cells-limit to see more")
 
     def as_dict(self, with_cells: bool) -> dict[str, Any]:
         data: dict[str, Any] = {"changed_cells": self.changed_cells,
@@ -97,6 +133,10 @@ class LayoutDiff:
         if with_cells:
             data["cells"] = [dict(zip(("core", "array", "row", "col", "old", "new"), c))
                              for c in self.cells]
+            data["cells_listed"] = len(self.cells)
+            data["cells_truncated"] = self.cells_truncated
+            if self.cells_truncated:
+                data["cells_note"] = self.truncation_note()
         return data
 
 
@@ -123,9 +163,10 @@ def diff_layouts(old: Layout, new: Layout, keep_cells: int = 1_000_000) -> Layou
         if count:
             per_array.append({"core": key[0], "array": key[1], "layer": layer, "changed": count})
             for row, col in zip(*np.nonzero(mask)):
-                if len(cells) < keep_cells:
-                    cells.append((key[0], key[1], int(row), int(col), int(levels_old[row, col]),
-                                  int(levels_new[row, col])))
+                if len(cells) >= keep_cells:
+                    break
+                cells.append((key[0], key[1], int(row), int(col), int(levels_old[row, col]),
+                              int(levels_new[row, col])))
         changed += count
     energy = changed * new.doc.target.cost.cell_write_energy_pj
-    return LayoutDiff(changed, compared, per_layer, per_array, energy, cells)
+    return LayoutDiff(changed, compared, per_layer, per_array, energy, cells, keep_cells)

@@ -17,7 +17,7 @@ from typing import Any
 
 from neftc.atomic import atomic_file
 from neftc.format.schema import LayoutDoc
-from neftc.summary import layout_summary
+from neftc.summary import dac_calibration_text, dac_text, layout_summary, overrides_text
 
 REPORT_HTML = "report.html"
 VERIFY_JSON = "verify.json"
@@ -116,7 +116,9 @@ def render_report(doc: LayoutDoc, verify: dict[str, Any] | None = None) -> str:
              f"<h1>neftc layout report</h1><p>model <code>{html.escape(doc.source.path)}</code> "
              f"on target <b>{html.escape(doc.target.name)}</b> "
              f"({doc.target.array.rows}x{doc.target.array.cols} arrays, "
-             f"{doc.target.chip.cores} cores x {doc.target.chip.arrays_per_core} arrays).</p>"]
+             f"{doc.target.chip.cores} cores x {doc.target.chip.arrays_per_core} arrays); "
+             f"target overrides: <code>{html.escape(overrides_text(summary['target_overrides']))}"
+             "</code>.</p>"]
     if not plots:
         parts.append("<p class='note'>Plots need matplotlib: <code>pip install "
                      "matplotlib</code>, then re-run compile or verify.</p>")
@@ -124,11 +126,14 @@ def render_report(doc: LayoutDoc, verify: dict[str, Any] | None = None) -> str:
         ["layers", totals["layers"]], ["weights", f"{totals['weights']:,}"],
         ["arrays used", f"{totals['arrays_used']:,} of {totals['arrays_available']:,}"],
         ["arrays holding pipeline copies", f"{totals['replica_arrays']:,}"],
-        ["cell utilisation of used arrays", f"{100 * totals['utilization']:.1f} %"]]))
+        ["cell utilisation of used arrays", f"{100 * totals['utilization']:.1f} %"],
+        ["target overrides", overrides_text(summary["target_overrides"])],
+        ["input DAC ranges", dac_calibration_text(summary["dac_calibration"])]]))
     parts.append("<h2>Layers</h2>" + _table(
-        ["layer", "op", "matrix", "bits", "slices", "polarities", "tiles", "copies", "arrays"],
+        ["layer", "op", "matrix", "bits", "slices", "polarities", "tiles", "copies", "arrays",
+         "DAC scale"],
         [[r["name"], r["op"], f"{r['matrix'][0]}x{r['matrix'][1]}", r["bits"], r["slices"],
-          r["polarities"], r["tiles"], r["replication"], r["arrays"]]
+          r["polarities"], r["tiles"], r["replication"], r["arrays"], dac_text(r["dac"])]
          for r in summary["layers"]]))
     parts.append("<h2>Arrays</h2>" + plots.get("heatmap", ""))
     p = summary["placement"]
@@ -144,7 +149,11 @@ def render_report(doc: LayoutDoc, verify: dict[str, Any] | None = None) -> str:
         + [["latency, sequential", f"{cost['latency_ns']['sequential'] / 1e3:.4g} us"],
            ["latency, pipelined interval",
             f"{cost['latency_ns']['pipelined_interval'] / 1e3:.4g} us"],
-           ["array area", f"{cost['area_um2']['used_arrays'] / 1e6:.4g} mm2"]])
+           ["array area", f"{cost['area_um2']['used_arrays'] / 1e6:.4g} mm2"],
+           ["programming (once): cells, copies included",
+            f"{cost['programming']['cells']:,} ({cost['programming']['replica_cells']:,} in "
+            "copies)"],
+           ["programming (once): energy", f"{cost['programming']['energy_pj'] / 1e6:.4g} uJ"]])
         + plots.get("energy", "") + f"<p class='note'>{html.escape(cost['assumptions'])}; "
         "constants and their sources: <code>neftc targets "
         f"{html.escape(doc.target.name)}</code>.</p>")
@@ -157,6 +166,11 @@ def render_report(doc: LayoutDoc, verify: dict[str, Any] | None = None) -> str:
               f"{100 * r['mc']['min']:.1f}", f"{100 * r['mc']['p5']:.1f}",
               f"{100 * r['mc']['max']:.1f}", f"{r['uncertainty']['expected_kl']:.4f}",
               r["mc"]["trials"]] for r in verify["results"]]) + plots.get("accuracy", ""))
+        periphery = verify.get("periphery")
+        dac = "none (ideal periphery)" if periphery == "ideal" else (
+            periphery.get("dac", "calibrated by verify") if isinstance(periphery, dict) else "?")
+        parts.append(f"<p class='note'>input DAC ranges of this sign-off: "
+                     f"{html.escape(str(dac))}.</p>")
     else:
         parts.append("<h2>Accuracy on simulated chips</h2><p class='note'>Run <code>neftc verify"
                      "</code> on this layout to add accuracy-vs-sigma curves.</p>")

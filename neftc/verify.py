@@ -12,6 +12,7 @@ from tqdm import tqdm
 from neftc.datasets import Dataset, check_compatible, load_dataset
 from neftc.errors import DataError
 from neftc.format.reader import load_layout
+from neftc.runtime.crossbar import InputQuant
 from neftc.runtime.emulator import Emulator
 from neftc.runtime.montecarlo import evaluate, monte_carlo
 from neftc.runtime.noise import NoiseMode
@@ -54,8 +55,21 @@ def run_verify(layout_dir: str | Path, data_spec: str, settings: VerifySettings,
     num_outputs = int(probe.shape[-1]) if probe is not None else 0
     check_compatible(data, input_shape, num_outputs)
     calib = _calibration_inputs(data, settings.calib_samples)
+    dac, dac_layers, dac_samples = "ideal", {}, 0
     if not settings.ideal_periphery:
-        emulator.calibrate(calib)
+        stored = layout.doc.dac_calibration
+        if stored is not None and all(l.dac is not None for l in layout.doc.layers):
+            # The ranges sign-off and programming share (neftc calibrate): use them as stored.
+            quant = {l.name: InputQuant(l.dac.scale, l.dac.signed, l.dac.bits)  # type: ignore
+                     for l in layout.doc.layers}
+            emulator.set_input_quant(quant)
+            dac, dac_samples = "layout", stored.samples
+        else:
+            quant = emulator.calibrate(calib)
+            dac_samples = int(calib.shape[0])
+            dac = f"calibrated from {data_spec}, {dac_samples} samples"
+        dac_layers = {name: {"scale": q.scale, "signed": q.signed, "bits": q.bits}
+                      for name, q in quant.items()}
     x, y = data.test.x.to(torch.float32), data.test.y
     target = layout.doc.target
     sigmas = settings.sigmas or (target.noise.sigma_rel,)
@@ -92,7 +106,11 @@ def run_verify(layout_dir: str | Path, data_spec: str, settings: VerifySettings,
             "input_bits": layout.doc.periphery.input_bits,
             "dac_bits_per_cycle": layout.doc.periphery.dac_bits_per_cycle,
             "adc_bits": layout.doc.periphery.adc_bits,
-            "calibration_samples": int(calib.shape[0]),
+            "calibration_samples": dac_samples,
+            "dac": dac,
+            "dac_calibration": (layout.doc.dac_calibration.model_dump()
+                                if dac == "layout" else None),  # type: ignore[union-attr]
+            "dac_layers": dac_layers,
             "partial_mvms_per_weight": partial},
         "quantized_accuracy_ideal_periphery": ideal_quantized,
         "faults": settings.faults and (target.faults.stuck_at_min_rate > 0
@@ -114,6 +132,14 @@ def format_verify(report: dict[str, Any]) -> str:
                      f"{periphery['dac_bits_per_cycle']} bit(s) per cycle, "
                      f"{periphery['adc_bits']}-bit ADC; noise-free accuracy with ideal periphery "
                      f"{100 * report['quantized_accuracy_ideal_periphery']:.2f} %")
+        if periphery.get("dac") == "layout":
+            cal = periphery["dac_calibration"]
+            lines.append(f"input DAC ranges: stored in the layout (calibrated from {cal['data']}, "
+                         f"{cal['samples']} samples): the ones 'neftc program' writes")
+        elif periphery.get("dac"):
+            lines.append(f"input DAC ranges: {periphery['dac']} (not stored in the layout; "
+                         f"store them for programming with 'neftc calibrate {report['layout']} "
+                         f"--data DATA')")
     lines.append("")
     header = (f"{'sigma':>6}  {'quantized':>9}  {'MC mean':>8}  {'95% CI':>7}  {'std':>6}  "
               f"{'min':>6}  {'p5':>6}  {'max':>6}  {'E[KL]':>7}  {'conf':>6}  {'trials':>6}  "

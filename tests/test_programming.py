@@ -20,8 +20,15 @@ def _compile(model, example, target, path):
 def test_programming_files_hold_every_cell(tmp_path, residual_cnn, cnn_input, fefet, capsys):
     layout = _compile(residual_cnn, cnn_input[:1], fefet, tmp_path / "out")
     assert main(["program", str(tmp_path / "out"), "-o", str(tmp_path / "prog")]) == 0
+    # No DAC calibration stored: the summary says so and how to add it; no DAC file is written.
+    printed = capsys.readouterr().out
+    assert "has no DAC calibration" in printed
+    assert f"neftc calibrate {tmp_path / 'out'} --data DATA" in printed
+    assert not (tmp_path / "prog" / "dac.csv").exists()
     manifest = json.loads((tmp_path / "prog" / "manifest.json").read_text())
+    assert manifest["dac_calibration"] is None and manifest["dac"] == []
     data = np.load(tmp_path / "prog" / "arrays.npz")
+    assert not any(key.startswith("dac_") for key in data.files)
     assert manifest["write_verify_tolerance_us"] == 0.05 * (10.0 - 0.1)
     assert data["levels"].shape[1:] == (128, 128)
     for layer in layout.doc.layers:
@@ -52,6 +59,8 @@ def test_diff_against_itself_is_empty_and_counts_exactly(tmp_path, fefet, capsys
     result = json.loads(capsys.readouterr().out)
     expected = sum(int((old.levels(n) != new.levels(n)).sum()) for n in old.layer_names)
     assert expected > 0 and result["changed_cells"] == expected == len(result["cells"])
+    assert result["cells_listed"] == expected and result["cells_truncated"] is False
+    assert "cells_note" not in result
     assert result["reprogramming_energy_pj"] == expected * fefet.cost.cell_write_energy_pj
     cell = result["cells"][0]
     origin = new.cell_origin(cell["core"], cell["array"], cell["row"], cell["col"])
@@ -67,3 +76,32 @@ def test_diff_refuses_different_models(tmp_path, fefet, capsys) -> None:
     _compile(b, torch.randn(1, 8), fefet, tmp_path / "b")
     assert main(["diff", str(tmp_path / "a"), str(tmp_path / "b")]) == 2
     assert "same layers" in capsys.readouterr().err
+
+
+def test_diff_says_when_the_cell_list_is_truncated(tmp_path, fefet, capsys) -> None:
+    torch.manual_seed(0)
+    model = torch.nn.Linear(40, 30).eval()
+    old = _compile(model, torch.randn(1, 40), fefet, tmp_path / "old")
+    with torch.no_grad():
+        model.weight.mul_(-1)
+    new = _compile(model, torch.randn(1, 40), fefet, tmp_path / "new")
+    changed = sum(int((old.levels(n) != new.levels(n)).sum()) for n in old.layer_names)
+    assert changed > 5
+    args = ["diff", str(tmp_path / "old"), str(tmp_path / "new"), "--cells"]
+    assert main([*args, "--cells-limit", "5"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    note = f"showing 5 of {changed:,} changed cells (--cells-limit 5); raise --cells-limit to " \
+           "see more"
+    assert note in lines
+    header = lines.index("core,array,row,col,old,new")
+    assert lines.index(note) == header - 1 and len(lines) == header + 1 + 5
+    assert main([*args, "--cells-limit", "5", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert len(result["cells"]) == result["cells_listed"] == 5
+    assert result["cells_truncated"] is True and result["cells_note"] == note
+    assert result["changed_cells"] == changed
+    assert main(args) == 0  # the default limit lists them all, and says nothing
+    out = capsys.readouterr().out
+    assert "showing" not in out and len(out.splitlines()) > changed
+    assert main([*args, "--cells-limit", "-1"]) == 2
+    assert "--cells-limit must be >= 0" in capsys.readouterr().err

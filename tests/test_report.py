@@ -33,6 +33,11 @@ def test_compile_writes_report_and_verify_updates_it(lenet_layout, capsys) -> No
     page = (lenet_layout / "report.html").read_text()
     for section in ("Summary", "Layers", "Arrays", "Placement", "Cost per inference"):
         assert f"<h2>{section}</h2>" in page
+    # The numbers the hardware flow reads: overrides, DAC ranges, copies' traffic, programming.
+    assert "<td>target overrides</td><td>none</td>" in page
+    assert "<td>input DAC ranges</td><td>not stored" in page and "DAC scale" in page
+    for item in ("bytes moved", "replica bytes", "replica byte hops", "programming (once)"):
+        assert item in page, item
     assert page.count("data:image/png;base64,") == 3  # heatmap, placement, energy
     assert "Run <code>neftc verify" in page
     assert main(["verify", str(lenet_layout), "--mc", "3", "--sigma", "0.05", "--sigma", "0.1",
@@ -66,3 +71,23 @@ def test_report_renders_in_headless_chromium(lenet_layout, tmp_path) -> None:
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "r.png").stat().st_size > 10_000
+
+
+def test_report_shows_overrides_and_the_stored_dac(tmp_path) -> None:
+    from neftc.compiler import CompileSettings
+    from neftc.targets import resolve_target
+    from neftc.zoo import build
+
+    target = resolve_target("fefet_128x128", ["noise.sigma_rel=0.2"])
+    torch.manual_seed(0)
+    compile_module(build("lenet", (1, 8, 8), 10), torch.zeros(1, 1, 8, 8), target,
+                   tmp_path / "out", settings=CompileSettings(
+                       target_overrides=("noise.sigma_rel=0.2",), dac_data="digits",
+                       dac_samples=32))
+    page = (tmp_path / "out" / "report.html").read_text()
+    assert "target overrides: <code>--set noise.sigma_rel=0.2</code>" in page
+    assert "<td>input DAC ranges</td><td>max-abs over 32 samples of digits</td>" in page
+    dac = load_layout(tmp_path / "out").dac("features.0")
+    assert dac is not None and f"<td>{dac.scale:.4g} u8</td>" in page
+    text = (tmp_path / "out" / "report.txt").read_text()
+    assert "input DAC ranges: max-abs over 32 samples of digits" in text

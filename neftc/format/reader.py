@@ -85,6 +85,12 @@ class Layout:
         """Per output channel scales, float32 [C_out]."""
         return np.asarray(self.layer(name).quant.scales, dtype=np.float32)
 
+    def dac(self, name: str) -> "DacRecord | None":  # noqa: F821 (neftc.format.schema)
+        """The layer's input DAC setting (scale, signed, bits) stored by ``neftc calibrate``, or
+        None when the layout carries no DAC calibration (``doc.dac_calibration`` says where the
+        settings come from)."""
+        return self.layer(name).dac
+
     def weights(self, name: str) -> np.ndarray:
         """The dequantised float32 weights ``q * scale`` in the layer's weight shape."""
         layer = self.layer(name)
