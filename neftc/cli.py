@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -103,6 +104,12 @@ def _parser() -> argparse.ArgumentParser:
     tr.add_argument("--train-sigma", type=float)
     tr.add_argument("--beta", type=float)
     tr.add_argument("--train-noise", choices=["cell", "paper"], default="cell")
+    tr.add_argument("--per-channel", action="store_true",
+                    help="with --neft: train against the noise of a chip quantised per output "
+                    "channel (compile with --per-channel too)")
+    tr.add_argument("--calibration", choices=["max-abs", "percentile"], default="max-abs",
+                    help="with --neft: the weight calibration of the chip it will be compiled "
+                    "for (compile with the same)")
     _add_target_args(tr)
     tr.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
 
@@ -522,7 +529,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
     if args.neft:
         neft = NeftSettings(mode=args.neft, data=args.data, epochs=args.neft_epochs,
                             sigma=args.train_sigma, beta=args.beta, seed=args.seed,
-                            device=args.device, noise=args.train_noise)
+                            device=args.device, noise=args.train_noise,
+                            per_channel=args.per_channel, calibration=args.calibration)
         neft.validate()
     if args.epochs < 1 or args.batch_size < 1 or args.lr <= 0:
         raise NeftcError("--epochs and --batch-size must be at least 1 and --lr positive")
@@ -533,9 +541,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"calibrate": _cmd_calibrate, "export-onnx": _cmd_export_onnx, "program": _cmd_program, "diff": _cmd_diff, "compile": _cmd_compile, "verify": _cmd_verify, "finetune": _cmd_finetune,
-            "train": _cmd_train, "inspect": _cmd_inspect, "targets": _cmd_targets,
-            "demo": _cmd_demo}
+COMMANDS = {"calibrate": _cmd_calibrate, "export-onnx": _cmd_export_onnx,
+            "program": _cmd_program, "diff": _cmd_diff, "compile": _cmd_compile,
+            "verify": _cmd_verify, "finetune": _cmd_finetune, "train": _cmd_train,
+            "inspect": _cmd_inspect, "targets": _cmd_targets, "demo": _cmd_demo}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -548,6 +557,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("neftc: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # the reader of our output went away (`neftc ... | head`)
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no error at exit
+        return 141
 
 
 if __name__ == "__main__":
