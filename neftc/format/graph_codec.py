@@ -18,10 +18,10 @@ from neftc.errors import LayoutError
 
 _NAMESPACES = {"aten": torch.ops.aten, "prims": torch.ops.prims}
 
-_DTYPES = {str(d).removeprefix("torch."): d for d in (
+DTYPES = {str(d).removeprefix("torch."): d for d in (
     torch.float32, torch.float64, torch.float16, torch.bfloat16, torch.int64, torch.int32,
     torch.int16, torch.int8, torch.uint8, torch.bool)}
-_MEMORY_FORMATS = {"contiguous_format": torch.contiguous_format,
+MEMORY_FORMATS = {"contiguous_format": torch.contiguous_format,
                    "channels_last": torch.channels_last,
                    "preserve_format": torch.preserve_format}
 
@@ -68,13 +68,13 @@ def decode_arg(value: Any, env: dict[str, Any]) -> Any:
         if "node" in value:
             return env[value["node"]]
         if "dtype" in value:
-            return _DTYPES[value["dtype"]]
+            return DTYPES[value["dtype"]]
         if "device" in value:
             return torch.device("cpu")
         if "float" in value:
             return float(value["float"])
         if "memory_format" in value:
-            return _MEMORY_FORMATS[value["memory_format"]]
+            return MEMORY_FORMATS[value["memory_format"]]
         if "layout" in value:
             return torch.strided
     return value
@@ -102,7 +102,11 @@ def resolve_op(name: str) -> Any:
         raise LayoutError(f"the layout's graph calls '{name}', which is not an ATen op; only "
                           "aten.* / prims.* ops and getitem can appear in a layout")
     try:
-        return getattr(getattr(_NAMESPACES[parts[0]], parts[1]), parts[2])
+        op = getattr(getattr(_NAMESPACES[parts[0]], parts[1]), parts[2])
     except (AttributeError, RuntimeError):
         raise LayoutError(f"the layout's graph calls '{name}', which this torch "
                           f"({torch.__version__}) does not have") from None
+    if not isinstance(op, torch._ops.OpOverload):
+        raise LayoutError(f"the layout's graph calls '{name}', which is not an ATen operator "
+                          "overload ('aten.<op>.<overload>')")
+    return op

@@ -7,19 +7,18 @@ import hashlib
 import heapq
 import json
 import math
-import operator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from pydantic import ValidationError
 
 from neftc.errors import LayoutError
 from neftc.format import encoding
-from neftc.format.graph_codec import _DTYPES, _MEMORY_FORMATS, node_refs, resolve_op
+from neftc.format.graph_codec import DTYPES, MEMORY_FORMATS, node_refs, resolve_op
 from neftc.format.schema import (
+    DacRecord,
     CHECKSUMS_FILE, LAYOUT_FILE, LAYOUT_FORMAT, LAYOUT_VERSION, LEVELS_FILE, TENSORS_FILE,
     GraphNode, LayerRecord, LayoutDoc, TensorRecord, TileRecord,
 )
@@ -90,7 +89,7 @@ class Layout:
         """Per output channel scales, float32 [C_out]."""
         return np.asarray(self.layer(name).quant.scales, dtype=np.float32)
 
-    def dac(self, name: str) -> "DacRecord | None":  # noqa: F821 (neftc.format.schema)
+    def dac(self, name: str) -> DacRecord | None:
         """The layer's input DAC setting (scale, signed, bits) stored by ``neftc calibrate``, or
         None when the layout carries no DAC calibration (``doc.dac_calibration`` says where the
         settings come from)."""
@@ -226,10 +225,10 @@ def _find_overlap(tiles: list[TileRecord]) -> tuple[int, int] | None:
 
 _ARG_TAGS = {
     "node": None,  # any node name; checked against the graph separately
-    "dtype": set(_DTYPES),
+    "dtype": set(DTYPES),
     "device": {"cpu"},
     "float": {"inf", "-inf", "nan"},
-    "memory_format": set(_MEMORY_FORMATS),
+    "memory_format": set(MEMORY_FORMATS),
     "layout": {"strided"},
 }
 
@@ -578,12 +577,9 @@ class _Consistency:
 
     def check_call(self, field: str, node: GraphNode) -> None:
         try:
-            op = resolve_op(node.target)
+            resolve_op(node.target)
         except LayoutError as exc:
             raise self.fail(f"{field}.target", str(exc)) from None
-        if op is not operator.getitem and not isinstance(op, torch._ops.OpOverload):
-            raise self.fail(f"{field}.target", f"'{node.target}' is not an ATen operator "
-                            "overload")
         if node.layer is None:
             return
         i = self.layer_index.get(node.layer)
