@@ -222,22 +222,19 @@ class CrossbarLayer(nn.Module):
     def _copies_op(self, x: torch.Tensor, weights: list[torch.Tensor]) -> torch.Tensor:
         """A layer with pipeline copies, for K chips (``weights[copy]`` [K, *weight_shape], the
         batch K chip-major copies of the samples): output position ``m`` of each sample on copy
-        ``encoding.copy_of_position``'s choice, a matmul per copy on its positions."""
+        ``m % replication`` (``neftc.format.encoding``), one batched matmul over copies x chips."""
         k = weights[0].shape[0]
         rows, prefix = self._unfold(x)  # [K*N*positions, G*R]
         positions = self.record.positions
-        per_sample = rows.reshape(k, -1, positions, rows.shape[-1])
-        out = rows.new_empty(k, per_sample.shape[1], positions, self.record.matrix_cols)
-        owner = encoding.copy_of_position(positions, self.copies)
-        for copy, weight in enumerate(weights):
-            chosen = (owner == copy).nonzero().flatten().to(x.device)
-            if chosen.numel() == 0:
-                continue
-            picked = per_sample[:, :, chosen]  # [K, N, m, G*R]
-            matrices = weight.reshape(k, self.record.matrix_cols, -1).transpose(1, 2)  # [K,R,C]
-            out[:, :, chosen] = self._grouped_matmul(picked.reshape(k, -1, picked.shape[-1]),
-                                                     matrices).reshape(*picked.shape[:3], -1)
-        out = out.reshape(-1, self.record.matrix_cols)
+        by_copy = encoding.split_by_copy(rows.reshape(-1, positions, rows.shape[-1]), positions,
+                                         self.copies)  # [copies, K*N, per_copy, G*R]
+        per_copy = by_copy.shape[2]
+        matrices = torch.stack(weights).reshape(self.copies, k, self.record.matrix_cols, -1)
+        out = self._grouped_matmul(
+            by_copy.reshape(self.copies, k, -1, rows.shape[-1]),  # [copies, K, N*per, G*R]
+            matrices.transpose(2, 3))  # [copies, K, R, C]
+        out = encoding.merge_copies(out.reshape(self.copies, -1, per_copy, out.shape[-1]),
+                                    positions).reshape(-1, self.record.matrix_cols)
         if self.bias is not None:
             out = out + self.bias
         return self._restore(out, prefix)
@@ -287,21 +284,14 @@ class CrossbarLayer(nn.Module):
         assert quant is not None and self.adc is not None
         x_int = torch.clamp(torch.round(rows / quant.scale),
                             -quant.max_int if quant.signed else 0, quant.max_int)
-        if self.copies == 1:
-            q_out = self._crossbar_mvm(x_int, self.conductances[0])
-        else:
-            positions = self.record.positions
-            per_sample = x_int.reshape(-1, positions, x_int.shape[-1])
-            q_out = x_int.new_empty(per_sample.shape[0], positions, self.record.matrix_cols)
-            owner = encoding.copy_of_position(positions, self.copies)
-            for copy, conductance in enumerate(self.conductances):
-                chosen = (owner == copy).nonzero().flatten().to(x.device)
-                if chosen.numel():
-                    picked = per_sample[:, chosen].reshape(-1, x_int.shape[-1])
-                    q_out[:, chosen] = self._crossbar_mvm(picked, conductance).reshape(
-                        per_sample.shape[0], chosen.numel(), -1)
-            q_out = q_out.reshape(-1, self.record.matrix_cols)
-        out = q_out * (quant.scale * self.scales)
+        positions = self.record.positions
+        # [copies, N, per_copy, G*R]: each copy's output positions (one copy: all of them).
+        by_copy = encoding.split_by_copy(x_int.reshape(-1, positions, x_int.shape[-1]),
+                                         positions, self.copies)
+        q_out = self._crossbar_mvm(by_copy.reshape(self.copies, -1, x_int.shape[-1]),
+                                   torch.stack(self.conductances))
+        q_out = encoding.merge_copies(q_out.reshape(*by_copy.shape[:3], -1), positions)
+        out = q_out.reshape(-1, self.record.matrix_cols) * (quant.scale * self.scales)
         if self.bias is not None:
             out = out + self.bias
         return self._restore(out, prefix)
@@ -313,47 +303,51 @@ class CrossbarLayer(nn.Module):
                                          for t in self.tiles)
 
     def _crossbar_mvm(self, x_int: torch.Tensor, conductance: torch.Tensor) -> torch.Tensor:
-        """Integer-domain output [M, C] of the crossbar for integer inputs [M, G*R]."""
+        """Integer-domain outputs [B, M, C] of B crossbars (the copies of a layer), integer
+        inputs [B, M, G*R] and conductances [B, P, S, R, C]."""
         adc = self.adc
         quant = self.input_quant
         assert adc is not None and quant is not None
         if self._foldable():
-            q = torch.einsum("psrc,ps->rc", conductance, self.coefficients)
+            q = torch.einsum("bpsrc,ps->brc", conductance, self.coefficients)
             out = self._grouped_matmul(x_int, q)
             return out - self.offset * self._group_sums(x_int) if self.offset else out
         bits = adc.dac_bits_per_cycle
         cycles = math.ceil(quant.magnitude_bits / bits)
-        physical = encoding.to_physical(conductance)  # [R, C*P*S]
+        physical = encoding.to_physical(conductance)  # [B, R, C*P*S]
         planes = (2 if quant.signed else 1) * cycles
         widest = max(s.col_count for s in self.segments)
-        # Blocks of input vectors whose bitline sums (planes x M x columns) stay in cache
+        copies, count = x_int.shape[0], x_int.shape[1]
+        # Blocks of input vectors whose bitline sums (B x planes x M x columns) stay in cache
         # (~2 MB); the scratch buffers are reused by every block and segment.
-        block = max(1, min(x_int.shape[0], (1 << 19) // (planes * widest)))
-        partial = torch.empty(planes * block * widest, device=x_int.device)
+        block = max(1, min(count, (1 << 19) // (copies * planes * widest)))
+        partial = torch.empty(copies * planes * block * widest, device=x_int.device)
         total = torch.empty_like(partial)
-        q_phys = torch.empty(x_int.shape[0], physical.shape[1], device=x_int.device)
-        for m0 in range(0, x_int.shape[0], block):
-            self._bit_serial_block(x_int[m0:m0 + block], physical, cycles, bits, quant.signed,
-                                   partial, total, q_phys[m0:m0 + block])
+        q_phys = torch.empty(copies, count, physical.shape[-1], device=x_int.device)
+        for m0 in range(0, count, block):
+            self._bit_serial_block(x_int[:, m0:m0 + block], physical, cycles, bits,
+                                   quant.signed, partial, total, q_phys[:, m0:m0 + block])
         n_pol, n_slices = self.record.slicing.polarities, self.record.slicing.slices
-        q_out = torch.einsum("mcps,ps->mc", q_phys.reshape(-1, self.record.matrix_cols, n_pol,
-                                                           n_slices), self.coefficients)
+        q_out = torch.einsum("bmcps,ps->bmc", q_phys.reshape(copies, count,
+                                                             self.record.matrix_cols, n_pol,
+                                                             n_slices), self.coefficients)
         return q_out - self.offset * self._group_sums(x_int) if self.offset else q_out
 
     def _group_sums(self, x_int: torch.Tensor) -> torch.Tensor:
-        """Per output column, the sum of the inputs its group reads: [M, C] (offset encoding)."""
+        """Per output column, the sum of the inputs its group reads: [..., C] (offset
+        encoding)."""
         r, c = self.record.matrix_rows, self.record.matrix_cols // self.groups
-        sums = x_int.reshape(x_int.shape[0], self.groups, r).sum(dim=2)  # [M, G]
-        return sums.repeat_interleave(c, dim=1)
+        sums = x_int.reshape(*x_int.shape[:-1], self.groups, r).sum(dim=-1)  # [..., G]
+        return sums.repeat_interleave(c, dim=-1)
 
     def _bit_serial_block(self, x_int: torch.Tensor, physical: torch.Tensor, cycles: int,
                           bits: int, signed: bool, partial: torch.Tensor, total: torch.Tensor,
                           out: torch.Tensor) -> None:
-        """Shift-and-added ADC outputs for a block of integer inputs [M, G*R] into ``out``
-        [M, C*P*S]: for each column segment (a group's columns inside the layout's tiles), every
-        phase and cycle's bit plane of each covering tile's input rows in one matmul, each
-        tile's bitline sums through the ADC, row tiles accumulated. ``partial`` and ``total``
-        are scratch buffers of at least [planes * M, widest segment]."""
+        """Shift-and-added ADC outputs for a block of integer inputs [B, M, G*R] into ``out``
+        [B, M, C*P*S]: for each column segment (a group's columns inside the layout's tiles),
+        every phase and cycle's bit plane of each covering tile's input rows in one batched
+        matmul, each tile's bitline sums through the ADC, row tiles accumulated. ``partial`` and
+        ``total`` are scratch buffers of at least [B, planes * M, widest segment]."""
         adc = self.adc
         assert adc is not None
         shifts = torch.arange(cycles, dtype=torch.int32, device=x_int.device) * bits
@@ -361,30 +355,32 @@ class CrossbarLayer(nn.Module):
         mask = 2**bits - 1
 
         def bit_planes(x_tile: torch.Tensor) -> torch.Tensor:
-            """[K * M, rows] float bit planes of a tile's inputs."""
+            """[B, planes * M, rows] float bit planes of a tile's inputs [B, M, rows]."""
             phases = [x_tile.clamp(min=0), (-x_tile).clamp(min=0)] if signed else [x_tile]
             return torch.cat([
-                ((phase.to(small)[None] >> shifts.to(small)[:, None, None]) & mask)
-                .reshape(-1, phase.shape[1]) for phase in phases]).to(torch.float32)
+                ((phase.to(small)[:, None] >> shifts.to(small)[None, :, None, None]) & mask)
+                .reshape(phase.shape[0], -1, phase.shape[-1]) for phase in phases],
+                dim=1).to(torch.float32)
 
+        copies = x_int.shape[0]
         n_planes = (2 if signed else 1) * cycles
         plane_weights = torch.cat([sign * (2.0 ** shifts.to(torch.float32))
                                    for sign in (1.0, -1.0)[:n_planes // cycles]])
         codes_max = float(adc.codes)
-        rows = n_planes * x_int.shape[0]
+        rows = n_planes * x_int.shape[1]
         planes: dict[tuple[int, int, int], torch.Tensor] = {}
         for segment in self.segments:
             c0, cols = segment.col_start, segment.col_count
-            bitline = partial[:rows * cols].view(rows, cols)
-            acc = total[:rows * cols].view(rows, cols)
+            bitline = partial[:copies * rows * cols].view(copies, rows, cols)
+            acc = total[:copies * rows * cols].view(copies, rows, cols)
             for index, (r0, rc) in enumerate(segment.row_ranges):
                 key = (segment.group, r0, rc)
                 if key not in planes:
                     first = encoding.input_row_start(segment.group, self.record.matrix_rows, r0)
-                    planes[key] = bit_planes(x_int[:, first:first + rc])
+                    planes[key] = bit_planes(x_int[:, :, first:first + rc])
                 # Bitline sums of one tile (exact integers when noise-free), digitised: the
                 # ADC code (rounded, clipped) times its step; row tiles accumulated.
-                torch.mm(planes[key], physical[r0:r0 + rc, c0:c0 + cols], out=bitline)
+                torch.bmm(planes[key], physical[:, r0:r0 + rc, c0:c0 + cols], out=bitline)
                 step = adc.step(rc, self.n_levels)
                 bitline.div_(step).round_().clamp_(0.0, codes_max)
                 if index == 0:
@@ -392,4 +388,5 @@ class CrossbarLayer(nn.Module):
                 else:
                     acc.add_(bitline, alpha=step)
             # Shift-and-add over cycles, minus the negative phase.
-            out[:, c0:c0 + cols] = (plane_weights @ acc.view(n_planes, -1)).view(-1, cols)
+            out[:, :, c0:c0 + cols] = torch.einsum(
+                "k,bkmc->bmc", plane_weights, acc.view(copies, n_planes, -1, cols))

@@ -113,10 +113,13 @@ def column_origin(physical: int, polarities: int, slices: int) -> tuple[int, int
 
 
 def to_physical(levels: ArrayT) -> ArrayT:
-    """A layer's physical matrix ``[R, C * P * S]`` from ``levels[p, s, r, c]``."""
+    """A layer's physical matrix ``[R, C * P * S]`` from ``levels[p, s, r, c]`` (leading batch
+    dimensions, e.g. pipeline copies, are kept)."""
     values, was_numpy = _torch(levels)
-    n_pol, slices, rows, cols = values.shape
-    phys = values.permute(2, 3, 0, 1).reshape(rows, cols * n_pol * slices)
+    *batch, n_pol, slices, rows, cols = values.shape
+    lead = len(batch)
+    phys = values.permute(*range(lead), lead + 2, lead + 3, lead, lead + 1).reshape(
+        *batch, rows, cols * n_pol * slices)
     if was_numpy:
         return np.ascontiguousarray(phys.numpy())  # type: ignore[return-value]
     return phys  # type: ignore[return-value]
@@ -185,6 +188,23 @@ def input_row_start(group: int, matrix_rows: int, row_start: int) -> int:
     return group * matrix_rows + row_start
 
 
-def copy_of_position(positions: int, replication: int) -> torch.Tensor:
-    """Which pipeline copy computes each output position ``0 .. positions-1`` of a sample."""
-    return torch.arange(positions) % replication
+def copy_of_position(position: int, replication: int) -> int:
+    """Which pipeline copy computes output position ``position`` of a sample."""
+    return position % replication
+
+
+def split_by_copy(rows: torch.Tensor, positions: int, replication: int) -> torch.Tensor:
+    """Per-position rows ``[B, positions, D]`` regrouped by the copy that computes them:
+    ``[replication, B, ceil(positions / replication), D]``, position ``m`` at
+    ``[m % replication, :, m // replication]`` (``copy_of_position``); missing positions of the
+    last round are zero."""
+    per_copy = -(-positions // replication)
+    padded = torch.nn.functional.pad(rows, (0, 0, 0, per_copy * replication - positions))
+    return padded.reshape(rows.shape[0], per_copy, replication, rows.shape[-1]).permute(2, 0, 1, 3)
+
+
+def merge_copies(out: torch.Tensor, positions: int) -> torch.Tensor:
+    """The inverse of ``split_by_copy``: ``[replication, B, per_copy, D]`` -> ``[B, positions,
+    D]``."""
+    replication, batch, per_copy, width = out.shape
+    return out.permute(1, 2, 0, 3).reshape(batch, per_copy * replication, width)[:, :positions]
