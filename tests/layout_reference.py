@@ -11,7 +11,10 @@ it shares no code, and no misreading, with neftc. From a layout directory it
   rows, accumulated over row tiles; then per weight column ``sum_p sign_p sum_s L**s * sum``,
   minus ``offset * sum(inputs)`` for offset encoding;
 - computes the same thing a second way, ``x_int @ q`` per conv group with ``q`` rebuilt as in
-  section 5.1, and the fake-quantised float output ``conv(x, q * scale) + bias`` in float64.
+  section 5.1, and the fake-quantised float output ``conv(x, q * scale) + bias`` in float64;
+- computes the same layer through the DAC/ADC path of section 4.5 (``crossbar_adc_output``):
+  bit-serial inputs, each tile's bitline sums rounded by an ADC whose full scale is set by the
+  tile's own row count, then accumulation, shift-and-add, polarity and offset, in float64.
 
 Input rows (docs/layout.md 4.1). A linear layer's input row ``r`` is input feature ``r``. A conv's
 *unrolled input* at one output position holds ``C_in * prod(kernel)`` rows in C order
@@ -187,6 +190,80 @@ class LayoutReference:
             out = out - offset * np.repeat(group_sums, per_group, axis=1)
         return out.reshape(*prefix, cols)
 
+    def crossbar_adc_output(self, layer: dict, x_int: np.ndarray, *,
+                            signed: bool | None = None,
+                            adc_bits: int | None = None) -> np.ndarray:
+        """The layer's output in integer units through the DAC/ADC path of section 4.5.
+
+        ``x_int``: the DAC's integers (already quantised), PyTorch layout as for
+        ``crossbar_integer_output``; ``signed``: whether the DAC is signed (None: signed when
+        some input is negative; the result is the same either way, the extra cycles and the
+        negative phase of an unsigned input being zero). ``adc_bits`` replaces
+        ``periphery.adc_bits`` (None: the layout's). Returns float64, channels last: ``acc``
+        of section 4.5, so that ``out = acc * dac.scale * scale[c] + bias[c]``.
+
+        Inputs are fed ``periphery.dac_bits_per_cycle`` bits per cycle (cycle ``k`` carries
+        bits ``k*dac .. k*dac + dac - 1`` of the magnitude), signed inputs in two phases (the
+        positive part, then the negative part). Per tile (its rows and columns from its record;
+        each column reads the input rows of its own group), per phase and cycle, each physical
+        column's bitline sum over the tile's rows goes through the ADC: ``step = max(1, FS /
+        (2**adc_bits - 1))`` with ``FS = row_count * (2**dac - 1) * (L - 1)`` (``adc_step``),
+        ``code = clip(round_half_even(sum / step), 0, 2**adc_bits - 1)``, value ``code *
+        step``. The tiles of one column range are accumulated, then shift-and-add over cycles
+        (``2**(k*dac)``) and slices (``L**s``), minus the negative phase and the negative
+        polarity (offset encoding: minus ``offset * sum(x_int of the column's group)``).
+        """
+        unrolled, prefix = unroll(layer, exact_integers(x_int))  # int64 [M, groups * R]
+        periphery = self.doc["periphery"]
+        input_bits = periphery["input_bits"]
+        dac = periphery["dac_bits_per_cycle"]
+        bits = periphery["adc_bits"] if adc_bits is None else adc_bits
+        if signed is None:
+            signed = bool((unrolled < 0).any())
+        magnitude_bits = input_bits - 1 if signed else input_bits
+        low = -(2**magnitude_bits - 1) if signed else 0
+        if unrolled.size and (unrolled.min() < low or unrolled.max() > 2**magnitude_bits - 1):
+            raise ValueError(f"inputs outside the {'signed' if signed else 'unsigned'} "
+                             f"{input_bits}-bit DAC range")
+        cycles = -(-magnitude_bits // dac)
+        phases = [np.maximum(unrolled, 0), np.maximum(-unrolled, 0)] if signed else [unrolled]
+        mask = 2**dac - 1
+        codes = 2**bits - 1
+        P, S, L = geometry(layer)
+        rows, cols = layer["matrix_rows"], layer["matrix_cols"]
+        groups = layer_groups(layer)
+        per_group = cols // groups
+        # acc[phase, cycle]: ADC values of every tile, accumulated over the tiles of a column.
+        acc = np.zeros((len(phases), cycles, unrolled.shape[0], cols * P * S), dtype=np.float64)
+        for tile in layer["tiles"]:
+            r0, rc, c0, cc = tile_ranges(tile)
+            block = self.tile_block(tile).astype(np.int64)  # [rc, cc]
+            step = float(adc_step(rc, dac, bits, L))
+            pc = c0 + np.arange(cc)
+            group_of_column = (pc // (P * S)) // per_group
+            for g in np.unique(group_of_column):
+                sel = np.flatnonzero(group_of_column == g)
+                first = int(g) * rows + r0  # unrolled input row of this tile's first wordline
+                for ph, phase in enumerate(phases):
+                    x_tile = phase[:, first:first + rc]
+                    for k in range(cycles):
+                        plane = (x_tile >> (k * dac)) & mask
+                        sums = plane @ block[:, sel]  # int64 bitline sums
+                        code = np.clip(np.rint(sums / step), 0, codes)  # rint: half to even
+                        acc[ph, k][:, c0 + sel] += code * step
+        shifted = (acc * (2.0 ** (dac * np.arange(cycles)))[None, :, None, None]).sum(axis=1)
+        bitline = shifted[0] - shifted[1] if signed else shifted[0]
+        sums = bitline.reshape(-1, cols, P, S)
+        place = (L ** np.arange(S, dtype=np.int64)).astype(np.float64)
+        out = (sums[:, :, 0, :] * place).sum(axis=-1)
+        if P == 2:
+            out = out - (sums[:, :, 1, :] * place).sum(axis=-1)
+        offset = layer["slicing"]["offset"]
+        if offset:
+            group_sums = unrolled.reshape(-1, groups, rows).sum(axis=-1)  # [M, groups]
+            out = out - offset * np.repeat(group_sums, per_group, axis=1)
+        return out.reshape(*prefix, cols)
+
     def matmul_integer_output(self, layer: dict, x_int: np.ndarray) -> np.ndarray:
         """The same integer output as ``x_int @ q`` per group (q from section 5.1)."""
         unrolled, prefix = unroll(layer, exact_integers(x_int))
@@ -211,6 +288,13 @@ def geometry(layer: dict) -> tuple[int, int, int]:
     """(P, S, L) of a layer (section 3.6 ``slicing``)."""
     sl = layer["slicing"]
     return sl["polarities"], sl["slices"], 2 ** sl["cell_bits"]
+
+
+def adc_step(row_count: int, dac_bits_per_cycle: int, adc_bits: int, n_levels: int) -> float:
+    """Section 4.5: level units per ADC code of a tile of ``row_count`` rows, ``max(1, FS /
+    (2**adc_bits - 1))`` with ``FS = row_count * (2**dac_bits_per_cycle - 1) * (L - 1)``."""
+    full_scale = row_count * (2**dac_bits_per_cycle - 1) * (n_levels - 1)
+    return max(1.0, full_scale / (2**adc_bits - 1))
 
 
 def tile_ranges(tile: dict) -> tuple[int, int, int, int]:
