@@ -364,3 +364,45 @@ def unroll(layer: dict, x: np.ndarray) -> tuple[np.ndarray, tuple[int, ...]]:
 def to_torch_layout(layer: dict, out: np.ndarray) -> np.ndarray:
     """A channels-last result in PyTorch's layout (channels at axis 1 for a conv)."""
     return out if layer["op"] == "linear" else np.moveaxis(out, -1, 1)
+
+
+def write_retiled(src: Path, dst: Path, cuts) -> None:  # noqa: ANN001
+    """Write layout ``src`` to ``dst`` as another tool would tile it: for each layer,
+    ``cuts(layer, rows, physical_cols, array)`` returns its row bands as ``[(r0, r1,
+    [c0, c1, ..., physical_cols]), ...]`` (band rows and the column boundaries inside the band).
+    The tiles take arrays in order, blocks 64-byte aligned in a new levels.bin, and the directory
+    is re-signed (docs/layout.md sections 3.7, 5 and 8). Replicas are dropped."""
+    doc = json.loads((Path(src) / "layout.json").read_text())
+    old = (Path(src) / "levels.bin").read_bytes()
+    per_core = doc["target"]["chip"]["arrays_per_core"]
+    blob = bytearray()
+    used = 0
+    for layer in doc["layers"]:
+        sl = layer["slicing"]
+        rows, cols = layer["matrix_rows"], layer["matrix_cols"] * sl["polarities"] * sl["slices"]
+        phys = np.zeros((rows, cols), dtype=np.uint8)
+        for t in layer["tiles"]:
+            r0, rc, c0, cc = tile_ranges(t)
+            phys[r0:r0 + rc, c0:c0 + cc] = np.frombuffer(old, np.uint8, rc * cc,
+                                                         t["levels_offset"]).reshape(rc, cc)
+        tiles = []
+        for rt, (r0, r1, bounds) in enumerate(cuts(layer, rows, cols, doc["target"]["array"])):
+            for ct, (c0, c1) in enumerate(zip(bounds, bounds[1:])):
+                offset = -(-len(blob) // 64) * 64
+                blob += bytes(offset - len(blob)) + phys[r0:r1, c0:c1].tobytes()
+                tiles.append({"index": len(tiles), "row_tile": rt, "col_tile": ct,
+                              "row_start": r0, "row_count": r1 - r0, "col_start": c0,
+                              "col_count": c1 - c0, "core": used // per_core,
+                              "array": used % per_core, "levels_offset": offset,
+                              "replicas": []})
+                used += 1
+        layer["tiles"], layer["replication"] = tiles, 1
+    levels = bytes(blob)
+    doc["files"]["levels"].update(nbytes=len(levels), sha256=hashlib.sha256(levels).hexdigest())
+    Path(dst).mkdir()
+    files = {"layout.json": json.dumps(doc, indent=1).encode() + b"\n", "levels.bin": levels,
+             "tensors.bin": (Path(src) / "tensors.bin").read_bytes()}
+    for name, data in files.items():
+        (Path(dst) / name).write_bytes(data)
+    (Path(dst) / "SHA256SUMS").write_text("".join(f"{hashlib.sha256(d).hexdigest()}  {n}\n"
+                                                  for n, d in files.items()))

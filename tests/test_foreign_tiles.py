@@ -1,25 +1,24 @@
 """A layout written by another tool, with other tile shapes, replays correctly: the emulator takes
-every row and column range from the layout's tile records (issue 9, item 2). The re-tiler below
-is written from docs/layout.md with json, hashlib and numpy only: it cuts each layer's physical
-matrix into tiles of a different shape (unequal row bands, each band with its own column cuts),
-rewrites levels.bin and re-signs the directory."""
+every row and column range from the layout's tile records (issue 9, item 2). The re-tiler
+(``layout_reference.write_retiled``, json, hashlib and numpy only, from docs/layout.md) cuts each
+layer's physical matrix into tiles of a different shape (unequal row bands, each band with its
+own column cuts), rewrites levels.bin and re-signs the directory."""
 
 from __future__ import annotations
 
-import hashlib
-import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from layout_reference import write_retiled
+from neftc.runtime import Emulator
+from neftc.runtime.crossbar import InputQuant
+from neftc.targets import resolve_target
 from torch import nn
 
 from neftc.compiler import compile_module
 from neftc.format.reader import load_layout
-from neftc.runtime import Emulator
-from neftc.runtime.crossbar import InputQuant
-from neftc.targets import resolve_target
 
 
 def _cut(length: int, percents: list[int], limit: int) -> list[int]:
@@ -34,45 +33,14 @@ def _cut(length: int, percents: list[int], limit: int) -> list[int]:
 
 def _retile(src: Path, dst: Path, row_cuts: list[int], col_cuts: list[list[int]]) -> None:
     """Copy layout ``src`` to ``dst`` with every layer cut at fractions of its size: row bands at
-    ``row_cuts`` (fractions in percent), band ``i`` cut into columns at ``col_cuts[i]``."""
-    doc = json.loads((src / "layout.json").read_text())
-    old = (src / "levels.bin").read_bytes()
-    blob = bytearray()
-    used = 0
-    per_core = doc["target"]["chip"]["arrays_per_core"]
-    for layer in doc["layers"]:
-        sl = layer["slicing"]
-        rows, cols = layer["matrix_rows"], layer["matrix_cols"] * sl["polarities"] * sl["slices"]
-        phys = np.zeros((rows, cols), dtype=np.uint8)
-        for t in layer["tiles"]:
-            phys[t["row_start"]:t["row_start"] + t["row_count"],
-                 t["col_start"]:t["col_start"] + t["col_count"]] = np.frombuffer(
-                old, np.uint8, t["row_count"] * t["col_count"], t["levels_offset"]).reshape(
-                t["row_count"], t["col_count"])
-        array = doc["target"]["array"]
+    ``row_cuts`` (percent), band ``i`` cut into columns at ``col_cuts[i]`` (percent); pieces larger
+    than an array halved."""
+    def cuts(_layer: dict, rows: int, cols: int, array: dict) -> list:
         bands = _cut(rows, row_cuts, array["rows"])
-        tiles = []
-        for rt, (r0, r1) in enumerate(zip(bands, bands[1:])):
-            cuts = _cut(cols, col_cuts[rt % len(col_cuts)], array["cols"])
-            for ct, (c0, c1) in enumerate(zip(cuts, cuts[1:])):
-                offset = len(blob)
-                blob += phys[r0:r1, c0:c1].tobytes()
-                tiles.append({"index": len(tiles), "row_tile": rt, "col_tile": ct,
-                              "row_start": r0, "row_count": r1 - r0, "col_start": c0,
-                              "col_count": c1 - c0, "core": used // per_core,
-                              "array": used % per_core, "levels_offset": offset,
-                              "replicas": []})
-                used += 1
-        layer["tiles"], layer["replication"] = tiles, 1
-    levels = bytes(blob)
-    doc["files"]["levels"].update(nbytes=len(levels), sha256=hashlib.sha256(levels).hexdigest())
-    dst.mkdir()
-    files = {"layout.json": json.dumps(doc, indent=1).encode() + b"\n", "levels.bin": levels,
-             "tensors.bin": (src / "tensors.bin").read_bytes()}
-    for name, data in files.items():
-        (dst / name).write_bytes(data)
-    (dst / "SHA256SUMS").write_text("".join(f"{hashlib.sha256(d).hexdigest()}  {n}\n"
-                                            for n, d in files.items()))
+        return [(r0, r1, _cut(cols, col_cuts[rt % len(col_cuts)], array["cols"]))
+                for rt, (r0, r1) in enumerate(zip(bands, bands[1:]))]
+
+    write_retiled(src, dst, cuts)
 
 
 @pytest.mark.parametrize("encoding", ["differential", "offset"])

@@ -32,8 +32,6 @@ Exactness by construction (so that no float rounding can split an ADC tie):
 
 from __future__ import annotations
 
-import hashlib
-import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from itertools import pairwise
@@ -124,45 +122,18 @@ def _retile(src: Path, dst: Path, row_bounds: tuple[int, ...],
             col_cuts: tuple[tuple[int, ...], ...]) -> None:
     """Copy the one-layer layout ``src`` to ``dst`` with its physical matrix cut into row bands at
     ``row_bounds`` and band ``i`` cut into columns at ``col_cuts[i % len(col_cuts)]`` (absolute
-    physical columns; pieces wider than the array halved). json + numpy + hashlib, from
-    docs/layout.md (sections 3.7, 5 and 8), like tests/test_foreign_tiles.py's re-tiler."""
-    doc = json.loads((src / "layout.json").read_text())
-    old = (src / "levels.bin").read_bytes()
-    (layer,) = doc["layers"]
-    sl = layer["slicing"]
-    rows, cols = layer["matrix_rows"], layer["matrix_cols"] * sl["polarities"] * sl["slices"]
-    assert row_bounds[0] == 0 and row_bounds[-1] == rows, (row_bounds, rows)
-    phys = np.zeros((rows, cols), dtype=np.uint8)
-    for t in layer["tiles"]:
-        phys[t["row_start"]:t["row_start"] + t["row_count"],
-             t["col_start"]:t["col_start"] + t["col_count"]] = np.frombuffer(
-            old, np.uint8, t["row_count"] * t["col_count"], t["levels_offset"]).reshape(
-            t["row_count"], t["col_count"])
-    per_core = doc["target"]["chip"]["arrays_per_core"]
-    blob = bytearray()
-    tiles = []
-    for rt, (r0, r1) in enumerate(pairwise(row_bounds)):
-        assert r1 - r0 <= doc["target"]["array"]["rows"]
-        inner = [c for c in col_cuts[rt % len(col_cuts)] if 0 < c < cols]
-        cuts = _pieces([0, *inner, cols], doc["target"]["array"]["cols"])
-        for ct, (c0, c1) in enumerate(pairwise(cuts)):
-            offset = -(-len(blob) // 64) * 64
-            blob += bytes(offset - len(blob)) + phys[r0:r1, c0:c1].tobytes()
-            used = len(tiles)
-            tiles.append({"index": used, "row_tile": rt, "col_tile": ct, "row_start": r0,
-                          "row_count": r1 - r0, "col_start": c0, "col_count": c1 - c0,
-                          "core": used // per_core, "array": used % per_core,
-                          "levels_offset": offset, "replicas": []})
-    layer["tiles"], layer["replication"] = tiles, 1
-    levels = bytes(blob)
-    doc["files"]["levels"].update(nbytes=len(levels), sha256=hashlib.sha256(levels).hexdigest())
-    dst.mkdir()
-    files = {"layout.json": json.dumps(doc, indent=1).encode() + b"\n", "levels.bin": levels,
-             "tensors.bin": (src / "tensors.bin").read_bytes()}
-    for name, data in files.items():
-        (dst / name).write_bytes(data)
-    (dst / "SHA256SUMS").write_text("".join(f"{hashlib.sha256(d).hexdigest()}  {n}\n"
-                                            for n, d in files.items()))
+    physical columns; pieces wider than the array cut in equal parts), through
+    ``layout_reference.write_retiled`` (json + numpy + hashlib, from docs/layout.md)."""
+    def cuts(layer: dict, rows: int, cols: int, array: dict) -> list:
+        assert row_bounds[0] == 0 and row_bounds[-1] == rows, (row_bounds, rows)
+        bands = []
+        for rt, (r0, r1) in enumerate(pairwise(row_bounds)):
+            assert r1 - r0 <= array["rows"]
+            inner = [c for c in col_cuts[rt % len(col_cuts)] if 0 < c < cols]
+            bands.append((r0, r1, _pieces([0, *inner, cols], array["cols"])))
+        return bands
+
+    layout_reference.write_retiled(src, dst, cuts)
 
 
 def _steps(ref: LayoutReference, layer: dict) -> list[float]:
