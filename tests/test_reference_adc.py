@@ -42,11 +42,11 @@ import numpy as np
 import pytest
 import torch
 from layout_reference import LayoutReference, to_torch_layout
-from neftc.runtime import Emulator
-from neftc.targets import resolve_target
 from torch import nn
 
 from neftc.compiler import compile_module
+from neftc.runtime import Emulator
+from neftc.targets import resolve_target
 
 TAGS = ("fefet_128x128", "rram4_128x128")
 ENCODINGS = ("differential", "offset")
