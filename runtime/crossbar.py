@@ -221,23 +221,30 @@ class CrossbarLayer(nn.Module):
 
     def _copies_op(self, x: torch.Tensor, weights: list[torch.Tensor]) -> torch.Tensor:
         """A layer with pipeline copies, for K chips (``weights[copy]`` [K, *weight_shape], the
-        batch K chip-major copies of the samples): output position ``m`` of each sample on copy
-        ``m % replication`` (``neftc.format.encoding``), one batched matmul over copies x chips."""
+        batch K chip-major copies of the samples): output position ``m`` of each sample is
+        computed with copy ``encoding.copy_of_position(m)``'s weights, one matmul per position,
+        batched over positions and chips."""
         k = weights[0].shape[0]
-        rows, prefix = self._unfold(x)  # [K*N*positions, G*R]
-        positions = self.record.positions
-        by_copy = encoding.split_by_copy(rows.reshape(-1, positions, rows.shape[-1]), positions,
-                                         self.copies)  # [copies, K*N, per_copy, G*R]
-        per_copy = by_copy.shape[2]
-        matrices = torch.stack(weights).reshape(self.copies, k, self.record.matrix_cols, -1)
-        out = self._grouped_matmul(
-            by_copy.reshape(self.copies, k, -1, rows.shape[-1]),  # [copies, K, N*per, G*R]
-            matrices.transpose(2, 3))  # [copies, K, R, C]
-        out = encoding.merge_copies(out.reshape(self.copies, -1, per_copy, out.shape[-1]),
-                                    positions).reshape(-1, self.record.matrix_cols)
+        rec = self.record
+        positions = rec.positions
+        owner = torch.tensor([encoding.copy_of_position(m, self.copies)
+                              for m in range(positions)], device=x.device)
+        matrices = torch.stack(weights).reshape(self.copies, k, rec.matrix_cols, -1)
+        per_position = matrices.transpose(2, 3)[owner]  # [positions, K, R, C]
+        if rec.op == "linear":  # x [K*N, ..., F]: positions are the middle dimensions
+            rows = x.reshape(k, -1, positions, x.shape[-1]).permute(2, 0, 1, 3)
+        else:  # position-major rows straight from the patches: [positions, K, N, G*R]
+            patches = self._patches(x)  # [K*N, C, oh, ow, kh, kw]
+            spatial = patches.shape[3:4] if rec.op == "conv1d" else patches.shape[2:4]
+            rows = patches.permute(2, 3, 0, 1, 4, 5).reshape(positions, k, -1,
+                                                               rec.matrix_rows * self.groups)
+        out = self._grouped_matmul(rows, per_position)  # [positions, K, N, C]
         if self.bias is not None:
             out = out + self.bias
-        return self._restore(out, prefix)
+        if rec.op == "linear":
+            return out.permute(1, 2, 0, 3).reshape(*x.shape[:-1], rec.matrix_cols)
+        out = out.permute(1, 2, 3, 0).reshape(x.shape[0], rec.matrix_cols, *spatial)
+        return out.contiguous()
 
     def _grouped_matmul(self, rows: torch.Tensor, matrices: torch.Tensor) -> torch.Tensor:
         """``rows`` [..., G*R] times a grouped [.., R, C] matrix: weight column c of group g
@@ -248,27 +255,33 @@ class CrossbarLayer(nn.Module):
         return torch.cat([rows[..., g * r:(g + 1) * r] @ matrices[..., g * c:(g + 1) * c]
                           for g in range(self.groups)], dim=-1)
 
+    def _patches(self, x: torch.Tensor) -> torch.Tensor:
+        """Every output position's input patch of a conv, as a view:
+        [N, C_in, out_h, out_w, kh, kw] (conv1d: out_h = kh = 1)."""
+        conv = self.record.conv
+        assert conv is not None
+        if self.record.op == "conv1d":
+            x4 = x.unsqueeze(-2)
+            kernel, dil, pad, stride = ((1, conv.kernel[0]), (1, conv.dilation[0]),
+                                        (0, conv.padding[0]), (1, conv.stride[0]))
+        else:
+            x4, kernel, dil, pad, stride = x, conv.kernel, conv.dilation, conv.padding, conv.stride
+        padded = F.pad(x4, (pad[1], pad[1], pad[0], pad[0]))
+        span_h, span_w = (kernel[0] - 1) * dil[0] + 1, (kernel[1] - 1) * dil[1] + 1
+        windows = padded.unfold(2, span_h, stride[0]).unfold(3, span_w, stride[1])
+        return windows[..., ::dil[0], ::dil[1]]
+
     def _unfold(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, ...]]:
         """Rows the crossbar sees: [N * positions, G * R] (group-major, C-order im2col), and the
         output shape prefix to restore."""
         rec = self.record
         if rec.op == "linear":
             return x.reshape(-1, x.shape[-1]), tuple(x.shape[:-1])
-        conv = rec.conv
-        assert conv is not None
-        if rec.op == "conv1d":
-            x4 = x.unsqueeze(-2)
-            kernel, dil, pad, stride = ((1, conv.kernel[0]), (1, conv.dilation[0]),
-                                        (0, conv.padding[0]), (1, conv.stride[0]))
-        else:
-            x4, kernel, dil, pad, stride = x, conv.kernel, conv.dilation, conv.padding, conv.stride
-        cols = F.unfold(x4, tuple(kernel), dilation=tuple(dil), padding=tuple(pad),
-                        stride=tuple(stride))  # [N, C_in*k, positions]
-        n, _, positions = cols.shape
-        out_h = (x4.shape[-2] + 2 * pad[0] - dil[0] * (kernel[0] - 1) - 1) // stride[0] + 1
-        out_w = positions // out_h
+        patches = self._patches(x)  # [N, C, oh, ow, kh, kw]
+        n, _, out_h, out_w = patches.shape[:4]
+        rows = patches.permute(0, 2, 3, 1, 4, 5).reshape(n * out_h * out_w, -1)
         spatial = (out_w,) if rec.op == "conv1d" else (out_h, out_w)
-        return cols.transpose(1, 2).reshape(n * positions, -1), (n, *spatial)
+        return rows, (n, *spatial)
 
     def _restore(self, out: torch.Tensor, prefix: tuple[int, ...]) -> torch.Tensor:
         """[N * positions, C] back to the op's output shape."""
