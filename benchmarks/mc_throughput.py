@@ -1,18 +1,21 @@
 """Monte-Carlo throughput: the time one chip instance costs, four ways, in the same run.
 
 One Monte-Carlo trial = one chip instance evaluated over the whole test set (top-1 accuracy). For
-each model (untrained; timing only) compiled with ``compile_module`` for ``fefet_128x128`` into a
+each model (untrained; timing only) compiled with ``compile_module`` for ``fefet_128x128``
+without pipeline copies (``replicate=False``: one chip instance per layer) into a
 temporary directory, on the same test set, the script times per trial:
 
 - (a) reference: the NeFT reference protocol as a per-trial loop over the float PyTorch model:
       ``model.load_state_dict(saved_state)``, then per crossbar layer quantise the reloaded weight
       with the layout's scales (``clamp(round(W / scale), -qmax, qmax) * scale``), draw one Gaussian
-      per weight with ``std = paper_weight_std(...)`` (runtime/noise.py) from an explicit
+      per weight with ``std = paper_weight_std(...)`` (targets/device_model.py) from an explicit
       ``torch.Generator`` and add it, then evaluate the test set with the plain model;
 - (b) float: plain inference of the PyTorch model over the test set, no noise (the floor);
 - (c) neftc, ideal periphery: ``Emulator(layout, sigma=0.1, ideal_periphery=True)``,
       ``program_chip(i)`` (the folded noise of every weight's cells, exact; see docs/emulator.md)
       + ``runtime.montecarlo.evaluate``;
+- (c') the same as (c) on the compiler's default layout, whose free arrays hold pipeline copies of
+      the bottleneck layers, each copy programmed as a chip of its own (information: no target);
 - (d) neftc, target DAC/ADC: ``Emulator(layout, sigma=0.1, ideal_periphery=False)`` after
       ``calibrate(train_x[:512])``, ``program_chip(i)`` + ``evaluate``.
 
@@ -62,7 +65,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from neftc.compiler import compile_module
+from neftc.compiler import CompileSettings, compile_module
 from neftc.datasets import load_digits
 from neftc.format.reader import Layout, load_layout
 from neftc.runtime.crossbar import CrossbarLayer
@@ -260,8 +263,15 @@ def run_model(key: str, root: Path, data, x10k, y10k, args, log) -> dict:
     target = resolve_target(TARGET)
     out_dir = root / key
     t0 = time.perf_counter()
-    compiled = compile_module(model, data.test.x[:1], target, out_dir)
+    # (a)-(d) run the layout without pipeline copies (one chip instance per layer, the network
+    # the float model computes); (c') the compiler's default layout, whose free arrays hold
+    # copies of the bottleneck layers, each copy a chip of its own (more work per trial).
+    compiled = compile_module(model, data.test.x[:1], target, out_dir,
+                              settings=CompileSettings(replicate=False))
     compile_s = time.perf_counter() - t0
+    compile_module(model, data.test.x[:1], target, root / f"{key}-copies")
+    emu_copies = Emulator(root / f"{key}-copies", sigma=SIGMA, seed=0, ideal_periphery=True)
+    copies = {name: layer.copies for name, layer in emu_copies.layers.items()}
     layout = load_layout(out_dir)
     summary = compiled.doc.summary
     params = sum(p.numel() for p in model.parameters())
@@ -282,6 +292,7 @@ def run_model(key: str, root: Path, data, x10k, y10k, args, log) -> dict:
         "a_reference": (ref.trial, "10k"),
         "b_float": (float_trial(model), "10k"),
         "c_emulator_ideal": (chip_trial(emu_c), "10k"),
+        "c_copies": (chip_trial(emu_copies), "10k"),
         "b_float_449": (float_trial(model), "449"),
         "c_emulator_ideal_449": (chip_trial(emu_c), "449"),
     }
@@ -346,7 +357,7 @@ def run_model(key: str, root: Path, data, x10k, y10k, args, log) -> dict:
         "crossbar_weights": summary.weights,
         "cells": sum(int(layer.levels.numel()) for layer in emu_c.layers.values()),
         "layout_cells_used": summary.cells_used,
-        "arrays": summary.arrays_used, "compile_s": compile_s,
+        "arrays": summary.arrays_used, "compile_s": compile_s, "copies": copies,
         "macs_per_sample": macs, "total_macs_per_sample": total_macs,
         "partial_mvms_per_weight": partial, "partial_mvms_mac_weighted": partial_avg,
         "reference_quantisation_mismatches": ref.quant_mismatch,
@@ -357,7 +368,8 @@ def run_model(key: str, root: Path, data, x10k, y10k, args, log) -> dict:
                    "c/a": paired_ratio(times, "c_emulator_ideal", "a_reference"),
                    "a/b": paired_ratio(times, "a_reference", "b_float"), "d/b": d / b_d,
                    "d/(b*partial)": d / (b_d * partial_avg),
-                   "c/b_449": paired_ratio(times, "c_emulator_ideal_449", "b_float_449")},
+                   "c/b_449": paired_ratio(times, "c_emulator_ideal_449", "b_float_449"),
+                   "c'/b": paired_ratio(times, "c_copies", "b_float")},
     }
 
 
@@ -424,6 +436,13 @@ def format_report(report: dict) -> str:
                      f"{_ms(t['c_emulator_ideal_449']['median_s']):>8} {r['ratios']['c/b_449']:>6.2f}"
                      f"   {'':>16}{1e3 * r['program_chip_s']['c']:>5.1f} "
                      f"{1e3 * r['program_chip_s']['d']:>6.1f}")
+    lines += ["", "(c') the compiler's default layout, with pipeline copies (each copy a chip "
+              "of its own), ideal periphery, 10,000 samples:"]
+    for r in results:
+        ratio = r["ratios"]["c'/b"]
+        lines.append(f"  {r['name']}: {_ms(r['times']['c_copies']['median_s'])} ms, "
+                     f"c'/b {ratio:.2f}; copies per layer "
+                     + ", ".join(f"{n} {c}" for n, c in r["copies"].items()))
     lines += ["", "partial MVMs per weight on the target periphery (partial_mvms_per_weight()), "
               "MACs per sample per layer:"]
     for r in results:

@@ -103,7 +103,25 @@ def _column_segments(record: LayerRecord) -> list[_Segment]:
         group = encoding.group_segments(start, stop - start, n_pol, n_slices, record.matrix_cols,
                                         groups)[0].group
         segments.append(_Segment(group, start, stop - start, covering))
-    return segments
+    return _merge(segments)
+
+
+def _merge(segments: list[_Segment], widest: int = 512) -> list[_Segment]:
+    """Neighbouring segments of the same group held by tiles of the same row ranges joined (every
+    bitline is digitised on its own, so this changes nothing but the matmul sizes), then cut into
+    pieces of at most ``widest`` columns (cache-sized bitline sums)."""
+    joined: list[_Segment] = []
+    for segment in segments:
+        last = joined[-1] if joined else None
+        if (last is not None and last.group == segment.group
+                and last.row_ranges == segment.row_ranges
+                and last.col_start + last.col_count == segment.col_start):
+            joined[-1] = _Segment(last.group, last.col_start,
+                                  last.col_count + segment.col_count, last.row_ranges)
+        else:
+            joined.append(segment)
+    return [_Segment(s.group, start, min(widest, s.col_start + s.col_count - start), s.row_ranges)
+            for s in joined for start in range(s.col_start, s.col_start + s.col_count, widest)]
 
 
 class CrossbarLayer(nn.Module):
@@ -401,5 +419,5 @@ class CrossbarLayer(nn.Module):
                 else:
                     acc.add_(bitline, alpha=step)
             # Shift-and-add over cycles, minus the negative phase.
-            out[:, :, c0:c0 + cols] = torch.einsum(
-                "k,bkmc->bmc", plane_weights, acc.view(copies, n_planes, -1, cols))
+            out[:, :, c0:c0 + cols] = torch.matmul(
+                plane_weights, acc.view(copies, n_planes, -1)).view(copies, -1, cols)
