@@ -32,12 +32,16 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from neftc.format import encoding
 from neftc.format.schema import LayoutDoc
 
 
 def positions_per_copy(positions: int, replication: int) -> list[int]:
-    """Output positions of one sample computed on each copy (``m % replication``)."""
-    return [(positions - copy + replication - 1) // replication for copy in range(replication)]
+    """Output positions of one sample computed on each copy (``encoding.copy_of_position``)."""
+    counts = [0] * replication
+    for position in range(positions):
+        counts[encoding.copy_of_position(position, replication)] += 1
+    return counts
 
 
 def _hops(doc: LayoutDoc) -> Any:

@@ -274,6 +274,7 @@ def test_positions_per_copy_follows_the_encoding() -> None:
     from neftc.format.encoding import copy_of_position
 
     for positions, replication in [(1, 1), (64, 64), (36, 5), (7, 3), (2, 4)]:
-        owner = copy_of_position(positions, replication)
+        owners = [copy_of_position(m, replication) for m in range(positions)]
         assert positions_per_copy(positions, replication) == \
-            [int((owner == k).sum()) for k in range(replication)]
+            [owners.count(k) for k in range(replication)]
+        assert sum(positions_per_copy(positions, replication)) == positions
