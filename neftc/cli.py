@@ -45,11 +45,7 @@ def _parser() -> argparse.ArgumentParser:
     comp.add_argument("--input-shape", help="one sample's shape, e.g. 1,28,28 (needed with --arch)")
     comp.add_argument("--trust-model", action="store_true",
                       help="allow a .pt holding a pickled nn.Module (this runs code from the file)")
-    comp.add_argument("--per-channel", action="store_true",
-                      help="one quantisation scale per output channel (default: per layer)")
-    comp.add_argument("--calibration", choices=["max-abs", "percentile"], default="max-abs",
-                      help="weight range calibration (default: max-abs; percentile clips at "
-                      "the 99.99th percentile of |W|)")
+    _add_quantisation_args(comp, training=False)
     comp.add_argument("--fold-bn", action="store_true",
                       help="fold inference BatchNorm into the preceding conv/linear "
                       "(default: BN runs in the digital periphery)")
@@ -104,12 +100,7 @@ def _parser() -> argparse.ArgumentParser:
     tr.add_argument("--train-sigma", type=float)
     tr.add_argument("--beta", type=float)
     tr.add_argument("--train-noise", choices=["cell", "paper"], default="cell")
-    tr.add_argument("--per-channel", action="store_true",
-                    help="with --neft: train against the noise of a chip quantised per output "
-                    "channel (compile with --per-channel too)")
-    tr.add_argument("--calibration", choices=["max-abs", "percentile"], default="max-abs",
-                    help="with --neft: the weight calibration of the chip it will be compiled "
-                    "for (compile with the same)")
+    _add_quantisation_args(tr, training=True)
     _add_target_args(tr)
     tr.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
 
@@ -268,13 +259,21 @@ def _add_neft_args(parser: argparse.ArgumentParser, required: bool,
     group.add_argument("--irs-taps", default="3", help="IRS: number of evenly spaced taps, or "
                        "comma-separated node names (default 3)")
     if quantisation:
-        group.add_argument("--per-channel", action="store_true",
-                           help="train against the noise of a chip quantised with one scale "
-                           "per output channel (default: per layer); compile the tuned model "
-                           "with the same option")
-        group.add_argument("--calibration", choices=["max-abs", "percentile"], default="max-abs",
-                           help="weight range calibration of the chip the noise is computed for "
-                           "(default: max-abs); compile the tuned model with the same option")
+        _add_quantisation_args(group, training=True)
+
+
+def _add_quantisation_args(parser: argparse.ArgumentParser | argparse._ArgumentGroup,
+                           training: bool) -> None:
+    """``--per-channel`` and ``--calibration``: how the chip quantises the weights (compile), or
+    which chip's noise NeFT trains against (finetune, train --neft)."""
+    then = "; compile the tuned model with the same option" if training else ""
+    parser.add_argument("--per-channel", action="store_true",
+                        help=("train against the noise of a chip quantised with "
+                              if training else "") + "one quantisation scale per output "
+                        f"channel (default: one per layer){then}")
+    parser.add_argument("--calibration", choices=["max-abs", "percentile"], default="max-abs",
+                        help="weight range calibration (default: max-abs; percentile clips at "
+                        f"the 99.99th percentile of |W|){then}")
 
 
 def _neft_settings(args: argparse.Namespace):  # -> NeftSettings | None

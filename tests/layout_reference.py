@@ -179,16 +179,7 @@ class LayoutReference:
                 sel = np.flatnonzero(group_of_column == g)
                 first = int(g) * rows + r0  # unrolled input row of this tile's first wordline
                 bitline[:, c0 + sel] += unrolled[:, first:first + rc] @ block[:, sel]
-        sums = bitline.reshape(-1, cols, P, S)
-        place = L ** np.arange(S, dtype=np.int64)
-        out = (sums[:, :, 0, :] * place).sum(axis=-1)
-        if P == 2:
-            out = out - (sums[:, :, 1, :] * place).sum(axis=-1)
-        offset = layer["slicing"]["offset"]
-        if offset:
-            group_sums = unrolled.reshape(-1, groups, rows).sum(axis=-1)  # [M, groups]
-            out = out - offset * np.repeat(group_sums, per_group, axis=1)
-        return out.reshape(*prefix, cols)
+        return combine_columns(layer, bitline, unrolled).reshape(*prefix, cols)
 
     def crossbar_adc_output(self, layer: dict, x_int: np.ndarray, *,
                             signed: bool | None = None,
@@ -253,16 +244,7 @@ class LayoutReference:
                         acc[ph, k][:, c0 + sel] += code * step
         shifted = (acc * (2.0 ** (dac * np.arange(cycles)))[None, :, None, None]).sum(axis=1)
         bitline = shifted[0] - shifted[1] if signed else shifted[0]
-        sums = bitline.reshape(-1, cols, P, S)
-        place = (L ** np.arange(S, dtype=np.int64)).astype(np.float64)
-        out = (sums[:, :, 0, :] * place).sum(axis=-1)
-        if P == 2:
-            out = out - (sums[:, :, 1, :] * place).sum(axis=-1)
-        offset = layer["slicing"]["offset"]
-        if offset:
-            group_sums = unrolled.reshape(-1, groups, rows).sum(axis=-1)  # [M, groups]
-            out = out - offset * np.repeat(group_sums, per_group, axis=1)
-        return out.reshape(*prefix, cols)
+        return combine_columns(layer, bitline, unrolled).reshape(*prefix, cols)
 
     def matmul_integer_output(self, layer: dict, x_int: np.ndarray) -> np.ndarray:
         """The same integer output as ``x_int @ q`` per group (q from section 5.1)."""
@@ -288,6 +270,25 @@ def geometry(layer: dict) -> tuple[int, int, int]:
     """(P, S, L) of a layer (section 3.6 ``slicing``)."""
     sl = layer["slicing"]
     return sl["polarities"], sl["slices"], 2 ** sl["cell_bits"]
+
+
+def combine_columns(layer: dict, bitline: np.ndarray, unrolled: np.ndarray) -> np.ndarray:
+    """Per weight column, ``sum_s L**s`` of its polarity-0 bitlines minus those of polarity 1,
+    minus ``offset * sum(inputs of its group)`` (offset encoding): [M, matrix_cols] from the
+    physical bitline values [M, cols * P * S] (section 4.4 column order)."""
+    P, S, L = geometry(layer)
+    rows, cols = layer["matrix_rows"], layer["matrix_cols"]
+    groups = layer_groups(layer)
+    sums = bitline.reshape(-1, cols, P, S)
+    place = (L ** np.arange(S, dtype=np.int64)).astype(bitline.dtype)
+    out = (sums[:, :, 0, :] * place).sum(axis=-1)
+    if P == 2:
+        out = out - (sums[:, :, 1, :] * place).sum(axis=-1)
+    offset = layer["slicing"]["offset"]
+    if offset:
+        group_sums = unrolled.reshape(-1, groups, rows).sum(axis=-1)  # [M, groups]
+        out = out - offset * np.repeat(group_sums, cols // groups, axis=1)
+    return out
 
 
 def adc_step(row_count: int, dac_bits_per_cycle: int, adc_bits: int, n_levels: int) -> float:
