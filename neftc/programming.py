@@ -14,6 +14,7 @@ import numpy as np
 from neftc.atomic import atomic_directory
 from neftc.errors import LayoutError
 from neftc.format.reader import Layout
+from neftc.targets.device_model import level_conductances_us
 
 PROGRAM_MARKER = "manifest.json"
 DAC_CSV = "dac.csv"
@@ -65,7 +66,7 @@ def write_programming_files(layout: Layout, out_dir: Path, formats: tuple[str, .
                 array=np.array([k[1] for k in keys], dtype=np.int32),
                 levels=np.stack([arrays[k][0] for k in keys]),
                 programmed=np.stack([arrays[k][1] for k in keys]),
-                conductance_us=np.linspace(g_min, g_max, n_levels), **dac_arrays)
+                conductance_us=np.asarray(level_conductances_us(g_min, g_max, n_levels)), **dac_arrays)
             files["arrays.npz"] = _sha(tmp / "arrays.npz")
         if "csv" in formats:
             (tmp / "csv").mkdir()
@@ -88,7 +89,7 @@ def write_programming_files(layout: Layout, out_dir: Path, formats: tuple[str, .
                 (layout.root / "layout.json").read_bytes()).hexdigest(),
             "array": {"rows": target.array.rows, "cols": target.array.cols},
             "levels": n_levels,
-            "level_conductance_us": [float(g) for g in np.linspace(g_min, g_max, n_levels)],
+            "level_conductance_us": level_conductances_us(g_min, g_max, n_levels),
             "write_verify_tolerance_us": tolerance_us,
             "write_verify_tolerance_rel": target.cell.write_verify_tolerance_rel,
             "arrays": [{"core": c, "array": a, "layer": layer,

@@ -65,3 +65,10 @@ def paper_weight_std(weights: torch.Tensor, qmax: int, n_levels: int, n_slices: 
     ratio = weights.abs() / max(max_w, 1e-30)
     mid = (ratio > 0.25) & (ratio < 0.75)
     return base * torch.where(mid, float(state_ratio), 1.0)
+
+
+def level_conductances_us(g_min_us: float, g_max_us: float, n_levels: int) -> list[float]:
+    """The programmed conductance of each level ``l`` in microsiemens: the normalised
+    ``g = l / (L-1)`` spread linearly over the cell's range ``[g_min_us, g_max_us]``."""
+    return [g_min_us + (g_max_us - g_min_us) * level / (n_levels - 1)
+            for level in range(n_levels)]
