@@ -24,6 +24,13 @@ EPILOG = """examples:
   neftc targets --json
 """
 
+TRUST_MODEL_HELP = ("load a model file even where parts of it are code, not data: a .pt "
+                    "holding a whole nn.Module; a .pt2 with pickled sample inputs, weights or "
+                    "constants, symbolic shapes that are not plain expressions, compiled "
+                    "(AOTInductor) code or file-reading ops. Loading it runs code from the file: "
+                    "use it only for files you trust (damaged or oversized files are refused all "
+                    "the same)")
+
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -43,8 +50,7 @@ def _parser() -> argparse.ArgumentParser:
     comp.add_argument("--arch", help="architecture of a state_dict: mlp, lenet, vgg8, resnet18, "
                       "or package.module:Class (built with no arguments)")
     comp.add_argument("--input-shape", help="one sample's shape, e.g. 1,28,28 (needed with --arch)")
-    comp.add_argument("--trust-model", action="store_true",
-                      help="allow a .pt holding a pickled nn.Module (this runs code from the file)")
+    comp.add_argument("--trust-model", action="store_true", help=TRUST_MODEL_HELP)
     _add_quantisation_args(comp, training=False)
     comp.add_argument("--fold-bn", action="store_true",
                       help="fold inference BatchNorm into the preceding conv/linear "
@@ -75,7 +81,7 @@ def _parser() -> argparse.ArgumentParser:
     fin.add_argument("-o", "--output", type=Path, required=True, help="tuned model (.pt2)")
     fin.add_argument("--arch")
     fin.add_argument("--input-shape")
-    fin.add_argument("--trust-model", action="store_true")
+    fin.add_argument("--trust-model", action="store_true", help=TRUST_MODEL_HELP)
     _add_neft_args(fin, required=True, quantisation=True)
     fin.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
 
