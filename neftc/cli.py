@@ -283,13 +283,18 @@ def _add_quantisation_args(parser: argparse.ArgumentParser | argparse._ArgumentG
 
 
 def _neft_settings(args: argparse.Namespace):  # -> NeftSettings | None
-    from neftc.neft_pipeline import NeftSettings
+    from neftc.neft_pipeline import MAX_IRS_TAPS, NeftSettings
 
     if not getattr(args, "neft", None):
         return None
     taps: int | tuple[str, ...]
-    taps = int(args.irs_taps) if args.irs_taps.isdigit() else tuple(
-        t.strip() for t in args.irs_taps.split(",") if t.strip())
+    if args.irs_taps.strip().isdecimal():  # a count (checked by validate), else node names
+        if len(args.irs_taps.strip()) > 6:
+            raise NeftcError(f"--irs-taps must be an integer >= 1 and <= {MAX_IRS_TAPS} or node "
+                             f"names, got {args.irs_taps.strip()[:20]}...")
+        taps = int(args.irs_taps)
+    else:
+        taps = tuple(t.strip() for t in args.irs_taps.split(",") if t.strip())
     settings = NeftSettings(mode=args.neft, data=args.data, epochs=args.epochs,
                             sigma=args.train_sigma, beta=args.beta, lr=args.lr,
                             batch_size=args.batch_size, seed=args.seed, device=args.device,
@@ -546,6 +551,39 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+#: The numeric flags (dests) checked before any command runs, with the bounds the settings use
+#: (neftc.verify, neftc.neft_pipeline, neftc.targets.spec).
+_NUMERIC_FLAGS = ("sigma", "train_sigma", "beta", "lr", "seed", "mc", "chips_per_pass",
+                  "batch_size", "calib_samples", "samples", "dac_samples", "epochs",
+                  "neft_epochs")
+
+
+def _check_flags(args: argparse.Namespace) -> None:
+    """Refuse a numeric flag that is NaN, infinite or out of range before any work is done,
+    with one line naming the flag, the allowed range and the value (argparse accepts 'nan')."""
+    given = {dest: getattr(args, dest) for dest in _NUMERIC_FLAGS
+             if getattr(args, dest, None) is not None}
+    if not given:
+        return
+    from neftc.neft_pipeline import (MAX_BATCH_SIZE, MAX_BETA, MAX_EPOCHS, MAX_LR, MAX_SEED,
+                                     check_number)
+    from neftc.targets.spec import SIGMA_REL_MAX
+    from neftc.verify import MAX_CHIPS_PER_PASS, MAX_SAMPLES, MAX_TRIALS
+
+    bounds = {"sigma": (0, SIGMA_REL_MAX, False), "train_sigma": (0, SIGMA_REL_MAX, False),
+              "beta": (0, MAX_BETA, False), "lr": (0, MAX_LR, False),
+              "seed": (0, MAX_SEED, True), "mc": (1, MAX_TRIALS, True),
+              "chips_per_pass": (1, MAX_CHIPS_PER_PASS, True),
+              "batch_size": (1, MAX_BATCH_SIZE, True), "calib_samples": (1, MAX_SAMPLES, True),
+              "samples": (1, MAX_SAMPLES, True), "dac_samples": (1, MAX_SAMPLES, True),
+              "epochs": (1, MAX_EPOCHS, True), "neft_epochs": (1, MAX_EPOCHS, True)}
+    for dest, value in given.items():
+        low, high, integer = bounds[dest]
+        flag = "--" + dest.replace("_", "-")
+        for item in value if isinstance(value, list) else [value]:
+            check_number(flag, item, low, high, integer=integer, low_open=dest == "lr")
+
+
 COMMANDS = {"calibrate": _cmd_calibrate, "export-onnx": _cmd_export_onnx,
             "program": _cmd_program, "diff": _cmd_diff, "compile": _cmd_compile,
             "verify": _cmd_verify, "finetune": _cmd_finetune, "train": _cmd_train,
@@ -555,6 +593,7 @@ COMMANDS = {"calibrate": _cmd_calibrate, "export-onnx": _cmd_export_onnx,
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
+        _check_flags(args)
         return COMMANDS[args.command](args)
     except NeftcError as exc:
         print(f"neftc {args.command}: error: {exc}", file=sys.stderr)

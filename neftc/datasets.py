@@ -10,17 +10,28 @@ and data without one (the built-in digits, a ``.npz`` with ``x``, ``y``) is spli
 permutation drawn from :data:`SPLIT_SEED`. So a model trained with any seed is never tested on its
 own training samples, and every command sees the same test set. :attr:`Dataset.split` says which
 rule made the split.
+
+A data file is read only if it is a regular file (never a FIFO, device or folder), and the sizes
+its headers declare (IDX dimensions, the shapes in a ``.npz``'s ``.npy`` headers) are checked
+against the file and against :data:`MAX_DATA_BYTES` before anything is allocated. Nothing is ever
+unpickled except CIFAR-10 batches, through an unpickler that admits only empty numpy arrays and
+their state. Inputs must be finite and labels integer class indices below :data:`MAX_CLASSES`.
 """
 
 from __future__ import annotations
 
 import gzip
 import io
+import math
+import os
 import pickle
+import stat
 import struct
+import zipfile
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import torch
@@ -60,6 +71,13 @@ TEST_FRACTION = 0.25
 _PERMUTATION_SPLIT = (f"seeded permutation, split seed {SPLIT_SEED}, "
                       f"test fraction {TEST_FRACTION}")
 
+#: Memory budget of one data set, bytes: the arrays a file declares, with their float32 copies,
+#: must fit in it (checked from the headers, before loading). 8 GiB holds MNIST and CIFAR-10
+#: many times over.
+MAX_DATA_BYTES = 8 * 2**30
+#: Labels are class indices 0 .. MAX_CLASSES - 1.
+MAX_CLASSES = 100_000
+
 
 def _split_indices(n: int) -> tuple[np.ndarray, np.ndarray]:
     """(train, test) row indices of an unsplit data set of ``n`` samples: the same for every
@@ -73,7 +91,7 @@ def load_digits() -> Dataset:
     """The built-in digits: images [N, 1, 8, 8] scaled to [0, 1], split into 1348 train and
     449 test images by the fixed permutation of :data:`SPLIT_SEED`."""
     with resources.files("neftc.data").joinpath("digits.npz").open("rb") as fh:
-        data = np.load(fh)
+        data = np.load(fh, allow_pickle=False)
         x, y = data["x"].astype(np.float32) / 16.0, data["y"].astype(np.int64)
     train, test = _split_indices(len(y))
     x_t = torch.from_numpy(x[:, None])
@@ -131,6 +149,9 @@ def load_dataset(spec: str) -> Dataset:
     spec = str(spec)
     if spec == "digits":
         return load_digits()
+    if "\0" in spec:
+        raise DataError(f"data {spec!r} is not a valid path (it holds a NUL byte); "
+                        f"expected {_EXPECTED}")
     path = Path(spec).expanduser()
     try:
         exists, is_dir, is_file = path.exists(), path.is_dir(), path.is_file()
@@ -154,7 +175,8 @@ def load_dataset(spec: str) -> Dataset:
             return _load_cifar10(path, names)
         raise DataError(f"folder '{path}' holds neither MNIST IDX files nor CIFAR-10 batches"
                         f"{_folder_hint(path, names)}; expected {_EXPECTED}")
-    raise DataError(f"data '{spec}' is neither a file nor a folder; expected {_EXPECTED}")
+    raise DataError(f"data '{spec}' is neither a regular file nor a folder (a FIFO, socket or "
+                    f"device is never read); expected {_EXPECTED}")
 
 
 def check_compatible(dataset: Dataset, input_shape: tuple[int, ...], num_classes: int) -> None:
@@ -229,11 +251,50 @@ def _folder_hint(path: Path, names: set[str]) -> str:
     return ""
 
 
-def _read_bytes(path: Path, what: str) -> bytes:
+def _gib(size: int) -> str:
+    return f"{size / 2**30:.3g} GiB"
+
+
+def _check_budget(path: Path, need: int, what: str) -> None:
+    if need > MAX_DATA_BYTES:
+        raise DataError(f"'{path}' declares {what} needing about {_gib(need)} of memory, more "
+                        f"than neftc's data budget of {_gib(MAX_DATA_BYTES)}; use a smaller "
+                        f"data set (e.g. a subset saved with numpy.savez)")
+
+
+def _open_regular(path: Path, what: str) -> BinaryIO:
+    """``path`` opened for reading, if it is a regular file: a FIFO, device, socket or folder
+    is refused before it is opened for reading, so it can never block or stream forever."""
     try:
-        return path.read_bytes()
+        mode = os.stat(path).st_mode
+        if stat.S_ISREG(mode):
+            fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+            fh = os.fdopen(fd, "rb")
+            mode = os.fstat(fd).st_mode  # the file opened, not the name stat'ed before
+            if stat.S_ISREG(mode):
+                return fh
+            fh.close()
     except OSError as exc:
         raise DataError(f"{what} '{path}' cannot be read ({_os_reason(exc)})") from None
+    kind = "a folder" if stat.S_ISDIR(mode) else "not a regular file (a FIFO, socket or device)"
+    raise DataError(f"{what} '{path}' is {kind}; it must be a regular file")
+
+
+def _file_size(fh: BinaryIO) -> int:
+    return os.fstat(fh.fileno()).st_size
+
+
+def _read_bytes(path: Path, what: str) -> bytes:
+    """The whole of a regular file of at most MAX_DATA_BYTES."""
+    with _open_regular(path, what) as fh:
+        size = _file_size(fh)
+        if size > MAX_DATA_BYTES:
+            raise DataError(f"{what} '{path}' is {_gib(size)}, larger than neftc's data budget "
+                            f"of {_gib(MAX_DATA_BYTES)}")
+        try:
+            return fh.read(MAX_DATA_BYTES + 1)
+        except OSError as exc:
+            raise DataError(f"{what} '{path}' cannot be read ({_os_reason(exc)})") from None
 
 
 def _split_from_numpy(x: np.ndarray, y: np.ndarray) -> Split:
@@ -254,27 +315,47 @@ def _num_classes(*splits: Split) -> int:
 
 
 def _load_npz(path: Path) -> Dataset:
+    with _open_regular(path, "data file") as fh:
+        return _load_npz_file(path, fh)
+
+
+def _open_zip(path: Path, fh: BinaryIO) -> zipfile.ZipFile:
+    """The zip archive of a .npz file; a .npy, a pickle or anything else is refused unread."""
     try:
-        archive = np.load(path, allow_pickle=False)
-    except Exception as exc:  # noqa: BLE001 - numpy/zipfile/OSError must not reach the user
+        magic = fh.read(6)
+        fh.seek(0)
+        if magic.startswith(b"\x93NUMPY"):
+            raise DataError(f"'{path}' holds a single array, not a .npz archive; save x and y "
+                            f"together with numpy.savez('{path.name}', x=x, y=y)")
+        if not magic.startswith(b"PK"):
+            raise DataError(f"'{path}' is not a readable .npz file (it is not a zip archive of "
+                            f".npy arrays; neftc never unpickles data files); write it with "
+                            f"numpy.savez or numpy.savez_compressed")
+        return zipfile.ZipFile(fh)
+    except DataError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - zipfile/OSError must not reach the user
         raise DataError(f"'{path}' is not a readable .npz file ({_npz_reason(exc)}); write it "
                         f"with numpy.savez or numpy.savez_compressed") from None
-    if not isinstance(archive, np.lib.npyio.NpzFile):
-        raise DataError(f"'{path}' holds a single array, not a .npz archive; save x and y "
-                        f"together with numpy.savez('{path.name}', x=x, y=y)")
+
+
+def _load_npz_file(path: Path, fh: BinaryIO) -> Dataset:
+    archive = _open_zip(path, fh)
     try:
-        keys = set(archive.files)
+        members = {name.removesuffix(".npy"): name for name in archive.namelist()}
+        keys = set(members)
         if {"x_test", "y_test"} <= keys:
             if ("x_train" in keys) != ("y_train" in keys):
                 have, miss = (("x_train", "y_train") if "x_train" in keys
                               else ("y_train", "x_train"))
                 raise DataError(f"'{path}' has '{have}' but no '{miss}'; save both or "
                                 f"neither (arrays in the file: {_keys(keys)})")
-            arrays = {k: _npz_array(archive, path, k)
-                      for k in ("x_train", "y_train", "x_test", "y_test") if k in keys}
+            arrays = _npz_arrays(archive, members, path,
+                                 [k for k in ("x_train", "y_train", "x_test", "y_test")
+                                  if k in keys])
             combined = False
         elif {"x", "y"} <= keys:
-            arrays = {k: _npz_array(archive, path, k) for k in ("x", "y")}
+            arrays = _npz_arrays(archive, members, path, ["x", "y"])
             combined = True
         else:
             raise DataError(
@@ -332,18 +413,49 @@ def _npz_reason(exc: BaseException) -> str:
     return _reason(exc)
 
 
-def _npz_array(archive, path: Path, key: str) -> np.ndarray:  # noqa: ANN001
-    try:
-        value = archive[key]
-    except ValueError as exc:
-        if "allow_pickle" in str(exc) or "Object arrays" in str(exc):
-            raise DataError(f"array '{key}' in '{path}' holds Python objects, which neftc does "
-                            f"not unpickle; save it as a numeric array") from None
-        raise
-    if not isinstance(value, np.ndarray):
-        raise DataError(f"member '{key}' of '{path}' is not a .npy array; write the file with "
-                        f"numpy.savez")
-    return value
+def _npy_header(archive: zipfile.ZipFile, name: str, path: Path,
+                key: str) -> tuple[tuple[int, ...], np.dtype]:
+    """Shape and dtype from the .npy header of member ``name``, checked against the member's
+    size; nothing but the header is read."""
+    info = archive.getinfo(name)
+    with archive.open(info) as member:
+        if member.read(len(np.lib.format.MAGIC_PREFIX)) != np.lib.format.MAGIC_PREFIX:
+            raise DataError(f"member '{key}' of '{path}' is not a .npy array; write the file "
+                            f"with numpy.savez")
+        member.seek(0)
+        version = np.lib.format.read_magic(member)
+        if version == (1, 0):
+            shape, _, dtype = np.lib.format.read_array_header_1_0(member)
+        elif version == (2, 0):
+            shape, _, dtype = np.lib.format.read_array_header_2_0(member)
+        else:
+            raise DataError(f"array '{key}' in '{path}' uses .npy format version "
+                            f"{version[0]}.{version[1]}; save numeric arrays with numpy.savez")
+        header = member.tell()
+    if dtype.hasobject:
+        raise DataError(f"array '{key}' in '{path}' holds Python objects, which neftc does "
+                        f"not unpickle; save it as a numeric array")
+    declared = math.prod(shape) * dtype.itemsize
+    if info.file_size - header != declared:
+        raise DataError(f"'{path}' is a damaged .npz file: array '{key}' declares shape "
+                        f"{list(shape)} of {dtype} ({declared} bytes) but holds "
+                        f"{info.file_size - header} bytes; write it again with numpy.savez")
+    return tuple(shape), dtype
+
+
+def _npz_arrays(archive: zipfile.ZipFile, members: dict[str, str], path: Path,
+                keys: list[str]) -> dict[str, np.ndarray]:
+    """The arrays ``keys``, loaded only after every declared shape is checked against the member
+    sizes and, with float32 copies, against :data:`MAX_DATA_BYTES`."""
+    headers = {key: _npy_header(archive, members[key], path, key) for key in keys}
+    need = sum(math.prod(shape) * (dtype.itemsize + 8) for shape, dtype in headers.values())
+    shapes = ", ".join(f"{key} {list(shape)}" for key, (shape, _) in headers.items())
+    _check_budget(path, need, f"arrays {shapes}")
+    arrays = {}
+    for key in keys:
+        with archive.open(members[key]) as member:
+            arrays[key] = np.lib.format.read_array(member, allow_pickle=False)
+    return arrays
 
 
 def _check_xy(path: Path, x: np.ndarray, y: np.ndarray, xname: str,
@@ -368,9 +480,11 @@ def _check_xy(path: Path, x: np.ndarray, y: np.ndarray, xname: str,
         if y.min() < 0:
             raise DataError(f"{where}: '{yname}' has negative labels (min {int(y.min())}); "
                             f"labels must be class indices 0, 1, 2, ...")
-        if y.dtype == np.uint64 and y.max() > np.iinfo(np.int64).max:
-            raise DataError(f"{where}: '{yname}' has labels too large to be class indices")
-    x = x.astype(np.float32)
+        if y.max() >= MAX_CLASSES:
+            raise DataError(f"{where}: '{yname}' has labels up to {int(y.max())}; labels must be "
+                            f"class indices 0, 1, 2, ... below {MAX_CLASSES}")
+    with np.errstate(over="ignore"):  # values beyond float32 become inf, refused just below
+        x = x.astype(np.float32)
     if not np.isfinite(x).all():
         raise DataError(f"{where}: '{xname}' contains NaN or infinite values (after conversion "
                         f"to float32)")
@@ -401,37 +515,69 @@ def _find_idx(folder: Path, names: set[str], key: str) -> Path | None:
     return None
 
 
+#: Most bytes one byte of a deflate stream can expand to (zlib's documented maximum is 1032:1).
+_DEFLATE_MAX_RATIO = 1032
+
+
 def _read_idx(path: Path, ndim: int) -> np.ndarray:
-    raw = _read_bytes(path, "IDX file")
-    if path.name.endswith(".gz"):
+    """An unsigned-byte IDX array; the header's dimensions are checked against the file's size
+    (for ``.gz``, the most its compressed size can hold) and the memory budget before the data
+    is read."""
+    with _open_regular(path, "IDX file") as fh:
+        size = _file_size(fh)
+        if not path.name.endswith(".gz"):
+            return _parse_idx(path, ndim, fh, size, compressed=False)
         try:
-            raw = gzip.decompress(raw)
-        except Exception as exc:  # noqa: BLE001 - gzip/zlib/EOFError
+            with gzip.GzipFile(fileobj=fh, mode="rb") as stream:
+                return _parse_idx(path, ndim, stream, size, compressed=True)
+        except DataError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - gzip.BadGzipFile, zlib.error, EOFError
             raise DataError(f"IDX file '{path}' is not a valid gzip file ({_reason(exc)}); "
                             f"download it again") from None
-    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0:
-        raise DataError(f"'{path}' is not an IDX file (bad magic number "
-                        f"{raw[:4].hex() or 'none: the file is empty'}); download it again")
-    if raw[2] != 0x08:
-        raise DataError(f"IDX file '{path}' has element type 0x{raw[2]:02x}; neftc reads only "
-                        f"unsigned-byte (0x08) IDX files such as MNIST's")
-    if raw[3] != ndim:
-        raise DataError(f"IDX file '{path}' has {raw[3]} dimensions; expected {ndim} "
-                        f"({'images [N, H, W]' if ndim == 3 else 'labels [N]'})")
+
+
+def _parse_idx(path: Path, ndim: int, stream: BinaryIO, size: int,
+               compressed: bool) -> np.ndarray:
     header = 4 + 4 * ndim
-    if len(raw) < header:
+    head = stream.read(header)
+    if len(head) < 4 or head[0] != 0 or head[1] != 0:
+        raise DataError(f"'{path}' is not an IDX file (bad magic number "
+                        f"{head[:4].hex() or 'none: the file is empty'}); download it again")
+    if head[2] != 0x08:
+        raise DataError(f"IDX file '{path}' has element type 0x{head[2]:02x}; neftc reads only "
+                        f"unsigned-byte (0x08) IDX files such as MNIST's")
+    if head[3] != ndim:
+        raise DataError(f"IDX file '{path}' has {head[3]} dimensions; expected {ndim} "
+                        f"({'images [N, H, W]' if ndim == 3 else 'labels [N]'})")
+    if len(head) < header:
         raise DataError(f"IDX file '{path}' is truncated (the header is incomplete); "
                         f"download it again")
-    dims = struct.unpack(f">{ndim}i", raw[4:header])
+    dims = struct.unpack(f">{ndim}i", head[4:header])
     if any(d < 0 for d in dims):
         raise DataError(f"IDX file '{path}' is corrupt (negative size in the header {dims})")
-    expected = int(np.prod(dims, dtype=np.int64))
-    if len(raw) - header != expected:
-        state = "truncated" if len(raw) - header < expected else "corrupt"
+    if ndim == 3 and dims[0] and min(dims[1:]) == 0:
+        raise DataError(f"IDX file '{path}' is corrupt (images of size {dims[1]}x{dims[2]} in "
+                        f"the header)")
+    expected = math.prod(dims)
+    if not compressed and size - header != expected:
+        state = "truncated" if size - header < expected else "corrupt"
         raise DataError(f"IDX file '{path}' is {state}: its header says {list(dims)} = "
-                        f"{expected} bytes of data but it has {len(raw) - header}; "
+                        f"{expected} bytes of data but it has {size - header}; "
                         f"download it again")
-    return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(dims)
+    if compressed and expected > size * _DEFLATE_MAX_RATIO:
+        raise DataError(f"IDX file '{path}' is corrupt: its header says {list(dims)} = "
+                        f"{expected} bytes of data, more than a gzip file of {size} bytes can "
+                        f"hold; download it again")
+    # the uint8 data and the float32 copies made while scaling it
+    _check_budget(path, expected * 9, f"{'images' if ndim == 3 else 'labels'} {list(dims)}")
+    body = stream.read(expected + 1)
+    if len(body) != expected:
+        state = "truncated" if len(body) < expected else "corrupt"
+        found = len(body) if len(body) < expected else "more"
+        raise DataError(f"IDX file '{path}' is {state}: its header says {list(dims)} = "
+                        f"{expected} bytes of data but it has {found}; download it again")
+    return np.frombuffer(body, dtype=np.uint8).reshape(dims)
 
 
 def _idx_split(images: Path, labels: Path) -> Split:
@@ -482,7 +628,15 @@ def _numpy_reconstruct():
         from numpy._core.multiarray import _reconstruct
     except ImportError:  # numpy < 1.26 without the numpy._core alias
         from numpy.core.multiarray import _reconstruct
-    return _reconstruct
+
+    def empty_array(subtype, shape, dtype):  # noqa: ANN001, ANN202
+        """numpy pickles an array as an empty one plus its state (the data, with a shape numpy
+        checks against it); any other shape would allocate memory the file does not hold."""
+        if subtype is not np.ndarray or shape not in ((0,), [0], 0):
+            raise _ForbiddenGlobal(f"an array of shape {shape!r} built without data")
+        return _reconstruct(subtype, shape, dtype)
+
+    return empty_array
 
 
 class _RestrictedUnpickler(pickle.Unpickler):
@@ -538,12 +692,16 @@ def _read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
                 if isinstance(data, np.ndarray) else f"a {type(data).__name__}")
         raise DataError(f"CIFAR-10 batch '{path}': b'data' is {desc}; expected a uint8 array "
                         f"[N, 3072]")
-    try:
-        y = np.asarray(labels)
-        if y.ndim == 1 and y.size == 0:
-            y = y.astype(np.int64)
-    except Exception:  # noqa: BLE001
-        y = np.asarray([], dtype=object)
+    if isinstance(labels, (list, tuple)) and not all(
+            isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in labels):
+        y = np.asarray([], dtype=object)  # nested or shared lists are never expanded
+    else:
+        try:
+            y = np.asarray(labels)
+            if y.ndim == 1 and y.size == 0:
+                y = y.astype(np.int64)
+        except Exception:  # noqa: BLE001
+            y = np.asarray([], dtype=object)
     if y.ndim != 1 or y.dtype.kind not in "iu":
         raise DataError(f"CIFAR-10 batch '{path}': b'labels' must be a list of integer class "
                         f"labels")
@@ -557,7 +715,12 @@ def _read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _cifar_split(paths: list[Path]) -> Split:
-    batches = [_read_cifar_batch(p) for p in paths]
+    batches = []
+    for p in paths:
+        batches.append(_read_cifar_batch(p))
+        images = sum(b[0].shape[0] for b in batches)
+        _check_budget(p.parent, images * 3072 * 13, f"{images} images [3, 32, 32] (with "
+                      f"{p.name})")  # the uint8 data and the float32 copies while normalising
     data = np.concatenate([b[0] for b in batches])
     y = np.concatenate([b[1] for b in batches]).astype(np.int64)
     x = data.reshape(-1, 3, 32, 32).astype(np.float32) / 255.0

@@ -24,6 +24,7 @@ from tqdm import tqdm
 from neftc.datasets import Split
 from neftc.neft_modules import FeedbackHead, WeightNoise
 from neftc.passes.insert_feedback import PLAN_KEY, FeedbackPlan
+from neftc.train import check_loss, check_weights
 
 # The paper's reference hyper-parameters (Qin et al., TCAD 2025): Adam, cosine schedule, batch 128;
 # beta (OVF, IRS): VGG-8/MNIST 1e-3, 1e-2; VGG-8/CIFAR-10 1e-3, 1e-1; ResNet-18/CIFAR-10 1e-1, 1e-3.
@@ -85,7 +86,7 @@ def finetune(gm: torch.fx.GraphModule, data: Split, *, sigma: float, epochs: int
     for epoch in range(epochs):
         order = torch.randperm(len(data), generator=order_generator)
         total, count = 0.0, 0
-        for first in range(0, len(data), batch_size):
+        for step, first in enumerate(range(0, len(data), batch_size)):
             idx = order[first:first + batch_size]
             x, y = data.x[idx].to(device), data.y[idx].to(device)
             _set_sigma(noise, sigma)
@@ -103,6 +104,7 @@ def finetune(gm: torch.fx.GraphModule, data: Split, *, sigma: float, epochs: int
                 loss = neft_loss(out, feedback, plan.gammas, plan.beta, y)
             else:
                 loss = F.cross_entropy(out, y)
+            check_loss(loss, epoch, epochs, step, steps_per_epoch, what=f"NeFT {mode} fine-tuning")
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
@@ -116,6 +118,7 @@ def finetune(gm: torch.fx.GraphModule, data: Split, *, sigma: float, epochs: int
         if on_epoch is not None:
             on_epoch(epoch, log.losses[-1])
     bar.close()
+    check_weights(gm, what=f"NeFT {mode} fine-tuning")
     log.seconds = time.perf_counter() - start
     gm.eval()
     gm.to("cpu")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+import numbers
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,9 +21,44 @@ from neftc.passes.inject_noise import InjectNoise
 from neftc.passes.insert_feedback import InsertFeedback, NeftMode
 from neftc.passes.quantize import Calibration
 from neftc.passes.strip_training import StripTraining
-from neftc.targets.spec import TargetSpec
+from neftc.targets.spec import SIGMA_REL_MAX, TargetSpec
 
 NEFT_MODES: tuple[NeftMode, ...] = ("ovf", "irs", "nit", "none")
+
+# Bounds of the training options (and of the same flags elsewhere: --seed, --batch-size).
+#: Seeds are non-negative 63-bit integers.
+MAX_SEED = 2**63 - 1
+MAX_EPOCHS = 10_000
+MAX_BATCH_SIZE = 65_536
+#: Adam learning rates above this only diverge.
+MAX_LR = 10.0
+#: The paper's feedback strengths are 1e-3 .. 1e-1.
+MAX_BETA = 100.0
+MAX_IRS_TAPS = 1_000
+
+
+def check_number(flag: str, value: object, low: float, high: float, *, integer: bool = False,
+                 low_open: bool = False) -> None:
+    """Raise ``NeftcError('--flag must be a finite number >= low and <= high, got value')``
+    unless ``value`` is finite (an ``int`` with ``integer``) and in range."""
+    try:
+        if integer:
+            ok = isinstance(value, numbers.Integral) and not isinstance(value, bool)
+        else:
+            ok = isinstance(value, numbers.Real) and not isinstance(value, bool) \
+                and math.isfinite(float(value))
+        ok = ok and (value > low if low_open else value >= low) and value <= high  # type: ignore
+    except (OverflowError, TypeError):
+        ok = False
+    if not ok:
+        kind = "an integer" if integer else "a finite number"
+        try:
+            shown = repr(value)
+        except ValueError:  # an integer too long to print
+            shown = "a very large integer"
+        shown = shown if len(shown) <= 40 else shown[:37] + "..."
+        raise NeftcError(f"{flag} must be {kind} {'>' if low_open else '>='} {low:g} and <= "
+                         f"{high if integer else format(high, 'g')}, got {shown}")
 
 
 @dataclass(frozen=True)
@@ -46,10 +83,18 @@ class NeftSettings:
     def validate(self) -> None:
         if self.mode not in NEFT_MODES:
             raise NeftcError(f"unknown NeFT mode '{self.mode}'; use one of {', '.join(NEFT_MODES)}")
-        if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0:
-            raise NeftcError("--epochs and --batch-size must be at least 1 and --lr positive")
-        if self.sigma is not None and self.sigma < 0:
-            raise NeftcError(f"--train-sigma must be >= 0, got {self.sigma}")
+        check_number("--epochs", self.epochs, 1, MAX_EPOCHS, integer=True)
+        check_number("--batch-size", self.batch_size, 1, MAX_BATCH_SIZE, integer=True)
+        check_number("--lr", self.lr, 0, MAX_LR, low_open=True)
+        check_number("--seed", self.seed, 0, MAX_SEED, integer=True)
+        if self.sigma is not None:
+            check_number("--train-sigma", self.sigma, 0, SIGMA_REL_MAX)
+        if self.beta is not None:
+            check_number("--beta", self.beta, 0, MAX_BETA)
+        for offset in self.sigma_offsets:
+            check_number("sigma_offsets", offset, 0, SIGMA_REL_MAX)
+        if isinstance(self.taps, int):
+            check_number("--irs-taps", self.taps, 1, MAX_IRS_TAPS, integer=True)
         if self.calibration not in ("max-abs", "percentile"):
             raise NeftcError(f"unknown calibration '{self.calibration}'; use max-abs or "
                              "percentile")

@@ -12,10 +12,18 @@ from tqdm import tqdm
 from neftc.datasets import Dataset, check_compatible, load_dataset
 from neftc.errors import DataError
 from neftc.format.reader import load_layout
+from neftc.neft_pipeline import MAX_BATCH_SIZE, MAX_SEED, check_number
 from neftc.runtime.crossbar import InputQuant
 from neftc.runtime.emulator import Emulator
 from neftc.runtime.montecarlo import evaluate, monte_carlo
 from neftc.runtime.noise import NoiseMode
+from neftc.targets.spec import SIGMA_REL_MAX
+
+#: Most chip instances per sigma: the run keeps one accuracy per chip, nothing more.
+MAX_TRIALS = 10**6
+MAX_CHIPS_PER_PASS = 1024
+#: Most samples a count option (--calib-samples, --samples, --dac-samples) may ask for.
+MAX_SAMPLES = 10**8
 
 
 @dataclass(frozen=True)
@@ -30,6 +38,21 @@ class VerifySettings:
     calib_samples: int = 512
     chips_per_pass: int = 1
     device: str = "cpu"
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise :class:`~neftc.errors.NeftcError` naming the ``neftc verify`` flag of a value
+        out of range (run on construction)."""
+        for sigma in self.sigmas or ():
+            check_number("--sigma", sigma, 0, SIGMA_REL_MAX)
+        check_number("--mc", self.trials, 1, MAX_TRIALS, integer=True)
+        check_number("--seed", self.seed, 0, MAX_SEED, integer=True)
+        check_number("--batch-size", self.batch_size, 1, MAX_BATCH_SIZE, integer=True)
+        check_number("--calib-samples", self.calib_samples, 1, MAX_SAMPLES, integer=True)
+        check_number("--chips-per-pass", self.chips_per_pass, 1, MAX_CHIPS_PER_PASS,
+                     integer=True)
 
 
 def _calibration_inputs(data: Dataset, count: int) -> torch.Tensor:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -101,14 +101,19 @@ class McResult:
         return self.stats.trials / self.seconds if self.seconds > 0 else float("inf")
 
 
-def _chip_groups(trials: int, size: int) -> list[list[int]]:
-    return [list(range(first, min(first + size, trials))) for first in range(0, trials, size)]
+def _chip_groups(trials: int, size: int) -> Iterator[list[int]]:
+    """Chips 0 .. trials-1 in groups of ``size``, one group at a time (memory O(size))."""
+    for first in range(0, trials, size):
+        yield list(range(first, min(first + size, trials)))
 
 
 def monte_carlo(emulator: Emulator, x: torch.Tensor, y: torch.Tensor, trials: int, *,
                 batch_size: int = 1024, chips_per_pass: int = 1,
                 on_trial: Callable[[int, float], None] | None = None) -> McResult:
     """Accuracy of ``trials`` chip instances (0 .. trials-1 of the emulator's seed).
+
+    Memory is O(trials) for the accuracies (one float per chip) plus O(test set) for one chip's
+    logits and the streaming uncertainty sums; nothing of size trials x test set is kept.
 
     ``chips_per_pass`` > 1 (ideal periphery only) evaluates that many chip instances in one
     batched pass (``Emulator.forward_chips``): the same chips and results, fewer, larger kernels.
