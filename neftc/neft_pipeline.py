@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import math
-import numbers
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,6 +10,9 @@ from typing import Literal
 import torch
 import torch.fx
 
+from neftc.bounds import (  # noqa: F401 (re-exported bounds)
+    MAX_BATCH_SIZE, MAX_BETA, MAX_EPOCHS, MAX_IRS_TAPS, MAX_LR, MAX_SEED, check_number,
+)
 from neftc.datasets import Dataset, check_compatible, load_dataset
 from neftc.devices import resolve_device
 from neftc.errors import DataError, NeftcError
@@ -25,40 +26,6 @@ from neftc.targets.spec import SIGMA_REL_MAX, TargetSpec
 
 NEFT_MODES: tuple[NeftMode, ...] = ("ovf", "irs", "nit", "none")
 
-# Bounds of the training options (and of the same flags elsewhere: --seed, --batch-size).
-#: Seeds are non-negative 63-bit integers.
-MAX_SEED = 2**63 - 1
-MAX_EPOCHS = 10_000
-MAX_BATCH_SIZE = 65_536
-#: Adam learning rates above this only diverge.
-MAX_LR = 10.0
-#: The paper's feedback strengths are 1e-3 .. 1e-1.
-MAX_BETA = 100.0
-MAX_IRS_TAPS = 1_000
-
-
-def check_number(flag: str, value: object, low: float, high: float, *, integer: bool = False,
-                 low_open: bool = False) -> None:
-    """Raise ``NeftcError('--flag must be a finite number >= low and <= high, got value')``
-    unless ``value`` is finite (an ``int`` with ``integer``) and in range."""
-    try:
-        if integer:
-            ok = isinstance(value, numbers.Integral) and not isinstance(value, bool)
-        else:
-            ok = isinstance(value, numbers.Real) and not isinstance(value, bool) \
-                and math.isfinite(float(value))
-        ok = ok and (value > low if low_open else value >= low) and value <= high  # type: ignore
-    except (OverflowError, TypeError):
-        ok = False
-    if not ok:
-        kind = "an integer" if integer else "a finite number"
-        try:
-            shown = repr(value)
-        except ValueError:  # an integer too long to print
-            shown = "a very large integer"
-        shown = shown if len(shown) <= 40 else shown[:37] + "..."
-        raise NeftcError(f"{flag} must be {kind} {'>' if low_open else '>='} {low:g} and <= "
-                         f"{high if integer else format(high, 'g')}, got {shown}")
 
 
 @dataclass(frozen=True)
