@@ -495,13 +495,17 @@ def _cmd_verify(args: argparse.Namespace) -> int:
                               ideal_periphery=args.ideal_periphery, faults=not args.no_faults,
                               batch_size=args.batch_size, calib_samples=args.calib_samples,
                               chips_per_pass=args.chips_per_pass, device=args.device)
+    from neftc.report import layout_identity
+
+    verified = layout_identity(args.layout)  # the layout this sign-off is about
     report = run_verify(args.layout, args.data, settings,
                         progress=not args.quiet and not args.json)
     if not args.no_report:
         from neftc.format.reader import load_layout
         from neftc.report import write_report
 
-        write_report(args.layout, load_layout(args.layout).doc, report)
+        # verify.json and report.html together or neither, and only into the layout verified.
+        write_report(args.layout, load_layout(args.layout).doc, report, expect=verified)
     print(json.dumps(report, indent=1) if args.json else format_verify(report), end="\n"
           if args.json else "")
     return 0

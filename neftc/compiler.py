@@ -57,7 +57,7 @@ class CompileSettings:
                 mode=n.mode, data=n.data, epochs=n.epochs,
                 sigma=target.noise.sigma_rel if n.sigma is None else n.sigma,
                 beta=DEFAULT_BETA[n.mode] if n.beta is None else n.beta, lr=n.lr,
-                batch_size=n.batch_size, seed=n.seed, noise=n.noise, seconds=log.seconds,
+                batch_size=n.batch_size, seed=n.seed, noise=n.noise,
                 final_loss=log.losses[-1] if log.losses else float("nan"))
         return CompileOptions(per_channel=self.per_channel,
                               calibration=self.calibration,  # type: ignore[arg-type]
@@ -71,6 +71,7 @@ class CompileResult:
     doc: LayoutDoc
     gm: torch.fx.GraphModule  # the compiled graph; it computes the fake-quantised model
     out_dir: Path | None
+    neft_log: TrainLog | None = None  # NeFT fine-tuning's losses and wall-clock time (not in doc)
 
 
 def _compile_loaded(loaded: LoadedModel, target: TargetSpec, settings: CompileSettings,
@@ -116,7 +117,7 @@ def _compile_loaded(loaded: LoadedModel, target: TargetSpec, settings: CompileSe
             write_report(tmp, doc)
 
         write_layout(Path(out_dir), doc, levels, tensors, extras=reports)
-    return CompileResult(doc, gm, out_dir)
+    return CompileResult(doc, gm, out_dir, log)
 
 
 def compile_model(

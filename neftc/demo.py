@@ -71,7 +71,7 @@ def run_demo(out_dir: Path, target: TargetSpec, config: DemoConfig = DemoConfig(
             report["layout"] = str(out_dir / f"layout-{method}")
             record["methods"][method] = {
                 "layout": str(out_dir / f"layout-{method}"),
-                "fine_tune_seconds": result.doc.options.neft.seconds if neft else 0.0,
+                "fine_tune_seconds": result.neft_log.seconds if result.neft_log else 0.0,
                 "quantized_accuracy_ideal_periphery": report["quantized_accuracy_ideal_periphery"],
                 "arrays_used": layout.doc.summary.arrays_used,
                 "verify": report}

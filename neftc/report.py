@@ -15,8 +15,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-from neftc.atomic import atomic_file
-from neftc.format.schema import LayoutDoc
+from neftc.atomic import atomic_file, atomic_files, directory_lock
+from neftc.errors import OutputError
+from neftc.format.schema import CHECKSUMS_FILE, LayoutDoc
 from neftc.summary import dac_calibration_text, dac_text, layout_summary, overrides_text
 
 REPORT_HTML = "report.html"
@@ -178,19 +179,50 @@ def render_report(doc: LayoutDoc, verify: dict[str, Any] | None = None) -> str:
     return "\n".join(parts)
 
 
-def write_report(layout_dir: Path, doc: LayoutDoc, verify: dict[str, Any] | None = None) -> Path:
+def layout_identity(layout_dir: Path) -> bytes | None:
+    """The layout's ``SHA256SUMS`` (it names ``layout.json`` and the sidecars by their hashes),
+    or None when it cannot be read: what ``write_report(expect=...)`` compares."""
+    try:
+        return (Path(layout_dir) / CHECKSUMS_FILE).read_bytes()
+    except OSError:
+        return None
+
+
+def write_report(layout_dir: Path, doc: LayoutDoc, verify: dict[str, Any] | None = None, *,
+                 expect: bytes | None = None) -> Path:
     """(Re)write ``report.html`` in a layout directory, atomically; with ``verify``, also save
-    it as ``verify.json`` (both are outside the layout's checksums)."""
+    it as ``verify.json`` (both are outside the layout's checksums).
+
+    With ``verify`` the two files are one transaction: both are rendered first; then, holding the
+    layout's lock (``neftc.atomic.directory_lock``, which a compile into the same directory takes
+    for its swap), written to temporaries beside them and renamed into place, ``verify.json``
+    first and ``report.html`` second; if the second rename fails the first is undone. So either
+    both are the new sign-off or both are unchanged, and no temporary is left. ``verify.json`` is
+    renamed first because ``report.html`` is derived from it (compile and calibrate re-render the
+    report from it): only a process killed between the two renames can leave them apart, and then
+    the report is stale, never ahead of the record. With ``expect`` (``layout_identity`` taken
+    before verifying), nothing is written and ``OutputError`` raised when the directory now holds
+    another layout (a compile replaced it meanwhile): the sign-off would describe the wrong one.
+    """
     layout_dir = Path(layout_dir)
-    if verify is not None:
-        _atomic_write(layout_dir / VERIFY_JSON, json.dumps(verify, indent=1) + "\n")
-    elif (layout_dir / VERIFY_JSON).is_file():
-        try:
-            verify = json.loads((layout_dir / VERIFY_JSON).read_text())
-        except json.JSONDecodeError:
-            verify = None
     path = layout_dir / REPORT_HTML
-    _atomic_write(path, render_report(doc, verify))
+    if verify is None:
+        if (layout_dir / VERIFY_JSON).is_file():
+            try:
+                verify = json.loads((layout_dir / VERIFY_JSON).read_text())
+            except json.JSONDecodeError:
+                verify = None
+        _atomic_write(path, render_report(doc, verify))
+        return path
+    texts = (json.dumps(verify, indent=1) + "\n", render_report(doc, verify))
+    with directory_lock(layout_dir, required=False):
+        if expect is not None and layout_identity(layout_dir) != expect:
+            raise OutputError(f"the layout in '{layout_dir}' was replaced while it was being "
+                              f"verified; {VERIFY_JSON} and {REPORT_HTML} were not written. Run "
+                              "neftc verify again on the new layout")
+        with atomic_files(layout_dir / VERIFY_JSON, path) as temps:
+            for tmp, text in zip(temps, texts):
+                tmp.write_text(text, encoding="utf-8")
     return path
 
 

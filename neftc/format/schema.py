@@ -56,6 +56,9 @@ class CompileOptions(_Strict):
 class NeftRecord(_Strict):
     """How the weights were fine-tuned with NeFT before mapping (absent: not fine-tuned)."""
 
+    # Only what the same inputs reproduce: no wall-clock time (neftc compile prints it), so
+    # compiling twice gives the same bytes.
+
     mode: Literal["ovf", "irs", "nit", "none"]
     data: str
     epochs: int
@@ -65,7 +68,6 @@ class NeftRecord(_Strict):
     batch_size: int
     seed: int
     noise: Literal["cell", "paper"]
-    seconds: float
     final_loss: float
 
 
