@@ -10,7 +10,8 @@ import torch
 import torch.fx
 
 from neftc import __version__
-from neftc.format import encoding
+from neftc.errors import PassError
+from neftc.format import encoding, ops
 from neftc.format.graph_codec import UnencodableArgument, encode_arg, target_name
 from neftc.format.schema import (
     LAYOUT_FORMAT, LAYOUT_VERSION, LEVELS_FILE, TENSORS_FILE, CompileOptions, ConvRecord, FileRecord, GraphNode, GraphRecord, LayerRecord,
@@ -55,6 +56,17 @@ def _layer_record(node: torch.fx.Node, info: NodeInfo, levels_blob: Sidecar,
         positions=max(info.positions, 1), replication=1 + len(info.tiles[0].replicas),
         tiles=tiles,
     )
+
+
+def _unsupported(node: torch.fx.Node, target: str, exc: ops.OpError) -> PassError:
+    """The compile-time form of a refusal of load_layout's graph checks."""
+    if exc.field == "target":
+        return PassError(f"node '{node.name}' calls {target}, which is not supported by the "
+                         f"layout format: a layout's graph may call only the {len(ops.OPS)} ops "
+                         "of docs/layout.md section 7.1.1; express the model with those "
+                         "ops")
+    return PassError(f"node '{node.name}' ({target}) is not supported by the layout format "
+                     f"({exc.field}): {exc.problem}")
 
 
 def _get_attr(gm: torch.nn.Module, target: str) -> torch.Tensor:
@@ -108,8 +120,22 @@ def build_layout(
             kwargs = {k: encode_arg(v) for k, v in node.kwargs.items()}
         except UnencodableArgument as exc:
             raise NodeError(node, str(exc)) from None
+        if node.op == "call_function":  # only what load_layout reads (docs/layout.md 7.1.1)
+            try:
+                ops.check_call(target_name(node), args, kwargs)
+            except ops.OpError as exc:
+                raise _unsupported(node, target_name(node), exc) from None
         nodes.append(GraphNode(name=node.name, op=node.op, target=target_name(node), args=args,
                                kwargs=kwargs, layer=info.layer if info is not None else None))
+    graph_nodes = list(gm.graph.nodes)
+    try:  # the size bounds load_layout checks: never write a layout it would refuse
+        ops.check_values(ops.GraphInput(
+            input_shape=list(example_input.shape), nodes=nodes,
+            tensors={t.name: (t.shape, t.dtype) for t in tensors},
+            weights={layer.name: layer.weight_shape for layer in layers}))
+    except ops.OpError as exc:
+        node = graph_nodes[exc.node] if exc.node is not None else graph_nodes[0]
+        raise _unsupported(node, target_name(node), exc) from None
     levels_bytes, tensors_bytes = levels_blob.bytes(), tensors_blob.bytes()
     cells = sum(t.row_count * t.col_count * (1 + len(t.replicas))
                 for layer in layers for t in layer.tiles)

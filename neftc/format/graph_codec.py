@@ -16,8 +16,6 @@ import torch.fx
 
 from neftc.errors import LayoutError
 
-_NAMESPACES = {"aten": torch.ops.aten, "prims": torch.ops.prims}
-
 DTYPES = {str(d).removeprefix("torch."): d for d in (
     torch.float32, torch.float64, torch.float16, torch.bfloat16, torch.int64, torch.int32,
     torch.int16, torch.int8, torch.uint8, torch.bool)}
@@ -92,21 +90,18 @@ def node_refs(value: Any) -> list[str]:
 
 
 def resolve_op(name: str) -> Any:
-    """The callable a graph node's ``target`` names: ``'aten.relu.default'`` ->
-    ``torch.ops.aten.relu.default``, ``'getitem'`` -> ``operator.getitem``. Anything else is a
-    ``LayoutError``."""
+    """The callable a graph node's ``target`` names, if it is one of the ops a layout may call
+    (``neftc.format.ops.OPS``, docs/layout.md section 7.1.1): ``'aten.relu.default'`` ->
+    ``torch.ops.aten.relu.default``, ``'getitem'`` -> ``operator.getitem``. Any other name (an op
+    outside the allow-list, ``prims.*``, a dunder) is a ``LayoutError``; nothing else is looked up.
+    """
+    from neftc.format.ops import OPS  # ops reads this module's DTYPES and decode_arg
+
+    if not isinstance(name, str) or name not in OPS:
+        raise LayoutError(f"the layout's graph calls {name!r}, which is not supported by the "
+                          f"layout format; a layout may call only the {len(OPS)} ops listed in "
+                          "docs/layout.md section 7.1.1")
     if name == "getitem":
         return operator.getitem
-    parts = name.split(".")
-    if len(parts) != 3 or parts[0] not in _NAMESPACES:
-        raise LayoutError(f"the layout's graph calls '{name}', which is not an ATen op; only "
-                          "aten.* / prims.* ops and getitem can appear in a layout")
-    try:
-        op = getattr(getattr(_NAMESPACES[parts[0]], parts[1]), parts[2])
-    except (AttributeError, RuntimeError):
-        raise LayoutError(f"the layout's graph calls '{name}', which this torch "
-                          f"({torch.__version__}) does not have") from None
-    if not isinstance(op, torch._ops.OpOverload):
-        raise LayoutError(f"the layout's graph calls '{name}', which is not an ATen operator "
-                          "overload ('aten.<op>.<overload>')")
-    return op
+    _, op, overload = name.split(".")
+    return getattr(getattr(torch.ops.aten, op), overload)

@@ -7,6 +7,7 @@ import hashlib
 import heapq
 import json
 import math
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,8 @@ from pydantic import ValidationError
 
 from neftc.errors import LayoutError
 from neftc.format import encoding
-from neftc.format.graph_codec import DTYPES, MEMORY_FORMATS, node_refs, resolve_op
+from neftc.format import ops
+from neftc.format.graph_codec import DTYPES, MEMORY_FORMATS, node_refs
 from neftc.format.schema import (
     DacRecord,
     CHECKSUMS_FILE, LAYOUT_FILE, LAYOUT_FORMAT, LAYOUT_VERSION, LEVELS_FILE, TENSORS_FILE,
@@ -125,11 +127,65 @@ def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def _read(root: Path, name: str) -> bytes:
+def _read(root: Path, name: str, limit: int | None = None) -> bytes:
     path = root / name
     if not path.is_file():
         raise LayoutError(f"layout '{root}' is missing {name}; {_FIX}")
-    return path.read_bytes()
+    if limit is None:
+        return path.read_bytes()
+    with path.open("rb") as fh:  # read at most limit + 1 bytes: the file may grow meanwhile
+        data = fh.read(limit + 1)
+    if len(data) > limit:
+        raise LayoutError(f"'{path}' is larger than {limit} bytes ({limit // 2**20} MiB), the "
+                          f"most a layout's {name} may hold; it is not a layout neftc wrote; "
+                          f"{_FIX}")
+    return data
+
+
+MAX_LAYOUT_BYTES = 256 * 2**20  # layout.json; neftc's own are a few MiB for a ResNet-18
+MAX_JSON_DEPTH = 64  # arrays/objects inside each other: a layout nests about 6 + 32 (arguments)
+MAX_INT_DIGITS = 24  # digits of a JSON integer: layout integers fit in 64 bits (20 digits);
+# a little more is parsed so that a field's own check names a merely too-large value
+
+_JSON_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"')
+_NOT_BRACKET = bytes(b for b in range(256) if b not in b"[]{}")
+
+
+class _JsonLimit(ValueError):
+    """layout.json breaks a limit checked before or while parsing."""
+
+
+def _json_depth(raw: bytes, limit: int) -> int:
+    """How deep arrays and objects nest in ``raw`` (strings skipped), counted up to just past
+    ``limit``: a linear scan of the bytes, before the parser recurses into them."""
+    brackets = np.frombuffer(_JSON_STRING.sub(b"", raw).translate(None, _NOT_BRACKET),
+                             dtype=np.uint8)
+    depth = deepest = 0
+    step = 1 << 22
+    for start in range(0, len(brackets), step):
+        chunk = brackets[start:start + step]
+        opens = (chunk == ord("[")) | (chunk == ord("{"))
+        levels = depth + np.cumsum(np.where(opens, 1, -1), dtype=np.int64)
+        deepest = max(deepest, int(levels.max()))
+        depth = int(levels[-1])
+        if deepest > limit:
+            break
+    return deepest
+
+
+def _json_int(text: str) -> int:
+    digits = len(text) - text.startswith("-")
+    if digits > MAX_INT_DIGITS:
+        raise _JsonLimit(f"holds the integer {text[:12]}... of {digits} digits; a layout's "
+                         f"integers have at most {MAX_INT_DIGITS} digits")
+    return int(text)
+
+
+def _json_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise _JsonLimit(f"holds the number {text[:24]}, too large for a float")
+    return value
 
 
 def _check_sums(root: Path, files: dict[str, bytes]) -> None:
@@ -149,8 +205,16 @@ def _check_sums(root: Path, files: dict[str, bytes]) -> None:
 
 
 def _parse(root: Path, raw: bytes) -> LayoutDoc:
+    depth = _json_depth(raw, MAX_JSON_DEPTH)
+    if depth > MAX_JSON_DEPTH:
+        raise LayoutError(f"'{root / LAYOUT_FILE}' nests arrays and objects more than "
+                          f"{MAX_JSON_DEPTH} deep; a layout nests at most {MAX_JSON_DEPTH} deep "
+                          f"(docs/layout.md section 10); it is not a layout neftc wrote; {_FIX}")
     try:
-        data = json.loads(raw)
+        data = json.loads(raw, parse_int=_json_int, parse_float=_json_float)
+    except _JsonLimit as exc:
+        raise LayoutError(f"'{root / LAYOUT_FILE}' {exc} (docs/layout.md section 10); it is not "
+                          f"a layout neftc wrote; {_FIX}") from None
     except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
         raise LayoutError(f"'{root / LAYOUT_FILE}' is not valid JSON ({exc}); it may be "
                           f"truncated; {_FIX}") from None
@@ -565,6 +629,21 @@ class _Consistency:
         if not nodes or nodes[-1].op != "output":
             raise self.fail("graph.nodes", "the graph has no output node; its last node must "
                             "be the output node")
+        self.check_values()
+
+    def check_values(self) -> None:
+        """Shape propagation (sizes only) through the checked graph: every value and the work
+        of a forward pass are bounded, at the layout's batch and per sample (docs/layout.md
+        section 7.1.1)."""
+        graph = ops.GraphInput(
+            input_shape=self.doc.graph.input_shape, nodes=self.doc.graph.nodes,
+            tensors={name: (r.shape, r.dtype) for name, r in self.tensor_records.items()},
+            weights={layer.name: layer.weight_shape for layer in self.doc.layers})
+        try:
+            ops.check_values(graph)
+        except ops.OpError as exc:
+            where = "graph" if exc.node is None else f"graph.nodes[{exc.node}]"
+            raise self.fail(f"{where}.{exc.field}", exc.problem) from None
 
     def check_get_attr(self, field: str, node: GraphNode) -> None:
         if node.layer is None:
@@ -576,10 +655,10 @@ class _Consistency:
                             f"layer '{node.layer}', which is not in layers")
 
     def check_call(self, field: str, node: GraphNode) -> None:
-        try:
-            resolve_op(node.target)
-        except LayoutError as exc:
-            raise self.fail(f"{field}.target", str(exc)) from None
+        try:  # the allow-list and each op's argument schema (docs/layout.md section 7.1.1)
+            ops.check_call(node.target, node.args, node.kwargs)
+        except ops.OpError as exc:
+            raise self.fail(f"{field}.{exc.field}", exc.problem) from None
         if node.layer is None:
             return
         i = self.layer_index.get(node.layer)
@@ -637,7 +716,7 @@ def load_layout(directory: str | Path) -> Layout:
     if not root.is_dir():
         raise LayoutError(f"layout directory '{root}' does not exist; compile one with "
                           "'neftc compile MODEL --target TAG -o DIR'")
-    raw = _read(root, LAYOUT_FILE)
+    raw = _read(root, LAYOUT_FILE, MAX_LAYOUT_BYTES)
     doc = _parse(root, raw)
     if set(doc.files) != {"levels", "tensors"}:
         raise LayoutError(f"'{root / LAYOUT_FILE}' must list exactly the 'levels' and 'tensors' "
