@@ -110,15 +110,27 @@ class WeightNoise(nn.Module):
         return f"sigma={self.sigma}, mode={noise.mode}{quant}"
 
 
+def _linear(in_features: int, out_features: int, generator: torch.Generator) -> nn.Linear:
+    """``nn.Linear`` with PyTorch's default initialisation (uniform in +-1/sqrt(in_features) for
+    weight and bias) drawn from ``generator`` instead of the global random state."""
+    layer = nn.Linear(in_features, out_features)
+    bound = 1.0 / in_features**0.5
+    with torch.no_grad():
+        for parameter in (layer.weight, layer.bias):
+            parameter.uniform_(-bound, bound, generator=generator)
+    return layer
+
+
 class FeedbackHead(nn.Module):
     def __init__(self, in_channels: int, spatial_dims: int, pool_size: int, hidden: int,
-                 num_classes: int, device_noise: DeviceNoise, sigma: float) -> None:
+                 num_classes: int, device_noise: DeviceNoise, sigma: float,
+                 generator: torch.Generator) -> None:
         super().__init__()
         self.spatial_dims = spatial_dims
         self.pool_size = pool_size
         features = in_channels * pool_size**spatial_dims
-        self.fc1 = nn.Linear(features, hidden)
-        self.fc2 = nn.Linear(hidden, num_classes)
+        self.fc1 = _linear(features, hidden, generator)
+        self.fc2 = _linear(hidden, num_classes, generator)
         self.noise1 = WeightNoise(device_noise, sigma)
         self.noise2 = WeightNoise(device_noise, sigma)
         self.logits: torch.Tensor | None = None

@@ -98,7 +98,8 @@ def training_passes(settings: NeftSettings, target: TargetSpec, classes: int) ->
     return [InjectNoise(sigma=sigma, mode=settings.noise, **quant),  # type: ignore[arg-type]
             InsertFeedback(mode=settings.mode, beta=beta, sigma=sigma, num_classes=classes,
                            sigma_offsets=settings.sigma_offsets, taps=settings.taps,
-                           noise_mode=settings.noise, **quant)]  # type: ignore[arg-type]
+                           noise_mode=settings.noise, seed=settings.seed,
+                           **quant)]  # type: ignore[arg-type]
 
 
 def run_neft(gm: torch.fx.GraphModule, ctx: PassContext, settings: NeftSettings, *,

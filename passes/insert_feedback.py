@@ -77,6 +77,7 @@ class InsertFeedback:
     per_channel: bool = False  # the heads' weight noise: same quantisation options as inject-noise
     calibration: Calibration = "max-abs"
     percentile: float = DEFAULT_PERCENTILE
+    seed: int = 0  # initialisation of the IRS heads (an explicit generator, never global state)
 
     name: ClassVar[str] = "insert-feedback"
     requires: ClassVar[frozenset[str]] = frozenset({"normalized", "noisy-weights"})
@@ -116,10 +117,11 @@ class InsertFeedback:
             taps = [by_name[t] for t in self.taps]
         shapes = _tap_shapes(gm, ctx.example_input, taps)
         heads = []
+        generator = torch.Generator().manual_seed(self.seed)
         for index, (tap, shape) in enumerate(zip(taps, shapes)):
             name = f"{HEAD_PREFIX}{index}"
             head = FeedbackHead(shape[1], len(shape) - 2, self.pool_size, self.hidden,
-                                self.num_classes, device_noise, self.sigma)
+                                self.num_classes, device_noise, self.sigma, generator)
             gm.add_submodule(name, head)
             users = list(tap.users)
             with gm.graph.inserting_after(tap):

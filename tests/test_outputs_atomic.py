@@ -289,12 +289,7 @@ def digits_model(tmp_path) -> Path:
     return path
 
 
-@pytest.mark.parametrize("mode", [
-    "nit",
-    pytest.param("irs", marks=pytest.mark.xfail(
-        strict=True, reason="the IRS feedback heads are initialised from the global RNG "
-        "(passes/insert_feedback.py, FeedbackHead): issue 10, part 4")),
-])
+@pytest.mark.parametrize("mode", ["nit", "irs"])
 def test_neft_compile_twice_is_byte_identical(tmp_path, digits_model, mode) -> None:
     outputs = [tmp_path / "a", tmp_path / "b"]
     for out in outputs:
