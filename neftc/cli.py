@@ -283,7 +283,8 @@ def _add_quantisation_args(parser: argparse.ArgumentParser | argparse._ArgumentG
 
 
 def _neft_settings(args: argparse.Namespace):  # -> NeftSettings | None
-    from neftc.neft_pipeline import MAX_IRS_TAPS, NeftSettings
+    from neftc.bounds import MAX_IRS_TAPS
+    from neftc.neft_pipeline import NeftSettings
 
     if not getattr(args, "neft", None):
         return None
@@ -569,8 +570,8 @@ def _check_flags(args: argparse.Namespace) -> None:
              if getattr(args, dest, None) is not None}
     if not given:
         return
-    from neftc.neft_pipeline import (MAX_BATCH_SIZE, MAX_BETA, MAX_EPOCHS, MAX_LR, MAX_SEED,
-                                     check_number)
+    from neftc.bounds import (MAX_BATCH_SIZE, MAX_BETA, MAX_EPOCHS, MAX_LR, MAX_SEED,
+                              check_number)
     from neftc.targets.spec import SIGMA_REL_MAX
     from neftc.verify import MAX_CHIPS_PER_PASS, MAX_SAMPLES, MAX_TRIALS
 
