@@ -1,7 +1,9 @@
 """Rebuild an executable fx.GraphModule from a layout's digital graph.
 
-Digital ops are ATen ops resolved by name from ``torch.ops.aten`` (or ``prims``) and
-``operator.getitem``; nothing else can be called, so a layout cannot run arbitrary code. Crossbar
+Digital ops are resolved by name through ``neftc.format.graph_codec.resolve_op``, which knows only
+the format's allow-list (``neftc.format.ops``: the ATen ops the compiler emits, and
+``operator.getitem``), after ``load_layout`` has checked every node's arguments and bounded every
+size; nothing else can be called, so a layout cannot run arbitrary code. Crossbar
 nodes become ``CrossbarLayer`` submodules that read only the layout's levels.
 """
 
