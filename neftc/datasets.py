@@ -292,7 +292,7 @@ def _read_bytes(path: Path, what: str) -> bytes:
             raise DataError(f"{what} '{path}' is {_gib(size)}, larger than neftc's data budget "
                             f"of {_gib(MAX_DATA_BYTES)}")
         try:
-            return fh.read(MAX_DATA_BYTES + 1)
+            return fh.read(size + 1)  # never a larger buffer than the file (or the budget)
         except OSError as exc:
             raise DataError(f"{what} '{path}' cannot be read ({_os_reason(exc)})") from None
 

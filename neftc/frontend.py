@@ -123,7 +123,8 @@ def _read_model_file(path: Path) -> bytes:
                              "pass a model file (.pt2 or .pt)")
     with os.fdopen(fd, "rb") as fh:
         try:
-            data = fh.read(MAX_MODEL_BYTES + 1)
+            # A buffer no larger than the file (fstat), capped by the budget: read(n) allocates n.
+            data = fh.read(min(os.fstat(fh.fileno()).st_size, MAX_MODEL_BYTES) + 1)
         except OSError as exc:
             raise ModelFileError(f"model file '{path}' cannot be read: "
                                  f"{exc.strerror or _first_line(exc)}") from None

@@ -7,6 +7,7 @@ import hashlib
 import heapq
 import json
 import math
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,13 +17,21 @@ import numpy as np
 from pydantic import ValidationError
 
 from neftc.errors import LayoutError
-from neftc.format import encoding
-from neftc.format import ops
+from neftc.format import encoding, ops
 from neftc.format.graph_codec import DTYPES, MEMORY_FORMATS, node_refs
 from neftc.format.schema import (
+    CHECKSUMS_FILE,
+    LAYOUT_FILE,
+    LAYOUT_FORMAT,
+    LAYOUT_VERSION,
+    LEVELS_FILE,
+    TENSORS_FILE,
     DacRecord,
-    CHECKSUMS_FILE, LAYOUT_FILE, LAYOUT_FORMAT, LAYOUT_VERSION, LEVELS_FILE, TENSORS_FILE,
-    GraphNode, LayerRecord, LayoutDoc, TensorRecord, TileRecord,
+    GraphNode,
+    LayerRecord,
+    LayoutDoc,
+    TensorRecord,
+    TileRecord,
 )
 
 _FIX = "re-run 'neftc compile' to write a fresh layout"
@@ -134,7 +143,8 @@ def _read(root: Path, name: str, limit: int | None = None) -> bytes:
     if limit is None:
         return path.read_bytes()
     with path.open("rb") as fh:  # read at most limit + 1 bytes: the file may grow meanwhile
-        data = fh.read(limit + 1)
+        # read(n) allocates n bytes: ask for no more than the file holds (+1 to see growth).
+        data = fh.read(min(os.fstat(fh.fileno()).st_size, limit) + 1)
     if len(data) > limit:
         raise LayoutError(f"'{path}' is larger than {limit} bytes ({limit // 2**20} MiB), the "
                           f"most a layout's {name} may hold; it is not a layout neftc wrote; "
