@@ -60,8 +60,8 @@ class LayoutReference:
                 raise ValueError(f"{name}: SHA-256 {actual} does not match SHA256SUMS {digest}")
         # Section 2: format identification.
         doc = json.loads((root / "layout.json").read_text(encoding="utf-8"))
-        if doc.get("format") != "neftc-layout" or doc.get("version") != 1:
-            raise ValueError(f"not a version-1 neftc layout: {doc.get('format')!r} "
+        if doc.get("format") != "neftc-layout" or doc.get("version") != 2:
+            raise ValueError(f"not a version-2 neftc layout: {doc.get('format')!r} "
                              f"version {doc.get('version')!r}")
         # Section 3.5: the binary files, with their recorded size and SHA-256.
         blobs = {}

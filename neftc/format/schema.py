@@ -13,7 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from neftc.targets.spec import TargetSpec
 
 LAYOUT_FORMAT = "neftc-layout"
-LAYOUT_VERSION = 1
+LAYOUT_VERSION = 2
 
 LAYOUT_FILE = "layout.json"
 LEVELS_FILE = "levels.bin"
@@ -209,7 +209,7 @@ class LayoutDoc(_Strict):
     """The whole ``layout.json`` document."""
 
     format: Literal["neftc-layout"]
-    version: Literal[1]
+    version: Literal[2]
     neftc_version: str
     source: SourceRecord
     target: TargetSpec
