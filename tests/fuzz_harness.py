@@ -1150,7 +1150,12 @@ def arc_file_kind(seeds: Seeds, rng: random.Random, work: Path, *,
     return _archive_case(work, "file-kind", path, "error", f"model.pt2 is {how}")
 
 
-def arc_program_json(seeds: Seeds, rng: random.Random, work: Path) -> Case:
+_PROGRAM_OPS = ["torch.ops.aten.from_file.default", "torch.ops.aten.ones.default",
+                "builtins.open", "os.system", "torch.ops.aten.relu.__reduce__"]
+
+
+def arc_program_json(seeds: Seeds, rng: random.Random, work: Path, *, how: str | None = None,
+                     op: str | None = None) -> Case:
     """The serialized program (models/model.json) edited: an op renamed, a value changed."""
     marker = _marker(work, "program")
     path = work / "model.pt2"
@@ -1158,11 +1163,10 @@ def arc_program_json(seeds: Seeds, rng: random.Random, work: Path) -> Case:
     by_name = {i.filename: d for i, d in _members(seeds.model)}
     key = prefix + "models/model.json"
     program = json.loads(by_name[key])
-    how = rng.choice(["op", "random", "random", "shape"])
+    how = _pick(rng, ["op", "random", "random", "shape"], how)
     if how == "op":
         text = json.dumps(program)
-        op = rng.choice(["torch.ops.aten.from_file.default", "torch.ops.aten.ones.default",
-                         "builtins.open", "os.system", "torch.ops.aten.relu.__reduce__"])
+        op = _pick(rng, _PROGRAM_OPS, op)
         text = text.replace('"torch.ops.aten.relu.default"', json.dumps(op), 1)
         note = f"relu -> {op}"
     else:
@@ -1820,6 +1824,9 @@ CORPUS: list[CorpusEntry] = [
     CorpusEntry("archive-pickle-legacy-weights", "archive", "pickle",
                 {"where": "legacy-weights"}),
     CorpusEntry("archive-pt-payload", "archive", "pt-payload", {"how": "torch.save zip"}),
+    # a program whose graph calls builtins.open (torch refuses to resolve it; nothing may run)
+    CorpusEntry("archive-program-calls-open", "archive", "program-json",
+                {"how": "op", "op": "builtins.open"}),
     # specs: an alias bomb, a python tag
     CorpusEntry("spec-alias-bomb", "spec", "alias-bomb", {"spot": "unknown", "levels": 12}),
     CorpusEntry("spec-python-tag", "spec", "structure", {"how": "python-tag"}),

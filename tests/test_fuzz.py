@@ -12,8 +12,8 @@ input ran); finished within the timeout and the memory limit; bad input not acce
   derandomised so that CI runs the same cases every time; ``scripts/fuzz.py --seed N`` explores
   further. All the sample's violations are reported together, one line each.
 
-41 commands (20 corpus entries, 21 mutants) and 2 checks of the harness itself, at 0.1-3 s
-each (subprocess start and the torch import dominate): the file takes about 85 s of CPU on 2
+42 commands (21 corpus entries, 21 mutants) and 2 checks of the harness itself, at 0.1-3 s
+each (subprocess start and the torch import dominate): the file takes about 70 s on 2 idle
 cores. The long corpus is ``-m slow``; the long random budget is
 ``python scripts/fuzz.py --budget-seconds 600 --seed N``.
 """
