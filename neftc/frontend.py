@@ -425,17 +425,19 @@ def _quiet_torch(records: list[logging.LogRecord] | None = None) -> Iterator[Non
     handler = _Keep(logging.DEBUG)
     loggers = [logging.getLogger(name) for name in ("torch.export", "torch._export",
                                                      "torch.serialization")]
-    saved = [logger.propagate for logger in loggers]
+    # torch's own logging setup may attach handlers to these loggers directly: replace them all
+    # while loading (and stop propagation), then put them back.
+    saved = [(logger.propagate, logger.handlers) for logger in loggers]
     for logger in loggers:
-        logger.addHandler(handler)
+        logger.handlers = [handler]
         logger.propagate = False
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             yield
     finally:
-        for logger, propagate in zip(loggers, saved):
-            logger.removeHandler(handler)
+        for logger, (propagate, handlers) in zip(loggers, saved):
+            logger.handlers = handlers
             logger.propagate = propagate
 
 
