@@ -15,14 +15,13 @@ from neftc.errors import PassError
 from neftc.frontend import LoadedModel, file_sha256, load_model, trace_module
 from neftc.finetune import DEFAULT_BETA, TrainLog
 from neftc.format.schema import (
-    REPORT_FILE, CompileOptions, LayoutDoc, NeftRecord, SourceRecord,
+    CompileOptions, LayoutDoc, NeftRecord, SourceRecord,
 )
 from neftc.format.writer import write_layout
 from neftc.neft_pipeline import NeftSettings, run_neft
 from neftc.meta import crossbar_nodes
 from neftc.pass_manager import PassContext, PassManager
 from neftc.passes import default_pipeline
-from neftc.summary import format_summary, layout_summary
 from neftc.targets.spec import TargetSpec
 from neftc.zoo import InputShape
 
@@ -110,13 +109,10 @@ def _compile_loaded(loaded: LoadedModel, target: TargetSpec, settings: CompileSe
         doc, _, _ = calibrate_doc(Layout(Path(out_dir or "."), doc, levels, tensors), dac_data,
                                   str(settings.dac_data), settings.dac_samples)
     if out_dir is not None:
-        def reports(tmp: Path) -> None:
-            from neftc.report import write_report
+        from neftc.report import write_layout_reports
 
-            (tmp / REPORT_FILE).write_text(format_summary(layout_summary(doc)))
-            write_report(tmp, doc)
-
-        write_layout(Path(out_dir), doc, levels, tensors, extras=reports)
+        write_layout(Path(out_dir), doc, levels, tensors,
+                     extras=lambda tmp: write_layout_reports(tmp, doc))
     return CompileResult(doc, gm, out_dir, log)
 
 

@@ -20,8 +20,9 @@ import torch
 
 from neftc.datasets import Dataset, check_compatible, load_dataset
 from neftc.errors import DataError, LayoutError, NeftcError
+from neftc.format import encoding
 from neftc.format.reader import Layout, load_layout
-from neftc.format.schema import REPORT_FILE, DacCalibrationRecord, DacRecord, LayoutDoc
+from neftc.format.schema import DacCalibrationRecord, DacRecord, LayoutDoc
 from neftc.format.writer import write_layout
 
 DEFAULT_SAMPLES = 512
@@ -114,8 +115,7 @@ def calibrate_layout(layout_dir: str | Path, data_spec: str, samples: int = DEFA
     layout is carried over only when it was signed off with exactly these DAC settings (or with
     ideal periphery); otherwise it no longer describes the layout and is left out.
     """
-    from neftc.report import VERIFY_JSON, write_report
-    from neftc.summary import format_summary, layout_summary
+    from neftc.report import VERIFY_JSON, write_layout_reports
 
     source = Path(layout_dir)
     layout = load_layout(source)
@@ -134,10 +134,9 @@ def calibrate_layout(layout_dir: str | Path, data_spec: str, samples: int = DEFA
         dropped = not kept
 
     def reports(tmp: Path) -> None:
-        (tmp / REPORT_FILE).write_text(format_summary(layout_summary(doc)))
-        if kept and verify_text is not None:
+        if kept and verify_text is not None:  # first: report.html is rendered from it
             (tmp / VERIFY_JSON).write_text(verify_text)
-        write_report(tmp, doc)
+        write_layout_reports(tmp, doc)
 
     target = Path(out_dir) if out_dir is not None else source
     write_layout(target, doc, levels, tensors, extras=reports)
@@ -152,7 +151,7 @@ def format_calibration(result: CalibrationResult) -> str:
     for layer in result.doc.layers:
         dac = layer.dac
         assert dac is not None
-        top = (2 ** (dac.bits - 1 if dac.signed else dac.bits) - 1) * dac.scale
+        top = encoding.dac_max_int(dac.bits, dac.signed) * dac.scale
         span = f"[{-top if dac.signed else 0:.4g}, {top:.4g}]"
         lines.append(f"{layer.name:<24} {dac.scale:>12.6g} {'yes' if dac.signed else 'no':>6} "
                      f"{dac.bits:>4} {span:>22}")

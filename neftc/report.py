@@ -17,8 +17,10 @@ from typing import Any
 
 from neftc.atomic import atomic_file, atomic_files, directory_lock
 from neftc.errors import OutputError
-from neftc.format.schema import CHECKSUMS_FILE, LayoutDoc
-from neftc.summary import dac_calibration_text, dac_text, layout_summary, overrides_text
+from neftc.format.schema import CHECKSUMS_FILE, REPORT_FILE, LayoutDoc
+from neftc.summary import (
+    dac_calibration_text, dac_text, format_summary, layout_summary, overrides_text,
+)
 
 REPORT_HTML = "report.html"
 VERIFY_JSON = "verify.json"
@@ -224,6 +226,13 @@ def write_report(layout_dir: Path, doc: LayoutDoc, verify: dict[str, Any] | None
             for tmp, text in zip(temps, texts):
                 tmp.write_text(text, encoding="utf-8")
     return path
+
+
+def write_layout_reports(directory: Path, doc: LayoutDoc) -> None:
+    """The human-readable files of a layout being written: ``report.txt`` (the summary table)
+    and ``report.html`` (from a ``verify.json`` already in ``directory``, if any)."""
+    (Path(directory) / REPORT_FILE).write_text(format_summary(layout_summary(doc)))
+    write_report(directory, doc)
 
 
 def _atomic_write(path: Path, text: str) -> None:

@@ -46,7 +46,7 @@ class InputQuant:
 
     @property
     def max_int(self) -> int:
-        return 2**self.magnitude_bits - 1
+        return encoding.dac_max_int(self.bits, self.signed)
 
 
 @dataclass(frozen=True)
@@ -136,6 +136,9 @@ class CrossbarLayer(nn.Module):
         self.offset = record.slicing.offset
         self.tiles: tuple[TileRecord, ...] = tuple(record.tiles)
         self.segments = _column_segments(record)
+        # Which copy computes each output position of a sample (the format's assignment).
+        self.register_buffer("position_copy", torch.tensor(
+            [encoding.copy_of_position(m, self.copies) for m in range(record.positions)]))
         self.register_buffer("levels", levels.to(torch.float32))  # [P, S, R, C]
         self.register_buffer("scales", torch.tensor(record.quant.scales, dtype=torch.float32))
         self.register_buffer("bias", None if bias is None else bias.to(torch.float32))
@@ -245,10 +248,8 @@ class CrossbarLayer(nn.Module):
         k = weights[0].shape[0]
         rec = self.record
         positions = rec.positions
-        owner = torch.tensor([encoding.copy_of_position(m, self.copies)
-                              for m in range(positions)], device=x.device)
         matrices = torch.stack(weights).reshape(self.copies, k, rec.matrix_cols, -1)
-        per_position = matrices.transpose(2, 3)[owner]  # [positions, K, R, C]
+        per_position = matrices.transpose(2, 3)[self.position_copy]  # [positions, K, R, C]
         if rec.op == "linear":  # x [K*N, ..., F]: positions are the middle dimensions
             rows = x.reshape(k, -1, positions, x.shape[-1]).permute(2, 0, 1, 3)
         else:  # position-major rows straight from the patches: [positions, K, N, G*R]
@@ -319,8 +320,10 @@ class CrossbarLayer(nn.Module):
         # [copies, N, per_copy, G*R]: each copy's output positions (one copy: all of them).
         by_copy = encoding.split_by_copy(x_int.reshape(-1, positions, x_int.shape[-1]),
                                          positions, self.copies)
+        conductances = (self.conductances[0][None] if self.copies == 1
+                        else torch.stack(self.conductances))
         q_out = self._crossbar_mvm(by_copy.reshape(self.copies, -1, x_int.shape[-1]),
-                                   torch.stack(self.conductances))
+                                   conductances)
         q_out = encoding.merge_copies(q_out.reshape(*by_copy.shape[:3], -1), positions)
         out = q_out.reshape(-1, self.record.matrix_cols) * (quant.scale * self.scales)
         if self.bias is not None:
@@ -339,10 +342,10 @@ class CrossbarLayer(nn.Module):
         adc = self.adc
         quant = self.input_quant
         assert adc is not None and quant is not None
-        if self._foldable():
-            q = torch.einsum("bpsrc,ps->brc", conductance, self.coefficients)
-            out = self._grouped_matmul(x_int, q)
-            return out - self.offset * self._group_sums(x_int) if self.offset else out
+        if self._foldable():  # x_int @ q, q each copy's folded integer weights [B, R, C]
+            q = encoding.fold(conductance.movedim(0, 2), self.record.slicing.cell_bits,
+                              self.offset)
+            return self._grouped_matmul(x_int, q)
         bits = adc.dac_bits_per_cycle
         cycles = math.ceil(quant.magnitude_bits / bits)
         physical = encoding.to_physical(conductance)  # [B, R, C*P*S]
@@ -358,10 +361,12 @@ class CrossbarLayer(nn.Module):
         for m0 in range(0, count, block):
             self._bit_serial_block(x_int[:, m0:m0 + block], physical, cycles, bits,
                                    quant.signed, partial, total, q_phys[:, m0:m0 + block])
-        n_pol, n_slices = self.record.slicing.polarities, self.record.slicing.slices
-        q_out = torch.einsum("bmcps,ps->bmc", q_phys.reshape(copies, count,
-                                                             self.record.matrix_cols, n_pol,
-                                                             n_slices), self.coefficients)
+        # Shift-and-added bitline values back to (polarity, slice, input, column), folded with
+        # the cell encoding's signs and slice weights; the offset applies per input (below).
+        slicing = self.record.slicing
+        per_cell = encoding.from_physical(q_phys.reshape(copies * count, -1),
+                                          slicing.polarities, slicing.slices)
+        q_out = encoding.fold(per_cell, slicing.cell_bits, 0).reshape(copies, count, -1)
         return q_out - self.offset * self._group_sums(x_int) if self.offset else q_out
 
     def _group_sums(self, x_int: torch.Tensor) -> torch.Tensor:

@@ -24,6 +24,7 @@ import torch
 
 from neftc.devices import resolve_device
 from neftc.errors import DataError, NeftcError
+from neftc.format import encoding
 from neftc.format.reader import Layout, load_layout
 from neftc.runtime.crossbar import AdcConfig, CrossbarLayer, InputQuant
 from neftc.runtime.graph import build_module
@@ -258,9 +259,9 @@ class Emulator:
         for name, (low, high) in ranges.items():
             signed = low < 0
             bits = periphery.input_bits
-            max_int = 2 ** (bits - 1 if signed else bits) - 1
             bound = max(abs(low), abs(high)) or 1.0
-            settings[name] = InputQuant(scale=bound / max_int, signed=signed, bits=bits)
+            settings[name] = InputQuant(scale=bound / encoding.dac_max_int(bits, signed),
+                                        signed=signed, bits=bits)
         self.set_input_quant(settings)
         return settings
 

@@ -188,6 +188,12 @@ def input_row_start(group: int, matrix_rows: int, row_start: int) -> int:
     return group * matrix_rows + row_start
 
 
+def dac_max_int(bits: int, signed: bool) -> int:
+    """The largest integer a ``bits``-bit input DAC produces: ``2**(bits-1) - 1`` when signed
+    (the range is symmetric, ``[-max_int, max_int]``), else ``2**bits - 1`` (``[0, max_int]``)."""
+    return 2 ** (bits - 1 if signed else bits) - 1
+
+
 def copy_of_position(position: int, replication: int) -> int:
     """Which pipeline copy computes output position ``position`` of a sample."""
     return position % replication
