@@ -152,6 +152,7 @@ def _read(root: Path, name: str, limit: int | None = None) -> bytes:
     return data
 
 
+MAX_CHECKSUMS_BYTES = 2**20  # SHA256SUMS: three lines of about 80 bytes
 MAX_LAYOUT_BYTES = 256 * 2**20  # layout.json; neftc's own are a few MiB for a ResNet-18
 MAX_JSON_DEPTH = 64  # arrays/objects inside each other: a layout nests about 6 + 32 (arguments)
 MAX_INT_DIGITS = 24  # digits of a JSON integer: layout integers fit in 64 bits (20 digits);
@@ -199,7 +200,7 @@ def _json_float(text: str) -> float:
 
 
 def _check_sums(root: Path, files: dict[str, bytes]) -> None:
-    text = _read(root, CHECKSUMS_FILE).decode(errors="replace")
+    text = _read(root, CHECKSUMS_FILE, MAX_CHECKSUMS_BYTES).decode(errors="replace")
     expected: dict[str, str] = {}
     for line in text.splitlines():
         digest, _, name = line.partition("  ")
