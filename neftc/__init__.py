@@ -18,7 +18,7 @@ __all__ = ["Layout", "NeftcError", "compile_model", "compile_module", "load_layo
 
 def __getattr__(name: str) -> Any:
     if name in ("compile_model", "compile_module"):
-        from neftc import compiler
+        from neftc.driver import compiler
 
         return getattr(compiler, name)
     if name in ("load_layout", "Layout"):

@@ -1,5 +1,5 @@
 import sys
 
-from neftc.cli import main
+from neftc.cli.main import main
 
 sys.exit(main())

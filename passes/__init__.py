@@ -1,4 +1,5 @@
-"""Compiler passes, one per module (DESIGN.md section 2)."""
+"""Passes layer: compiler passes, one per module (DESIGN.md section 2). May import: the base
+modules, ``format``, ``targets``, ``ir``, ``frontend`` and ``neftc.neft.modules``."""
 
 from neftc.passes.bit_slice import BitSlice
 from neftc.passes.map_tiles import MapTiles

@@ -12,8 +12,8 @@ import numpy as np
 import torch.fx
 
 from neftc.format import encoding
-from neftc.meta import SliceInfo, crossbar_nodes, get_info, update_info
-from neftc.pass_manager import NodeError, PassContext, PassResult
+from neftc.ir.node_info import SliceInfo, crossbar_nodes, get_info, update_info
+from neftc.ir.pass_manager import NodeError, PassContext, PassResult
 
 
 @dataclass(frozen=True)

@@ -16,10 +16,10 @@ from typing import ClassVar
 
 import torch.fx
 
-from neftc.meta import crossbar_nodes
-from neftc.neft_modules import DeviceNoise, TrainNoiseMode, WeightNoise
-from neftc.pass_manager import PassContext, PassResult
-from neftc.passes.quantize import DEFAULT_PERCENTILE, Calibration
+from neftc.ir.node_info import crossbar_nodes
+from neftc.ir.pass_manager import PassContext, PassResult
+from neftc.ir.quantization import DEFAULT_PERCENTILE, Calibration
+from neftc.neft.modules import DeviceNoise, TrainNoiseMode, WeightNoise
 from neftc.targets.spec import TargetSpec
 
 NOISE_PREFIX = "neft_noise_"

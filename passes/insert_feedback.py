@@ -19,10 +19,10 @@ from typing import ClassVar, Literal
 import torch
 import torch.fx
 
-from neftc.meta import crossbar_nodes
-from neftc.neft_modules import DeviceNoise, FeedbackHead
-from neftc.pass_manager import NodeError, PassContext, PassResult, evaluating
-from neftc.passes.quantize import DEFAULT_PERCENTILE, Calibration
+from neftc.ir.node_info import crossbar_nodes
+from neftc.ir.pass_manager import NodeError, PassContext, PassResult, evaluating
+from neftc.ir.quantization import DEFAULT_PERCENTILE, Calibration
+from neftc.neft.modules import DeviceNoise, FeedbackHead
 
 NeftMode = Literal["ovf", "irs", "nit", "none"]
 HEAD_PREFIX = "neft_head_"

@@ -13,8 +13,8 @@ from typing import ClassVar
 import torch.fx
 
 from neftc.format import encoding
-from neftc.meta import Tile, crossbar_nodes, get_info, update_info
-from neftc.pass_manager import NodeError, PassContext, PassResult
+from neftc.ir.node_info import Tile, crossbar_nodes, get_info, update_info
+from neftc.ir.pass_manager import NodeError, PassContext, PassResult
 
 
 def make_tiles(rows: int, physical_cols: int, array_rows: int, array_cols: int) -> tuple[Tile, ...]:

@@ -17,8 +17,8 @@ import torch
 import torch.fx
 from torch.fx.operator_schemas import normalize_function
 
-from neftc.meta import ConvParams, NodeInfo, get_info, set_info
-from neftc.pass_manager import NodeError, PassContext, PassResult
+from neftc.ir.node_info import ConvParams, NodeInfo, get_info, set_info
+from neftc.ir.pass_manager import NodeError, PassContext, PassResult
 
 aten = torch.ops.aten
 
@@ -77,7 +77,7 @@ def _is_aten_level(gm: torch.fx.GraphModule) -> bool:
 
 def _lower_to_aten(gm: torch.fx.GraphModule, example: torch.Tensor) -> torch.fx.GraphModule:
     """Lower a torch-level fx graph to ATen with torch.export, keeping the batch size dynamic."""
-    from neftc.frontend import export_dynamic_batch, unexported
+    from neftc.frontend.loader import export_dynamic_batch, unexported
 
     if _is_aten_level(gm):
         return gm

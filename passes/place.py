@@ -31,8 +31,8 @@ import torch.fx
 from torch.fx.passes.shape_prop import ShapeProp
 
 from neftc.errors import CapacityError
-from neftc.meta import NodeInfo, crossbar_nodes, get_info, update_info
-from neftc.pass_manager import PassContext, PassResult, evaluating
+from neftc.ir.node_info import NodeInfo, crossbar_nodes, get_info, update_info
+from neftc.ir.pass_manager import PassContext, PassResult, evaluating
 from neftc.targets.spec import ChipSpec
 
 TileKey = tuple[int, int]  # (layer index, tile index)

@@ -6,60 +6,23 @@ the default) or from a percentile of ``|W|`` (weights beyond it are clipped). Th
 ``QuantInfo`` and replaces the weight by its fake-quantised value ``q * scale``, so the graph after
 this pass computes exactly what the quantised chip computes with ideal periphery.
 
-``weight_scales`` and ``quantize_matrix`` are the one definition of the scales and integer
-weights: NeFT's training noise (``neftc.neft_modules.DeviceNoise``) calls them with the same
-options, so it trains against the noise of the chip this pass produces (DESIGN.md section 4).
+The scales and integer weights come from ``neftc.ir.quantization`` (``weight_scales``,
+``quantize_matrix``), which NeFT's training noise calls with the same options.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar, Literal
+from typing import ClassVar
 
 import numpy as np
 import torch
 import torch.fx
 
-from neftc.errors import NeftcError
-from neftc.meta import QuantInfo, crossbar_nodes, get_info, update_info
-from neftc.pass_manager import PassContext, PassResult
-from neftc.passes._weights import get_weight, set_weight, weight_matrix
-
-Calibration = Literal["max-abs", "percentile"]
-DEFAULT_PERCENTILE = 99.99
-
-
-def weight_scales(matrix: torch.Tensor, qmax: int, *, per_channel: bool = False,
-                  calibration: Calibration = "max-abs",
-                  percentile: float = DEFAULT_PERCENTILE) -> torch.Tensor:
-    """The quantisation scales of a crossbar matrix ``[rows, C_out]`` (``weight_matrix``):
-    ``[1, C_out]`` (per channel) or ``[1, 1]`` (per layer), float64 holding float32 values, on
-    ``matrix``'s device. The bound is ``max|W|`` or the ``percentile`` of ``|W|``, per layer or
-    per output channel; an all-zero range gets scale ``1/qmax``."""
-    magnitude = matrix.detach().abs().to(torch.float64)
-    if calibration == "max-abs":
-        bound = magnitude.amax(dim=0) if per_channel else magnitude.max().reshape(1)
-    elif calibration == "percentile":
-        # numpy: torch.quantile refuses inputs above 16 M elements
-        values = np.percentile(magnitude.cpu().numpy(), percentile,
-                               axis=0 if per_channel else None)
-        bound = torch.as_tensor(values, dtype=torch.float64).reshape(-1).to(matrix.device)
-    else:
-        raise NeftcError(f"unknown calibration '{calibration}'; use max-abs or percentile")
-    bound = torch.where(bound > 0, bound, torch.ones_like(bound))
-    # Round the scale to float32 first so that q * scale is reproducible from the layout.
-    return (bound / qmax).to(torch.float32).to(torch.float64).reshape(1, -1)
-
-
-def quantize_matrix(matrix: torch.Tensor, qmax: int, *, per_channel: bool = False,
-                    calibration: Calibration = "max-abs",
-                    percentile: float = DEFAULT_PERCENTILE) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(q, scales)`` of a crossbar matrix ``[rows, C_out]``: ``q = clamp(round(W / scale),
-    -qmax, qmax)`` (float64, integer values) and ``weight_scales``."""
-    scales = weight_scales(matrix, qmax, per_channel=per_channel, calibration=calibration,
-                           percentile=percentile)
-    q = torch.clamp(torch.round(matrix.detach().to(torch.float64) / scales), -qmax, qmax)
-    return q, scales
+from neftc.ir.node_info import QuantInfo, crossbar_nodes, get_info, update_info
+from neftc.ir.pass_manager import PassContext, PassResult
+from neftc.ir.quantization import DEFAULT_PERCENTILE, Calibration, quantize_matrix
+from neftc.ir.weights import get_weight, set_weight, weight_matrix
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ from typing import ClassVar
 
 import torch.fx
 
-from neftc.pass_manager import PassContext, PassResult
+from neftc.ir.pass_manager import PassContext, PassResult
 from neftc.passes.inject_noise import NOISE_PREFIX
 from neftc.passes.insert_feedback import HEAD_PREFIX, PLAN_KEY
 

@@ -244,7 +244,7 @@ def run_cli(args: Sequence[str], tmp_path: Path, timeout: float = 60, *,
         # preexec_fn only calls setrlimit, and the harness starts no threads of its own
         proc = subprocess.Popen([sys.executable, "-m", "neftc", *args], cwd=cwd, env=env,
                                 stdin=subprocess.DEVNULL, stdout=out, stderr=err,
-                                preexec_fn=_limits(memory),  # noqa: PLW1509
+                                preexec_fn=_limits(memory),
                                 start_new_session=True)
         timed_out = False
         try:
@@ -368,11 +368,11 @@ def build_seeds(root: Path) -> Seeds:
     """Compile and save the seeds into ``root`` (about 5 s)."""
     import torch
     import yaml
-    from neftc.targets import resolve_target
 
     import neftc
-    from neftc.datasets import load_digits
-    from neftc.zoo import build
+    from neftc.datasets.loader import load_digits
+    from neftc.frontend.zoo import build
+    from neftc.targets import resolve_target
 
     root = Path(root).resolve()
     root.mkdir(parents=True, exist_ok=True)

@@ -367,7 +367,7 @@ def to_torch_layout(layer: dict, out: np.ndarray) -> np.ndarray:
     return out if layer["op"] == "linear" else np.moveaxis(out, -1, 1)
 
 
-def write_retiled(src: Path, dst: Path, cuts) -> None:  # noqa: ANN001
+def write_retiled(src: Path, dst: Path, cuts) -> None:
     """Write layout ``src`` to ``dst`` as another tool would tile it: for each layer,
     ``cuts(layer, rows, physical_cols, array)`` returns its row bands as ``[(r0, r1,
     [c0, c1, ..., physical_cols]), ...]`` (band rows and the column boundaries inside the band).

@@ -12,9 +12,9 @@ import pytest
 import torch
 from torch import nn
 
-from neftc.cli import main
+from neftc.cli.main import main
 from neftc.format.reader import load_layout
-from neftc.zoo import build
+from neftc.frontend.zoo import build
 
 
 def cli(capsys, *argv: str) -> tuple[int, str, str]:
@@ -68,8 +68,8 @@ def test_compile_exported_residual_cnn(capsys, tmp_path, exported_cnn, residual_
 
 
 def test_round_trip_integer_weights_exact(tmp_path, residual_cnn, cnn_input, fefet) -> None:
-    from neftc.compiler import compile_module
-    from neftc.meta import crossbar_nodes, get_info
+    from neftc.driver.compiler import compile_module
+    from neftc.ir.node_info import crossbar_nodes, get_info
 
     result = compile_module(residual_cnn, cnn_input, fefet, tmp_path / "out")
     layout = load_layout(tmp_path / "out")

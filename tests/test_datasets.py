@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from neftc.datasets import (
+from neftc.datasets.loader import (
     CIFAR10_MEAN,
     CIFAR10_STD,
     SPLIT_SEED,

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import json
 
-from neftc.cli import main
-from neftc.datasets import load_digits
+from neftc.cli.main import main
+from neftc.datasets.loader import load_digits
 from neftc.format.reader import load_layout
 
 

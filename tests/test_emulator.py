@@ -9,12 +9,12 @@ import pytest
 import torch
 from torch import nn
 
-from neftc.compiler import compile_module
+from neftc.driver.compiler import compile_module
 from neftc.format.reader import load_layout
 from neftc.runtime.crossbar import InputQuant
 from neftc.runtime.emulator import Emulator
-from neftc.targets.device_model import normalisation
 from neftc.targets import resolve_target
+from neftc.targets.device_model import normalisation
 
 
 @pytest.fixture
@@ -24,7 +24,7 @@ def cnn_layout(tmp_path, residual_cnn, cnn_input, fefet):
 
 
 def mlp_layout(tmp_path, target_tag: str, overrides=(), per_channel=False):
-    from neftc.compiler import CompileSettings
+    from neftc.driver.compiler import CompileSettings
 
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(64, 48), nn.ReLU(), nn.Linear(48, 10)).eval()
@@ -221,9 +221,9 @@ def test_bit_serial_path_equals_folded_mvm(tmp_path, encoding, signed) -> None:
 
 
 def test_target_adc_loses_little_on_a_trained_model(tmp_path) -> None:
-    from neftc.datasets import load_digits
-    from neftc.train import accuracy, train_classifier
-    from neftc.zoo import build
+    from neftc.datasets.loader import load_digits
+    from neftc.frontend.zoo import build
+    from neftc.neft.train import accuracy, train_classifier
 
     data = load_digits()
     torch.manual_seed(0)
@@ -242,7 +242,7 @@ def test_target_adc_loses_little_on_a_trained_model(tmp_path) -> None:
 @pytest.mark.parametrize("encoding", ["differential", "offset"])
 def test_cell_weight_std_matches_emulator_prediction(tmp_path, encoding) -> None:
     """The training-time Gaussian equivalent uses the same variance as the emulator's cells."""
-    from neftc.neft_modules import cell_weight_std
+    from neftc.neft.modules import cell_weight_std
 
     layout = mlp_layout(tmp_path, "fefet6_128x128", [f"weight.sign_encoding={encoding}"])
     spec = layout.doc.target

@@ -12,13 +12,13 @@ import numpy as np
 import pytest
 import torch
 from layout_reference import write_retiled
+from torch import nn
+
+from neftc.driver.compiler import compile_module
+from neftc.format.reader import load_layout
 from neftc.runtime import Emulator
 from neftc.runtime.crossbar import InputQuant
 from neftc.targets import resolve_target
-from torch import nn
-
-from neftc.compiler import compile_module
-from neftc.format.reader import load_layout
 
 
 def _cut(length: int, percents: list[int], limit: int) -> list[int]:

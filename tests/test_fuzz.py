@@ -62,7 +62,7 @@ def _report(case, outcome) -> str:
 
 @pytest.mark.parametrize("stderr,ok", [
     ("neftc inspect: error: layout 'x' does not exist\n", True),
-    ("usage: neftc inspect [-h] [--json]\n                     layout\n"  # noqa: ISC004
+    ("usage: neftc inspect [-h] [--json]\n                     layout\n"
      "neftc inspect: error: the following arguments are required: layout\n", True),
     ("", False),
     ("neftc: error: something\n", False),

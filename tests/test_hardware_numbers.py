@@ -12,13 +12,13 @@ import numpy as np
 import pytest
 import torch
 
-from neftc.cli import main
-from neftc.compiler import CompileSettings, compile_module
-from neftc.cost import estimate_cost, positions_per_copy
-from neftc.datasets import load_digits
+from neftc.cli.main import main
+from neftc.datasets.loader import load_digits
+from neftc.driver.compiler import CompileSettings, compile_module
+from neftc.flow.cost import estimate_cost, positions_per_copy
 from neftc.format.reader import load_layout
+from neftc.frontend.zoo import build
 from neftc.runtime.emulator import Emulator
-from neftc.zoo import build
 
 SAMPLES = 64  # calibration samples: enough for a range, and fast
 

@@ -2,7 +2,7 @@
 one-line error before any work, never a hang, a traceback or a silently wrong number.
 
 Each group has failing inputs and a valid control next to the limit. CLI cases go through
-``neftc.cli.main`` and check: exit 2, exactly one ``neftc <command>: error:`` line on stderr,
+``neftc.cli.main.main`` and check: exit 2, exactly one ``neftc <command>: error:`` line on stderr,
 no traceback, nothing on stdout.
 """
 
@@ -24,19 +24,19 @@ import torch
 import yaml
 from torch import nn
 
-import neftc.datasets as datasets
-from neftc.cli import main
-from neftc.compiler import compile_module
-from neftc.datasets import MAX_CLASSES, Split, load_dataset, load_digits
+import neftc.datasets.loader as datasets
+from neftc.cli.main import main
+from neftc.datasets.loader import MAX_CLASSES, Split, load_dataset, load_digits
+from neftc.driver.compiler import compile_module
 from neftc.errors import DataError, NeftcError, TargetError
-from neftc.finetune import finetune
-from neftc.neft_pipeline import MAX_SEED, NeftSettings
+from neftc.flow.verify import VerifySettings
+from neftc.frontend.zoo import build
+from neftc.neft.finetune import finetune
+from neftc.neft.pipeline import MAX_SEED, NeftSettings
+from neftc.neft.train import check_weights, train_classifier
 from neftc.runtime.montecarlo import _chip_groups
 from neftc.targets import resolve_target
 from neftc.targets.presets import preset_dicts
-from neftc.train import check_weights, train_classifier
-from neftc.verify import VerifySettings
-from neftc.zoo import build
 
 
 def clean_error(capsys, argv: list[str], *needles: str) -> str:
@@ -206,17 +206,17 @@ def test_spec_files_must_be_small_regular_files(capsys, tmp_path: Path) -> None:
 class CountingReader:
     """A file wrapper that records how many bytes were asked for in one read."""
 
-    def __init__(self, fh, reads: list[int]) -> None:  # noqa: ANN001
+    def __init__(self, fh, reads: list[int]) -> None:
         self._fh, self._reads = fh, reads
 
     def read(self, n: int = -1) -> bytes:
         self._reads.append(n)
         return self._fh.read(n)
 
-    def __getattr__(self, name: str):  # noqa: ANN204
+    def __getattr__(self, name: str):
         return getattr(self._fh, name)
 
-    def __enter__(self):  # noqa: ANN204
+    def __enter__(self):
         return self
 
     def __exit__(self, *exc: object) -> None:

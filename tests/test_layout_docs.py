@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from neftc.compiler import CompileSettings, compile_module
+from neftc.driver.compiler import CompileSettings, compile_module
 from neftc.format.reader import load_layout
 from neftc.format.schema import LayoutDoc
 from neftc.targets import resolve_target
@@ -79,7 +79,7 @@ def read_layout_by_the_docs(root: Path) -> tuple[dict[str, Any], dict[str, dict[
         else:
             assert P == 1 and slicing["offset"] == 2 ** (quant["bits"] - 1)
             assert quant["qmax"] == 2 ** (quant["bits"] - 1) - 1
-        assert S == -(-quant["bits"] // slicing["cell_bits"])
+        assert -(-quant["bits"] // slicing["cell_bits"]) == S
         rows, cols = layer["matrix_rows"], layer["matrix_cols"]
 
         # Sections 5 and 9: every cell of every tile adds +-L**slice * level to its weight.
@@ -310,7 +310,7 @@ def test_example_in_the_docs_runs(differential_layout: tuple[Path, nn.Module]) -
     definitions = ast.Module(body=[n for n in tree.body if isinstance(
         n, (ast.Import, ast.ImportFrom, ast.FunctionDef))], type_ignores=[])
     namespace: dict[str, Any] = {}
-    exec(compile(definitions, str(LAYOUT_DOC), "exec"), namespace)  # noqa: S102 - our own doc
+    exec(compile(definitions, str(LAYOUT_DOC), "exec"), namespace)
     root, _ = differential_layout
     layout = load_layout(root)
     for name in layout.layer_names:

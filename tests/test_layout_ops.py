@@ -23,22 +23,22 @@ import pytest
 import torch
 import torch.nn.functional as F
 from conftest import ResidualCNN, randomize_bn
-from neftc.runtime.emulator import Emulator
-from neftc.targets import resolve_target
 from test_layout_reader import SIGNED, resign
 from test_onnx_export import EncoderBlock
 from test_passes import ComputedBias, MatmulModel
 from torch import nn
 
 import neftc
-from neftc.cli import main
-from neftc.compiler import CompileSettings, compile_model, compile_module
+from neftc.cli.main import main
+from neftc.driver.compiler import CompileSettings, compile_model, compile_module
 from neftc.errors import LayoutError, PassError
 from neftc.format import ops, reader
 from neftc.format.graph_codec import DTYPES, resolve_op
 from neftc.format.writer import checksums
-from neftc.frontend import export_dynamic_batch
-from neftc.zoo import VGG8, ResNet18, build
+from neftc.frontend.loader import export_dynamic_batch
+from neftc.frontend.zoo import VGG8, ResNet18, build
+from neftc.runtime.emulator import Emulator
+from neftc.targets import resolve_target
 
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "layout.md"
 

@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 import neftc
-from neftc.cli import main
+from neftc.cli.main import main
 from neftc.errors import LayoutError
 from neftc.format.reader import _find_overlap
 from neftc.format.schema import TileRecord

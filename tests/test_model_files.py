@@ -23,9 +23,9 @@ import pytest
 import torch
 from torch import nn
 
-from neftc.cli import main
-from neftc.frontend import export_dynamic_batch
-from neftc.zoo import build
+from neftc.cli.main import main
+from neftc.frontend.loader import export_dynamic_batch
+from neftc.frontend.zoo import build
 
 REFUSED = "re-export it with torch.export.save from a trusted source, or pass --trust-model"
 
@@ -380,7 +380,7 @@ def test_trust_model_still_checks_the_zip(capfd, tmp_path, marker, lenet_pt2) ->
 
 def test_trusted_archive_loads_the_same_program(tmp_path, lenet_pt2) -> None:
     """The data-only copy torch reads without --trust-model gives the same graph and weights."""
-    from neftc.frontend import load_model
+    from neftc.frontend.loader import load_model
 
     plain = load_model(lenet_pt2)
     trusted = load_model(lenet_pt2, trust_model=True)

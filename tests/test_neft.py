@@ -10,24 +10,23 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from neftc.cli import main
-from neftc.datasets import load_digits
+from neftc.cli.main import main
+from neftc.datasets.loader import load_digits
 from neftc.errors import NeftcError, PassError
-from neftc.finetune import finetune, neft_loss
-from neftc.frontend import trace_module
 from neftc.format.reader import load_layout
-from neftc.meta import crossbar_nodes
-from neftc.neft_modules import DeviceNoise, FeedbackHead, WeightNoise
-from neftc.neft_pipeline import NeftSettings
-from neftc.pass_manager import PassContext, PassManager
+from neftc.frontend.loader import trace_module
+from neftc.frontend.zoo import build
+from neftc.ir.node_info import crossbar_nodes
+from neftc.ir.pass_manager import PassContext, PassManager
+from neftc.neft.finetune import finetune, neft_loss
+from neftc.neft.modules import DeviceNoise, FeedbackHead, WeightNoise, cell_weight_std
+from neftc.neft.pipeline import NeftSettings
 from neftc.passes import Normalize
 from neftc.passes.inject_noise import InjectNoise
 from neftc.passes.insert_feedback import PLAN_KEY, InsertFeedback
 from neftc.passes.strip_training import StripTraining
-from neftc.neft_modules import cell_weight_std
-from neftc.targets.device_model import normalisation
 from neftc.targets import resolve_target
-from neftc.zoo import build
+from neftc.targets.device_model import normalisation
 
 
 def normalized(module: nn.Module, example: torch.Tensor, target):

@@ -9,8 +9,8 @@ import pytest
 import torch
 from torch import nn
 
-from neftc.cli import main
-from neftc.compiler import compile_module
+from neftc.cli.main import main
+from neftc.driver.compiler import compile_module
 from neftc.errors import LayoutError
 from neftc.format.reader import load_layout
 from neftc.runtime.emulator import Emulator
@@ -77,7 +77,7 @@ def test_unsupported_op_is_named(tmp_path, fefet) -> None:
             return torch.cumsum(self.fc(x), dim=1)
 
     compile_module(Odd().eval(), torch.randn(1, 4), fefet, tmp_path / "odd")
-    from neftc.onnx_export import export_onnx
+    from neftc.flow.onnx_export import export_onnx
 
     with pytest.raises(LayoutError, match="aten.cumsum.default"):
         export_onnx(load_layout(tmp_path / "odd"), tmp_path / "odd.onnx")

@@ -15,12 +15,12 @@ import torch
 
 from neftc import atomic
 from neftc.atomic import atomic_directory, atomic_files
-from neftc.cli import main
-from neftc.compiler import compile_module
+from neftc.cli.main import main
+from neftc.driver.compiler import compile_module
 from neftc.errors import OutputError
+from neftc.flow.report import REPORT_HTML, VERIFY_JSON, write_report
 from neftc.format.reader import load_layout
-from neftc.report import REPORT_HTML, VERIFY_JSON, write_report
-from neftc.zoo import build
+from neftc.frontend.zoo import build
 
 
 def leftovers(directory: Path) -> list[str]:
@@ -106,7 +106,7 @@ def test_verify_render_failure_writes_nothing(layout, monkeypatch) -> None:
     def broken(*_args, **_kwargs):
         raise OutputError("simulated rendering failure")
 
-    monkeypatch.setattr("neftc.report.render_report", broken)
+    monkeypatch.setattr("neftc.flow.report.render_report", broken)
     assert verify(layout, 0.3) == 2
     assert snapshot(layout) == before and leftovers(layout) == []
 

@@ -13,11 +13,11 @@ from hypothesis import strategies as st
 from torch import nn
 
 from neftc.errors import CapacityError, PassError, PassOrderError
-from neftc.frontend import trace_module
-from neftc.meta import crossbar_nodes, get_info
-from neftc.pass_manager import PassContext, PassManager, check_order
-from neftc.passes import BitSlice, MapTiles, Normalize, Place, Quantize
 from neftc.format.encoding import fold, sign_offset, slice_levels
+from neftc.frontend.loader import trace_module
+from neftc.ir.node_info import crossbar_nodes, get_info
+from neftc.ir.pass_manager import PassContext, PassManager, check_order
+from neftc.passes import BitSlice, MapTiles, Normalize, Place, Quantize
 from neftc.passes.map_tiles import make_tiles
 from neftc.targets import TargetSpec, resolve_target
 
@@ -270,7 +270,7 @@ def test_pass_failure_names_pass_and_node(fefet) -> None:
         provides = frozenset()
 
         def run(self, gm, ctx):
-            from neftc.pass_manager import NodeError
+            from neftc.ir.pass_manager import NodeError
 
             node = next(n for n in gm.graph.nodes if n.op == "call_module")
             raise NodeError(node, "cannot handle it")
@@ -326,7 +326,7 @@ def _placed(model, example, target, strategy, replicate):
 
 @pytest.mark.parametrize("links", ["mesh", "all_to_all"])
 def test_dataflow_placement_beats_in_order(links) -> None:
-    from neftc.zoo import VGG8
+    from neftc.frontend.zoo import VGG8
 
     target = resolve_target("fefet_128x128", ["chip.cores=16", "chip.arrays_per_core=3",
                                               f"chip.core_links={links}"])
@@ -342,7 +342,7 @@ def test_dataflow_placement_beats_in_order(links) -> None:
 
 
 def test_replication_fills_only_free_arrays() -> None:
-    from neftc.zoo import LeNet
+    from neftc.frontend.zoo import LeNet
 
     target = resolve_target("fefet_128x128", ["chip.cores=4", "chip.arrays_per_core=16"])
     _, infos = _placed(LeNet((1, 8, 8), 10).eval(), torch.randn(1, 1, 8, 8), target,

@@ -7,8 +7,8 @@ import json
 import numpy as np
 import torch
 
-from neftc.cli import main
-from neftc.compiler import compile_module
+from neftc.cli.main import main
+from neftc.driver.compiler import compile_module
 from neftc.format.reader import load_layout
 
 

@@ -44,7 +44,7 @@ import torch
 from layout_reference import LayoutReference, to_torch_layout
 from torch import nn
 
-from neftc.compiler import compile_module
+from neftc.driver.compiler import compile_module
 from neftc.runtime import Emulator
 from neftc.targets import resolve_target
 

@@ -31,10 +31,10 @@ import torch
 import torch.nn.functional as F
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from layout_reference import LayoutReference, to_torch_layout
 from torch import nn
 
-from layout_reference import LayoutReference, to_torch_layout
-from neftc.compiler import CompileSettings, compile_module
+from neftc.driver.compiler import CompileSettings, compile_module
 from neftc.runtime import Emulator
 from neftc.targets import resolve_target, target_tags
 

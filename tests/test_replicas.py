@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from neftc.compiler import CompileSettings, compile_module
+from neftc.driver.compiler import CompileSettings, compile_module
 from neftc.format.reader import load_layout
 from neftc.runtime import Emulator
 from neftc.runtime.crossbar import InputQuant

@@ -11,17 +11,17 @@ from pathlib import Path
 import pytest
 import torch
 
-from neftc.cli import main
-from neftc.compiler import compile_module
+from neftc.cli.main import main
+from neftc.driver.compiler import compile_module
+from neftc.flow.report import render_report
 from neftc.format.reader import load_layout
-from neftc.report import render_report
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture
 def lenet_layout(tmp_path, fefet) -> Path:
-    from neftc.zoo import build
+    from neftc.frontend.zoo import build
 
     torch.manual_seed(0)
     compile_module(build("lenet", (1, 8, 8), 10), torch.randn(1, 1, 8, 8), fefet,
@@ -74,9 +74,9 @@ def test_report_renders_in_headless_chromium(lenet_layout, tmp_path) -> None:
 
 
 def test_report_shows_overrides_and_the_stored_dac(tmp_path) -> None:
-    from neftc.compiler import CompileSettings
+    from neftc.driver.compiler import CompileSettings
+    from neftc.frontend.zoo import build
     from neftc.targets import resolve_target
-    from neftc.zoo import build
 
     target = resolve_target("fefet_128x128", ["noise.sigma_rel=0.2"])
     torch.manual_seed(0)

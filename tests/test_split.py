@@ -10,17 +10,18 @@ from __future__ import annotations
 import hashlib
 import inspect
 import json
+from importlib import resources
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-import neftc.neft_cli
-import neftc.neft_pipeline
-import neftc.verify
-from neftc.cli import main
-from neftc.datasets import SPLIT_SEED, Dataset, load_dataset, load_digits
+import neftc.driver.neft_jobs
+import neftc.flow.verify
+import neftc.neft.pipeline
+from neftc.cli.main import main
+from neftc.datasets.loader import SPLIT_SEED, Dataset, load_dataset, load_digits
 
 
 def row_hashes(x: torch.Tensor) -> list[str]:
@@ -71,7 +72,7 @@ def test_repeated_loads_give_the_same_disjoint_split(spec, unique_npz) -> None:
 def test_digits_split_is_the_old_default() -> None:
     # SPLIT_SEED = 0 keeps the split every default-seed result so far was measured on.
     data = load_digits()
-    with np.load(Path(inspect.getfile(load_digits)).parent / "data" / "digits.npz") as raw:
+    with resources.files("neftc.data").joinpath("digits.npz").open("rb") as fh, np.load(fh) as raw:
         y = raw["y"].astype(np.int64)
     order = np.random.default_rng(0).permutation(len(y))
     np.testing.assert_array_equal(data.test.y.numpy(), y[order[:449]])
@@ -113,28 +114,28 @@ def test_cli_every_command_sees_one_disjoint_split(capsys, tmp_path, monkeypatch
     tested: dict[str, set[str]] = {}
     current = {"seed": ""}
 
-    real_train = neftc.neft_cli.train_classifier
+    real_train = neftc.driver.neft_jobs.train_classifier
 
-    def spy_train(model, data, **kwargs):  # noqa: ANN001, ANN202
+    def spy_train(model, data, **kwargs):
         trained[current["seed"]] = set(row_hashes(data.x))
         return real_train(model, data, **kwargs)
 
-    real_training_data = neftc.neft_pipeline.training_data
+    real_training_data = neftc.neft.pipeline.training_data
 
-    def spy_training_data(*args, **kwargs) -> Dataset:  # noqa: ANN002, ANN003
+    def spy_training_data(*args, **kwargs) -> Dataset:
         data = real_training_data(*args, **kwargs)
         tuned[current["seed"]] = set(row_hashes(data.train.x))
         return data
 
-    real_mc = neftc.verify.monte_carlo
+    real_mc = neftc.flow.verify.monte_carlo
 
-    def spy_mc(emulator, xs, ys, *args, **kwargs):  # noqa: ANN001, ANN202
+    def spy_mc(emulator, xs, ys, *args, **kwargs):
         tested[current["seed"]] = set(row_hashes(xs))
         return real_mc(emulator, xs, ys, *args, **kwargs)
 
-    monkeypatch.setattr(neftc.neft_cli, "train_classifier", spy_train)
-    monkeypatch.setattr(neftc.neft_pipeline, "training_data", spy_training_data)
-    monkeypatch.setattr(neftc.verify, "monte_carlo", spy_mc)
+    monkeypatch.setattr(neftc.driver.neft_jobs, "train_classifier", spy_train)
+    monkeypatch.setattr(neftc.neft.pipeline, "training_data", spy_training_data)
+    monkeypatch.setattr(neftc.flow.verify, "monte_carlo", spy_mc)
 
     model = tmp_path / "m.pt2"
     for seed in ("3", "7"):

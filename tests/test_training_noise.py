@@ -12,19 +12,19 @@ import pytest
 import torch
 from torch import nn
 
-from neftc.cli import _compile_settings, _parser, main
-from neftc.compiler import CompileSettings
+from neftc.cli.main import _compile_settings, _parser, main
+from neftc.driver.compiler import CompileSettings
 from neftc.format.reader import load_layout
-from neftc.frontend import load_model, trace_module
-from neftc.meta import crossbar_nodes, get_info
-from neftc.neft_modules import DeviceNoise, FeedbackHead, WeightNoise, cell_weight_std
-from neftc.neft_pipeline import NeftSettings, training_passes
-from neftc.pass_manager import PassContext, PassManager
+from neftc.frontend.loader import load_model, trace_module
+from neftc.ir.node_info import crossbar_nodes, get_info
+from neftc.ir.pass_manager import PassContext, PassManager
+from neftc.ir.quantization import quantize_matrix, weight_scales
+from neftc.ir.weights import get_weight
+from neftc.neft.modules import DeviceNoise, FeedbackHead, WeightNoise, cell_weight_std
+from neftc.neft.pipeline import NeftSettings, training_passes
 from neftc.passes import Normalize, Quantize
-from neftc.passes._weights import get_weight
 from neftc.passes.inject_noise import InjectNoise
 from neftc.passes.insert_feedback import InsertFeedback
-from neftc.passes.quantize import quantize_matrix, weight_scales
 from neftc.runtime import Emulator
 from neftc.targets import resolve_target
 
@@ -117,7 +117,7 @@ def test_quantisation_options_reach_every_noise_module(lenet_graph_fefet6) -> No
 
 @pytest.fixture
 def lenet_graph_fefet6():
-    from neftc.zoo import build
+    from neftc.frontend.zoo import build
 
     torch.manual_seed(0)
     example = torch.randn(1, 1, 8, 8)

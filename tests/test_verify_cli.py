@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 import torch
 
-from neftc.cli import main
-from neftc.compiler import compile_module
-from neftc.datasets import load_digits
+from neftc.cli.main import main
+from neftc.datasets.loader import load_digits
+from neftc.driver.compiler import compile_module
+from neftc.frontend.zoo import build
+from neftc.neft.train import accuracy, train_classifier
 from neftc.targets import resolve_target
-from neftc.train import accuracy, train_classifier
-from neftc.zoo import build
 
 
 @pytest.fixture(scope="module")

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from neftc.compiler import compile_module
+from neftc.driver.compiler import compile_module
 from neftc.errors import ModelFileError
-from neftc.zoo import VGG8, ResNet18, build
+from neftc.frontend.zoo import VGG8, ResNet18, build
 
 
 @pytest.mark.parametrize("arch,shape", [("mlp", (1, 8, 8)), ("lenet", (3, 16, 16))])

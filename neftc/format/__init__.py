@@ -8,5 +8,5 @@
 - ``graph_codec``: the digital graph's JSON arguments and op names.
 
 The compiler writes through this package; the runtime and every hardware-flow output read through
-it. Nothing here imports the compiler.
+it. Format layer. May import: the base modules and ``targets`` (``encoding`` imports nothing).
 """

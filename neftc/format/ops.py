@@ -464,7 +464,7 @@ def _propagate(graph: GraphInput, batch: int) -> _Propagation:
                 with torch.no_grad():
                     out = (operator.getitem if node.target == "getitem" else
                            _aten(node.target))(*args, **kwargs)
-            except Exception as exc:  # noqa: BLE001 - ATen reports bad shapes with many types
+            except Exception as exc:
                 first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
                 raise OpError("args", f"{node.target} cannot run on the values it is given at "
                               f"batch {batch}: {first[:200]}", k) from None

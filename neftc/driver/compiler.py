@@ -10,20 +10,23 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from neftc.emit import build_layout
+from neftc.driver.emit import build_layout
 from neftc.errors import PassError
-from neftc.frontend import LoadedModel, file_sha256, load_model, trace_module
-from neftc.finetune import DEFAULT_BETA, TrainLog
 from neftc.format.schema import (
-    CompileOptions, LayoutDoc, NeftRecord, SourceRecord,
+    CompileOptions,
+    LayoutDoc,
+    NeftRecord,
+    SourceRecord,
 )
 from neftc.format.writer import write_layout
-from neftc.neft_pipeline import NeftSettings, run_neft
-from neftc.meta import crossbar_nodes
-from neftc.pass_manager import PassContext, PassManager
+from neftc.frontend.loader import LoadedModel, file_sha256, load_model, trace_module
+from neftc.frontend.zoo import InputShape
+from neftc.ir.node_info import crossbar_nodes
+from neftc.ir.pass_manager import PassContext, PassManager
+from neftc.neft.finetune import DEFAULT_BETA, TrainLog
+from neftc.neft.pipeline import NeftSettings, run_neft
 from neftc.passes import default_pipeline
 from neftc.targets.spec import TargetSpec
-from neftc.zoo import InputShape
 
 
 @dataclass(frozen=True)
@@ -78,7 +81,7 @@ def _compile_loaded(loaded: LoadedModel, target: TargetSpec, settings: CompileSe
                     on_pass: Callable[[str, bool], None] | None) -> CompileResult:
     dac_data = None
     if settings.dac_data is not None:  # read the data first: a bad --dac-data fails fast
-        from neftc.datasets import load_dataset
+        from neftc.datasets.loader import load_dataset
 
         dac_data = load_dataset(settings.dac_data)
     ctx = PassContext(target=target, example_input=loaded.example_input)
@@ -103,13 +106,13 @@ def _compile_loaded(loaded: LoadedModel, target: TargetSpec, settings: CompileSe
     doc, levels, tensors = build_layout(gm, target, loaded.example_input, source,
                                         settings.options(target, log))
     if dac_data is not None:  # the DAC ranges sign-off and programming use (neftc calibrate)
-        from neftc.dac_calibration import calibrate_doc
+        from neftc.flow.calibration import calibrate_doc
         from neftc.format.reader import Layout
 
         doc, _, _ = calibrate_doc(Layout(Path(out_dir or "."), doc, levels, tensors), dac_data,
                                   str(settings.dac_data), settings.dac_samples)
     if out_dir is not None:
-        from neftc.report import write_layout_reports
+        from neftc.flow.report import write_layout_reports
 
         write_layout(Path(out_dir), doc, levels, tensors,
                      extras=lambda tmp: write_layout_reports(tmp, doc))

@@ -16,14 +16,14 @@ from typing import Any
 import torch
 
 from neftc.atomic import atomic_directory
-from neftc.compiler import CompileSettings, compile_model
-from neftc.datasets import load_digits
+from neftc.datasets.loader import load_digits
+from neftc.driver.compiler import CompileSettings, compile_model
+from neftc.flow.verify import VerifySettings, run_verify
 from neftc.format.reader import load_layout
-from neftc.neft_pipeline import NeftSettings
+from neftc.frontend.zoo import build
+from neftc.neft.pipeline import NeftSettings
+from neftc.neft.train import accuracy, train_classifier
 from neftc.targets.spec import TargetSpec
-from neftc.train import accuracy, train_classifier
-from neftc.verify import VerifySettings, run_verify
-from neftc.zoo import build
 
 DEMO_MARKER = "demo.json"
 METHODS = ("baseline", "nit", "ovf", "irs")

@@ -30,7 +30,7 @@ def layout_summary(doc: LayoutDoc) -> dict[str, Any]:
             "dac": layer.dac.model_dump() if layer.dac is not None else None,
         })
     s = doc.summary
-    from neftc.cost import estimate_cost
+    from neftc.flow.cost import estimate_cost
 
     return {
         "target": doc.target.name,

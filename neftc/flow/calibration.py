@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from neftc.datasets import Dataset, check_compatible, load_dataset
+from neftc.datasets.loader import Dataset, check_compatible, load_dataset
 from neftc.errors import DataError, LayoutError, NeftcError
 from neftc.format import encoding
 from neftc.format.reader import Layout, load_layout
@@ -115,7 +115,7 @@ def calibrate_layout(layout_dir: str | Path, data_spec: str, samples: int = DEFA
     layout is carried over only when it was signed off with exactly these DAC settings (or with
     ideal periphery); otherwise it no longer describes the layout and is left out.
     """
-    from neftc.report import VERIFY_JSON, write_layout_reports
+    from neftc.flow.report import VERIFY_JSON, write_layout_reports
 
     source = Path(layout_dir)
     layout = load_layout(source)
@@ -166,5 +166,12 @@ def format_calibration(result: CalibrationResult) -> str:
     return "\n".join(lines) + "\n"
 
 
-__all__ = ["CalibrationResult", "DEFAULT_SAMPLES", "calibrate_doc", "calibrate_layout",
-           "calibration_inputs", "dac_table", "format_calibration"]
+__all__ = [
+    "DEFAULT_SAMPLES",
+    "CalibrationResult",
+    "calibrate_doc",
+    "calibrate_layout",
+    "calibration_inputs",
+    "dac_table",
+    "format_calibration",
+]

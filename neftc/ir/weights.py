@@ -8,7 +8,7 @@ import torch.fx
 
 def weight_attr(node: torch.fx.Node) -> str:
     """Qualified name of the parameter a crossbar node reads as its weight."""
-    from neftc.pass_manager import NodeError
+    from neftc.ir.pass_manager import NodeError
 
     weight = node.args[1]
     if not (isinstance(weight, torch.fx.Node) and weight.op == "get_attr"):

@@ -47,7 +47,7 @@ import torch.fx
 from torch import nn
 
 from neftc.errors import ModelFileError, TraceError, UntrustedModelError
-from neftc.zoo import InputShape, build, zoo
+from neftc.frontend.zoo import InputShape, build, zoo
 
 ModelKind = Literal["exported-program", "state-dict", "pickled-module"]
 
@@ -302,7 +302,7 @@ def _torch_load(path: Path, raw: bytes, trust_model: bool) -> object:
                 "pass --arch"
             ) from None
         raise ModelFileError(f"'{path}' is a corrupt torch.save file: {_first_line(exc)}") from None
-    except Exception as exc:  # noqa: BLE001 - torch.load raises many types for damaged files
+    except Exception as exc:
         raise ModelFileError(f"'{path}' cannot be read as a torch.save file: "
                              f"{_first_line(exc)}") from None
 
@@ -365,7 +365,7 @@ def _import_class(spec: str) -> nn.Module:
         raise ModelFileError(f"cannot import architecture '{spec}': {_first_line(exc)}") from None
     try:
         module = cls()
-    except Exception as exc:  # noqa: BLE001 - user code
+    except Exception as exc:
         raise ModelFileError(f"architecture '{spec}' could not be built with no arguments: "
                              f"{_first_line(exc)}") from None
     if not isinstance(module, nn.Module):
@@ -382,7 +382,7 @@ def _load_exported(path: Path, raw: bytes, members: dict[str, bytes],
     try:
         with _quiet_torch(records):
             program = torch.export.load(io.BytesIO(archive))
-    except Exception as exc:  # noqa: BLE001 - damaged archives raise many types
+    except Exception as exc:
         cause = next((r.exc_info[1] for r in records if r.exc_info and r.exc_info[1]), exc)
         raise ModelFileError(f"'{path}' is a damaged torch.export archive: "
                              f"{_first_line(cause)}") from None
@@ -397,7 +397,7 @@ def _load_exported(path: Path, raw: bytes, members: dict[str, bytes],
     val = node.meta.get("val") if node is not None else None
     try:
         shape = tuple(int(d) for d in val.shape) if val is not None else None
-    except Exception:  # noqa: BLE001 - a symbolic size without a hint
+    except Exception:
         shape = None
     if input_shape is not None:
         shape = (shape[0] if shape else 1, *input_shape)
@@ -407,7 +407,7 @@ def _load_exported(path: Path, raw: bytes, members: dict[str, bytes],
     try:
         with _quiet_torch(records):
             module = program.module()
-    except Exception as exc:  # noqa: BLE001 - a graph torch cannot rebuild
+    except Exception as exc:
         raise ModelFileError(f"'{path}' is a damaged torch.export archive: "
                              f"{_first_line(exc)}") from None
     return unexported(module), example
@@ -693,7 +693,7 @@ def _check_plain_tensor_pickle(path: Path, name: str, data: bytes) -> None:
                     raise refuse(f"calls {module}.{attr}, not a tensor constructor")
     except UntrustedModelError:
         raise
-    except Exception as exc:  # noqa: BLE001 - pickletools raises ValueError and others
+    except Exception as exc:
         raise refuse(f"is not a well-formed pickle ({_first_line(exc)})") from None
 
 
@@ -742,7 +742,7 @@ def export_dynamic_batch(module: nn.Module, example: torch.Tensor) -> torch.expo
     try:
         return torch.export.export(module, (batch2,),
                                    dynamic_shapes=({0: torch.export.Dim.AUTO},))
-    except Exception:  # noqa: BLE001 - export raises many types; the static form may still work
+    except Exception:
         return torch.export.export(module, (example,))
 
 
@@ -763,7 +763,7 @@ def trace_module(module: nn.Module, example: torch.Tensor) -> torch.fx.GraphModu
     """Trace an unmodified module with torch.fx; name the failing op when it cannot be traced."""
     try:
         gm = torch.fx.symbolic_trace(module)
-    except Exception as exc:  # noqa: BLE001 - fx raises TraceError, TypeError, NotImplementedError...
+    except Exception as exc:
         raise TraceError(
             f"{type(module).__name__} cannot be traced by torch.fx: {_first_line(exc)}. "
             "This usually means Python control flow on tensor values or shapes. Export it "
@@ -773,7 +773,7 @@ def trace_module(module: nn.Module, example: torch.Tensor) -> torch.fx.GraphModu
     try:
         with torch.no_grad():
             gm(example)
-    except Exception as exc:  # noqa: BLE001 - user model code
+    except Exception as exc:
         raise TraceError(f"the traced {type(module).__name__} fails on an input of shape "
                          f"{tuple(example.shape)}: {_first_line(exc)}. Check --input-shape") from None
     return gm

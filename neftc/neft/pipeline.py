@@ -10,17 +10,23 @@ from typing import Literal
 import torch
 import torch.fx
 
-from neftc.bounds import (  # noqa: F401 (re-exported bounds)
-    MAX_BATCH_SIZE, MAX_BETA, MAX_EPOCHS, MAX_IRS_TAPS, MAX_LR, MAX_SEED, check_number,
+from neftc.bounds import (
+    MAX_BATCH_SIZE,
+    MAX_BETA,
+    MAX_EPOCHS,
+    MAX_IRS_TAPS,
+    MAX_LR,
+    MAX_SEED,
+    check_number,
 )
-from neftc.datasets import Dataset, check_compatible, load_dataset
+from neftc.datasets.loader import Dataset, check_compatible, load_dataset
 from neftc.devices import resolve_device
 from neftc.errors import DataError, NeftcError
-from neftc.finetune import DEFAULT_BATCH, DEFAULT_BETA, DEFAULT_LR, TrainLog, finetune
-from neftc.pass_manager import PassContext, PassManager
+from neftc.ir.pass_manager import PassContext, PassManager
+from neftc.ir.quantization import Calibration
+from neftc.neft.finetune import DEFAULT_BATCH, DEFAULT_BETA, DEFAULT_LR, TrainLog, finetune
 from neftc.passes.inject_noise import InjectNoise
 from neftc.passes.insert_feedback import InsertFeedback, NeftMode
-from neftc.passes.quantize import Calibration
 from neftc.passes.strip_training import StripTraining
 from neftc.targets.spec import SIGMA_REL_MAX, TargetSpec
 

@@ -334,7 +334,7 @@ def _open_zip(path: Path, fh: BinaryIO) -> zipfile.ZipFile:
         return zipfile.ZipFile(fh)
     except DataError:
         raise
-    except Exception as exc:  # noqa: BLE001 - zipfile/OSError must not reach the user
+    except Exception as exc:
         raise DataError(f"'{path}' is not a readable .npz file ({_npz_reason(exc)}); write it "
                         f"with numpy.savez or numpy.savez_compressed") from None
 
@@ -364,7 +364,7 @@ def _load_npz_file(path: Path, fh: BinaryIO) -> Dataset:
                 f"it has {_keys(keys)}")
     except DataError:
         raise
-    except Exception as exc:  # noqa: BLE001 - zipfile/zlib/numpy errors on a damaged archive
+    except Exception as exc:
         raise DataError(f"'{path}' is a damaged .npz file ({_npz_reason(exc)}); write it "
                         f"again with numpy.savez or numpy.savez_compressed") from None
     finally:
@@ -532,7 +532,7 @@ def _read_idx(path: Path, ndim: int) -> np.ndarray:
                 return _parse_idx(path, ndim, stream, size, compressed=True)
         except DataError:
             raise
-        except Exception as exc:  # noqa: BLE001 - gzip.BadGzipFile, zlib.error, EOFError
+        except Exception as exc:
             raise DataError(f"IDX file '{path}' is not a valid gzip file ({_reason(exc)}); "
                             f"download it again") from None
 
@@ -629,7 +629,7 @@ def _numpy_reconstruct():
     except ImportError:  # numpy < 1.26 without the numpy._core alias
         from numpy.core.multiarray import _reconstruct
 
-    def empty_array(subtype, shape, dtype):  # noqa: ANN001, ANN202
+    def empty_array(subtype, shape, dtype):
         """numpy pickles an array as an empty one plus its state (the data, with a shape numpy
         checks against it); any other shape would allocate memory the file does not hold."""
         if subtype is not np.ndarray or shape not in ((0,), [0], 0):
@@ -649,14 +649,14 @@ class _RestrictedUnpickler(pickle.Unpickler):
         ("numpy", "dtype"),
     }
 
-    def find_class(self, module: str, name: str):  # noqa: ANN201
+    def find_class(self, module: str, name: str):
         if (module, name) not in self._ALLOWED:
             raise _ForbiddenGlobal(f"{module}.{name}")
         if name == "_reconstruct":
             return _numpy_reconstruct()
         return np.ndarray if name == "ndarray" else np.dtype
 
-    def persistent_load(self, pid):  # noqa: ANN001, ANN201
+    def persistent_load(self, pid):
         raise _ForbiddenGlobal("a persistent object id")
 
 
@@ -672,7 +672,7 @@ def _read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
         raise DataError(f"CIFAR-10 batch '{path}' references {exc}, which a CIFAR-10 batch never "
                         f"does; it was refused without being loaded (the file may be tampered "
                         f"with: use the original cifar-10-python.tar.gz)") from None
-    except Exception as exc:  # noqa: BLE001 - UnpicklingError, EOFError, ValueError, ...
+    except Exception as exc:
         raise DataError(f"CIFAR-10 batch '{path}' is corrupt or truncated ({_reason(exc)}); "
                         f"extract it again from cifar-10-python.tar.gz") from None
     if not isinstance(obj, dict):
@@ -700,7 +700,7 @@ def _read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
             y = np.asarray(labels)
             if y.ndim == 1 and y.size == 0:
                 y = y.astype(np.int64)
-        except Exception:  # noqa: BLE001
+        except Exception:
             y = np.asarray([], dtype=object)
     if y.ndim != 1 or y.dtype.kind not in "iu":
         raise DataError(f"CIFAR-10 batch '{path}': b'labels' must be a list of integer class "

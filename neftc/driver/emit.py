@@ -14,13 +14,31 @@ from neftc.errors import PassError
 from neftc.format import encoding, ops
 from neftc.format.graph_codec import UnencodableArgument, encode_arg, target_name
 from neftc.format.schema import (
-    LAYOUT_FORMAT, LAYOUT_VERSION, LEVELS_FILE, TENSORS_FILE, CompileOptions, ConvRecord, FileRecord, GraphNode, GraphRecord, LayerRecord,
-    LayoutDoc, PeripheryRecord, PlacementRecord, QuantRecord, SlicingRecord, SourceRecord, SummaryRecord, TensorRecord, TileRecord,
+    LAYOUT_FORMAT,
+    LAYOUT_VERSION,
+    LEVELS_FILE,
+    TENSORS_FILE,
+    CompileOptions,
+    ConvRecord,
+    FileRecord,
+    GraphNode,
+    GraphRecord,
+    LayerRecord,
+    LayoutDoc,
+    PeripheryRecord,
+    PlacementRecord,
+    QuantRecord,
+    SlicingRecord,
+    SourceRecord,
+    SummaryRecord,
+    TensorRecord,
+    TileRecord,
 )
 from neftc.format.writer import Sidecar
-from neftc.meta import NodeInfo, crossbar_nodes, get_info
-from neftc.pass_manager import NodeError
+from neftc.ir.node_info import NodeInfo, crossbar_nodes, get_info
+from neftc.ir.pass_manager import NodeError
 from neftc.targets.spec import TargetSpec
+
 
 def _layer_record(node: torch.fx.Node, info: NodeInfo, levels_blob: Sidecar,
                   bias: str | None) -> LayerRecord:

@@ -7,17 +7,17 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from neftc.datasets import load_dataset
 from neftc.atomic import atomic_file
+from neftc.datasets.loader import load_dataset
 from neftc.errors import DataError
-from neftc.finetune import TrainLog
-from neftc.frontend import export_dynamic_batch, load_model, trace_module
-from neftc.neft_pipeline import NeftSettings, run_neft
-from neftc.pass_manager import PassContext, PassManager
+from neftc.frontend.loader import export_dynamic_batch, load_model, trace_module
+from neftc.frontend.zoo import build
+from neftc.ir.pass_manager import PassContext, PassManager
+from neftc.neft.finetune import TrainLog
+from neftc.neft.pipeline import NeftSettings, run_neft
+from neftc.neft.train import accuracy, train_classifier
 from neftc.passes import Normalize
 from neftc.targets.spec import TargetSpec
-from neftc.train import accuracy, train_classifier
-from neftc.zoo import build
 
 
 def save_program(module: nn.Module, example: torch.Tensor, path: Path) -> None:

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from neftc.datasets import Split
+from neftc.datasets.loader import Split
 from neftc.errors import NeftcError
 
 

@@ -21,10 +21,10 @@ import torch.fx
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from neftc.datasets import Split
-from neftc.neft_modules import FeedbackHead, WeightNoise
+from neftc.datasets.loader import Split
+from neftc.neft.modules import FeedbackHead, WeightNoise
+from neftc.neft.train import check_loss, check_weights
 from neftc.passes.insert_feedback import PLAN_KEY, FeedbackPlan
-from neftc.train import check_loss, check_weights
 
 # The paper's reference hyper-parameters (Qin et al., TCAD 2025): Adam, cosine schedule, batch 128;
 # beta (OVF, IRS): VGG-8/MNIST 1e-3, 1e-2; VGG-8/CIFAR-10 1e-3, 1e-1; ResNet-18/CIFAR-10 1e-1, 1e-3.

@@ -9,10 +9,10 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from neftc.datasets import Dataset, check_compatible, load_dataset
+from neftc.bounds import MAX_BATCH_SIZE, MAX_SEED, check_number
+from neftc.datasets.loader import Dataset, check_compatible, load_dataset
 from neftc.errors import DataError
 from neftc.format.reader import load_layout
-from neftc.bounds import MAX_BATCH_SIZE, MAX_SEED, check_number
 from neftc.runtime.crossbar import InputQuant
 from neftc.runtime.emulator import Emulator
 from neftc.runtime.montecarlo import evaluate, monte_carlo

@@ -17,10 +17,14 @@ from typing import Any
 
 from neftc.atomic import atomic_file, atomic_files, directory_lock
 from neftc.errors import OutputError
-from neftc.format.schema import CHECKSUMS_FILE, REPORT_FILE, LayoutDoc
-from neftc.summary import (
-    dac_calibration_text, dac_text, format_summary, layout_summary, overrides_text,
+from neftc.flow.summary import (
+    dac_calibration_text,
+    dac_text,
+    format_summary,
+    layout_summary,
+    overrides_text,
 )
+from neftc.format.schema import CHECKSUMS_FILE, REPORT_FILE, LayoutDoc
 
 REPORT_HTML = "report.html"
 VERIFY_JSON = "verify.json"

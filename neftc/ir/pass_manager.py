@@ -74,7 +74,9 @@ def check_order(passes: Sequence[Pass], facts: frozenset[str] = INITIAL_FACTS) -
 
 def graph_text(gm: torch.fx.GraphModule) -> str:
     """A readable dump of the graph with each node's neftc annotation summarised."""
-    from neftc.meta import get_info  # local: keeps this module free of meta's numpy import cost
+    from neftc.ir.node_info import (
+        get_info,  # local: keeps this module free of meta's numpy import cost
+    )
 
     lines = [str(gm.graph), "", "# neftc annotations"]
     for node in gm.graph.nodes:
@@ -120,7 +122,7 @@ class PassManager:
             except NodeError as exc:
                 raise PassError(f"pass '{p.name}' failed at node '{exc.node.name}' "
                                 f"({exc.node.format_node()}): {exc.message}") from None
-            except Exception as exc:  # noqa: BLE001 - any bug in a pass is reported with its name
+            except Exception as exc:
                 raise PassError(f"pass '{p.name}' failed: {type(exc).__name__}: {exc}") from exc
             ctx.facts |= set(p.provides)
             ctx.passes_run += 1

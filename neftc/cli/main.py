@@ -284,7 +284,7 @@ def _add_quantisation_args(parser: argparse.ArgumentParser | argparse._ArgumentG
 
 def _neft_settings(args: argparse.Namespace):  # -> NeftSettings | None
     from neftc.bounds import MAX_IRS_TAPS
-    from neftc.neft_pipeline import NeftSettings
+    from neftc.neft.pipeline import NeftSettings
 
     if not getattr(args, "neft", None):
         return None
@@ -308,7 +308,7 @@ def _neft_settings(args: argparse.Namespace):  # -> NeftSettings | None
 def _compile_settings(args: argparse.Namespace):  # -> CompileSettings
     """``compile``'s settings; with --neft, its fine-tuning trains against the noise of the
     chip quantised with the same --per-channel and --calibration (``neft_settings()``)."""
-    from neftc.compiler import CompileSettings
+    from neftc.driver.compiler import CompileSettings
 
     return CompileSettings(per_channel=args.per_channel, calibration=args.calibration,
                            fold_bn=args.fold_bn, dump_after_each=args.dump_after_each,
@@ -318,9 +318,9 @@ def _compile_settings(args: argparse.Namespace):  # -> CompileSettings
 
 
 def _cmd_compile(args: argparse.Namespace) -> int:
-    from neftc.compiler import compile_model
-    from neftc.frontend import parse_input_shape
-    from neftc.summary import format_summary, layout_summary
+    from neftc.driver.compiler import compile_model
+    from neftc.flow.summary import format_summary, layout_summary
+    from neftc.frontend.loader import parse_input_shape
     from neftc.targets import resolve_target
 
     target = resolve_target(args.target, args.overrides)
@@ -351,8 +351,8 @@ def _cmd_compile(args: argparse.Namespace) -> int:
 
 
 def _cmd_inspect(args: argparse.Namespace) -> int:
+    from neftc.flow.summary import format_summary, layout_summary
     from neftc.format.reader import load_layout
-    from neftc.summary import format_summary, layout_summary
 
     summary = layout_summary(load_layout(args.layout).doc)
     print(json.dumps(summary, indent=1) if args.json else format_summary(summary), end="\n"
@@ -361,7 +361,7 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
 
 
 def _cmd_calibrate(args: argparse.Namespace) -> int:
-    from neftc.dac_calibration import calibrate_layout, format_calibration
+    from neftc.flow.calibration import calibrate_layout, format_calibration
 
     if args.samples < 1:
         raise NeftcError(f"--samples must be at least 1, got {args.samples}")
@@ -371,8 +371,8 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
 
 
 def _cmd_export_onnx(args: argparse.Namespace) -> int:
+    from neftc.flow.onnx_export import export_onnx
     from neftc.format.reader import load_layout
-    from neftc.onnx_export import export_onnx
 
     model = export_onnx(load_layout(args.layout), args.output)
     print(f"wrote {args.output}: {len(model.graph.node)} ONNX nodes, opset "
@@ -381,8 +381,8 @@ def _cmd_export_onnx(args: argparse.Namespace) -> int:
 
 
 def _cmd_program(args: argparse.Namespace) -> int:
+    from neftc.flow.programming import write_programming_files
     from neftc.format.reader import load_layout
-    from neftc.programming import write_programming_files
 
     formats = ("npz", "csv") if args.format == "both" else (args.format,)
     manifest = write_programming_files(load_layout(args.layout), args.output, formats)
@@ -402,8 +402,8 @@ def _cmd_program(args: argparse.Namespace) -> int:
 
 
 def _cmd_diff(args: argparse.Namespace) -> int:
+    from neftc.flow.programming import diff_layouts
     from neftc.format.reader import load_layout
-    from neftc.programming import diff_layouts
 
     if args.cells_limit < 0:
         raise NeftcError(f"--cells-limit must be >= 0, got {args.cells_limit}")
@@ -465,13 +465,13 @@ def _target_text(spec: object) -> str:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from neftc.demo import DemoConfig, format_demo, run_demo
+    from neftc.driver.demo import DemoConfig, format_demo, run_demo
     from neftc.targets import resolve_target
 
     target = resolve_target(args.target, args.overrides)
     if min(args.epochs, args.neft_epochs, args.mc) < 1:
         raise NeftcError("--epochs, --neft-epochs and --mc must be at least 1")
-    if args.sigma and min(args.sigma) < 0 or args.train_sigma < 0:
+    if (args.sigma and min(args.sigma) < 0) or args.train_sigma < 0:
         raise NeftcError("sigmas must be >= 0")
     config = DemoConfig(epochs=args.epochs, neft_epochs=args.neft_epochs,
                         train_sigma=args.train_sigma,
@@ -483,7 +483,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _cmd_verify(args: argparse.Namespace) -> int:
-    from neftc.verify import VerifySettings, format_verify, run_verify
+    from neftc.flow.verify import VerifySettings, format_verify, run_verify
 
     if args.mc < 1:
         raise NeftcError(f"--mc must be at least 1, got {args.mc}")
@@ -496,14 +496,14 @@ def _cmd_verify(args: argparse.Namespace) -> int:
                               ideal_periphery=args.ideal_periphery, faults=not args.no_faults,
                               batch_size=args.batch_size, calib_samples=args.calib_samples,
                               chips_per_pass=args.chips_per_pass, device=args.device)
-    from neftc.report import layout_identity
+    from neftc.flow.report import layout_identity
 
     verified = layout_identity(args.layout)  # the layout this sign-off is about
     report = run_verify(args.layout, args.data, settings,
                         progress=not args.quiet and not args.json)
     if not args.no_report:
+        from neftc.flow.report import write_report
         from neftc.format.reader import load_layout
-        from neftc.report import write_report
 
         # verify.json and report.html together or neither, and only into the layout verified.
         write_report(args.layout, load_layout(args.layout).doc, report, expect=verified)
@@ -513,8 +513,8 @@ def _cmd_verify(args: argparse.Namespace) -> int:
 
 
 def _cmd_finetune(args: argparse.Namespace) -> int:
-    from neftc.frontend import parse_input_shape
-    from neftc.neft_cli import finetune_file
+    from neftc.driver.neft_jobs import finetune_file
+    from neftc.frontend.loader import parse_input_shape
     from neftc.targets import resolve_target
 
     target = resolve_target(args.target, args.overrides)
@@ -535,8 +535,8 @@ def _cmd_finetune(args: argparse.Namespace) -> int:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from neftc.neft_cli import train_zoo_model
-    from neftc.neft_pipeline import NeftSettings
+    from neftc.driver.neft_jobs import train_zoo_model
+    from neftc.neft.pipeline import NeftSettings
     from neftc.targets import resolve_target
 
     target = resolve_target(args.target, args.overrides)
@@ -557,7 +557,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 #: The numeric flags (dests) checked before any command runs, with the bounds the settings use
-#: (neftc.verify, neftc.neft_pipeline, neftc.targets.spec).
+#: (neftc.flow.verify, neftc.neft.pipeline, neftc.targets.spec).
 _NUMERIC_FLAGS = ("sigma", "train_sigma", "beta", "lr", "seed", "mc", "chips_per_pass",
                   "batch_size", "calib_samples", "samples", "dac_samples", "epochs",
                   "neft_epochs")
@@ -570,10 +570,9 @@ def _check_flags(args: argparse.Namespace) -> None:
              if getattr(args, dest, None) is not None}
     if not given:
         return
-    from neftc.bounds import (MAX_BATCH_SIZE, MAX_BETA, MAX_EPOCHS, MAX_LR, MAX_SEED,
-                              check_number)
+    from neftc.bounds import MAX_BATCH_SIZE, MAX_BETA, MAX_EPOCHS, MAX_LR, MAX_SEED, check_number
+    from neftc.flow.verify import MAX_CHIPS_PER_PASS, MAX_SAMPLES, MAX_TRIALS
     from neftc.targets.spec import SIGMA_REL_MAX
-    from neftc.verify import MAX_CHIPS_PER_PASS, MAX_SAMPLES, MAX_TRIALS
 
     bounds = {"sigma": (0, SIGMA_REL_MAX, False), "train_sigma": (0, SIGMA_REL_MAX, False),
               "beta": (0, MAX_BETA, False), "lr": (0, MAX_LR, False),

@@ -21,8 +21,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from neftc.format import encoding as cell_encoding
-from neftc.passes._weights import weight_matrix
-from neftc.passes.quantize import DEFAULT_PERCENTILE, Calibration, quantize_matrix
+from neftc.ir.quantization import DEFAULT_PERCENTILE, Calibration, quantize_matrix
+from neftc.ir.weights import weight_matrix
 from neftc.targets.device_model import paper_weight_std, weight_std_levels
 from neftc.targets.spec import TargetSpec
 
@@ -49,7 +49,7 @@ class DeviceNoise:
     @classmethod
     def of(cls, target: TargetSpec, per_channel: bool = False,
            mode: TrainNoiseMode = "cell", *, calibration: Calibration = "max-abs",
-           percentile: float = DEFAULT_PERCENTILE) -> "DeviceNoise":
+           percentile: float = DEFAULT_PERCENTILE) -> DeviceNoise:
         return cls(target.weight.bits, target.cell.bits, target.weight.sign_encoding,
                    target.qmax, target.noise.state_ratio, per_channel, mode, calibration,
                    percentile)
