@@ -69,7 +69,7 @@ import importlib, json, resource, sys, time
 T0 = time.perf_counter()
 import torch
 T_TORCH = time.perf_counter()
-import neftc.cli, neftc.compiler, neftc.emit, neftc.frontend, neftc.pass_manager, neftc.passes
+import neftc.cli.main, neftc.driver.compiler, neftc.driver.emit, neftc.frontend.loader, neftc.ir.pass_manager, neftc.passes
 
 stages = {}   # name -> [seconds, calls, peak RSS KiB when it last ended]
 
@@ -99,21 +99,21 @@ def wrap(module_name, attr, label):
     except (ImportError, AttributeError):
         pass
 
-wrap("neftc.frontend", "file_sha256", "load: sha256 of model file")
-wrap("neftc.frontend", "_load_exported", "load: torch.export.load + .module()")
+wrap("neftc.frontend.loader", "file_sha256", "load: sha256 of model file")
+wrap("neftc.frontend.loader", "_load_exported", "load: torch.export.load + .module()")
 for cls in ("Normalize", "Quantize", "BitSlice", "MapTiles", "Place"):
     name = getattr(getattr(neftc.passes, cls, None), "name", cls.lower())
     wrap("neftc.passes", cls + ".run", "pass: " + name)
 wrap("neftc.passes.place", "_positions", "  place: _positions (ShapeProp)")
 wrap("neftc.passes.place", "_take_nearest", "  place: _take_nearest (replicas)")
-wrap("neftc.pass_manager", "_verify", "verify after each pass (lint, recompile, forward)")
-wrap("neftc.compiler", "build_layout", "emit: build_layout")
-wrap("neftc.emit", "_tile_block", "  emit: _tile_block (in build_layout)")
-wrap("neftc.compiler", "write_layout", "emit: write_layout (json, sha256, write)")
-wrap("neftc.report", "write_report", "  emit: write_report (in write_layout)")
+wrap("neftc.ir.pass_manager", "_verify", "verify after each pass (lint, recompile, forward)")
+wrap("neftc.driver.compiler", "build_layout", "emit: build_layout")
+wrap("neftc.driver.emit", "_tile_block", "  emit: _tile_block (in build_layout)")
+wrap("neftc.driver.compiler", "write_layout", "emit: write_layout (json, sha256, write)")
+wrap("neftc.flow.report", "write_report", "  emit: write_report (in write_layout)")
 
 T_RUN = time.perf_counter()
-rc = neftc.cli.main(sys.argv[1:])
+rc = neftc.cli.main.main(sys.argv[1:])
 T_END = time.perf_counter()
 out = {
     "rc": rc,
@@ -177,7 +177,7 @@ def neftc_command() -> list[str]:
 def save_models(widths: list[int], root: Path) -> list[dict]:
     import torch
 
-    from neftc.zoo import ResNet18
+    from neftc.frontend.zoo import ResNet18
 
     models = []
     for width in widths:

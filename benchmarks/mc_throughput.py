@@ -59,21 +59,20 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from _machine import busy_cpu_seconds  # benchmarks/_machine.py, beside this script
-
 import numpy as np
 import torch
+from _machine import busy_cpu_seconds  # benchmarks/_machine.py, beside this script
 from torch import nn
 
-from neftc.compiler import CompileSettings, compile_module
-from neftc.datasets import load_digits
+from neftc.datasets.loader import load_digits
+from neftc.driver.compiler import CompileSettings, compile_module
 from neftc.format.reader import Layout, load_layout
+from neftc.frontend.zoo import MLP, VGG8, LeNet
 from neftc.runtime.crossbar import CrossbarLayer
 from neftc.runtime.emulator import Emulator
 from neftc.runtime.montecarlo import evaluate
-from neftc.targets.device_model import paper_weight_std
 from neftc.targets import resolve_target
-from neftc.zoo import MLP, VGG8, LeNet
+from neftc.targets.device_model import paper_weight_std
 
 TARGET = "fefet_128x128"
 SIGMA = 0.1

@@ -22,13 +22,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from neftc.compiler import CompileSettings, compile_model
-from neftc.datasets import load_digits
-from neftc.neft_pipeline import NeftSettings
+from neftc.datasets.loader import load_digits
+from neftc.driver.compiler import CompileSettings, compile_model
+from neftc.flow.verify import VerifySettings, run_verify
+from neftc.frontend.zoo import build
+from neftc.neft.pipeline import NeftSettings
+from neftc.neft.train import accuracy, train_classifier
 from neftc.targets import resolve_target
-from neftc.train import accuracy, train_classifier
-from neftc.verify import VerifySettings, run_verify
-from neftc.zoo import build
 
 METHODS = ("baseline", "nit", "ovf", "irs")
 

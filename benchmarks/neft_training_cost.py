@@ -14,15 +14,15 @@ import time
 
 import torch
 
-from neftc.datasets import load_digits
-from neftc.finetune import finetune
-from neftc.frontend import trace_module
-from neftc.pass_manager import PassContext, PassManager
+from neftc.datasets.loader import load_digits
+from neftc.frontend.loader import trace_module
+from neftc.frontend.zoo import VGG8, build
+from neftc.ir.pass_manager import PassContext, PassManager
+from neftc.neft.finetune import finetune
 from neftc.passes import Normalize
 from neftc.passes.inject_noise import InjectNoise
 from neftc.passes.insert_feedback import InsertFeedback
 from neftc.targets import resolve_target
-from neftc.zoo import VGG8, build
 
 MODES = ("none", "nit", "ovf", "irs")
 

@@ -19,14 +19,14 @@ from pathlib import Path
 
 import torch
 
-from neftc.compiler import CompileSettings, compile_model
-from neftc.datasets import load_digits
-from neftc.demo import DemoConfig
+from neftc.datasets.loader import load_digits
+from neftc.driver.compiler import CompileSettings, compile_model
+from neftc.driver.demo import DemoConfig
+from neftc.flow.verify import VerifySettings, run_verify
 from neftc.format.reader import load_layout
+from neftc.frontend.zoo import build
+from neftc.neft.train import train_classifier
 from neftc.targets import resolve_target
-from neftc.train import train_classifier
-from neftc.verify import VerifySettings, run_verify
-from neftc.zoo import build
 
 
 def main() -> None:

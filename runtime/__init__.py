@@ -1,4 +1,5 @@
 """The noisy runtime emulator (DESIGN.md section 7). It reads only a layout directory.
+Runtime layer. May import: the base modules, ``format`` and ``targets`` (tests/test_layers.py).
 
 ``neftc.runtime.Emulator(layout, sigma=..., seed=..., noise="cell", ideal_periphery=True)``;
 ``neftc.runtime.monte_carlo(emulator, x, y, trials)``. Imported lazily: ``import neftc.runtime``

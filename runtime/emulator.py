@@ -31,7 +31,6 @@ from neftc.runtime.graph import build_module
 from neftc.runtime.noise import NoiseMode, NoiseModel
 from neftc.targets.device_model import cell_std_levels, folded_std, paper_weight_std
 
-
 # The independent random streams of one chip instance.
 AGGREGATE_STREAM = 0  # per weight: the folded noise of its cells (and paper mode's draws)
 CELL_STREAM = 1  # per cell: how that folded noise splits over the weight's cells

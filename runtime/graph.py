@@ -19,6 +19,7 @@ from neftc.format.graph_codec import decode_arg, resolve_op
 from neftc.format.reader import Layout
 from neftc.runtime.crossbar import CrossbarLayer
 
+
 def build_module(layout: Layout, device: torch.device | None = None
                  ) -> tuple[torch.fx.GraphModule, dict[str, CrossbarLayer]]:
     """The network of ``layout`` as a GraphModule, and its crossbar layers by name; ops that

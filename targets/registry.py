@@ -52,7 +52,7 @@ class _BoundedLoader(yaml.SafeLoader):
         super().__init__(stream)
         self._depth = 0
 
-    def compose_node(self, parent, index):  # noqa: ANN001, ANN201
+    def compose_node(self, parent, index):
         if self.check_event(yaml.AliasEvent):
             event = self.get_event()
             line = event.start_mark.line + 1 if event.start_mark else 0
@@ -67,7 +67,7 @@ class _BoundedLoader(yaml.SafeLoader):
         finally:
             self._depth -= 1
 
-    def construct_yaml_int(self, node):  # noqa: ANN001, ANN201
+    def construct_yaml_int(self, node):
         if len(str(node.value)) > MAX_INT_DIGITS:
             raise _SpecLimitError(f"an integer of {len(str(node.value))} characters; at most "
                                   f"{MAX_INT_DIGITS} are allowed")

@@ -16,7 +16,6 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from neftc.format import encoding
 
-
 #: Largest device variation (``noise.sigma_rel``, ``--sigma``, ``--train-sigma``): twice the cell's
 #: full conductance range, far beyond any device worth compiling for.
 SIGMA_REL_MAX = 2.0
@@ -62,7 +61,7 @@ class CellSpec(_Frozen):
         return 2**self.bits
 
     @model_validator(mode="after")
-    def _range(self) -> "CellSpec":
+    def _range(self) -> CellSpec:
         if self.g_max_us <= self.g_min_us:
             raise ValueError(f"cell.g_max_us ({self.g_max_us:g}) must be larger than "
                              f"cell.g_min_us ({self.g_min_us:g})")
@@ -120,7 +119,7 @@ class FaultSpec(_Frozen):
     stuck_at_max_rate: float = Field(default=0.0, ge=0, le=1)
 
     @model_validator(mode="after")
-    def _total(self) -> "FaultSpec":
+    def _total(self) -> FaultSpec:
         if self.stuck_at_min_rate + self.stuck_at_max_rate > 1:
             raise ValueError(f"faults.stuck_at_min_rate + faults.stuck_at_max_rate must be at "
                              f"most 1 (they are fractions of all cells), got "
@@ -142,7 +141,7 @@ class ChipSpec(_Frozen):
         return self.cores * self.arrays_per_core
 
     @model_validator(mode="after")
-    def _size(self) -> "ChipSpec":
+    def _size(self) -> ChipSpec:
         if self.arrays > CHIP_ARRAYS_MAX:
             raise ValueError(f"the chip has chip.cores x chip.arrays_per_core = {self.cores} x "
                              f"{self.arrays_per_core} = {self.arrays} arrays; at most "
