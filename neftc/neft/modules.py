@@ -75,8 +75,8 @@ class DeviceNoise:
         return (std * scales).t().reshape(w.shape).to(w.dtype)
 
 
-def cell_weight_std(q: torch.Tensor, *, bits: int, cell_bits: int, encoding: cell_encoding.SignEncoding,
-                    sigma: float,
+def cell_weight_std(q: torch.Tensor, *, bits: int, cell_bits: int,
+                    encoding: cell_encoding.SignEncoding, sigma: float,
                     state_ratio: float) -> torch.Tensor:
     """Per-weight std, in integer-weight units, of the exact Gaussian equivalent of the cell-level
     noise of integer weights ``q`` (any shape): the weight's own cells

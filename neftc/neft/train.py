@@ -1,11 +1,15 @@
-"""Plain supervised training and evaluation of a classifier (used by the demo)."""
+"""Training: the one training loop (plain training and NeFT fine-tuning share it), plain
+supervised training of a classifier, and evaluation."""
 
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
@@ -32,33 +36,71 @@ def check_weights(model: torch.nn.Module, what: str = "training") -> None:
                              f"after the last step; lower --lr")
 
 
-def train_classifier(model: nn.Module, data: Split, *, epochs: int, lr: float = 1e-3,
-                     batch_size: int = 128, seed: int = 0, progress: bool = True,
-                     desc: str = "train") -> nn.Module:
-    """Adam with a cosine schedule and cross-entropy; deterministic for a given seed. A NaN or
-    infinite loss or weight stops it with a :class:`~neftc.errors.NeftcError` naming the step."""
-    generator = torch.Generator().manual_seed(seed)
-    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+@dataclass
+class TrainLog:
+    epochs: int
+    steps: int
+    seconds: float
+    losses: list[float] = field(default_factory=list)  # mean loss per epoch
+
+
+# The loss of one batch: (model, x, y, epoch, step) -> scalar loss.
+BatchLoss = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def train_loop(model: nn.Module, data: Split, loss_of: BatchLoss, *, epochs: int, lr: float,
+               batch_size: int, order: torch.Generator, device: str = "cpu",
+               progress: bool = True, desc: str = "train", what: str = "training",
+               on_epoch: Callable[[int, float], None] | None = None) -> TrainLog:
+    """The one training loop (plain training and NeFT fine-tuning): Adam over the parameters that
+    require gradients, a cosine schedule over all steps, batches in the order drawn from ``order``
+    each epoch. ``loss_of(model, x, y)`` computes a batch's loss. A NaN or infinite loss or weight
+    stops it with a :class:`~neftc.errors.NeftcError` naming the step; ``what`` names the job in
+    that message. Leaves ``model`` in training mode on ``device``."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.Adam(params, lr=lr)
     per_epoch = -(-len(data) // batch_size)
-    steps = epochs * per_epoch
-    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, max(steps, 1))
-    loss_fn = nn.CrossEntropyLoss()
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, max(epochs * per_epoch, 1))
     model.train()
-    bar = tqdm(total=steps, desc=desc, disable=not progress, leave=False)
+    log = TrainLog(epochs, 0, 0.0)
+    start = time.perf_counter()
+    bar = tqdm(total=epochs * per_epoch, desc=desc, disable=not progress, leave=False)
     for epoch in range(epochs):
-        order = torch.randperm(len(data), generator=generator)
-        for step, start in enumerate(range(0, len(data), batch_size)):
-            idx = order[start:start + batch_size]
-            loss = loss_fn(model(data.x[idx]), data.y[idx])
-            check_loss(loss, epoch, epochs, step, per_epoch)
+        permutation = torch.randperm(len(data), generator=order)
+        total, count = 0.0, 0
+        for step, first in enumerate(range(0, len(data), batch_size)):
+            idx = permutation[first:first + batch_size]
+            loss = loss_of(model, data.x[idx].to(device), data.y[idx].to(device))
+            check_loss(loss, epoch, epochs, step, per_epoch, what=what)
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
             schedule.step()
-            bar.set_postfix(loss=f"{loss.item():.3f}")
+            total += float(loss.detach()) * len(idx)
+            count += len(idx)
+            log.steps += 1
+            bar.set_postfix(loss=f"{float(loss.detach()):.3f}")
             bar.update()
+        log.losses.append(total / max(count, 1))
+        if on_epoch is not None:
+            on_epoch(epoch, log.losses[-1])
     bar.close()
-    check_weights(model)
+    check_weights(model, what=what)
+    log.seconds = time.perf_counter() - start
+    return log
+
+
+def _cross_entropy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    return F.cross_entropy(model(x), y)
+
+
+def train_classifier(model: nn.Module, data: Split, *, epochs: int, lr: float = 1e-3,
+                     batch_size: int = 128, seed: int = 0, progress: bool = True,
+                     desc: str = "train") -> nn.Module:
+    """Plain supervised training with cross-entropy through :func:`train_loop`; deterministic for
+    a given seed (the batch order is drawn from ``seed``)."""
+    train_loop(model, data, _cross_entropy, epochs=epochs, lr=lr, batch_size=batch_size,
+               order=torch.Generator().manual_seed(seed), progress=progress, desc=desc)
     return model.eval()
 
 
