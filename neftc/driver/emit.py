@@ -96,15 +96,41 @@ def _get_attr(gm: torch.nn.Module, target: str) -> torch.Tensor:
     return obj
 
 
-def build_layout(
-    gm: torch.fx.GraphModule,
-    target: TargetSpec,
-    example_input: torch.Tensor,
-    source: SourceRecord,
-    options: CompileOptions,
-) -> tuple[LayoutDoc, bytes, bytes]:
-    """The layout document and its two sidecars (levels, tensors) for a placed graph."""
-    levels_blob, tensors_blob = Sidecar(), Sidecar()
+def _tensor_record(gm: torch.fx.GraphModule, node: torch.fx.Node,
+                   blob: Sidecar) -> TensorRecord:
+    """Store a digital tensor's values (little-endian; bfloat16 as float32) in ``blob``."""
+    value = _get_attr(gm, str(node.target)).detach().cpu().contiguous()
+    if value.dtype == torch.bfloat16:
+        value = value.float()
+    array = value.numpy()
+    offset = blob.append(array.astype(array.dtype.newbyteorder("<")).tobytes())
+    return TensorRecord(name=str(node.target), dtype=str(array.dtype), shape=list(array.shape),
+                        offset=offset, nbytes=array.nbytes)
+
+
+def _graph_node(node: torch.fx.Node, info: NodeInfo | None) -> GraphNode:
+    """A placeholder, call or output node as the layout's graph records it, refused at compile
+    time when load_layout would refuse it (docs/layout.md 7.1.1)."""
+    if node.op not in ("placeholder", "call_function", "output"):
+        raise NodeError(node, f"op kind '{node.op}' cannot be written to a layout; "
+                              "run normalize")
+    try:
+        args = [encode_arg(a) for a in node.args]
+        kwargs = {k: encode_arg(v) for k, v in node.kwargs.items()}
+    except UnencodableArgument as exc:
+        raise NodeError(node, str(exc)) from None
+    if node.op == "call_function":
+        try:
+            ops.check_call(target_name(node), args, kwargs)
+        except ops.OpError as exc:
+            raise _unsupported(node, target_name(node), exc) from None
+    return GraphNode(name=node.name, op=node.op, target=target_name(node), args=args,
+                     kwargs=kwargs, layer=info.layer if info is not None else None)
+
+
+def _emit_graph(gm: torch.fx.GraphModule, levels_blob: Sidecar, tensors_blob: Sidecar,
+                ) -> tuple[list[GraphNode], list[TensorRecord], list[LayerRecord]]:
+    """The graph's nodes, its digital tensors and its crossbar layers, in graph order."""
     crossbar_weights: dict[str, str] = {}  # get_attr node name -> layer
     for node in crossbar_nodes(gm):
         crossbar_weights[node.args[1].name] = get_info(node).layer  # type: ignore[union-attr]
@@ -116,37 +142,24 @@ def build_layout(
         if node.op == "get_attr":
             layer = crossbar_weights.get(node.name)
             if layer is None:  # a digital tensor: store its values
-                value = _get_attr(gm, str(node.target)).detach().cpu().contiguous()
-                if value.dtype == torch.bfloat16:
-                    value = value.float()
-                array = value.numpy()
-                offset = tensors_blob.append(array.astype(array.dtype.newbyteorder("<")).tobytes())
-                tensors.append(TensorRecord(name=str(node.target), dtype=str(array.dtype),
-                                            shape=list(array.shape), offset=offset,
-                                            nbytes=array.nbytes))
+                tensors.append(_tensor_record(gm, node, tensors_blob))
             nodes.append(GraphNode(name=node.name, op="get_attr", target=str(node.target),
                                    layer=layer))
             continue
-        if node.op not in ("placeholder", "call_function", "output"):
-            raise NodeError(node, f"op kind '{node.op}' cannot be written to a layout; run normalize")
+        graph_node = _graph_node(node, info)
         if info is not None:
             bias_node = node.args[2]
             bias = str(bias_node.target) if isinstance(bias_node, torch.fx.Node) else None
             layers.append(_layer_record(node, info, levels_blob, bias))
-        try:
-            args = [encode_arg(a) for a in node.args]
-            kwargs = {k: encode_arg(v) for k, v in node.kwargs.items()}
-        except UnencodableArgument as exc:
-            raise NodeError(node, str(exc)) from None
-        if node.op == "call_function":  # only what load_layout reads (docs/layout.md 7.1.1)
-            try:
-                ops.check_call(target_name(node), args, kwargs)
-            except ops.OpError as exc:
-                raise _unsupported(node, target_name(node), exc) from None
-        nodes.append(GraphNode(name=node.name, op=node.op, target=target_name(node), args=args,
-                               kwargs=kwargs, layer=info.layer if info is not None else None))
+        nodes.append(graph_node)
+    return nodes, tensors, layers
+
+
+def _check_bounds(gm: torch.fx.GraphModule, example_input: torch.Tensor, nodes: list[GraphNode],
+                  tensors: list[TensorRecord], layers: list[LayerRecord]) -> None:
+    """The size bounds load_layout checks: never write a layout it would refuse."""
     graph_nodes = list(gm.graph.nodes)
-    try:  # the size bounds load_layout checks: never write a layout it would refuse
+    try:
         ops.check_values(ops.GraphInput(
             input_shape=list(example_input.shape), nodes=nodes,
             tensors={t.name: (t.shape, t.dtype) for t in tensors},
@@ -154,19 +167,38 @@ def build_layout(
     except ops.OpError as exc:
         node = graph_nodes[exc.node] if exc.node is not None else graph_nodes[0]
         raise _unsupported(node, target_name(node), exc) from None
-    levels_bytes, tensors_bytes = levels_blob.bytes(), tensors_blob.bytes()
+
+
+def _summary(layers: list[LayerRecord], target: TargetSpec) -> SummaryRecord:
     cells = sum(t.row_count * t.col_count * (1 + len(t.replicas))
                 for layer in layers for t in layer.tiles)
     replicas = sum(len(t.replicas) for layer in layers for t in layer.tiles)
     arrays = sum(len(layer.tiles) for layer in layers) + replicas
     capacity = arrays * target.array.rows * target.array.cols
-    summary = SummaryRecord(
+    return SummaryRecord(
         layers=len(layers),
         weights=sum(int(np.prod(layer.weight_shape)) for layer in layers),
         arrays_used=arrays, replica_arrays=replicas, arrays_available=target.chip.arrays,
         cells_used=cells, cells_in_used_arrays=capacity,
         utilization=cells / capacity if capacity else 0.0,
     )
+
+
+def _file_record(path: str, data: bytes) -> FileRecord:
+    return FileRecord(path=path, nbytes=len(data), sha256=hashlib.sha256(data).hexdigest())
+
+
+def build_layout(
+    gm: torch.fx.GraphModule,
+    target: TargetSpec,
+    example_input: torch.Tensor,
+    source: SourceRecord,
+    options: CompileOptions,
+) -> tuple[LayoutDoc, bytes, bytes]:
+    """The layout document and its two sidecars (levels, tensors) for a placed graph."""
+    levels_blob, tensors_blob = Sidecar(), Sidecar()
+    nodes, tensors, layers = _emit_graph(gm, levels_blob, tensors_blob)
+    _check_bounds(gm, example_input, nodes, tensors, layers)
     placed = gm.meta.get("neftc_placement")
     if placed is None:
         raise NodeError(next(iter(gm.graph.nodes)), "the graph is not placed; run place")
@@ -174,18 +206,15 @@ def build_layout(
                                 byte_hops=placed.byte_hops,
                                 in_order_byte_hops=placed.in_order_byte_hops,
                                 bytes_exchanged=placed.bytes_exchanged)
+    levels_bytes, tensors_bytes = levels_blob.bytes(), tensors_blob.bytes()
     doc = LayoutDoc(
         format=LAYOUT_FORMAT, version=LAYOUT_VERSION, neftc_version=__version__, source=source,
         target=target, options=options,
         periphery=PeripheryRecord(**target.periphery.model_dump()),
-        files={
-            "levels": FileRecord(path=LEVELS_FILE, nbytes=len(levels_bytes),
-                                 sha256=hashlib.sha256(levels_bytes).hexdigest()),
-            "tensors": FileRecord(path=TENSORS_FILE, nbytes=len(tensors_bytes),
-                                  sha256=hashlib.sha256(tensors_bytes).hexdigest()),
-        },
+        files={"levels": _file_record(LEVELS_FILE, levels_bytes),
+               "tensors": _file_record(TENSORS_FILE, tensors_bytes)},
         tensors=tensors, layers=layers,
         graph=GraphRecord(input_shape=list(example_input.shape), nodes=nodes),
-        placement=placement, summary=summary,
+        placement=placement, summary=_summary(layers, target),
     )
     return doc, levels_bytes, tensors_bytes
