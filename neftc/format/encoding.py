@@ -99,7 +99,7 @@ def fold(cells: ArrayT, cell_bits: int, offset: int) -> ArrayT:
     out = torch.tensordot(coefficients, values.to(dtype), dims=([0, 1], [0, 1]))
     if offset:
         out = out - offset
-    return out.numpy() if was_numpy else out  # type: ignore[return-value]
+    return out.numpy() if was_numpy else out
 
 
 def physical_column(col: int, polarity: int, slice_: int, polarities: int, slices: int) -> int:
