@@ -64,7 +64,7 @@ import torch
 from _machine import busy_cpu_seconds  # benchmarks/_machine.py, beside this script
 from torch import nn
 
-from neftc.datasets.loader import load_digits
+from neftc.datasets.digits import load_digits
 from neftc.driver.compiler import CompileSettings, compile_module
 from neftc.format.reader import Layout, load_layout
 from neftc.frontend.zoo import MLP, VGG8, LeNet

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from neftc.datasets.loader import load_digits
+from neftc.datasets.digits import load_digits
 from neftc.driver.compiler import CompileSettings, compile_model
 from neftc.flow.verify import VerifySettings, run_verify
 from neftc.frontend.zoo import build

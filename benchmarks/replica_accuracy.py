@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from neftc.datasets.loader import load_digits
+from neftc.datasets.digits import load_digits
 from neftc.driver.compiler import CompileSettings, compile_model
 from neftc.driver.demo import DemoConfig
 from neftc.flow.verify import VerifySettings, run_verify

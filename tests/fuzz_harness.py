@@ -370,7 +370,7 @@ def build_seeds(root: Path) -> Seeds:
     import yaml
 
     import neftc
-    from neftc.datasets.loader import load_digits
+    from neftc.datasets.digits import load_digits
     from neftc.frontend.zoo import build
     from neftc.targets import resolve_target
 

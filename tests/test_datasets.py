@@ -12,15 +12,9 @@ import numpy as np
 import pytest
 import torch
 
-from neftc.datasets.loader import (
-    CIFAR10_MEAN,
-    CIFAR10_STD,
-    SPLIT_SEED,
-    Dataset,
-    Split,
-    check_compatible,
-    load_dataset,
-)
+from neftc.datasets.base import SPLIT_SEED, Dataset, Split, check_compatible
+from neftc.datasets.cifar10 import CIFAR10_MEAN, CIFAR10_STD
+from neftc.datasets.spec import load_dataset
 from neftc.errors import DataError
 
 # ---- writers -------------------------------------------------------------------------------

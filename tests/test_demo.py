@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 from neftc.cli.main import main
-from neftc.datasets.loader import load_digits
+from neftc.datasets.digits import load_digits
 from neftc.format.reader import load_layout
 
 

@@ -221,7 +221,7 @@ def test_bit_serial_path_equals_folded_mvm(tmp_path, encoding, signed) -> None:
 
 
 def test_target_adc_loses_little_on_a_trained_model(tmp_path) -> None:
-    from neftc.datasets.loader import load_digits
+    from neftc.datasets.digits import load_digits
     from neftc.frontend.zoo import build
     from neftc.neft.train import accuracy, train_classifier
 

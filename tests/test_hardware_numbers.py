@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from neftc.cli.main import main
-from neftc.datasets.loader import load_digits
+from neftc.datasets.digits import load_digits
 from neftc.driver.compiler import CompileSettings, compile_module
 from neftc.flow.cost import estimate_cost, positions_per_copy
 from neftc.format.reader import load_layout

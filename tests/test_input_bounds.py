@@ -24,9 +24,12 @@ import torch
 import yaml
 from torch import nn
 
-import neftc.datasets.loader as datasets
+import neftc.datasets.files as data_files
+import neftc.datasets.idx as idx_format
 from neftc.cli.main import main
-from neftc.datasets.loader import MAX_CLASSES, Split, load_dataset, load_digits
+from neftc.datasets.base import MAX_CLASSES, Split
+from neftc.datasets.digits import load_digits
+from neftc.datasets.spec import load_dataset
 from neftc.driver.compiler import compile_module
 from neftc.errors import DataError, NeftcError, TargetError
 from neftc.flow.verify import VerifySettings
@@ -239,8 +242,8 @@ def test_idx_header_of_5_8_gib_in_a_small_file_is_refused_unread(tmp_path, monke
     # 7.4 M images of 28x28 declared (5.8 GiB), 1.5 MB of data present
     folder = mnist_folder(tmp_path / "m", idx([7_400_000, 28, 28], bytes(1_500_000)))
     reads: list[int] = []
-    opener = datasets._open_regular
-    monkeypatch.setattr(datasets, "_open_regular",
+    opener = idx_format.open_regular
+    monkeypatch.setattr(idx_format, "open_regular",
                         lambda path, what: CountingReader(opener(path, what), reads))
     with pytest.raises(DataError, match=r"truncated: its header says \[7400000, 28, 28\] = "
                        r"5801600000 bytes of data but it has 1500000"):
@@ -256,7 +259,7 @@ def test_idx_over_the_memory_budget_is_refused_before_reading(tmp_path, monkeypa
     images = np.zeros((4, 28, 28), np.uint8).tobytes()
     folder = mnist_folder(tmp_path / "m", idx([4, 28, 28], images))
     assert len(load_dataset(str(folder)).test) == 4  # valid control
-    monkeypatch.setattr(datasets, "MAX_DATA_BYTES", 10_000)
+    monkeypatch.setattr(data_files, "MAX_DATA_BYTES", 10_000)
     with pytest.raises(DataError, match="more than neftc's data budget"):
         load_dataset(str(folder))
 
@@ -298,7 +301,7 @@ def test_npz_declared_shape_is_checked_against_the_member(capsys, tmp_path: Path
 def test_npz_over_the_memory_budget_is_refused_before_loading(tmp_path, monkeypatch) -> None:
     np.savez(tmp_path / "ok.npz", x=np.zeros((40, 10), np.float32), y=np.zeros(40, np.int64))
     assert len(load_dataset(str(tmp_path / "ok.npz")).test) == 10  # valid control
-    monkeypatch.setattr(datasets, "MAX_DATA_BYTES", 1000)
+    monkeypatch.setattr(data_files, "MAX_DATA_BYTES", 1000)
     monkeypatch.setattr(np.lib.format, "read_array",
                         lambda *a, **k: pytest.fail("an array was loaded"))
     with pytest.raises(DataError, match=r"x \[40, 10\], y \[40\] needing about"):

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from neftc.cli.main import main
-from neftc.datasets.loader import load_digits
+from neftc.datasets.digits import load_digits
 from neftc.errors import NeftcError, PassError
 from neftc.format.reader import load_layout
 from neftc.frontend.loader import trace_module

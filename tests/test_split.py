@@ -21,7 +21,9 @@ import neftc.driver.neft_jobs
 import neftc.flow.verify
 import neftc.neft.pipeline
 from neftc.cli.main import main
-from neftc.datasets.loader import SPLIT_SEED, Dataset, load_dataset, load_digits
+from neftc.datasets.base import SPLIT_SEED, Dataset
+from neftc.datasets.digits import load_digits
+from neftc.datasets.spec import load_dataset
 
 
 def row_hashes(x: torch.Tensor) -> list[str]:

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from neftc.cli.main import main
-from neftc.datasets.loader import load_digits
+from neftc.datasets.digits import load_digits
 from neftc.driver.compiler import compile_module
 from neftc.frontend.zoo import build
 from neftc.neft.train import accuracy, train_classifier

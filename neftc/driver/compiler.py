@@ -81,7 +81,7 @@ def _compile_loaded(loaded: LoadedModel, target: TargetSpec, settings: CompileSe
                     on_pass: Callable[[str, bool], None] | None) -> CompileResult:
     dac_data = None
     if settings.dac_data is not None:  # read the data first: a bad --dac-data fails fast
-        from neftc.datasets.loader import load_dataset
+        from neftc.datasets.spec import load_dataset
 
         dac_data = load_dataset(settings.dac_data)
     ctx = PassContext(target=target, example_input=loaded.example_input)

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from neftc.atomic import atomic_directory
-from neftc.datasets.loader import load_digits
+from neftc.datasets.digits import load_digits
 from neftc.driver.compiler import CompileSettings, compile_model
 from neftc.flow.verify import VerifySettings, run_verify
 from neftc.format.reader import load_layout

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from neftc.atomic import atomic_file
-from neftc.datasets.loader import load_dataset
+from neftc.datasets.spec import load_dataset
 from neftc.errors import DataError
 from neftc.frontend.loader import export_dynamic_batch, load_model, trace_module
 from neftc.frontend.zoo import build

@@ -18,7 +18,8 @@ from pathlib import Path
 
 import torch
 
-from neftc.datasets.loader import Dataset, check_compatible, load_dataset
+from neftc.datasets.base import Dataset, check_compatible
+from neftc.datasets.spec import load_dataset
 from neftc.errors import DataError, LayoutError, NeftcError
 from neftc.format import encoding
 from neftc.format.reader import Layout, load_layout

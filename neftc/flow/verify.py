@@ -10,7 +10,8 @@ import torch
 from tqdm import tqdm
 
 from neftc.bounds import MAX_BATCH_SIZE, MAX_SEED, check_number
-from neftc.datasets.loader import Dataset, check_compatible, load_dataset
+from neftc.datasets.base import Dataset, check_compatible
+from neftc.datasets.spec import load_dataset
 from neftc.errors import DataError
 from neftc.format.reader import load_layout
 from neftc.runtime.crossbar import InputQuant

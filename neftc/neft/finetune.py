@@ -18,7 +18,7 @@ import torch
 import torch.fx
 import torch.nn.functional as F
 
-from neftc.datasets.loader import Split
+from neftc.datasets.base import Split
 from neftc.neft.modules import FeedbackHead, WeightNoise
 from neftc.neft.train import BatchLoss, TrainLog, train_loop
 from neftc.passes.insert_feedback import PLAN_KEY, FeedbackPlan

@@ -19,7 +19,8 @@ from neftc.bounds import (
     MAX_SEED,
     check_number,
 )
-from neftc.datasets.loader import Dataset, check_compatible, load_dataset
+from neftc.datasets.base import Dataset, check_compatible
+from neftc.datasets.spec import load_dataset
 from neftc.devices import resolve_device
 from neftc.errors import DataError, NeftcError
 from neftc.ir.pass_manager import PassContext, PassManager

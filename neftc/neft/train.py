@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from neftc.datasets.loader import Split
+from neftc.datasets.base import Split
 from neftc.errors import NeftcError
 
 

@@ -1,0 +1,112 @@
+"""The data set every file format loads into (a :class:`Dataset` of two :class:`Split`), the
+label bound and :func:`check_compatible` (can a model be evaluated on a data set).
+
+The train/test split is a property of the data, never of a command's ``--seed``: files that store
+their split (``x_train``/``x_test``, MNIST's ``train-*``/``t10k-*``, CIFAR-10's batches) keep it,
+and data without one (the built-in digits, a ``.npz`` with ``x``, ``y``) is split by one fixed
+permutation drawn from :data:`SPLIT_SEED`. So a model trained with any seed is never tested on its
+own training samples, and every command sees the same test set. :attr:`Dataset.split` says which
+rule made the split. Inputs must be finite and labels integer class indices below
+:data:`MAX_CLASSES`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from neftc.errors import DataError
+
+
+@dataclass(frozen=True)
+class Split:
+    x: torch.Tensor  # float32 [N, ...] as fed to the model
+    y: torch.Tensor  # int64 [N]
+
+    def __len__(self) -> int:
+        return int(self.y.shape[0])
+
+
+@dataclass(frozen=True)
+class Dataset:
+    name: str
+    train: Split
+    test: Split
+    num_classes: int
+    split: str  # how train and test were separated, e.g. "stored by the file (x_train/x_test)"
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return tuple(self.test.x.shape[1:])
+
+
+#: Seed of the one permutation that splits data without a stored split (the built-in digits, a
+#: ``.npz`` with ``x``, ``y``) into train and test. A constant of the data format, not a user
+#: option: it is used for nothing else, no command's ``--seed`` reaches it, and changing it
+#: changes which samples are test samples (0 keeps the split neftc has always used by default).
+SPLIT_SEED = 0
+#: Fraction of such data (rounded, at least one sample) that goes to the test split.
+TEST_FRACTION = 0.25
+PERMUTATION_SPLIT = (f"seeded permutation, split seed {SPLIT_SEED}, "
+                     f"test fraction {TEST_FRACTION}")
+
+#: Labels are class indices 0 .. MAX_CLASSES - 1.
+MAX_CLASSES = 100_000
+
+
+def split_indices(n: int) -> tuple[np.ndarray, np.ndarray]:
+    """(train, test) row indices of an unsplit data set of ``n`` samples: the same for every
+    caller, drawn from a generator used only for this."""
+    order = np.random.default_rng(SPLIT_SEED).permutation(n)
+    n_test = min(max(round(n * TEST_FRACTION), 1), n)
+    return order[n_test:], order[:n_test]
+
+
+def check_compatible(dataset: Dataset, input_shape: tuple[int, ...], num_classes: int) -> None:
+    """Raise :class:`DataError` unless the model (sample shape ``input_shape``, without the batch
+    dimension, and ``num_classes`` outputs) can be evaluated on ``dataset``."""
+    input_shape = tuple(int(d) for d in input_shape)
+    data_shape = dataset.input_shape
+    if data_shape != input_shape:
+        raise DataError(
+            f"data set '{dataset.name}' has samples of shape {list(data_shape)} but the model "
+            f"input shape is {list(input_shape)} (without the batch dimension); "
+            f"{_shape_hint(dataset.name, input_shape)}")
+    if dataset.num_classes > num_classes:
+        raise DataError(
+            f"data set '{dataset.name}' has {dataset.num_classes} classes (labels up to "
+            f"{dataset.num_classes - 1}) but the model outputs {num_classes}; use a model "
+            f"trained for this data set's classes or data whose labels are below {num_classes}")
+
+
+def _shape_hint(name: str, input_shape: tuple[int, ...]) -> str:
+    if name.lower().endswith(".npz"):
+        return (f"x in a .npz file is fed to the model as it is (no rescaling, no added "
+                f"channel dimension), so reshape it to [N, {', '.join(map(str, input_shape))}] "
+                f"before saving")
+    if name == "mnist-idx":
+        return ("MNIST IDX images are loaded as [N, 1, H, W]; use a model with that input or "
+                "convert the data to a .npz file of the model's input shape")
+    if name == "cifar10":
+        return ("CIFAR-10 images are loaded as [N, 3, 32, 32]; use a model with that input or "
+                "convert the data to a .npz file of the model's input shape")
+    if name == "digits":
+        return ("the built-in digits are [N, 1, 8, 8]; use a model for 8x8 single-channel "
+                "images or give your own data as a .npz file of the model's input shape")
+    return "give data whose samples match the model's input shape"
+
+
+def split_from_numpy(x: np.ndarray, y: np.ndarray) -> Split:
+    return Split(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)),
+                 torch.from_numpy(np.ascontiguousarray(y, dtype=np.int64)))
+
+
+def empty_like(test: Split) -> Split:
+    return Split(torch.zeros((0, *test.x.shape[1:]), dtype=torch.float32),
+                 torch.zeros((0,), dtype=torch.int64))
+
+
+def count_classes(*splits: Split) -> int:
+    return max(int(s.y.max()) + 1 for s in splits if len(s))

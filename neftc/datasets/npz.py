@@ -1,0 +1,196 @@
+"""``.npz`` data files: read with ``allow_pickle=False`` (nothing is ever unpickled), every
+``.npy`` header's shape checked against its member and the memory budget before an array is
+loaded; ``x``/``y`` split by the fixed permutation, ``x_train``/``x_test`` kept as stored."""
+
+from __future__ import annotations
+
+import math
+import zipfile
+from pathlib import Path
+from typing import BinaryIO
+
+import numpy as np
+
+from neftc.datasets.base import (
+    MAX_CLASSES,
+    PERMUTATION_SPLIT,
+    Dataset,
+    count_classes,
+    empty_like,
+    split_from_numpy,
+    split_indices,
+)
+from neftc.datasets.files import check_budget, exc_reason, open_regular
+from neftc.errors import DataError
+
+
+def load_npz(path: Path) -> Dataset:
+    with open_regular(path, "data file") as fh:
+        return _load_npz_file(path, fh)
+
+
+def _open_zip(path: Path, fh: BinaryIO) -> zipfile.ZipFile:
+    """The zip archive of a .npz file; a .npy, a pickle or anything else is refused unread."""
+    try:
+        magic = fh.read(6)
+        fh.seek(0)
+        if magic.startswith(b"\x93NUMPY"):
+            raise DataError(f"'{path}' holds a single array, not a .npz archive; save x and y "
+                            f"together with numpy.savez('{path.name}', x=x, y=y)")
+        if not magic.startswith(b"PK"):
+            raise DataError(f"'{path}' is not a readable .npz file (it is not a zip archive of "
+                            f".npy arrays; neftc never unpickles data files); write it with "
+                            f"numpy.savez or numpy.savez_compressed")
+        return zipfile.ZipFile(fh)
+    except DataError:
+        raise
+    except Exception as exc:
+        raise DataError(f"'{path}' is not a readable .npz file ({_npz_reason(exc)}); write it "
+                        f"with numpy.savez or numpy.savez_compressed") from None
+
+
+def _load_npz_file(path: Path, fh: BinaryIO) -> Dataset:
+    archive = _open_zip(path, fh)
+    try:
+        members = {name.removesuffix(".npy"): name for name in archive.namelist()}
+        keys = set(members)
+        if {"x_test", "y_test"} <= keys:
+            if ("x_train" in keys) != ("y_train" in keys):
+                have, miss = (("x_train", "y_train") if "x_train" in keys
+                              else ("y_train", "x_train"))
+                raise DataError(f"'{path}' has '{have}' but no '{miss}'; save both or "
+                                f"neither (arrays in the file: {_keys(keys)})")
+            arrays = _npz_arrays(archive, members, path,
+                                 [k for k in ("x_train", "y_train", "x_test", "y_test")
+                                  if k in keys])
+            combined = False
+        elif {"x", "y"} <= keys:
+            arrays = _npz_arrays(archive, members, path, ["x", "y"])
+            combined = True
+        else:
+            raise DataError(
+                f"'{path}' must hold arrays 'x' and 'y' (split into train/test by neftc) or "
+                f"'x_test' and 'y_test' (plus optionally 'x_train' and 'y_train'); "
+                f"it has {_keys(keys)}")
+    except DataError:
+        raise
+    except Exception as exc:
+        raise DataError(f"'{path}' is a damaged .npz file ({_npz_reason(exc)}); write it "
+                        f"again with numpy.savez or numpy.savez_compressed") from None
+    finally:
+        archive.close()
+    if combined:
+        x, y = _check_xy(path, arrays["x"], arrays["y"], "x", "y")
+        if len(y) == 0:
+            raise DataError(f"'{path}' holds no samples (x and y are empty)")
+        train_idx, test_idx = split_indices(len(y))
+        train = split_from_numpy(x[train_idx], y[train_idx])
+        test = split_from_numpy(x[test_idx], y[test_idx])
+        split = PERMUTATION_SPLIT
+    else:
+        x_test, y_test = _check_xy(path, arrays["x_test"], arrays["y_test"], "x_test", "y_test")
+        if len(y_test) == 0:
+            raise DataError(f"'{path}' holds no test samples (x_test and y_test are empty)")
+        test = split_from_numpy(x_test, y_test)
+        if "x_train" in arrays:
+            x_train, y_train = _check_xy(path, arrays["x_train"], arrays["y_train"],
+                                         "x_train", "y_train")
+            if x_train.shape[1:] != x_test.shape[1:]:
+                raise DataError(f"'{path}': x_train samples have shape {list(x_train.shape[1:])} "
+                                f"but x_test samples have shape {list(x_test.shape[1:])}; "
+                                f"they must match")
+            train = split_from_numpy(x_train, y_train)
+            split = "stored by the file (x_train/x_test)"
+        else:
+            train = empty_like(test)
+            split = "stored by the file (x_test only, no train split)"
+    return Dataset(path.name, train, test, count_classes(train, test), split)
+
+
+def _keys(keys: set[str]) -> str:
+    return ", ".join(f"'{k}'" for k in sorted(keys)) if keys else "no arrays"
+
+
+def _npz_reason(exc: BaseException) -> str:
+    if "allow_pickle" in str(exc):
+        return ("it is neither a zip archive of .npy arrays nor a .npy array; neftc never "
+                "unpickles data files")
+    return exc_reason(exc)
+
+
+def _npy_header(archive: zipfile.ZipFile, name: str, path: Path,
+                key: str) -> tuple[tuple[int, ...], np.dtype]:
+    """Shape and dtype from the .npy header of member ``name``, checked against the member's
+    size; nothing but the header is read."""
+    info = archive.getinfo(name)
+    with archive.open(info) as member:
+        if member.read(len(np.lib.format.MAGIC_PREFIX)) != np.lib.format.MAGIC_PREFIX:
+            raise DataError(f"member '{key}' of '{path}' is not a .npy array; write the file "
+                            f"with numpy.savez")
+        member.seek(0)
+        version = np.lib.format.read_magic(member)
+        if version == (1, 0):
+            shape, _, dtype = np.lib.format.read_array_header_1_0(member)
+        elif version == (2, 0):
+            shape, _, dtype = np.lib.format.read_array_header_2_0(member)
+        else:
+            raise DataError(f"array '{key}' in '{path}' uses .npy format version "
+                            f"{version[0]}.{version[1]}; save numeric arrays with numpy.savez")
+        header = member.tell()
+    if dtype.hasobject:
+        raise DataError(f"array '{key}' in '{path}' holds Python objects, which neftc does "
+                        f"not unpickle; save it as a numeric array")
+    declared = math.prod(shape) * dtype.itemsize
+    if info.file_size - header != declared:
+        raise DataError(f"'{path}' is a damaged .npz file: array '{key}' declares shape "
+                        f"{list(shape)} of {dtype} ({declared} bytes) but holds "
+                        f"{info.file_size - header} bytes; write it again with numpy.savez")
+    return tuple(shape), dtype
+
+
+def _npz_arrays(archive: zipfile.ZipFile, members: dict[str, str], path: Path,
+                keys: list[str]) -> dict[str, np.ndarray]:
+    """The arrays ``keys``, loaded only after every declared shape is checked against the member
+    sizes and, with float32 copies, against :data:`MAX_DATA_BYTES`."""
+    headers = {key: _npy_header(archive, members[key], path, key) for key in keys}
+    need = sum(math.prod(shape) * (dtype.itemsize + 8) for shape, dtype in headers.values())
+    shapes = ", ".join(f"{key} {list(shape)}" for key, (shape, _) in headers.items())
+    check_budget(path, need, f"arrays {shapes}")
+    arrays = {}
+    for key in keys:
+        with archive.open(members[key]) as member:
+            arrays[key] = np.lib.format.read_array(member, allow_pickle=False)
+    return arrays
+
+
+def _check_xy(path: Path, x: np.ndarray, y: np.ndarray, xname: str,
+              yname: str) -> tuple[np.ndarray, np.ndarray]:
+    where = f"'{path}'"
+    if x.dtype.kind not in "biuf":
+        raise DataError(f"{where}: '{xname}' has dtype {x.dtype}; it must be numeric "
+                        f"(float or integer)")
+    if x.ndim < 2:
+        raise DataError(f"{where}: '{xname}' has shape {list(x.shape)}; it must be "
+                        f"[N, ...] with one sample per row (at least 2-D)")
+    if y.ndim != 1:
+        raise DataError(f"{where}: '{yname}' has shape {list(y.shape)}; it must be 1-D "
+                        f"class labels [N]")
+    if y.dtype.kind not in "iu":
+        raise DataError(f"{where}: '{yname}' has dtype {y.dtype}; labels must be integer class "
+                        f"indices (e.g. save {yname}.astype(numpy.int64))")
+    if x.shape[0] != y.shape[0]:
+        raise DataError(f"{where}: '{xname}' has {x.shape[0]} samples but '{yname}' has "
+                        f"{y.shape[0]} labels; they must have the same length")
+    if len(y):
+        if y.min() < 0:
+            raise DataError(f"{where}: '{yname}' has negative labels (min {int(y.min())}); "
+                            f"labels must be class indices 0, 1, 2, ...")
+        if y.max() >= MAX_CLASSES:
+            raise DataError(f"{where}: '{yname}' has labels up to {int(y.max())}; labels must be "
+                            f"class indices 0, 1, 2, ... below {MAX_CLASSES}")
+    with np.errstate(over="ignore"):  # values beyond float32 become inf, refused just below
+        x = x.astype(np.float32)
+    if not np.isfinite(x).all():
+        raise DataError(f"{where}: '{xname}' contains NaN or infinite values (after conversion "
+                        f"to float32)")
+    return x, y.astype(np.int64)
