@@ -12,7 +12,9 @@ import pytest
 import torch
 from torch import nn
 
-from neftc.cli.main import _compile_settings, _parser, main
+from neftc.cli.compile import compile_settings as _compile_settings
+from neftc.cli.main import build_parser as _parser
+from neftc.cli.main import main
 from neftc.driver.compiler import CompileSettings
 from neftc.format.reader import load_layout
 from neftc.frontend.loader import load_model, trace_module

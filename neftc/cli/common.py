@@ -1,0 +1,54 @@
+"""What several command families share: the target options, the model-trust help, and the check
+of every numeric flag (finite, in range) before any command runs."""
+
+from __future__ import annotations
+
+import argparse
+
+TRUST_MODEL_HELP = ("load a model file even where parts of it are code, not data: a .pt "
+                    "holding a whole nn.Module; a .pt2 with pickled sample inputs, weights or "
+                    "constants, symbolic shapes that are not plain expressions, compiled "
+                    "(AOTInductor) code or file-reading ops. Loading it runs code from the file: "
+                    "use it only for files you trust (damaged or oversized files are refused all "
+                    "the same)")
+
+
+def add_target_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--target", default="fefet_128x128",
+                        help="built-in tag (see 'neftc targets') or a YAML/JSON spec file "
+                        "(default: fefet_128x128)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[],
+                        metavar="KEY=VALUE", help="override a target field, e.g. "
+                        "--set noise.sigma_rel=0.15 (repeatable)")
+
+
+#: The numeric flags (dests) checked before any command runs, with the bounds the settings use
+#: (neftc.flow.verify, neftc.neft.pipeline, neftc.targets.spec).
+_NUMERIC_FLAGS = ("sigma", "train_sigma", "beta", "lr", "seed", "mc", "chips_per_pass",
+                  "batch_size", "calib_samples", "samples", "dac_samples", "epochs",
+                  "neft_epochs")
+
+
+def check_flags(args: argparse.Namespace) -> None:
+    """Refuse a numeric flag that is NaN, infinite or out of range before any work is done,
+    with one line naming the flag, the allowed range and the value (argparse accepts 'nan')."""
+    given = {dest: getattr(args, dest) for dest in _NUMERIC_FLAGS
+             if getattr(args, dest, None) is not None}
+    if not given:
+        return
+    from neftc.bounds import MAX_BATCH_SIZE, MAX_BETA, MAX_EPOCHS, MAX_LR, MAX_SEED, check_number
+    from neftc.flow.verify import MAX_CHIPS_PER_PASS, MAX_SAMPLES, MAX_TRIALS
+    from neftc.targets.spec import SIGMA_REL_MAX
+
+    bounds = {"sigma": (0, SIGMA_REL_MAX, False), "train_sigma": (0, SIGMA_REL_MAX, False),
+              "beta": (0, MAX_BETA, False), "lr": (0, MAX_LR, False),
+              "seed": (0, MAX_SEED, True), "mc": (1, MAX_TRIALS, True),
+              "chips_per_pass": (1, MAX_CHIPS_PER_PASS, True),
+              "batch_size": (1, MAX_BATCH_SIZE, True), "calib_samples": (1, MAX_SAMPLES, True),
+              "samples": (1, MAX_SAMPLES, True), "dac_samples": (1, MAX_SAMPLES, True),
+              "epochs": (1, MAX_EPOCHS, True), "neft_epochs": (1, MAX_EPOCHS, True)}
+    for dest, value in given.items():
+        low, high, integer = bounds[dest]
+        flag = "--" + dest.replace("_", "-")
+        for item in value if isinstance(value, list) else [value]:
+            check_number(flag, item, low, high, integer=integer, low_open=dest == "lr")

@@ -1,0 +1,104 @@
+"""``neftc finetune`` (NeFT fine-tuning only) and ``neftc train`` (a zoo model, then optionally
+NeFT): models in, ``.pt2`` archives out."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from neftc.cli.common import TRUST_MODEL_HELP, add_target_args
+from neftc.cli.neft_options import add_neft_args, add_quantisation_args, neft_settings
+from neftc.errors import NeftcError
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    _add_finetune_parser(sub)
+    _add_train_parser(sub)
+
+
+def _add_finetune_parser(sub: argparse._SubParsersAction) -> None:
+    fin = sub.add_parser("finetune", help="NeFT fine-tuning only: a model in, a tuned .pt2 out",
+                         description="Fine-tune MODEL with NeFT against the target's device "
+                         "noise and save the tuned model with torch.export (feedback heads and "
+                         "noise removed); compile it later, or use 'neftc compile --neft'.")
+    fin.add_argument("model", type=Path, help="a .pt2, or a .pt state_dict with --arch")
+    add_target_args(fin)
+    fin.add_argument("-o", "--output", type=Path, required=True, help="tuned model (.pt2)")
+    fin.add_argument("--arch")
+    fin.add_argument("--input-shape")
+    fin.add_argument("--trust-model", action="store_true", help=TRUST_MODEL_HELP)
+    add_neft_args(fin, required=True, quantisation=True)
+    fin.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    fin.set_defaults(run=run_finetune)
+
+
+def _add_train_parser(sub: argparse._SubParsersAction) -> None:
+    tr = sub.add_parser("train", help="train a zoo model on a data set and save it as .pt2",
+                        description="Train a built-in architecture (sized from the data's input "
+                        "shape and class count) with Adam and a cosine schedule; with --neft, "
+                        "then fine-tune it with NeFT. Saves a torch.export archive.")
+    tr.add_argument("arch", help="mlp, lenet, vgg8 or resnet18")
+    tr.add_argument("--data", required=True, help="digits, an .npz, an MNIST IDX folder or a "
+                    "CIFAR-10 batches folder")
+    tr.add_argument("-o", "--output", type=Path, required=True, help="model file (.pt2)")
+    tr.add_argument("--epochs", type=int, default=20)
+    tr.add_argument("--lr", type=float, default=3e-3)
+    tr.add_argument("--batch-size", type=int, default=128)
+    tr.add_argument("--seed", type=int, default=0, help="randomness of the initial weights, "
+                    "the batch order and NeFT's noise (default 0); never the train/test split, "
+                    "which is fixed by the data")
+    tr.add_argument("--device", default="cpu", help="cpu or cuda")
+    tr.add_argument("--neft", choices=["ovf", "irs", "nit", "none"],
+                    help="after training, fine-tune with NeFT against --target's noise")
+    tr.add_argument("--neft-epochs", type=int, default=10)
+    tr.add_argument("--train-sigma", type=float)
+    tr.add_argument("--beta", type=float)
+    tr.add_argument("--train-noise", choices=["cell", "paper"], default="cell")
+    add_quantisation_args(tr, training=True)
+    add_target_args(tr)
+    tr.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    tr.set_defaults(run=run_train)
+
+
+def run_finetune(args: argparse.Namespace) -> int:
+    from neftc.driver.neft_jobs import finetune_file
+    from neftc.frontend.loader import parse_input_shape
+    from neftc.targets import resolve_target
+
+    target = resolve_target(args.target, args.overrides)
+    shape = parse_input_shape(args.input_shape) if args.input_shape else None
+    if args.output.is_dir():
+        raise NeftcError(f"output '{args.output}' is a directory; give a file name such as "
+                         "tuned.pt2")
+    log = finetune_file(args.model, target, neft_settings(args), args.output, arch=args.arch,
+                        input_shape=shape, trust_model=args.trust_model,
+                        progress=not args.quiet)
+    quant = " ".join((["--per-channel"] if args.per_channel else [])
+                     + (["--calibration", args.calibration]
+                        if args.calibration != "max-abs" else []))
+    print(f"fine-tuned with NeFT {args.neft} for {log.epochs} epochs ({log.steps} steps, "
+          f"{log.seconds:.1f} s, final loss {log.losses[-1]:.4f}); wrote {args.output}"
+          + (f"\ncompile it with the quantisation it was tuned for: {quant}" if quant else ""))
+    return 0
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from neftc.driver.neft_jobs import train_zoo_model
+    from neftc.neft.pipeline import NeftSettings
+    from neftc.targets import resolve_target
+
+    target = resolve_target(args.target, args.overrides)
+    neft = None
+    if args.neft:
+        neft = NeftSettings(mode=args.neft, data=args.data, epochs=args.neft_epochs,
+                            sigma=args.train_sigma, beta=args.beta, seed=args.seed,
+                            device=args.device, noise=args.train_noise,
+                            per_channel=args.per_channel, calibration=args.calibration)
+        neft.validate()
+    if args.epochs < 1 or args.batch_size < 1 or args.lr <= 0:
+        raise NeftcError("--epochs and --batch-size must be at least 1 and --lr positive")
+    summary = train_zoo_model(args.arch, args.data, args.output, epochs=args.epochs, lr=args.lr,
+                              batch_size=args.batch_size, seed=args.seed, device=args.device,
+                              neft=neft, target=target, progress=not args.quiet)
+    print(summary)
+    return 0

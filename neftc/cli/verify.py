@@ -1,0 +1,108 @@
+"""``neftc verify`` (Monte-Carlo accuracy sign-off) and ``neftc calibrate`` (the input DAC ranges
+sign-off and programming use): a layout and data in, measurements out."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from neftc.errors import NeftcError
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    _add_verify_parser(sub)
+    _add_calibrate_parser(sub)
+
+
+def _add_verify_parser(sub: argparse._SubParsersAction) -> None:
+    ver = sub.add_parser("verify", help="Monte-Carlo accuracy sign-off of a layout",
+                         description="Run the layout on simulated chip instances (each cell "
+                         "programmed once with the target's device variation) over a test set and "
+                         "report the accuracy distribution per sigma.")
+    ver.add_argument("layout", type=Path)
+    ver.add_argument("--data", default="digits", help="digits (built-in), an .npz (x,y or "
+                     "x_test,y_test; fed as-is), an MNIST IDX folder or a CIFAR-10 batches folder")
+    ver.add_argument("--mc", type=int, default=100, metavar="N",
+                     help="chip instances per sigma (default 100)")
+    ver.add_argument("--sigma", type=float, action="append", metavar="S",
+                     help="device variation relative to the cell range; repeat for a sweep "
+                     "(default: the target's noise.sigma_rel)")
+    ver.add_argument("--seed", type=int, default=0, help="randomness of the simulated chips: "
+                     "chip instance i of seed K is always the same chip (default 0); never the "
+                     "train/test split, which is fixed by the data")
+    ver.add_argument("--noise", choices=["cell", "paper", "off"], default="cell",
+                     help="cell: the cell-level device model (default); paper: the NeFT reference "
+                     "weight-level formula (needs --ideal-periphery); off: no variation")
+    ver.add_argument("--ideal-periphery", action="store_true",
+                     help="no DAC/ADC quantisation (default: the target's DAC and ADC)")
+    ver.add_argument("--no-faults", action="store_true", help="ignore the target's stuck-at rates")
+    ver.add_argument("--calib-samples", type=int, default=512,
+                     help="samples (train split, else test) that set the DAC ranges")
+    ver.add_argument("--batch-size", type=int, default=1024)
+    ver.add_argument("--chips-per-pass", type=int, default=1, metavar="K",
+                     help="with --ideal-periphery, evaluate K chip instances in one batched pass "
+                     "(same results; meant for accelerators: on 2 CPU cores one chip per pass "
+                     "is fastest)")
+    ver.add_argument("--device", default="cpu", help="cpu (default) or cuda[:N]: where the "
+                     "network runs; the noise is drawn on the CPU, so a seed gives the same "
+                     "chips on either")
+    ver.add_argument("--json", action="store_true", help="print the report as JSON")
+    ver.add_argument("--no-report", action="store_true", help="do not save verify.json and "
+                     "update report.html in the layout directory")
+    ver.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    ver.set_defaults(run=run_verify)
+
+
+def _add_calibrate_parser(sub: argparse._SubParsersAction) -> None:
+    cal = sub.add_parser("calibrate", help="store the input DAC ranges in a layout",
+                         description="Run the noise-free layout on the first N samples of DATA "
+                         "(train split, else test), set every crossbar layer's input DAC range "
+                         "(max-abs of its input activations) and write the layout again, "
+                         "re-signed. 'neftc verify' and 'neftc program' then use these ranges.")
+    cal.add_argument("layout", type=Path)
+    cal.add_argument("--data", required=True, help="digits (built-in), an .npz, an MNIST IDX "
+                     "folder or a CIFAR-10 batches folder")
+    cal.add_argument("--samples", type=int, default=512, metavar="N",
+                     help="samples that set the ranges (default 512, as neftc verify)")
+    cal.add_argument("-o", "--output", type=Path, help="write the calibrated layout here "
+                     "(default: rewrite LAYOUT in place)")
+    cal.set_defaults(run=run_calibrate)
+
+
+def run_verify(args: argparse.Namespace) -> int:
+    from neftc.flow.report import layout_identity, write_report
+    from neftc.flow.verify import VerifySettings, format_verify
+    from neftc.flow.verify import run_verify as monte_carlo
+    from neftc.format.reader import load_layout
+
+    if args.mc < 1:
+        raise NeftcError(f"--mc must be at least 1, got {args.mc}")
+    if args.sigma and any(s < 0 for s in args.sigma):
+        raise NeftcError(f"--sigma must be >= 0, got {min(args.sigma)}")
+    if args.batch_size < 1 or args.calib_samples < 1 or args.chips_per_pass < 1:
+        raise NeftcError("--batch-size, --calib-samples and --chips-per-pass must be at least 1")
+    settings = VerifySettings(sigmas=tuple(args.sigma) if args.sigma else None, trials=args.mc,
+                              seed=args.seed, noise=args.noise,
+                              ideal_periphery=args.ideal_periphery, faults=not args.no_faults,
+                              batch_size=args.batch_size, calib_samples=args.calib_samples,
+                              chips_per_pass=args.chips_per_pass, device=args.device)
+    verified = layout_identity(args.layout)  # the layout this sign-off is about
+    report = monte_carlo(args.layout, args.data, settings,
+                         progress=not args.quiet and not args.json)
+    if not args.no_report:
+        # verify.json and report.html together or neither, and only into the layout verified.
+        write_report(args.layout, load_layout(args.layout).doc, report, expect=verified)
+    print(json.dumps(report, indent=1) if args.json else format_verify(report), end="\n"
+          if args.json else "")
+    return 0
+
+
+def run_calibrate(args: argparse.Namespace) -> int:
+    from neftc.flow.calibration import calibrate_layout, format_calibration
+
+    if args.samples < 1:
+        raise NeftcError(f"--samples must be at least 1, got {args.samples}")
+    result = calibrate_layout(args.layout, args.data, args.samples, out_dir=args.output)
+    print(format_calibration(result), end="")
+    return 0
