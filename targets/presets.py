@@ -154,6 +154,7 @@ def preset_dicts() -> dict[str, dict[str, Any]]:
                 tag,
                 device,
                 size,
-                f"{device.upper()} device model of the NeFT paper, {size}x{size} arrays, 2-bit cells",
+                f"{device.upper()} device model of the NeFT paper, {size}x{size} arrays, "
+                "2-bit cells",
             )
     return presets

@@ -68,7 +68,8 @@ class LayoutReference:
         for key in ("levels", "tensors"):
             record = doc["files"][key]
             data = (root / record["path"]).read_bytes()
-            if len(data) != record["nbytes"] or hashlib.sha256(data).hexdigest() != record["sha256"]:
+            digest = hashlib.sha256(data).hexdigest()
+            if len(data) != record["nbytes"] or digest != record["sha256"]:
                 raise ValueError(f"{record['path']} does not match files.{key} of layout.json")
             blobs[key] = data
         self.doc = doc
@@ -165,7 +166,7 @@ class LayoutReference:
         ``sum_p sign_p * L**s * sum`` minus ``offset * sum(inputs)``.
         """
         unrolled, prefix = unroll(layer, exact_integers(x_int))  # int64 [M, groups * R]
-        P, S, L = geometry(layer)
+        P, S, _ = geometry(layer)
         rows, cols = layer["matrix_rows"], layer["matrix_cols"]
         groups = layer_groups(layer)
         per_group = cols // groups
@@ -388,7 +389,8 @@ def write_retiled(src: Path, dst: Path, cuts) -> None:
                                                          t["levels_offset"]).reshape(rc, cc)
         tiles = []
         for rt, (r0, r1, bounds) in enumerate(cuts(layer, rows, cols, doc["target"]["array"])):
-            for ct, (c0, c1) in enumerate(zip(bounds, bounds[1:])):
+            for ct in range(len(bounds) - 1):
+                c0, c1 = bounds[ct], bounds[ct + 1]
                 offset = -(-len(blob) // 64) * 64
                 blob += bytes(offset - len(blob)) + phys[r0:r1, c0:c1].tobytes()
                 tiles.append({"index": len(tiles), "row_tile": rt, "col_tile": ct,

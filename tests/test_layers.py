@@ -30,9 +30,9 @@ def layer_of(module: str) -> tuple[int, str]:
     best: tuple[int, int, str] | None = None
     for rank, layer, prefixes in LAYERS:
         for prefix in prefixes:
-            if module == prefix or module.startswith(prefix + "."):
-                if best is None or len(prefix) > best[0]:
-                    best = (len(prefix), rank, layer)
+            inside = module == prefix or module.startswith(prefix + ".")
+            if inside and (best is None or len(prefix) > best[0]):
+                best = (len(prefix), rank, layer)
     assert best is not None, f"{module} is in no layer: add it to LAYERS"
     return best[1], best[2]
 

@@ -128,7 +128,7 @@ def test_atomic_files_undoes_earlier_renames(tmp_path, monkeypatch) -> None:
     a.write_text("old a")
     c.write_text("old c")
     fail_renames_to(monkeypatch, "c.txt")
-    with pytest.raises(OutputError, match="c.txt"), atomic_files(a, b, c) as temps:
+    with pytest.raises(OutputError, match=r"c\.txt"), atomic_files(a, b, c) as temps:
         for tmp in temps:
             tmp.write_text("new")
     assert a.read_text() == "old a" and not b.exists() and c.read_text() == "old c"

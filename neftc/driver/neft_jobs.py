@@ -13,9 +13,8 @@ from neftc.errors import DataError
 from neftc.frontend.loader import export_dynamic_batch, load_model, trace_module
 from neftc.frontend.zoo import build
 from neftc.ir.pass_manager import PassContext, PassManager
-from neftc.neft.train import TrainLog
 from neftc.neft.pipeline import NeftSettings, run_neft
-from neftc.neft.train import accuracy, train_classifier
+from neftc.neft.train import TrainLog, accuracy, train_classifier
 from neftc.passes import Normalize
 from neftc.targets.spec import TargetSpec
 

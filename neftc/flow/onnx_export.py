@@ -352,7 +352,8 @@ def layout_to_onnx(layout: Layout) -> onnx.ModelProto:
     try:
         onnx.checker.check_model(model, full_check=True)
     except onnx.checker.ValidationError as exc:
-        raise LayoutError(f"ONNX export produced an invalid model: {str(exc).splitlines()[0]}")
+        first_line = str(exc).splitlines()[0]
+        raise LayoutError(f"ONNX export produced an invalid model: {first_line}") from None
     return model
 
 
