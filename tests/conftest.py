@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -9,6 +10,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from neftc.datasets.base import Dataset
+from neftc.datasets.digits import load_digits
+from neftc.frontend.zoo import build
+from neftc.neft.train import accuracy, train_classifier
 from neftc.targets import TargetSpec, resolve_target
 
 
@@ -78,3 +83,35 @@ def _one_intra_op_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@dataclass(frozen=True)
+class TrainedLeNet:
+    """The LeNet trained on the digits once per session (the state is read-only: tests take
+    their own copy with :meth:`model`)."""
+
+    data: Dataset
+    state: dict[str, torch.Tensor]
+    float_accuracy: float  # the float model on the digits test split
+
+    def model(self) -> nn.Module:
+        """A fresh copy of the trained model, in eval mode."""
+        model = build("lenet", self.data.input_shape, self.data.num_classes)
+        model.load_state_dict(self.state)  # copies: the session's tensors stay untouched
+        return model.eval()
+
+
+@pytest.fixture(scope="session")
+def trained_lenet() -> TrainedLeNet:
+    """LeNet on the digits, 25 epochs at lr 3e-3: trained once and shared. Deterministic: the
+    initial weights come from seed 0 (in a forked RNG, so the global stream is left as it was)
+    and the batch order from the trainer's explicit generator (``seed=0``)."""
+    data = load_digits()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = build("lenet", data.input_shape, data.num_classes).train()
+    model = train_classifier(model, data.train, epochs=25, lr=3e-3, seed=0, progress=False)
+    state = {name: value.detach().clone() for name, value in model.state_dict().items()}
+    for value in state.values():
+        value.requires_grad_(False)
+    return TrainedLeNet(data, state, accuracy(model, data.test))

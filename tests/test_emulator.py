@@ -220,15 +220,10 @@ def test_bit_serial_path_equals_folded_mvm(tmp_path, encoding, signed) -> None:
     assert not torch.allclose(emulator(x), outputs[True], atol=1e-2)
 
 
-def test_target_adc_loses_little_on_a_trained_model(tmp_path) -> None:
-    from neftc.datasets.digits import load_digits
-    from neftc.frontend.zoo import build
-    from neftc.neft.train import accuracy, train_classifier
+def test_target_adc_loses_little_on_a_trained_model(tmp_path, trained_lenet) -> None:
+    from neftc.neft.train import accuracy
 
-    data = load_digits()
-    torch.manual_seed(0)
-    model = train_classifier(build("lenet", (1, 8, 8), 10).train(), data.train, epochs=25,
-                             lr=3e-3, progress=False)
+    data, model = trained_lenet.data, trained_lenet.model()
     compile_module(model, data.test.x[:1], resolve_target("fefet_128x128"), tmp_path / "l")
     ideal = Emulator(tmp_path / "l", sigma=0.0)
     adc = Emulator(tmp_path / "l", sigma=0.0, ideal_periphery=False)
@@ -267,7 +262,9 @@ def test_uncertainty_expected_kl() -> None:
     for _ in range(5):
         same.add(torch.tensor([[2.0, 0.0, -1.0], [0.0, 0.0, 0.0]]))
     assert same.expected_kl() == pytest.approx(0.0, abs=1e-12)  # identical chips: no spread
-    assert same.mean_confidence() == pytest.approx((0.8437947 + 1 / 3) / 2, rel=1e-5)
+    # Row 1: softmax([2, 0, -1]) peaks at e^2 / (e^2 + 1 + e^-1); row 2 is uniform (1/3).
+    top = math.exp(2) / (math.exp(2) + 1 + math.exp(-1))
+    assert same.mean_confidence() == pytest.approx((top + 1 / 3) / 2, rel=1e-6)
     spread = Uncertainty()
     a, b = torch.tensor([[5.0, 0.0]]), torch.tensor([[0.0, 5.0]])
     spread.add(a)

@@ -13,8 +13,7 @@ from torch import nn
 from neftc.cli.main import main
 from neftc.datasets.digits import load_digits
 from neftc.errors import NeftcError, PassError
-from neftc.format.reader import load_layout
-from neftc.frontend.loader import trace_module
+from neftc.frontend.trace import trace_module
 from neftc.frontend.zoo import build
 from neftc.ir.node_info import crossbar_nodes
 from neftc.ir.pass_manager import PassContext, PassManager
@@ -79,7 +78,11 @@ def test_training_noise_paper_mode() -> None:
     module.generator = torch.Generator().manual_seed(2)
     weight = torch.rand(16, 16) * 0.2 + 0.8  # all in the top band: no state dependence
     draws = torch.stack([module(weight) - weight for _ in range(400)])
-    expected = 0.7776 * 0.3 / normalisation(1.0) * float(weight.abs().max())
+    # docs/neft.md: std = sigma' (L-1) sqrt(sum_s L^(2s)) / qmax * max|W| (0.7776 sigma' max|W|
+    # for 8 bits on four 2-bit cells), derived here from the target's numbers.
+    levels = 2**target.cell.bits
+    factor = (levels - 1) * math.sqrt(sum(levels ** (2 * s) for s in range(target.slices)))
+    expected = factor / target.qmax * 0.3 / normalisation(1.0) * float(weight.abs().max())
     assert abs(float(draws.std()) / expected - 1) < 0.03
 
 
@@ -169,26 +172,38 @@ def test_finetune_is_repeatable(fefet) -> None:
     assert torch.equal(weights[0], weights[1])
 
 
-def test_nit_fine_tuning_makes_the_model_more_robust(tmp_path, capsys) -> None:
-    """A trained LeNet fine-tuned with noise injection at sigma 0.15 beats the untuned model on
-    simulated chips at sigma 0.15 (digits; 40 chip instances each; a margin of 3 points, well
-    outside both 95 % confidence intervals in every run we made)."""
-    model = tmp_path / "lenet.pt2"
-    assert main(["train", "lenet", "--data", "digits", "--epochs", "30", "-o", str(model),
-                 "-q"]) == 0
-    for name, extra in (("base", []), ("nit", ["--neft", "nit", "--epochs", "15",
-                                                "--train-sigma", "0.15"])):
-        assert main(["compile", str(model), "-o", str(tmp_path / name), "-q", *extra]) == 0
-    capsys.readouterr()
-    means = {}
-    for name in ("base", "nit"):
-        assert main(["verify", str(tmp_path / name), "--mc", "40", "--sigma", "0.15",
-                     "--ideal-periphery", "--json"]) == 0
-        import json
+def test_nit_fine_tuning_trains_under_noise(trained_lenet, fefet) -> None:
+    """The mechanism of NIT (its effect on robustness is a result: benchmarks/nit_robustness.py):
+    in training mode the weights are noisy (two forwards differ), and fine-tuning lowers the
+    loss measured under the same noise draws (the mean over 8 fixed draws on 256 training
+    images, the same draws before and after; measured 1.10 -> 0.97, -12 %; the check asks -5 %)."""
+    data = trained_lenet.data
+    small = type(data.train)(data.train.x[:256], data.train.y[:256])
+    gm, ctx = normalized(trained_lenet.model(), small.x[:1], fefet)
+    sigma = 0.15
+    gm = PassManager([InjectNoise(sigma=sigma)]).run(gm, ctx)
 
-        means[name] = json.loads(capsys.readouterr().out)["results"][0]["mc"]["mean"]
-    assert means["nit"] > means["base"] + 0.03
-    assert load_layout(tmp_path / "nit").doc.options.neft.mode == "nit"
+    noise = [m for m in gm.modules() if isinstance(m, WeightNoise)]
+
+    def noisy_loss() -> float:
+        gm.train()
+        losses = []
+        for draw in range(8):
+            for index, module in enumerate(noise):
+                module.generator = torch.Generator().manual_seed(100 * draw + index)
+            with torch.no_grad():
+                losses.append(float(F.cross_entropy(gm(small.x), small.y)))
+        return sum(losses) / len(losses)
+
+    gm.train()
+    for index, module in enumerate(noise):
+        module.generator = torch.Generator().manual_seed(index)
+    with torch.no_grad():
+        assert not torch.equal(gm(small.x[:4]), gm(small.x[:4]))  # the training noise is on
+    before = noisy_loss()
+    finetune(gm, small, sigma=sigma, epochs=3, seed=0, progress=False)
+    after = noisy_loss()
+    assert after < 0.95 * before, (before, after)
 
 
 def test_finetune_and_train_cli(tmp_path, capsys) -> None:

@@ -12,17 +12,13 @@ import torch
 from neftc.cli.main import main
 from neftc.datasets.digits import load_digits
 from neftc.driver.compiler import compile_module
-from neftc.frontend.zoo import build
-from neftc.neft.train import accuracy, train_classifier
+from neftc.neft.train import accuracy
 from neftc.targets import resolve_target
 
 
 @pytest.fixture(scope="module")
-def digits_layout(tmp_path_factory) -> tuple[Path, float, torch.nn.Module]:
-    data = load_digits()
-    torch.manual_seed(0)
-    model = train_classifier(build("lenet", (1, 8, 8), 10).train(), data.train, epochs=25,
-                             lr=3e-3, progress=False)
+def digits_layout(tmp_path_factory, trained_lenet) -> tuple[Path, float, torch.nn.Module]:
+    data, model = trained_lenet.data, trained_lenet.model()
     out = tmp_path_factory.mktemp("verify") / "layout"
     result = compile_module(model, data.test.x[:1], resolve_target("fefet_128x128"), out)
     return out, accuracy(result.gm, data.test), model
