@@ -15,7 +15,7 @@ import time
 import torch
 
 from neftc.datasets.digits import load_digits
-from neftc.frontend.loader import trace_module
+from neftc.frontend.trace import trace_module
 from neftc.frontend.zoo import VGG8, build
 from neftc.ir.pass_manager import PassContext, PassManager
 from neftc.neft.finetune import finetune

@@ -77,7 +77,7 @@ def _is_aten_level(gm: torch.fx.GraphModule) -> bool:
 
 def _lower_to_aten(gm: torch.fx.GraphModule, example: torch.Tensor) -> torch.fx.GraphModule:
     """Lower a torch-level fx graph to ATen with torch.export, keeping the batch size dynamic."""
-    from neftc.frontend.loader import export_dynamic_batch, unexported
+    from neftc.frontend.trace import export_dynamic_batch, unexported
 
     if _is_aten_level(gm):
         return gm

@@ -35,7 +35,7 @@ from neftc.errors import LayoutError, PassError
 from neftc.format import ops, reader
 from neftc.format.graph_codec import DTYPES, resolve_op
 from neftc.format.writer import checksums
-from neftc.frontend.loader import export_dynamic_batch
+from neftc.frontend.trace import export_dynamic_batch
 from neftc.frontend.zoo import VGG8, ResNet18, build
 from neftc.runtime.emulator import Emulator
 from neftc.targets import resolve_target

@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from neftc.cli.main import main
-from neftc.frontend.loader import export_dynamic_batch
+from neftc.frontend.trace import export_dynamic_batch
 from neftc.frontend.zoo import build
 
 REFUSED = "re-export it with torch.export.save from a trusted source, or pass --trust-model"

@@ -17,7 +17,8 @@ from neftc.cli.main import build_parser as _parser
 from neftc.cli.main import main
 from neftc.driver.compiler import CompileSettings
 from neftc.format.reader import load_layout
-from neftc.frontend.loader import load_model, trace_module
+from neftc.frontend.loader import load_model
+from neftc.frontend.trace import trace_module
 from neftc.ir.node_info import crossbar_nodes, get_info
 from neftc.ir.pass_manager import PassContext, PassManager
 from neftc.ir.quantization import quantize_matrix, weight_scales

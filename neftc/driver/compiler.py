@@ -19,7 +19,8 @@ from neftc.format.schema import (
     SourceRecord,
 )
 from neftc.format.writer import write_layout
-from neftc.frontend.loader import LoadedModel, file_sha256, load_model, trace_module
+from neftc.frontend.loader import LoadedModel, file_sha256, load_model
+from neftc.frontend.trace import trace_module
 from neftc.frontend.zoo import InputShape
 from neftc.ir.node_info import crossbar_nodes
 from neftc.ir.pass_manager import PassContext, PassManager

@@ -10,7 +10,8 @@ from torch import nn
 from neftc.atomic import atomic_file
 from neftc.datasets.spec import load_dataset
 from neftc.errors import DataError
-from neftc.frontend.loader import export_dynamic_batch, load_model, trace_module
+from neftc.frontend.loader import load_model
+from neftc.frontend.trace import export_dynamic_batch, trace_module
 from neftc.frontend.zoo import build
 from neftc.ir.pass_manager import PassContext, PassManager
 from neftc.neft.pipeline import NeftSettings, run_neft

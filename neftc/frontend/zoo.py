@@ -25,7 +25,8 @@ def _numel(shape: InputShape) -> int:
 class MLP(nn.Module):
     """Flatten -> 256 -> 128 -> classes, ReLU between."""
 
-    def __init__(self, input_shape: InputShape, num_classes: int, hidden: tuple[int, ...] = (256, 128)):
+    def __init__(self, input_shape: InputShape, num_classes: int,
+                 hidden: tuple[int, ...] = (256, 128)):
         super().__init__()
         layers: list[nn.Module] = [nn.Flatten()]
         width = _numel(input_shape)
@@ -117,7 +118,8 @@ class ResNet18(nn.Module):
         c_in = width
         for i, stride in enumerate((1, 2, 2, 2)):
             c_out = width * 2**i
-            stages.append(nn.Sequential(BasicBlock(c_in, c_out, stride), BasicBlock(c_out, c_out, 1)))
+            stages.append(nn.Sequential(BasicBlock(c_in, c_out, stride),
+                                        BasicBlock(c_out, c_out, 1)))
             c_in = c_out
         self.layer1, self.layer2, self.layer3, self.layer4 = stages
         self.pool = nn.AdaptiveAvgPool2d(1)

@@ -1,0 +1,76 @@
+"""The module a state_dict is loaded into: a zoo model (sized from the state_dict's head) or a
+``package.module:Class`` built with no arguments, with every key checked."""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from neftc.errors import ModelFileError
+from neftc.frontend.model_file import first_line
+from neftc.frontend.zoo import InputShape, build, zoo
+
+
+def state_dict_of(obj: object, path: Path) -> dict[str, torch.Tensor]:
+    if isinstance(obj, dict):
+        for key in ("state_dict", "model_state_dict", "model"):
+            if isinstance(obj.get(key), dict):
+                obj = obj[key]
+                break
+    if isinstance(obj, dict) and obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
+        return {str(k): v for k, v in obj.items()}
+    raise ModelFileError(f"'{path}' holds a {type(obj).__name__}, not a state_dict of tensors "
+                         "nor a checkpoint with a 'state_dict' entry")
+
+
+def build_arch(arch: str, input_shape: InputShape, state: dict[str, torch.Tensor],
+                path: Path) -> nn.Module:
+    if ":" in arch:
+        module = _import_class(arch)
+    else:
+        entry = zoo().get(arch)
+        head = state.get(entry.head_key) if entry is not None else None
+        num_classes = int(head.shape[0]) if head is not None and head.dim() == 2 else 10
+        module = build(arch, input_shape, num_classes)
+    try:
+        result = module.load_state_dict(state, strict=False)
+    except RuntimeError as exc:  # shape mismatches
+        mismatches = [line.strip().rstrip(".") for line in str(exc).splitlines()
+                      if "size mismatch" in line]
+        raise ModelFileError(f"'{path}' does not match architecture '{arch}': "
+                             + "; ".join(mismatches[:3])
+                             + (f" and {len(mismatches) - 3} more" if len(mismatches) > 3 else "")
+                             + ". Check --arch and --input-shape") from None
+    problems = []
+    if result.missing_keys:
+        problems.append(f"missing {_some(result.missing_keys)}")
+    if result.unexpected_keys:
+        problems.append(f"unexpected {_some(result.unexpected_keys)}")
+    if problems:
+        raise ModelFileError(f"'{path}' does not match architecture '{arch}': "
+                             + "; ".join(problems) + ". Check --arch and --input-shape")
+    return module.eval()
+
+
+def _some(keys: list[str]) -> str:
+    shown = ", ".join(keys[:4])
+    return shown + (f" and {len(keys) - 4} more" if len(keys) > 4 else "")
+
+
+def _import_class(spec: str) -> nn.Module:
+    module_name, _, class_name = spec.partition(":")
+    try:
+        cls = getattr(importlib.import_module(module_name), class_name)
+    except (ImportError, AttributeError) as exc:
+        raise ModelFileError(f"cannot import architecture '{spec}': {first_line(exc)}") from None
+    try:
+        module = cls()
+    except Exception as exc:
+        raise ModelFileError(f"architecture '{spec}' could not be built with no arguments: "
+                             f"{first_line(exc)}") from None
+    if not isinstance(module, nn.Module):
+        raise ModelFileError(f"architecture '{spec}' is not an nn.Module")
+    return module
