@@ -12,6 +12,7 @@ import numpy as np
 import torch.fx
 
 from neftc.format import encoding
+from neftc.ir.facts import Fact
 from neftc.ir.node_info import SliceInfo, crossbar_nodes, get_info, update_info
 from neftc.ir.pass_manager import NodeError, PassContext, PassResult
 
@@ -19,8 +20,8 @@ from neftc.ir.pass_manager import NodeError, PassContext, PassResult
 @dataclass(frozen=True)
 class BitSlice:
     name: ClassVar[str] = "bit-slice"
-    requires: ClassVar[frozenset[str]] = frozenset({"quantized"})
-    provides: ClassVar[frozenset[str]] = frozenset({"sliced"})
+    requires: ClassVar[frozenset[Fact]] = frozenset({Fact.QUANTIZED})
+    provides: ClassVar[frozenset[Fact]] = frozenset({Fact.SLICED})
 
     def run(self, gm: torch.fx.GraphModule, ctx: PassContext) -> PassResult:
         target = ctx.target

@@ -4,22 +4,23 @@ Between each crossbar op and its ``get_attr`` weight the pass inserts a ``Weight
 (``neft_noise_<i>``), which in training mode adds per weight the Gaussian equivalent of the
 target's cell-level variation at ``sigma`` (same variance as the emulator, computed from the
 weight's own slices and encoding) or the NeFT reference formula (``mode="paper"``). The weight is
-quantised for that as the ``quantize`` pass will quantise it on the chip: give the pass the same
-``per_channel``, ``calibration`` and ``percentile``. In eval mode the graph computes exactly what
-it did before. No model code is edited.
+quantised for that as the chip's ``quantize`` pass will quantise it: the ``quantize`` field holds
+that pass (in a compile, the very object of the compile's pipeline). In eval mode the graph
+computes exactly what it did before. No model code is edited.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import ClassVar
 
 import torch.fx
 
+from neftc.ir.facts import Fact
 from neftc.ir.node_info import crossbar_nodes
 from neftc.ir.pass_manager import PassContext, PassResult
-from neftc.ir.quantization import DEFAULT_PERCENTILE, Calibration
 from neftc.neft.modules import DeviceNoise, TrainNoiseMode, WeightNoise
+from neftc.passes.quantize import Quantize
 from neftc.targets.spec import TargetSpec
 
 NOISE_PREFIX = "neft_noise_"
@@ -29,18 +30,17 @@ NOISE_PREFIX = "neft_noise_"
 class InjectNoise:
     sigma: float
     mode: TrainNoiseMode = "cell"
-    per_channel: bool = False  # the quantize pass's options: the chip's scales
-    calibration: Calibration = "max-abs"
-    percentile: float = DEFAULT_PERCENTILE
+    # The chip's quantize pass: the noise is computed from its integer weights and scales.
+    quantize: Quantize = field(default_factory=Quantize)
 
     name: ClassVar[str] = "inject-noise"
-    requires: ClassVar[frozenset[str]] = frozenset({"normalized"})
-    provides: ClassVar[frozenset[str]] = frozenset({"noisy-weights"})
+    requires: ClassVar[frozenset[Fact]] = frozenset({Fact.NORMALIZED})
+    provides: ClassVar[frozenset[Fact]] = frozenset({Fact.NOISY_WEIGHTS})
+    invalidates: ClassVar[frozenset[Fact]] = frozenset({Fact.DEPLOYABLE})
 
     def device_noise(self, target: TargetSpec) -> DeviceNoise:
         """The noise every inserted ``WeightNoise`` computes, for ``target``."""
-        return DeviceNoise.of(target, self.per_channel, self.mode, calibration=self.calibration,
-                              percentile=self.percentile)
+        return self.quantize.device_noise(target, self.mode)
 
     def run(self, gm: torch.fx.GraphModule, ctx: PassContext) -> PassResult:
         device_noise = self.device_noise(ctx.target)

@@ -13,16 +13,17 @@ quantisation, leaving the deployed graph exactly as it was.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import ClassVar, Literal
 
 import torch
 import torch.fx
 
+from neftc.ir.facts import Fact
 from neftc.ir.node_info import crossbar_nodes
 from neftc.ir.pass_manager import NodeError, PassContext, PassResult, evaluating
-from neftc.ir.quantization import DEFAULT_PERCENTILE, Calibration
-from neftc.neft.modules import DeviceNoise, FeedbackHead
+from neftc.neft.modules import FeedbackHead
+from neftc.passes.quantize import Quantize
 
 NeftMode = Literal["ovf", "irs", "nit", "none"]
 HEAD_PREFIX = "neft_head_"
@@ -49,7 +50,7 @@ def _even_taps(count: int, candidates: list[torch.fx.Node]) -> list[torch.fx.Nod
         raise ValueError(f"{count} IRS taps asked for, but the model has only {len(pool)} "
                          "crossbar layers before its last")
     step = len(pool) / count
-    return [pool[min(len(pool) - 1, int(round((i + 1) * step)) - 1)] for i in range(count)]
+    return [pool[min(len(pool) - 1, round((i + 1) * step) - 1)] for i in range(count)]
 
 
 def _tap_point(node: torch.fx.Node) -> torch.fx.Node:
@@ -74,14 +75,14 @@ class InsertFeedback:
     pool_size: int = 2
     hidden: int = 512
     noise_mode: Literal["cell", "paper"] = "cell"
-    per_channel: bool = False  # the heads' weight noise: same quantisation options as inject-noise
-    calibration: Calibration = "max-abs"
-    percentile: float = DEFAULT_PERCENTILE
+    # The chip's quantize pass: the heads' weight noise uses its scales (as inject-noise's).
+    quantize: Quantize = field(default_factory=Quantize)
     seed: int = 0  # initialisation of the IRS heads (an explicit generator, never global state)
 
     name: ClassVar[str] = "insert-feedback"
-    requires: ClassVar[frozenset[str]] = frozenset({"normalized", "noisy-weights"})
-    provides: ClassVar[frozenset[str]] = frozenset({"feedback"})
+    requires: ClassVar[frozenset[Fact]] = frozenset({Fact.NORMALIZED, Fact.NOISY_WEIGHTS})
+    provides: ClassVar[frozenset[Fact]] = frozenset({Fact.FEEDBACK})
+    invalidates: ClassVar[frozenset[Fact]] = frozenset({Fact.DEPLOYABLE})
 
     def run(self, gm: torch.fx.GraphModule, ctx: PassContext) -> PassResult:
         previous = gm.meta.get(PLAN_KEY)
@@ -90,8 +91,7 @@ class InsertFeedback:
                                 self.sigma_offsets if self.mode == "ovf" else ())
             gm.meta[PLAN_KEY] = plan
             return PassResult(gm, previous != plan)
-        device_noise = DeviceNoise.of(ctx.target, self.per_channel, self.noise_mode,
-                                      calibration=self.calibration, percentile=self.percentile)
+        device_noise = self.quantize.device_noise(ctx.target, self.noise_mode)
         if previous is not None and previous.mode == "irs":
             # Heads already there: only their weight noise can change (sigma, quantisation).
             modified = False

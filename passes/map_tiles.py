@@ -13,6 +13,7 @@ from typing import ClassVar
 import torch.fx
 
 from neftc.format import encoding
+from neftc.ir.facts import Fact
 from neftc.ir.node_info import Tile, crossbar_nodes, get_info, update_info
 from neftc.ir.pass_manager import NodeError, PassContext, PassResult
 
@@ -27,8 +28,8 @@ def make_tiles(rows: int, physical_cols: int, array_rows: int, array_cols: int) 
 @dataclass(frozen=True)
 class MapTiles:
     name: ClassVar[str] = "map-tiles"
-    requires: ClassVar[frozenset[str]] = frozenset({"sliced"})
-    provides: ClassVar[frozenset[str]] = frozenset({"tiled"})
+    requires: ClassVar[frozenset[Fact]] = frozenset({Fact.SLICED})
+    provides: ClassVar[frozenset[Fact]] = frozenset({Fact.TILED})
 
     def run(self, gm: torch.fx.GraphModule, ctx: PassContext) -> PassResult:
         array = ctx.target.array

@@ -17,6 +17,7 @@ import torch
 import torch.fx
 from torch.fx.operator_schemas import normalize_function
 
+from neftc.ir.facts import Fact
 from neftc.ir.node_info import ConvParams, NodeInfo, get_info, set_info
 from neftc.ir.pass_manager import NodeError, PassContext, PassResult
 
@@ -33,8 +34,8 @@ class Normalize:
     fold_bn: bool = False
 
     name: ClassVar[str] = "normalize"
-    requires: ClassVar[frozenset[str]] = frozenset({"traced"})
-    provides: ClassVar[frozenset[str]] = frozenset({"normalized"})
+    requires: ClassVar[frozenset[Fact]] = frozenset({Fact.TRACED})
+    provides: ClassVar[frozenset[Fact]] = frozenset({Fact.NORMALIZED})
 
     def run(self, gm: torch.fx.GraphModule, ctx: PassContext) -> PassResult:
         before = _signature(gm)

@@ -31,6 +31,7 @@ import torch.fx
 from torch.fx.passes.shape_prop import ShapeProp
 
 from neftc.errors import CapacityError
+from neftc.ir.facts import Fact
 from neftc.ir.node_info import NodeInfo, crossbar_nodes, get_info, update_info
 from neftc.ir.pass_manager import PassContext, PassResult, evaluating
 from neftc.targets.spec import ChipSpec
@@ -132,8 +133,8 @@ class Place:
     max_swap_rounds: int = 4
 
     name: ClassVar[str] = "place"
-    requires: ClassVar[frozenset[str]] = frozenset({"tiled"})
-    provides: ClassVar[frozenset[str]] = frozenset({"placed"})
+    requires: ClassVar[frozenset[Fact]] = frozenset({Fact.TILED})
+    provides: ClassVar[frozenset[Fact]] = frozenset({Fact.PLACED})
 
     def run(self, gm: torch.fx.GraphModule, ctx: PassContext) -> PassResult:
         chip = ctx.target.chip

@@ -7,7 +7,8 @@ the default) or from a percentile of ``|W|`` (weights beyond it are clipped). Th
 this pass computes exactly what the quantised chip computes with ideal periphery.
 
 The scales and integer weights come from ``neftc.ir.quantization`` (``weight_scales``,
-``quantize_matrix``), which NeFT's training noise calls with the same options.
+``quantize_matrix``). NeFT's training noise is built from this pass object
+(``Quantize.device_noise``), so it uses the same options by construction.
 """
 
 from __future__ import annotations
@@ -19,10 +20,13 @@ import numpy as np
 import torch
 import torch.fx
 
+from neftc.ir.facts import Fact
 from neftc.ir.node_info import QuantInfo, crossbar_nodes, get_info, update_info
 from neftc.ir.pass_manager import PassContext, PassResult
 from neftc.ir.quantization import DEFAULT_PERCENTILE, Calibration, quantize_matrix
 from neftc.ir.weights import get_weight, set_weight, weight_matrix
+from neftc.neft.modules import DeviceNoise, TrainNoiseMode
+from neftc.targets.spec import TargetSpec
 
 
 @dataclass(frozen=True)
@@ -32,8 +36,15 @@ class Quantize:
     percentile: float = DEFAULT_PERCENTILE
 
     name: ClassVar[str] = "quantize"
-    requires: ClassVar[frozenset[str]] = frozenset({"normalized"})
-    provides: ClassVar[frozenset[str]] = frozenset({"quantized"})
+    requires: ClassVar[frozenset[Fact]] = frozenset({Fact.NORMALIZED})
+    provides: ClassVar[frozenset[Fact]] = frozenset({Fact.QUANTIZED})
+    forbids: ClassVar[frozenset[Fact]] = frozenset({Fact.NOISY_WEIGHTS, Fact.FEEDBACK})
+
+    def device_noise(self, target: TargetSpec, mode: TrainNoiseMode = "cell") -> DeviceNoise:
+        """The training noise of the chip this pass produces for ``target``: computed from the
+        integer weights and scales of this pass's options (NeFT reads them here, never a copy)."""
+        return DeviceNoise.of(target, self.per_channel, mode, calibration=self.calibration,
+                              percentile=self.percentile)
 
     def run(self, gm: torch.fx.GraphModule, ctx: PassContext) -> PassResult:
         qmax = ctx.target.qmax

@@ -12,6 +12,7 @@ from typing import ClassVar
 
 import torch.fx
 
+from neftc.ir.facts import Fact
 from neftc.ir.pass_manager import PassContext, PassResult
 from neftc.passes.inject_noise import NOISE_PREFIX
 from neftc.passes.insert_feedback import HEAD_PREFIX, PLAN_KEY
@@ -20,8 +21,9 @@ from neftc.passes.insert_feedback import HEAD_PREFIX, PLAN_KEY
 @dataclass(frozen=True)
 class StripTraining:
     name: ClassVar[str] = "strip-training"
-    requires: ClassVar[frozenset[str]] = frozenset({"normalized"})
-    provides: ClassVar[frozenset[str]] = frozenset({"deployable"})
+    requires: ClassVar[frozenset[Fact]] = frozenset({Fact.NORMALIZED})
+    provides: ClassVar[frozenset[Fact]] = frozenset({Fact.DEPLOYABLE})
+    invalidates: ClassVar[frozenset[Fact]] = frozenset({Fact.NOISY_WEIGHTS, Fact.FEEDBACK})
 
     def run(self, gm: torch.fx.GraphModule, ctx: PassContext) -> PassResult:
         modified = gm.meta.pop(PLAN_KEY, None) is not None

@@ -15,6 +15,7 @@ from torch import nn
 from neftc.errors import CapacityError, PassError, PassOrderError
 from neftc.format.encoding import fold, sign_offset, slice_levels
 from neftc.frontend.trace import trace_module
+from neftc.ir.instruments import DumpGraphs
 from neftc.ir.node_info import crossbar_nodes, get_info
 from neftc.ir.pass_manager import PassContext, PassManager, check_order
 from neftc.ir.weights import get_weight
@@ -317,7 +318,7 @@ def test_pass_failure_names_pass_and_node(fefet) -> None:
 def test_dump_after_each(tmp_path, residual_cnn, cnn_input, fefet) -> None:
     gm = trace_module(residual_cnn, cnn_input)
     passes = [Normalize(), Quantize(), BitSlice(), MapTiles(), Place()]
-    PassManager(passes, dump_dir=tmp_path).run(gm, PassContext(fefet, cnn_input))
+    PassManager(passes, [DumpGraphs(tmp_path)]).run(gm, PassContext(fefet, cnn_input))
     names = sorted(p.name for p in tmp_path.iterdir())
     assert names == ["00-input.txt", "01-normalize.txt", "02-quantize.txt", "03-bit-slice.txt",
                      "04-map-tiles.txt", "05-place.txt"]

@@ -1,17 +1,23 @@
-"""The compile driver: model file (or module) -> passes -> layout directory."""
+"""The compile driver: model file (or module) -> passes -> layout directory.
+
+The pipeline (``CompileSettings.pipeline``) is a list of pass objects; with NeFT, the training
+passes (built around the pipeline's own ``quantize`` pass) run after the pass that normalises the
+graph. The whole order, training passes included, is checked before any pass runs.
+"""
 
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable
-from dataclasses import dataclass, replace
+from collections.abc import Callable, Sequence
+from dataclasses import InitVar, dataclass, replace
 from pathlib import Path
+from typing import Any, Literal, TypeVar
 
 import torch
 from torch import nn
 
 from neftc.driver.emit import build_layout
-from neftc.errors import PassError
+from neftc.errors import NeftcError, PassError, PassOrderError
 from neftc.format.schema import (
     CompileOptions,
     LayoutDoc,
@@ -22,35 +28,63 @@ from neftc.format.writer import write_layout
 from neftc.frontend.loader import LoadedModel, file_sha256, load_model
 from neftc.frontend.trace import trace_module
 from neftc.frontend.zoo import InputShape
+from neftc.ir.facts import INITIAL_FACTS, Fact
+from neftc.ir.instruments import DumpGraphs, OnPass
 from neftc.ir.node_info import crossbar_nodes
-from neftc.ir.pass_manager import PassContext, PassManager
+from neftc.ir.pass_manager import PassContext, PassInstrument, PassManager, check_order
+from neftc.ir.pass_spec import pipeline_text
+from neftc.ir.quantization import Calibration
 from neftc.neft.finetune import DEFAULT_BETA, TrainLog
-from neftc.neft.pipeline import NeftSettings, run_neft
-from neftc.passes import default_pipeline
+from neftc.neft.pipeline import (
+    NeftSettings,
+    num_outputs,
+    run_training_passes,
+    training_passes,
+)
+from neftc.passes import Normalize, Place, Quantize, StripTraining, default_pipeline
 from neftc.targets.spec import TargetSpec
 
 
 @dataclass(frozen=True)
 class CompileSettings:
-    per_channel: bool = False
-    calibration: str = "max-abs"
-    fold_bn: bool = False
+    """How to compile. The pass options live on the pipeline's pass objects (``pipeline``, e.g.
+    ``parse_pipeline("normalize,quantize{per-channel=true},bit-slice,map-tiles,place")``); NeFT
+    fine-tuning (``neft``) trains against the noise of the pipeline's own ``quantize`` pass.
+
+    ``per_channel``, ``calibration``, ``fold_bn``, ``placement`` and ``replicate`` are
+    construction shortcuts for the default pipeline with those options; they are not stored
+    (read them from the passes), and cannot be combined with ``pipeline``.
+    """
+
+    pipeline: tuple[Any, ...] = ()  # empty: the default pipeline (with the shortcuts' options)
     dump_after_each: Path | None = None
-    neft: NeftSettings | None = None  # fine-tune with NeFT before quantising
+    neft: NeftSettings | None = None  # fine-tune with NeFT after normalize, before quantize
     progress: bool = False
-    placement: str = "dataflow"
-    replicate: bool = True
     target_overrides: tuple[str, ...] = ()  # the --set overrides, recorded in the layout
     dac_data: str | None = None  # set the layers' DAC ranges from this data after compiling
     dac_samples: int = 512
+    per_channel: InitVar[bool | None] = None
+    calibration: InitVar[Calibration | None] = None
+    fold_bn: InitVar[bool | None] = None
+    placement: InitVar[Literal["dataflow", "in-order"] | None] = None
+    replicate: InitVar[bool | None] = None
 
-    def neft_settings(self) -> NeftSettings | None:
-        """The NeFT settings with this compile's quantisation options: fine-tuning trains
-        against the noise of the chip this compile produces (its scales and integer weights)."""
-        if self.neft is None:
-            return None
-        return replace(self.neft, per_channel=self.per_channel,
-                       calibration=self.calibration)  # type: ignore[arg-type]
+    def __post_init__(self, per_channel: bool | None, calibration: Calibration | None,
+                      fold_bn: bool | None, placement: str | None,
+                      replicate: bool | None) -> None:
+        shortcuts = {key: value for key, value in (
+            ("per_channel", per_channel), ("calibration", calibration), ("fold_bn", fold_bn),
+            ("placement", placement), ("replicate", replicate)) if value is not None}
+        if self.pipeline and shortcuts:
+            raise NeftcError(f"CompileSettings got a pipeline and {', '.join(shortcuts)}: set "
+                             "those options on the pipeline's passes instead")
+        if not self.pipeline:
+            object.__setattr__(self, "pipeline", tuple(default_pipeline(**shortcuts)))
+
+    @property
+    def quantize(self) -> Quantize:
+        """The pipeline's quantize pass: the chip's quantisation, which NeFT trains for."""
+        return _only(self.pipeline, Quantize)
 
     def options(self, target: TargetSpec, log: TrainLog | None) -> CompileOptions:
         neft = None
@@ -62,11 +96,55 @@ class CompileSettings:
                 beta=DEFAULT_BETA[n.mode] if n.beta is None else n.beta, lr=n.lr,
                 batch_size=n.batch_size, seed=n.seed, noise=n.noise,
                 final_loss=log.losses[-1] if log.losses else float("nan"))
-        return CompileOptions(per_channel=self.per_channel,
-                              calibration=self.calibration,  # type: ignore[arg-type]
-                              fold_bn=self.fold_bn, placement=self.placement,  # type: ignore
-                              replicate=self.replicate, neft=neft,
-                              target_overrides=list(self.target_overrides))
+        normalize, place = _only(self.pipeline, Normalize), _only(self.pipeline, Place)
+        return CompileOptions(per_channel=self.quantize.per_channel,
+                              calibration=self.quantize.calibration, fold_bn=normalize.fold_bn,
+                              placement=place.strategy, replicate=place.replicate, neft=neft,
+                              target_overrides=list(self.target_overrides),
+                              pipeline=pipeline_text(self.pipeline))
+
+
+P = TypeVar("P")
+
+
+def _only(pipeline: Sequence[Any], kind: type[P]) -> P:
+    found = [p for p in pipeline if isinstance(p, kind)]
+    if len(found) != 1:
+        name = kind.name  # type: ignore[attr-defined]
+        raise PassOrderError(f"the pipeline '{pipeline_text(pipeline)}' has {len(found)} "
+                             f"'{name}' passes; a compile needs exactly one")
+    return found[0]
+
+
+def _stages(loaded: LoadedModel, settings: CompileSettings,
+            target: TargetSpec) -> tuple[list[Any], list[Any], list[Any]]:
+    """The pipeline up to the pass that normalises the graph, NeFT's training passes (empty
+    without NeFT), and the rest; the whole order checked (strip-training included)."""
+    pipeline = list(settings.pipeline)
+    cut = next((i + 1 for i, p in enumerate(pipeline) if Fact.NORMALIZED in p.provides), 0)
+    head, tail = pipeline[:cut], pipeline[cut:]
+    training: list[Any] = []
+    strip: list[Any] = []
+    if settings.neft is not None:
+        settings.neft.validate()
+        _check_chip(settings.neft, settings.quantize)
+        classes = num_outputs(loaded.gm, loaded.example_input)
+        training = training_passes(settings.neft, target, classes, settings.quantize)
+        strip = [StripTraining()]
+    check_order([*head, *training, *strip, *tail], INITIAL_FACTS)
+    settings.options(target, None)  # a compile needs one normalize, quantize and place
+    return head, training, tail
+
+
+def _check_chip(neft: NeftSettings, quantize: Quantize) -> None:
+    """NeFT in a compile trains for the pipeline's quantize pass; settings that name another
+    chip are refused rather than silently overridden."""
+    for option, value in (("per_channel", neft.per_channel), ("calibration", neft.calibration)):
+        if value is not None and value != getattr(quantize, option):
+            raise NeftcError(f"NeftSettings.{option}={value!r} but the compile pipeline's "
+                             f"quantize pass has {option}={getattr(quantize, option)!r}: a "
+                             "compile trains for its own chip; leave NeftSettings."
+                             f"{option} unset (None) or set the pass's option")
 
 
 @dataclass(frozen=True)
@@ -78,27 +156,21 @@ class CompileResult:
 
 
 def _compile_loaded(loaded: LoadedModel, target: TargetSpec, settings: CompileSettings,
-                    out_dir: Path | None,
-                    on_pass: Callable[[str, bool], None] | None) -> CompileResult:
+                    out_dir: Path | None, instruments: Sequence[PassInstrument]) -> CompileResult:
     dac_data = None
     if settings.dac_data is not None:  # read the data first: a bad --dac-data fails fast
         from neftc.datasets.spec import load_dataset
 
         dac_data = load_dataset(settings.dac_data)
     ctx = PassContext(target=target, example_input=loaded.example_input)
-    normalize, *mapping = default_pipeline(fold_bn=settings.fold_bn,
-                                           per_channel=settings.per_channel,
-                                           calibration=settings.calibration,
-                                           placement=settings.placement,
-                                           replicate=settings.replicate)
-    dump = settings.dump_after_each
-    gm = PassManager([normalize], dump_dir=dump, on_pass=on_pass).run(loaded.gm, ctx)
+    head, training, tail = _stages(loaded, settings, target)
+    gm = PassManager(head, instruments).run(loaded.gm, ctx)
     log = None
-    neft = settings.neft_settings()
-    if neft is not None:
-        gm, log = run_neft(gm, ctx, neft, dump_dir=dump, on_pass=on_pass,
-                           progress=settings.progress)
-    gm = PassManager(mapping, dump_dir=dump, on_pass=on_pass).run(gm, ctx)
+    if settings.neft is not None:
+        on_pass = next((i.callback for i in instruments if isinstance(i, OnPass)), None)
+        gm, log = run_training_passes(gm, ctx, settings.neft, training, instruments=instruments,
+                                      on_pass=on_pass, progress=settings.progress)
+    gm = PassManager(tail, instruments).run(gm, ctx)
     if not crossbar_nodes(gm):
         raise PassError("the model has no crossbar-mappable op (Linear, Conv1d/2d or a matmul "
                         "with a parameter); there is nothing to put on the chip")
@@ -120,6 +192,16 @@ def _compile_loaded(loaded: LoadedModel, target: TargetSpec, settings: CompileSe
     return CompileResult(doc, gm, out_dir, log)
 
 
+def _instruments(settings: CompileSettings, on_pass: Callable[[str, bool], None] | None,
+                 instruments: Sequence[PassInstrument]) -> list[PassInstrument]:
+    extra: list[PassInstrument] = []
+    if settings.dump_after_each is not None:
+        extra.append(DumpGraphs(Path(settings.dump_after_each)))
+    if on_pass is not None:
+        extra.append(OnPass(on_pass))
+    return [*instruments, *extra]
+
+
 def compile_model(
     path: str | Path,
     target: TargetSpec,
@@ -130,16 +212,20 @@ def compile_model(
     trust_model: bool = False,
     settings: CompileSettings = CompileSettings(),
     on_pass: Callable[[str, bool], None] | None = None,
+    instruments: Sequence[PassInstrument] = (),
     source_name: str | None = None,
 ) -> CompileResult:
     """Compile a model file for ``target``; write the layout to ``out_dir`` when given.
 
-    ``source_name`` replaces the model path recorded in the layout (default: ``path``).
+    ``on_pass(name, modified)`` is called after each pass (and after NeFT fine-tuning);
+    ``instruments`` see every pass (``neftc.ir.instruments``: timings, dumps). ``source_name``
+    replaces the model path recorded in the layout (default: ``path``).
     """
     loaded = load_model(path, arch=arch, input_shape=input_shape, trust_model=trust_model)
     if source_name is not None:
         loaded = replace(loaded, source=source_name)
-    return _compile_loaded(loaded, target, settings, Path(out_dir) if out_dir else None, on_pass)
+    return _compile_loaded(loaded, target, settings, Path(out_dir) if out_dir else None,
+                           _instruments(settings, on_pass, instruments))
 
 
 def compile_module(
@@ -149,13 +235,15 @@ def compile_module(
     out_dir: str | Path | None = None,
     *,
     settings: CompileSettings = CompileSettings(),
+    instruments: Sequence[PassInstrument] = (),
 ) -> CompileResult:
     """Compile an in-memory module (it is copied, never modified)."""
     module = copy.deepcopy(module).eval()
     gm = trace_module(module, example_input)
     loaded = LoadedModel(gm, example_input, f"<{type(module).__name__}>", "0" * 64, "module",
                          type(module).__name__)
-    return _compile_loaded(loaded, target, settings, Path(out_dir) if out_dir else None, None)
+    return _compile_loaded(loaded, target, settings, Path(out_dir) if out_dir else None,
+                           _instruments(settings, None, instruments))
 
 
 __all__ = ["CompileResult", "CompileSettings", "compile_model", "compile_module", "file_sha256"]

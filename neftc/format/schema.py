@@ -51,6 +51,13 @@ class CompileOptions(_Strict):
     target_overrides: list[str] = Field(
         default_factory=list, description="the --set overrides applied to the target, as given "
         "('noise.sigma_rel=0.15'); the target record already holds their values")
+    pipeline: str | None = Field(
+        default=None, description="the compile pipeline as pass specs, e.g. 'normalize{fold-bn="
+        "false},quantize{per-channel=true calibration=max-abs percentile=99.99},bit-slice,"
+        "map-tiles,place{...}' (every option written; neftc compile --pipeline takes it back). "
+        "NeFT's training passes, which run after normalize when 'neft' is set, are not in it. "
+        "Absent in layouts written before neftc recorded it; per_channel, calibration, fold_bn, "
+        "placement and replicate repeat the options of its passes for older readers")
 
 
 class NeftRecord(_Strict):

@@ -1,27 +1,28 @@
 """The pass contract and the pass manager.
 
-A pass is a frozen dataclass whose fields are its options. It has a kebab-case ``name``, the facts
-it ``requires`` and ``provides``, and ``run(gm, ctx) -> PassResult``. The manager checks the order
-before running anything, lints and re-runs the graph on the example input after each pass, and
-wraps any failure with the pass name (and the node, when the pass names one).
+A pass is a frozen dataclass whose fields are its options (its text form: ``neftc.ir.pass_spec``).
+It has a kebab-case ``name``, the facts (``neftc.ir.facts.Fact``) it ``requires``, ``provides``
+and, optionally, ``invalidates`` and ``forbids``, and ``run(gm, ctx) -> PassResult``. The manager
+checks the order before running anything, lints and re-runs the graph on the example input after
+each pass, and wraps any failure with the pass name (and the node, when the pass names one).
+Instruments (``PassInstrument``: timings, dumps, progress; ``neftc.ir.instruments``) see every
+pass before and after it runs.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+import time
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import ClassVar, Protocol
 
 import torch
 import torch.fx
 
 from neftc.errors import NeftcError, PassError, PassOrderError
+from neftc.ir.facts import INITIAL_FACTS, Fact, fact_names, facts_of
 from neftc.targets.spec import TargetSpec
-
-# Facts true of any graph the frontend hands over.
-INITIAL_FACTS = frozenset({"traced"})
 
 
 @dataclass
@@ -30,8 +31,7 @@ class PassContext:
 
     target: TargetSpec
     example_input: torch.Tensor
-    facts: set[str] = field(default_factory=lambda: set(INITIAL_FACTS))
-    passes_run: int = 0  # across pass managers sharing this context (numbers the dumps)
+    facts: set[Fact] = field(default_factory=lambda: set(INITIAL_FACTS))
 
 
 @dataclass(frozen=True)
@@ -42,10 +42,22 @@ class PassResult:
 
 class Pass(Protocol):
     name: ClassVar[str]
-    requires: ClassVar[frozenset[str]]
-    provides: ClassVar[frozenset[str]]
+    requires: ClassVar[frozenset[Fact]]
+    provides: ClassVar[frozenset[Fact]]
+    # Optional on a pass (absent: none): ``invalidates`` (facts no longer true after it) and
+    # ``forbids`` (facts that must not hold before it), read through ``facts_of``.
 
     def run(self, gm: torch.fx.GraphModule, ctx: PassContext) -> PassResult: ...
+
+
+class PassInstrument(Protocol):
+    """Sees every pass a manager runs: ``before_pass`` just before ``run``, ``after_pass`` after
+    the graph was verified, with the pass's result and its wall-clock seconds (run and verify)."""
+
+    def before_pass(self, pass_: Pass, gm: torch.fx.GraphModule) -> None: ...
+
+    def after_pass(self, pass_: Pass, gm: torch.fx.GraphModule, result: PassResult,
+                   seconds: float) -> None: ...
 
 
 class NodeError(Exception):
@@ -57,19 +69,26 @@ class NodeError(Exception):
         self.message = message
 
 
-def check_order(passes: Sequence[Pass], facts: frozenset[str] = INITIAL_FACTS) -> None:
-    """Raise PassOrderError if some pass requires a fact no earlier pass provides."""
-    known = set(facts)
+def check_order(passes: Sequence[Pass], facts: Iterable[Fact | str] = INITIAL_FACTS) -> None:
+    """Raise PassOrderError if some pass requires a fact that does not hold when it runs (no
+    earlier pass provides it, or one retracted it), or forbids one that does."""
+    known = {Fact(f) for f in facts}
     for index, p in enumerate(passes):
-        missing = set(p.requires) - known
+        where = f"pass {index + 1} '{p.name}'"
+        missing = facts_of(p, "requires") - known
         if missing:
-            providers = sorted(q.name for q in passes if set(q.provides) & missing)
+            providers = sorted({q.name for q in passes if facts_of(q, "provides") & missing})
             hint = f" (run {', '.join(providers)} before it)" if providers else ""
-            raise PassOrderError(
-                f"pass {index + 1} '{p.name}' requires {', '.join(sorted(missing))}, which no "
-                f"earlier pass provides{hint}"
-            )
-        known |= set(p.provides)
+            raise PassOrderError(f"{where} requires {fact_names(missing)}, which no earlier "
+                                 f"pass provides or a later one retracted{hint}")
+        present = facts_of(p, "forbids") & known
+        if present:
+            removers = sorted({q.name for q in passes if facts_of(q, "invalidates") & present})
+            hint = (f"run {', '.join(removers)} before it" if removers
+                    else "remove the pass that provides it")
+            raise PassOrderError(f"{where} cannot run on a graph with {fact_names(present)}; "
+                                 f"{hint}")
+        known = (known - facts_of(p, "invalidates")) | facts_of(p, "provides")
 
 
 def graph_text(gm: torch.fx.GraphModule) -> str:
@@ -101,36 +120,38 @@ def graph_text(gm: torch.fx.GraphModule) -> str:
 @dataclass
 class PassManager:
     passes: Sequence[Pass]
-    dump_dir: Path | None = None
-    on_pass: Callable[[str, bool], None] | None = None
+    instruments: Sequence[PassInstrument] = ()
 
     def run(self, gm: torch.fx.GraphModule, ctx: PassContext) -> torch.fx.GraphModule:
-        check_order(self.passes, frozenset(ctx.facts))
-        if self.dump_dir is not None:
-            self.dump_dir.mkdir(parents=True, exist_ok=True)
-            if ctx.passes_run == 0:
-                (self.dump_dir / "00-input.txt").write_text(graph_text(gm))
+        check_order(self.passes, ctx.facts)
         for p in self.passes:
-            try:
-                result = p.run(gm, ctx)
-                gm = result.gm
-                _verify(gm, ctx)
-            except NeftcError as exc:
-                if isinstance(exc, PassError):
-                    raise
-                raise type(exc)(f"pass '{p.name}': {exc}") from None
-            except NodeError as exc:
-                raise PassError(f"pass '{p.name}' failed at node '{exc.node.name}' "
-                                f"({exc.node.format_node()}): {exc.message}") from None
-            except Exception as exc:
-                raise PassError(f"pass '{p.name}' failed: {type(exc).__name__}: {exc}") from exc
-            ctx.facts |= set(p.provides)
-            ctx.passes_run += 1
-            if self.on_pass is not None:
-                self.on_pass(p.name, result.modified)
-            if self.dump_dir is not None:
-                (self.dump_dir / f"{ctx.passes_run:02d}-{p.name}.txt").write_text(graph_text(gm))
+            for instrument in self.instruments:
+                instrument.before_pass(p, gm)
+            start = time.perf_counter()
+            result = _run_one(p, gm, ctx)
+            seconds = time.perf_counter() - start
+            gm = result.gm
+            ctx.facts = (ctx.facts - facts_of(p, "invalidates")) | facts_of(p, "provides")
+            for instrument in self.instruments:
+                instrument.after_pass(p, gm, result, seconds)
         return gm
+
+
+def _run_one(p: Pass, gm: torch.fx.GraphModule, ctx: PassContext) -> PassResult:
+    """Run one pass and verify its graph; any failure names the pass (and the node)."""
+    try:
+        result = p.run(gm, ctx)
+        _verify(result.gm, ctx)
+        return result
+    except NeftcError as exc:
+        if isinstance(exc, PassError):
+            raise
+        raise type(exc)(f"pass '{p.name}': {exc}") from None
+    except NodeError as exc:
+        raise PassError(f"pass '{p.name}' failed at node '{exc.node.name}' "
+                        f"({exc.node.format_node()}): {exc.message}") from None
+    except Exception as exc:
+        raise PassError(f"pass '{p.name}' failed: {type(exc).__name__}: {exc}") from exc
 
 
 def _verify(gm: torch.fx.GraphModule, ctx: PassContext) -> None:

@@ -1,11 +1,16 @@
-"""NeFT inside the compiler: inject-noise -> insert-feedback -> fine-tune -> strip-training."""
+"""NeFT inside the compiler: inject-noise -> insert-feedback -> fine-tune -> strip-training.
+
+The training noise is the noise of the chip the ``quantize`` pass produces: the training passes
+hold that pass object and read its options from it. In a compile it is the very object of the
+compile's pipeline (``neftc.driver.compiler``); outside one (``finetune``, ``train --neft``) it is
+the pass ``NeftSettings.chip_quantize()`` describes.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 import torch.fx
@@ -23,16 +28,16 @@ from neftc.datasets.base import Dataset, check_compatible
 from neftc.datasets.spec import load_dataset
 from neftc.devices import resolve_device
 from neftc.errors import DataError, NeftcError
-from neftc.ir.pass_manager import PassContext, PassManager
+from neftc.ir.pass_manager import PassContext, PassInstrument, PassManager
 from neftc.ir.quantization import Calibration
 from neftc.neft.finetune import DEFAULT_BATCH, DEFAULT_BETA, DEFAULT_LR, TrainLog, finetune
 from neftc.passes.inject_noise import InjectNoise
 from neftc.passes.insert_feedback import InsertFeedback, NeftMode
+from neftc.passes.quantize import Quantize
 from neftc.passes.strip_training import StripTraining
 from neftc.targets.spec import SIGMA_REL_MAX, TargetSpec
 
 NEFT_MODES: tuple[NeftMode, ...] = ("ovf", "irs", "nit", "none")
-
 
 
 @dataclass(frozen=True)
@@ -49,10 +54,18 @@ class NeftSettings:
     noise: Literal["cell", "paper"] = "cell"
     taps: int | tuple[str, ...] = 3
     sigma_offsets: tuple[float, ...] = (0.15, 0.10, 0.05)
-    # How the chip will quantise the weights (the quantize pass's options): the training noise is
-    # computed from the same integer weights and scales. The compiler sets them from its own.
-    per_channel: bool = False
-    calibration: Calibration = "max-abs"
+    # The chip NeFT trains for when it runs outside a compile (finetune, train --neft): the
+    # quantize pass's options (None: the pass's default). A compile trains for its pipeline's own
+    # quantize pass, and refuses values here that disagree with it.
+    per_channel: bool | None = None
+    calibration: Calibration | None = None
+
+    def chip_quantize(self) -> Quantize:
+        """The quantize pass of the chip these settings train for, outside a compile."""
+        default = Quantize()
+        return Quantize(per_channel=default.per_channel if self.per_channel is None
+                        else self.per_channel,
+                        calibration=self.calibration or default.calibration)
 
     def validate(self) -> None:
         if self.mode not in NEFT_MODES:
@@ -69,7 +82,7 @@ class NeftSettings:
             check_number("sigma_offsets", offset, 0, SIGMA_REL_MAX)
         if isinstance(self.taps, int):
             check_number("--irs-taps", self.taps, 1, MAX_IRS_TAPS, integer=True)
-        if self.calibration not in ("max-abs", "percentile"):
+        if self.calibration not in (None, "max-abs", "percentile"):
             raise NeftcError(f"unknown calibration '{self.calibration}'; use max-abs or "
                              "percentile")
         resolve_device(self.device)
@@ -93,39 +106,52 @@ def training_data(settings: NeftSettings, input_shape: tuple[int, ...],
     return data
 
 
-def training_passes(settings: NeftSettings, target: TargetSpec, classes: int) -> list:
+def training_passes(settings: NeftSettings, target: TargetSpec, classes: int,
+                    quantize: Quantize | None = None) -> list[Any]:
     """The passes that make a normalised graph trainable with NeFT for ``target``: inject-noise
-    and insert-feedback (none for mode ``none``), with the settings' sigma, beta and the chip's
-    quantisation options."""
+    and insert-feedback (none for mode ``none``), with the settings' sigma and beta; their noise
+    is the noise of the chip ``quantize`` produces (they hold that pass object; default:
+    ``settings.chip_quantize()``)."""
     if settings.mode == "none":
         return []
+    quantize = settings.chip_quantize() if quantize is None else quantize
     sigma = target.noise.sigma_rel if settings.sigma is None else settings.sigma
     beta = DEFAULT_BETA[settings.mode] if settings.beta is None else settings.beta
-    quant = dict(per_channel=settings.per_channel, calibration=settings.calibration)
-    return [InjectNoise(sigma=sigma, mode=settings.noise, **quant),  # type: ignore[arg-type]
+    return [InjectNoise(sigma=sigma, mode=settings.noise, quantize=quantize),
             InsertFeedback(mode=settings.mode, beta=beta, sigma=sigma, num_classes=classes,
                            sigma_offsets=settings.sigma_offsets, taps=settings.taps,
-                           noise_mode=settings.noise, seed=settings.seed,
-                           **quant)]  # type: ignore[arg-type]
+                           noise_mode=settings.noise, seed=settings.seed, quantize=quantize)]
 
 
 def run_neft(gm: torch.fx.GraphModule, ctx: PassContext, settings: NeftSettings, *,
-             dump_dir: Path | None = None, on_pass: Callable[[str, bool], None] | None = None,
+             quantize: Quantize | None = None, instruments: Sequence[PassInstrument] = (),
+             on_pass: Callable[[str, bool], None] | None = None,
              progress: bool = True) -> tuple[torch.fx.GraphModule, TrainLog]:
-    """Fine-tune a normalised graph with NeFT; returns the deployable graph (noise and heads
-    stripped) and the training log."""
+    """Fine-tune a normalised graph with NeFT against the noise of the chip ``quantize``
+    produces (default: ``settings.chip_quantize()``); returns the deployable graph (noise and
+    heads stripped) and the training log."""
+    settings.validate()
+    classes = num_outputs(gm, ctx.example_input)
+    passes = training_passes(settings, ctx.target, classes, quantize)
+    return run_training_passes(gm, ctx, settings, passes, instruments=instruments,
+                               on_pass=on_pass, progress=progress)
+
+
+def run_training_passes(gm: torch.fx.GraphModule, ctx: PassContext, settings: NeftSettings,
+                        passes: Sequence[Any], *, instruments: Sequence[PassInstrument] = (),
+                        on_pass: Callable[[str, bool], None] | None = None,
+                        progress: bool = True) -> tuple[torch.fx.GraphModule, TrainLog]:
+    """Run the training ``passes`` (``training_passes``), fine-tune, strip-training."""
     settings.validate()
     classes = num_outputs(gm, ctx.example_input)
     data = training_data(settings, tuple(ctx.example_input.shape[1:]), classes)
     sigma = ctx.target.noise.sigma_rel if settings.sigma is None else settings.sigma
-    passes = training_passes(settings, ctx.target, classes)
-    manager = PassManager(passes, dump_dir=dump_dir, on_pass=on_pass)
-    gm = manager.run(gm, ctx)
+    gm = PassManager(passes, instruments).run(gm, ctx)
     log = finetune(gm, data.train, sigma=sigma, epochs=settings.epochs, lr=settings.lr,
                    batch_size=settings.batch_size, seed=settings.seed, device=settings.device,
                    progress=progress)
     if on_pass is not None:
         on_pass(f"fine-tune ({settings.mode}, {settings.epochs} epochs, "
                 f"{log.seconds:.1f} s)", True)
-    gm = PassManager([StripTraining()], dump_dir=dump_dir, on_pass=on_pass).run(gm, ctx)
+    gm = PassManager([StripTraining()], instruments).run(gm, ctx)
     return gm, log
