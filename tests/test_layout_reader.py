@@ -25,8 +25,8 @@ from torch import nn
 import neftc
 from neftc.cli.main import main
 from neftc.errors import LayoutError
-from neftc.format.reader import _find_overlap
 from neftc.format.schema import TileRecord
+from neftc.format.tile_checks import find_overlap
 from neftc.targets import resolve_target
 
 SIGNED = ("layout.json", "levels.bin", "tensors.bin")
@@ -359,7 +359,7 @@ def test_find_overlap_matches_brute_force() -> None:
     for _ in range(400):
         tiles = [rect(rng.randrange(20), rng.randrange(1, 6), rng.randrange(20),
                       rng.randrange(1, 6)) for _ in range(rng.randrange(1, 8))]
-        pair = _find_overlap(tiles)
+        pair = find_overlap(tiles)
         expected = any(share(a, b) for i, a in enumerate(tiles) for b in tiles[i + 1:])
         assert (pair is not None) == expected
         if pair is not None:
@@ -367,4 +367,4 @@ def test_find_overlap_matches_brute_force() -> None:
             assert pair[0] < pair[1] and share(tiles[pair[0]], tiles[pair[1]])
     assert 50 < found < 350  # both outcomes are exercised
     grid = [rect(r, 4, c, 3) for r in range(0, 40, 4) for c in range(0, 30, 3)]
-    assert _find_overlap(grid) is None
+    assert find_overlap(grid) is None
