@@ -41,7 +41,7 @@ from neftc.neft.pipeline import (
     run_training_passes,
     training_passes,
 )
-from neftc.passes import Normalize, Place, Quantize, StripTraining, default_pipeline
+from neftc.passes import PASSES, Normalize, Place, Quantize, StripTraining, default_pipeline
 from neftc.targets.spec import TargetSpec
 
 
@@ -131,7 +131,7 @@ def _stages(loaded: LoadedModel, settings: CompileSettings,
         classes = num_outputs(loaded.gm, loaded.example_input)
         training = training_passes(settings.neft, target, classes, settings.quantize)
         strip = [StripTraining()]
-    check_order([*head, *training, *strip, *tail], INITIAL_FACTS)
+    check_order([*head, *training, *strip, *tail], INITIAL_FACTS, PASSES.values())
     settings.options(target, None)  # a compile needs one normalize, quantize and place
     return head, training, tail
 

@@ -15,7 +15,7 @@ import time
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import ClassVar, Protocol
+from typing import Any, ClassVar, Protocol
 
 import torch
 import torch.fx
@@ -69,23 +69,29 @@ class NodeError(Exception):
         self.message = message
 
 
-def check_order(passes: Sequence[Pass], facts: Iterable[Fact | str] = INITIAL_FACTS) -> None:
+def check_order(passes: Sequence[Pass], facts: Iterable[Fact | str] = INITIAL_FACTS,
+                catalogue: Iterable[Any] = ()) -> None:
     """Raise PassOrderError if some pass requires a fact that does not hold when it runs (no
-    earlier pass provides it, or one retracted it), or forbids one that does."""
+    earlier pass provides it, or one retracted it), or forbids one that does. The message names
+    the passes that would fix it, from ``passes`` and ``catalogue`` (e.g. the registered pass
+    classes, ``neftc.passes.PASSES.values()``)."""
+    candidates = [*passes, *catalogue]
     known = {Fact(f) for f in facts}
     for index, p in enumerate(passes):
         where = f"pass {index + 1} '{p.name}'"
         missing = facts_of(p, "requires") - known
         if missing:
-            providers = sorted({q.name for q in passes if facts_of(q, "provides") & missing})
+            providers = sorted({q.name for q in candidates
+                                if facts_of(q, "provides") & missing})
             hint = f" (run {', '.join(providers)} before it)" if providers else ""
             raise PassOrderError(f"{where} requires {fact_names(missing)}, which no earlier "
                                  f"pass provides or a later one retracted{hint}")
         present = facts_of(p, "forbids") & known
         if present:
-            removers = sorted({q.name for q in passes if facts_of(q, "invalidates") & present})
+            removers = sorted({q.name for q in candidates
+                               if facts_of(q, "invalidates") & present})
             hint = (f"run {', '.join(removers)} before it" if removers
-                    else "remove the pass that provides it")
+                    else "remove the pass that provides it, or retract it before")
             raise PassOrderError(f"{where} cannot run on a graph with {fact_names(present)}; "
                                  f"{hint}")
         known = (known - facts_of(p, "invalidates")) | facts_of(p, "provides")
