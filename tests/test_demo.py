@@ -6,6 +6,7 @@ import json
 
 from neftc.cli.main import main
 from neftc.datasets.digits import load_digits
+from neftc.flow.records import DemoRecord
 from neftc.format.reader import load_layout
 
 
@@ -26,13 +27,19 @@ def test_demo_end_to_end(tmp_path, capsys) -> None:
     printed = capsys.readouterr().out
     for method in ("baseline", "nit", "ovf", "irs"):
         assert method in printed
-    record = json.loads((out / "demo.json").read_text())
+    text = (out / "demo.json").read_text()
+    record = json.loads(text)
+    # demo.json is a DemoRecord: it parses with the model and writes back the same data.
+    parsed = DemoRecord.model_validate_json(text)
+    assert json.loads(parsed.model_dump_json()) == record and list(parsed.methods) == [
+        "baseline", "nit", "ovf", "irs"]
     # A LeNet on digits reaches > 90 % in 25 epochs.
     assert record["float_accuracy"] > 0.90
     for method, info in record["methods"].items():
         layout = load_layout(out / f"layout-{method}")
         assert layout.doc.source.path == str(out / "model.pt2")  # no temporary path recorded
         assert (layout.doc.options.neft is None) == (method == "baseline")
+        assert info["verify"]["layout"] == info["layout"] == str(out / f"layout-{method}")
         row = info["verify"]["results"][0]
         assert row["sigma"] == 0.1 and row["mc"]["trials"] == 4
         if method == "baseline":  # 8-bit weights and converters cost at most 3 points

@@ -187,8 +187,8 @@ def _compile_loaded(loaded: LoadedModel, target: TargetSpec, settings: CompileSe
     if out_dir is not None:
         from neftc.flow.report import write_layout_reports
 
-        write_layout(Path(out_dir), doc, levels, tensors,
-                     extras=lambda tmp: write_layout_reports(tmp, doc))
+        write_layout(Path(out_dir), doc, levels, tensors)
+        write_layout_reports(Path(out_dir), doc)  # after the layout is in place
     return CompileResult(doc, gm, out_dir, log)
 
 

@@ -11,7 +11,6 @@ when the data has no train split): exactly what ``Emulator.calibrate`` computes.
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -93,15 +92,6 @@ def _sidecar(layout: Layout, key: str) -> bytes:
     return data
 
 
-def _verify_dac(verify: dict) -> dict | None:
-    periphery = verify.get("periphery")
-    if periphery == "ideal":
-        return {}  # the DAC was not used: any calibration leaves the results valid
-    if isinstance(periphery, dict) and isinstance(periphery.get("dac_layers"), dict):
-        return periphery["dac_layers"]
-    return None
-
-
 def dac_table(doc: LayoutDoc) -> dict[str, dict[str, object]]:
     """layer -> {"scale", "signed", "bits"} for the layers that carry a DAC setting."""
     return {layer.name: layer.dac.model_dump() for layer in doc.layers if layer.dac is not None}
@@ -112,36 +102,29 @@ def calibrate_layout(layout_dir: str | Path, data_spec: str, samples: int = DEFA
     """Set every layer's DAC range of the layout in ``layout_dir`` from ``data_spec`` and write
     the layout again, re-signed (``out_dir``, default: in place), atomically.
 
-    The reports (``report.txt``, ``report.html``) are rewritten. A ``verify.json`` of the source
-    layout is carried over only when it was signed off with exactly these DAC settings (or with
-    ideal periphery); otherwise it no longer describes the layout and is left out.
+    The reports (``report.txt``, ``report.html``) are rewritten after the layout. A
+    ``verify.json`` of the source layout is carried over only when it was signed off with exactly
+    these DAC settings (or with ideal periphery); otherwise it no longer describes the layout and
+    is left out. A kept one is part of the layout's atomic swap (``extras``): the calibrated
+    layout never appears without a sign-off that is still valid for it.
     """
-    from neftc.flow.report import VERIFY_JSON, write_layout_reports
+    from neftc.flow.report import VERIFY_JSON, carried_verify, write_layout_reports
 
     source = Path(layout_dir)
     layout = load_layout(source)
     data = load_dataset(data_spec)
     doc, split, used = calibrate_doc(layout, data, data_spec, samples)
     levels, tensors = _sidecar(layout, "levels"), _sidecar(layout, "tensors")
-    verify_text = None
-    kept = dropped = False
-    if (source / VERIFY_JSON).is_file():
-        try:
-            verify_text = (source / VERIFY_JSON).read_text()
-            verified = _verify_dac(json.loads(verify_text))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-            verified = None
-        kept = verified is not None and (verified == {} or verified == dac_table(doc))
-        dropped = not kept
+    verify_text, dropped = carried_verify(source, dac_table(doc))
 
-    def reports(tmp: Path) -> None:
-        if kept and verify_text is not None:  # first: report.html is rendered from it
-            (tmp / VERIFY_JSON).write_text(verify_text)
-        write_layout_reports(tmp, doc)
+    def carry(tmp: Path) -> None:
+        (tmp / VERIFY_JSON).write_text(verify_text or "", encoding="utf-8")
 
     target = Path(out_dir) if out_dir is not None else source
-    write_layout(target, doc, levels, tensors, extras=reports)
-    return CalibrationResult(doc, target, str(data_spec), split, used, kept, dropped)
+    write_layout(target, doc, levels, tensors, extras=carry if verify_text is not None else None)
+    write_layout_reports(target, doc)
+    return CalibrationResult(doc, target, str(data_spec), split, used,
+                             verify_text is not None, dropped)
 
 
 def format_calibration(result: CalibrationResult) -> str:

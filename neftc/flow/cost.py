@@ -32,8 +32,17 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from neftc.flow.records import (
+    AreaRecord,
+    CostEstimate,
+    EnergyRecord,
+    LatencyRecord,
+    LayerCost,
+    PerInference,
+    ProgrammingCost,
+)
 from neftc.format import encoding
-from neftc.format.schema import LayoutDoc
+from neftc.format.schema import LayerRecord, LayoutDoc
 
 
 def positions_per_copy(positions: int, replication: int) -> list[int]:
@@ -68,76 +77,96 @@ def replica_traffic(doc: LayoutDoc) -> dict[str, dict[str, float]]:
         moved = byte_hops = 0.0
         for tile in layer.tiles:
             for copy, (core, _array) in enumerate(tile.replicas, start=1):
-                tile_bytes = counts[copy] * (tile.row_count * input_bytes + tile.col_count * output_bytes)
+                tile_bytes = counts[copy] * (tile.row_count * input_bytes
+                                             + tile.col_count * output_bytes)
                 moved += tile_bytes
                 byte_hops += tile_bytes * hops[tile.core][core]
         traffic[layer.name] = {"bytes": moved, "byte_hops": byte_hops}
     return traffic
 
 
-def estimate_cost(doc: LayoutDoc) -> dict[str, Any]:
-    target = doc.target
-    cost = target.cost
-    cycles = math.ceil(doc.periphery.input_bits / doc.periphery.dac_bits_per_cycle)
-    copies_traffic = replica_traffic(doc)
-    layers = []
-    totals = {"array_reads": 0, "cell_reads": 0, "dac_conversions": 0, "adc_conversions": 0,
-              "digital_adds": 0}
-    layer_times = []
-    for layer in doc.layers:
-        reads_per_tile = layer.positions * cycles
-        tiles = layer.tiles
-        row_tiles = len({t.row_tile for t in tiles})
-        counts = {
-            "array_reads": reads_per_tile * len(tiles),
-            "cell_reads": reads_per_tile * sum(t.row_count * t.col_count for t in tiles),
-            "dac_conversions": reads_per_tile * sum(t.row_count for t in tiles),
-            "adc_conversions": reads_per_tile * sum(t.col_count for t in tiles),
-            "digital_adds": reads_per_tile * sum(t.col_count for t in tiles)
-            + layer.positions * layer.matrix_cols * (row_tiles - 1),
-        }
-        for key, value in counts.items():
-            totals[key] += value
-        per_copy = positions_per_copy(layer.positions, layer.replication)
-        time_ns = max(per_copy) * cycles * cost.array_read_latency_ns
-        layer_times.append(time_ns)
-        traffic = copies_traffic.get(layer.name, {"bytes": 0.0, "byte_hops": 0.0})
-        layers.append({"name": layer.name, **counts, "replication": layer.replication,
-                       "reads_per_copy": [n * cycles * len(tiles) for n in per_copy],
-                       "replica_bytes": traffic["bytes"], "replica_byte_hops": traffic["byte_hops"],
-                       "time_ns": time_ns})
-    replica_bytes = sum(t["bytes"] for t in copies_traffic.values())
-    replica_hops = sum(t["byte_hops"] for t in copies_traffic.values())
-    byte_hops = doc.placement.byte_hops + replica_hops
-    energy = {
-        "arrays_pj": totals["array_reads"] * cost.array_read_energy_pj,
-        "dac_pj": totals["dac_conversions"] * cost.dac_energy_pj,
-        "adc_pj": totals["adc_conversions"] * cost.adc_energy_pj,
-        "digital_pj": totals["digital_adds"] * cost.digital_add_energy_pj,
-        "interconnect_pj": byte_hops * cost.link_energy_pj_per_byte,
-    }
+ASSUMPTIONS = ("inputs unsigned (one phase per cycle); each output position computed once, on "
+               "one copy; each tile read once per input vector and cycle; digital adds = "
+               "shift-and-add + row-tile accumulation; a copy's inputs are forwarded by the tile "
+               "it copies and its bitline results sent back")
+
+
+def input_cycles(doc: LayoutDoc) -> int:
+    """DAC cycles per input vector: ``ceil(input_bits / dac_bits_per_cycle)``."""
+    return math.ceil(doc.periphery.input_bits / doc.periphery.dac_bits_per_cycle)
+
+
+def layer_cost(doc: LayoutDoc, layer: LayerRecord, traffic: dict[str, float]) -> LayerCost:
+    """One layer's counts per inference, its copies' traffic and its time."""
+    cycles = input_cycles(doc)
+    reads_per_tile = layer.positions * cycles
+    tiles = layer.tiles
+    row_tiles = len({t.row_tile for t in tiles})
+    per_copy = positions_per_copy(layer.positions, layer.replication)
+    return LayerCost(
+        name=layer.name,
+        array_reads=reads_per_tile * len(tiles),
+        cell_reads=reads_per_tile * sum(t.row_count * t.col_count for t in tiles),
+        dac_conversions=reads_per_tile * sum(t.row_count for t in tiles),
+        adc_conversions=reads_per_tile * sum(t.col_count for t in tiles),
+        digital_adds=reads_per_tile * sum(t.col_count for t in tiles)
+        + layer.positions * layer.matrix_cols * (row_tiles - 1),
+        replication=layer.replication,
+        reads_per_copy=[n * cycles * len(tiles) for n in per_copy],
+        replica_bytes=traffic["bytes"], replica_byte_hops=traffic["byte_hops"],
+        time_ns=max(per_copy) * cycles * doc.target.cost.array_read_latency_ns)
+
+
+def _per_inference(doc: LayoutDoc, layers: list[LayerCost],
+                   traffic: dict[str, dict[str, float]]) -> PerInference:
+    replica_bytes = sum(t["bytes"] for t in traffic.values())
+    replica_hops = sum(t["byte_hops"] for t in traffic.values())
+    return PerInference(
+        array_reads=sum(c.array_reads for c in layers),
+        cell_reads=sum(c.cell_reads for c in layers),
+        dac_conversions=sum(c.dac_conversions for c in layers),
+        adc_conversions=sum(c.adc_conversions for c in layers),
+        digital_adds=sum(c.digital_adds for c in layers),
+        bytes_moved=doc.placement.bytes_exchanged + replica_bytes,
+        bytes_exchanged=doc.placement.bytes_exchanged,
+        replica_bytes=replica_bytes,
+        byte_hops=doc.placement.byte_hops + replica_hops,
+        placement_byte_hops=doc.placement.byte_hops,
+        replica_byte_hops=replica_hops)
+
+
+def _energy(doc: LayoutDoc, counts: PerInference) -> EnergyRecord:
+    cost = doc.target.cost
+    parts = {"arrays_pj": counts.array_reads * cost.array_read_energy_pj,
+             "dac_pj": counts.dac_conversions * cost.dac_energy_pj,
+             "adc_pj": counts.adc_conversions * cost.adc_energy_pj,
+             "digital_pj": counts.digital_adds * cost.digital_add_energy_pj,
+             "interconnect_pj": counts.byte_hops * cost.link_energy_pj_per_byte}
+    return EnergyRecord(**parts, total_pj=sum(parts.values()))
+
+
+def cost_estimate(doc: LayoutDoc) -> CostEstimate:
+    """The layout's cost per inference, and of programming it once."""
+    cost = doc.target.cost
+    traffic = replica_traffic(doc)
+    none = {"bytes": 0.0, "byte_hops": 0.0}
+    layers = [layer_cost(doc, layer, traffic.get(layer.name, none)) for layer in doc.layers]
+    counts = _per_inference(doc, layers, traffic)
+    times = [layer.time_ns for layer in layers]
     cells = doc.summary.cells_used
     original_cells = sum(t.row_count * t.col_count for layer in doc.layers for t in layer.tiles)
-    return {
-        "per_inference": {
-            **totals,
-            "bytes_moved": doc.placement.bytes_exchanged + replica_bytes,
-            "bytes_exchanged": doc.placement.bytes_exchanged,
-            "replica_bytes": replica_bytes,
-            "byte_hops": byte_hops,
-            "placement_byte_hops": doc.placement.byte_hops,
-            "replica_byte_hops": replica_hops,
-        },
-        "energy_pj": {**energy, "total_pj": sum(energy.values())},
-        "latency_ns": {"sequential": sum(layer_times),
-                       "pipelined_interval": max(layer_times, default=0.0)},
-        "area_um2": {"used_arrays": doc.summary.arrays_used * cost.array_area_um2,
-                     "chip": target.chip.arrays * cost.array_area_um2},
-        "programming": {"cells": cells, "replica_cells": cells - original_cells,
-                        "energy_pj": cells * cost.cell_write_energy_pj},
-        "layers": layers,
-        "assumptions": "inputs unsigned (one phase per cycle); each output position computed "
-                       "once, on one copy; each tile read once per input vector and cycle; "
-                       "digital adds = shift-and-add + row-tile accumulation; a copy's inputs "
-                       "are forwarded by the tile it copies and its bitline results sent back",
-    }
+    return CostEstimate(
+        per_inference=counts,
+        energy_pj=_energy(doc, counts),
+        latency_ns=LatencyRecord(sequential=sum(times), pipelined_interval=max(times, default=0.0)),
+        area_um2=AreaRecord(used_arrays=doc.summary.arrays_used * cost.array_area_um2,
+                            chip=doc.target.chip.arrays * cost.array_area_um2),
+        programming=ProgrammingCost(cells=cells, replica_cells=cells - original_cells,
+                                    energy_pj=cells * cost.cell_write_energy_pj),
+        layers=layers,
+        assumptions=ASSUMPTIONS)
+
+
+def estimate_cost(doc: LayoutDoc) -> dict[str, Any]:
+    """``cost_estimate`` as JSON data (what ``docs/cost.schema.json`` describes)."""
+    return cost_estimate(doc).model_dump(mode="json")

@@ -11,20 +11,24 @@ from __future__ import annotations
 import base64
 import html
 import io
-import json
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from pydantic import ValidationError
+
 from neftc.atomic import atomic_file, atomic_files, directory_lock
 from neftc.errors import OutputError
+from neftc.flow.records import CostEstimate, LayoutSummary, VerifyRecord
 from neftc.flow.summary import (
     dac_calibration_text,
     dac_text,
     format_summary,
-    layout_summary,
     overrides_text,
+    summarize,
 )
-from neftc.format.schema import CHECKSUMS_FILE, REPORT_FILE, LayoutDoc
+from neftc.format.schema import CHECKSUMS_FILE, LAYOUT_FILE, REPORT_FILE, LayoutDoc
+from neftc.format.writer import document_bytes
 
 REPORT_HTML = "report.html"
 VERIFY_JSON = "verify.json"
@@ -52,8 +56,8 @@ def _png(fig: Any) -> str:
     return f'<img alt="plot" src="data:image/png;base64,{data}">'
 
 
-def _plots(doc: LayoutDoc, summary: dict[str, Any],
-           verify: dict[str, Any] | None) -> dict[str, str]:
+def _plots(doc: LayoutDoc, summary: LayoutSummary,
+           verify: VerifyRecord | None) -> dict[str, str]:
     try:
         import matplotlib
 
@@ -89,7 +93,7 @@ def _plots(doc: LayoutDoc, summary: dict[str, Any],
     ax.set_ylabel("core")
     ax.set_title(f"placement ({doc.placement.strategy}): colour = layer")
     plots["placement"] = _png(fig)
-    energy = {k.removesuffix("_pj"): v for k, v in summary["cost"]["energy_pj"].items()
+    energy = {k.removesuffix("_pj"): v for k, v in summary.cost.energy_pj.model_dump().items()
               if k != "total_pj"}
     fig, ax = plt.subplots(figsize=(6, 3))
     ax.barh(list(energy), [v / 1e6 for v in energy.values()], color="#4477aa")
@@ -97,91 +101,100 @@ def _plots(doc: LayoutDoc, summary: dict[str, Any],
     plots["energy"] = _png(fig)
     if verify:
         fig, ax = plt.subplots(figsize=(6, 4))
-        results = verify["results"]
-        sigmas = [r["sigma"] for r in results]
-        means = np.array([r["mc"]["mean"] for r in results]) * 100
-        ci = np.array([r["mc"]["ci95"] for r in results]) * 100
+        results = verify.results
+        sigmas = [r.sigma for r in results]
+        means = np.array([r.mc.mean for r in results]) * 100
+        ci = np.array([r.mc.ci95 or 0.0 for r in results]) * 100
         ax.plot(sigmas, means, marker="o", label="MC mean")
         ax.fill_between(sigmas, means - ci, means + ci, alpha=0.3, label="95 % CI of the mean")
-        ax.plot(sigmas, [r["quantized_accuracy"] * 100 for r in results], "--",
+        ax.plot(sigmas, [r.quantized_accuracy * 100 for r in results], "--",
                 label="noise-free")
         ax.set_xlabel("device variation sigma (relative to cell range)")
         ax.set_ylabel("test accuracy (%)")
         ax.legend()
-        ax.set_title(f"{verify['data']}, {results[0]['mc']['trials']} chip instances per sigma")
+        ax.set_title(f"{verify.data}, {results[0].mc.trials} chip instances per sigma")
         plots["accuracy"] = _png(fig)
     return plots
 
 
-def render_report(doc: LayoutDoc, verify: dict[str, Any] | None = None) -> str:
-    summary = layout_summary(doc)
-    plots = _plots(doc, summary, verify)
-    totals = summary["totals"]
-    cost = summary["cost"]
+def _head(doc: LayoutDoc, summary: LayoutSummary, plots: dict[str, str]) -> list[str]:
+    t = summary.totals
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>neftc report: "
              f"{html.escape(doc.target.name)}</title><style>{_STYLE}</style></head><body>",
              f"<h1>neftc layout report</h1><p>model <code>{html.escape(doc.source.path)}</code> "
              f"on target <b>{html.escape(doc.target.name)}</b> "
              f"({doc.target.array.rows}x{doc.target.array.cols} arrays, "
              f"{doc.target.chip.cores} cores x {doc.target.chip.arrays_per_core} arrays); "
-             f"target overrides: <code>{html.escape(overrides_text(summary['target_overrides']))}"
+             f"target overrides: <code>{html.escape(overrides_text(summary.target_overrides))}"
              "</code>.</p>"]
     if not plots:
         parts.append("<p class='note'>Plots need matplotlib: <code>pip install "
                      "matplotlib</code>, then re-run compile or verify.</p>")
     parts.append("<h2>Summary</h2>" + _table(["quantity", "value"], [
-        ["layers", totals["layers"]], ["weights", f"{totals['weights']:,}"],
-        ["arrays used", f"{totals['arrays_used']:,} of {totals['arrays_available']:,}"],
-        ["arrays holding pipeline copies", f"{totals['replica_arrays']:,}"],
-        ["cell utilisation of used arrays", f"{100 * totals['utilization']:.1f} %"],
-        ["target overrides", overrides_text(summary["target_overrides"])],
-        ["input DAC ranges", dac_calibration_text(summary["dac_calibration"])]]))
+        ["layers", t.layers], ["weights", f"{t.weights:,}"],
+        ["arrays used", f"{t.arrays_used:,} of {t.arrays_available:,}"],
+        ["arrays holding pipeline copies", f"{t.replica_arrays:,}"],
+        ["cell utilisation of used arrays", f"{100 * t.utilization:.1f} %"],
+        ["target overrides", overrides_text(summary.target_overrides)],
+        ["input DAC ranges", dac_calibration_text(summary.dac_calibration)]]))
     parts.append("<h2>Layers</h2>" + _table(
         ["layer", "op", "matrix", "bits", "slices", "polarities", "tiles", "copies", "arrays",
          "DAC scale"],
-        [[r["name"], r["op"], f"{r['matrix'][0]}x{r['matrix'][1]}", r["bits"], r["slices"],
-          r["polarities"], r["tiles"], r["replication"], r["arrays"], dac_text(r["dac"])]
-         for r in summary["layers"]]))
+        [[r.name, r.op, f"{r.matrix[0]}x{r.matrix[1]}", r.bits, r.slices, r.polarities, r.tiles,
+          r.replication, r.arrays, dac_text(r.dac)] for r in summary.layers]))
     parts.append("<h2>Arrays</h2>" + plots.get("heatmap", ""))
-    p = summary["placement"]
-    parts.append(f"<h2>Placement</h2><p>{html.escape(p['strategy'])} placement on a "
-                 f"{html.escape(p['core_links'])} of cores: {p['byte_hops']:,.0f} byte-hops per "
-                 f"inference; naive in-order placement: {p['in_order_byte_hops']:,.0f}.</p>"
+    p = summary.placement
+    parts.append(f"<h2>Placement</h2><p>{html.escape(p.strategy)} placement on a "
+                 f"{html.escape(p.core_links)} of cores: {p.byte_hops:,.0f} byte-hops per "
+                 f"inference; naive in-order placement: {p.in_order_byte_hops:,.0f}.</p>"
                  + plots.get("placement", ""))
-    parts.append("<h2>Cost per inference</h2>" + _table(
-        ["item", "value"],
-        [[k.replace("_", " "), f"{v:,.0f}"] for k, v in cost["per_inference"].items()]
-        + [[f"energy: {k.removesuffix('_pj')}", f"{v / 1e6:.4g} uJ"]
-           for k, v in cost["energy_pj"].items()]
-        + [["latency, sequential", f"{cost['latency_ns']['sequential'] / 1e3:.4g} us"],
-           ["latency, pipelined interval",
-            f"{cost['latency_ns']['pipelined_interval'] / 1e3:.4g} us"],
-           ["array area", f"{cost['area_um2']['used_arrays'] / 1e6:.4g} mm2"],
-           ["programming (once): cells, copies included",
-            f"{cost['programming']['cells']:,} ({cost['programming']['replica_cells']:,} in "
-            "copies)"],
-           ["programming (once): energy", f"{cost['programming']['energy_pj'] / 1e6:.4g} uJ"]])
-        + plots.get("energy", "") + f"<p class='note'>{html.escape(cost['assumptions'])}; "
-        "constants and their sources: <code>neftc targets "
-        f"{html.escape(doc.target.name)}</code>.</p>")
-    if verify:
-        parts.append("<h2>Accuracy on simulated chips</h2>" + _table(
-            ["sigma", "noise-free", "MC mean", "95 % CI", "std", "min", "p5", "max", "E[KL]",
-             "trials"],
-            [[r["sigma"], f"{100 * r['quantized_accuracy']:.2f}", f"{100 * r['mc']['mean']:.2f}",
-              f"± {100 * r['mc']['ci95']:.2f}", f"{100 * r['mc']['std']:.2f}",
-              f"{100 * r['mc']['min']:.1f}", f"{100 * r['mc']['p5']:.1f}",
-              f"{100 * r['mc']['max']:.1f}", f"{r['uncertainty']['expected_kl']:.4f}",
-              r["mc"]["trials"]] for r in verify["results"]]) + plots.get("accuracy", ""))
-        periphery = verify.get("periphery")
-        dac = "none (ideal periphery)" if periphery == "ideal" else (
-            periphery.get("dac", "calibrated by verify") if isinstance(periphery, dict) else "?")
-        parts.append(f"<p class='note'>input DAC ranges of this sign-off: "
-                     f"{html.escape(str(dac))}.</p>")
-    else:
-        parts.append("<h2>Accuracy on simulated chips</h2><p class='note'>Run <code>neftc verify"
-                     "</code> on this layout to add accuracy-vs-sigma curves.</p>")
-    parts.append("</body></html>")
+    return parts
+
+
+def _cost_section(doc: LayoutDoc, cost: CostEstimate, plots: dict[str, str]) -> str:
+    rows: list[list[Any]] = [[k.replace("_", " "), f"{v:,.0f}"]
+                             for k, v in cost.per_inference.model_dump().items()]
+    rows += [[f"energy: {k.removesuffix('_pj')}", f"{v / 1e6:.4g} uJ"]
+             for k, v in cost.energy_pj.model_dump().items()]
+    prog = cost.programming
+    rows += [["latency, sequential", f"{cost.latency_ns.sequential / 1e3:.4g} us"],
+             ["latency, pipelined interval", f"{cost.latency_ns.pipelined_interval / 1e3:.4g} us"],
+             ["array area", f"{cost.area_um2.used_arrays / 1e6:.4g} mm2"],
+             ["programming (once): cells, copies included",
+              f"{prog.cells:,} ({prog.replica_cells:,} in copies)"],
+             ["programming (once): energy", f"{prog.energy_pj / 1e6:.4g} uJ"]]
+    return ("<h2>Cost per inference</h2>" + _table(["item", "value"], rows)
+            + plots.get("energy", "") + f"<p class='note'>{html.escape(cost.assumptions)}; "
+            "constants and their sources: <code>neftc targets "
+            f"{html.escape(doc.target.name)}</code>.</p>")
+
+
+def _percent(value: float | None, digits: int) -> str:
+    return "-" if value is None else f"{100 * value:.{digits}f}"
+
+
+def _accuracy_section(verify: VerifyRecord | None, plots: dict[str, str]) -> list[str]:
+    if verify is None:
+        return ["<h2>Accuracy on simulated chips</h2><p class='note'>Run <code>neftc verify"
+                "</code> on this layout to add accuracy-vs-sigma curves.</p>"]
+    rows = [[r.sigma, _percent(r.quantized_accuracy, 2), _percent(r.mc.mean, 2),
+             f"± {_percent(r.mc.ci95, 2)}", _percent(r.mc.std, 2), _percent(r.mc.min, 1),
+             _percent(r.mc.p5, 1), _percent(r.mc.max, 1), f"{r.uncertainty.expected_kl:.4f}",
+             r.mc.trials] for r in verify.results]
+    table = _table(["sigma", "noise-free", "MC mean", "95 % CI", "std", "min", "p5", "max",
+                    "E[KL]", "trials"], rows)
+    periphery = verify.periphery
+    dac = "none (ideal periphery)" if periphery == "ideal" else periphery.dac
+    return ["<h2>Accuracy on simulated chips</h2>" + table + plots.get("accuracy", ""),
+            f"<p class='note'>input DAC ranges of this sign-off: {html.escape(dac)}.</p>"]
+
+
+def render_report(doc: LayoutDoc, verify: VerifyRecord | None = None) -> str:
+    """The whole ``report.html`` page of ``doc`` (with the sign-off ``verify``, if any)."""
+    summary = summarize(doc)
+    plots = _plots(doc, summary, verify)
+    parts = [*_head(doc, summary, plots), _cost_section(doc, summary.cost, plots),
+             *_accuracy_section(verify, plots), "</body></html>"]
     return "\n".join(parts)
 
 
@@ -194,7 +207,49 @@ def layout_identity(layout_dir: Path) -> bytes | None:
         return None
 
 
-def write_report(layout_dir: Path, doc: LayoutDoc, verify: dict[str, Any] | None = None, *,
+def parse_verify(verify: VerifyRecord | Mapping[str, Any]) -> VerifyRecord:
+    """The sign-off record; JSON data (``run_verify``) is parsed with the model."""
+    return verify if isinstance(verify, VerifyRecord) else VerifyRecord.model_validate(verify)
+
+
+def read_verify(layout_dir: Path) -> tuple[str, VerifyRecord | None] | None:
+    """``verify.json`` of a layout directory: (its text, the record or None when it does not
+    parse as a ``VerifyRecord``), or None when there is no such file."""
+    path = Path(layout_dir) / VERIFY_JSON
+    if not path.is_file():
+        return None
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        return "", None
+    try:
+        return text, VerifyRecord.model_validate_json(text)
+    except ValidationError:
+        return text, None
+
+
+def carried_verify(layout_dir: Path, dac: Mapping[str, Mapping[str, object]]
+                   ) -> tuple[str | None, bool]:
+    """What a re-written layout with the DAC settings ``dac`` (layer -> ``DacRecord`` fields)
+    keeps of ``layout_dir``'s ``verify.json``: (its text when it was signed off with exactly these
+    settings or with ideal periphery, else None; True when a file was there and is left out, also
+    when it does not parse as a ``VerifyRecord``)."""
+    stored = read_verify(layout_dir)
+    if stored is None:
+        return None, False
+    text, record = stored
+    if record is None:
+        return None, True
+    periphery = record.periphery
+    used = {} if periphery == "ideal" else {
+        name: d.model_dump() for name, d in periphery.dac_layers.items()}
+    if periphery == "ideal" or used == dict(dac):
+        return text, False  # ideal: the DAC was not used, any calibration leaves it valid
+    return None, True
+
+
+def write_report(layout_dir: Path, doc: LayoutDoc,
+                 verify: VerifyRecord | Mapping[str, Any] | None = None, *,
                  expect: bytes | None = None) -> Path:
     """(Re)write ``report.html`` in a layout directory, atomically; with ``verify``, also save
     it as ``verify.json`` (both are outside the layout's checksums).
@@ -213,14 +268,12 @@ def write_report(layout_dir: Path, doc: LayoutDoc, verify: dict[str, Any] | None
     layout_dir = Path(layout_dir)
     path = layout_dir / REPORT_HTML
     if verify is None:
-        if (layout_dir / VERIFY_JSON).is_file():
-            try:
-                verify = json.loads((layout_dir / VERIFY_JSON).read_text())
-            except json.JSONDecodeError:
-                verify = None
-        _atomic_write(path, render_report(doc, verify))
+        with directory_lock(layout_dir, required=False):
+            stored = read_verify(layout_dir)
+            _atomic_write(path, render_report(doc, stored[1] if stored else None))
         return path
-    texts = (json.dumps(verify, indent=1) + "\n", render_report(doc, verify))
+    record = parse_verify(verify)
+    texts = (record.model_dump_json(indent=1) + "\n", render_report(doc, record))
     with directory_lock(layout_dir, required=False):
         if expect is not None and layout_identity(layout_dir) != expect:
             raise OutputError(f"the layout in '{layout_dir}' was replaced while it was being "
@@ -232,11 +285,29 @@ def write_report(layout_dir: Path, doc: LayoutDoc, verify: dict[str, Any] | None
     return path
 
 
-def write_layout_reports(directory: Path, doc: LayoutDoc) -> None:
-    """The human-readable files of a layout being written: ``report.txt`` (the summary table)
-    and ``report.html`` (from a ``verify.json`` already in ``directory``, if any)."""
-    (Path(directory) / REPORT_FILE).write_text(format_summary(layout_summary(doc)))
-    write_report(directory, doc)
+def write_layout_reports(layout_dir: Path, doc: LayoutDoc) -> None:
+    """Write the human-readable files of a layout already in place: ``report.txt`` (the summary
+    table) and ``report.html`` (with the ``verify.json`` in the directory, if any).
+
+    Called by compile and calibrate after ``write_layout`` has swapped the layout in. Both files
+    are one transaction (``atomic_files``) under the layout's lock, and are written only when
+    the directory still holds ``doc`` (its ``layout.json``): if another compile replaced the
+    layout meanwhile, its own reports describe it and nothing is written here.
+    """
+    layout_dir = Path(layout_dir)
+    with directory_lock(layout_dir, required=False):
+        try:
+            current = (layout_dir / LAYOUT_FILE).read_bytes()
+        except OSError:
+            return
+        if current != document_bytes(doc):
+            return
+        stored = read_verify(layout_dir)
+        texts = (format_summary(summarize(doc)),
+                 render_report(doc, stored[1] if stored else None))
+        with atomic_files(layout_dir / REPORT_FILE, layout_dir / REPORT_HTML) as temps:
+            for tmp, text in zip(temps, texts):
+                tmp.write_text(text, encoding="utf-8")
 
 
 def _atomic_write(path: Path, text: str) -> None:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from tqdm import tqdm
@@ -13,10 +15,19 @@ from neftc.bounds import MAX_BATCH_SIZE, MAX_SEED, check_number
 from neftc.datasets.base import Dataset, check_compatible
 from neftc.datasets.spec import load_dataset
 from neftc.errors import DataError
-from neftc.format.reader import load_layout
+from neftc.flow.records import (
+    VERIFY_FORMAT,
+    McRecord,
+    PeripheryUsed,
+    SigmaResult,
+    UncertaintyRecord,
+    VerifyRecord,
+)
+from neftc.format.reader import Layout, load_layout
+from neftc.format.schema import DacRecord
 from neftc.runtime.crossbar import InputQuant
 from neftc.runtime.emulator import Emulator
-from neftc.runtime.montecarlo import evaluate, monte_carlo
+from neftc.runtime.montecarlo import McStats, evaluate, monte_carlo
 from neftc.runtime.noise import NoiseMode
 from neftc.targets.spec import SIGMA_REL_MAX
 
@@ -61,14 +72,9 @@ def _calibration_inputs(data: Dataset, count: int) -> torch.Tensor:
     return split.x[:count]
 
 
-def run_verify(layout_dir: str | Path, data_spec: str, settings: VerifySettings,
-               progress: bool = False) -> dict[str, Any]:
-    layout = load_layout(layout_dir)
-    data = load_dataset(data_spec)  # the split is the data's, never the seed's
+def _check_data(emulator: Emulator, layout: Layout, data: Dataset) -> None:
+    """The data fits the layout: its samples run, and its labels match the outputs."""
     input_shape = tuple(layout.doc.graph.input_shape[1:])
-    emulator = Emulator(layout, sigma=0.0, seed=settings.seed, noise=settings.noise,
-                        ideal_periphery=settings.ideal_periphery, faults=settings.faults,
-                        device=settings.device)
     with torch.no_grad():
         try:
             probe = emulator._run(data.test.x[:1].to(emulator.device, torch.float32)) if \
@@ -78,31 +84,38 @@ def run_verify(layout_dir: str | Path, data_spec: str, settings: VerifySettings,
                             f"{tuple(data.test.x.shape[1:])}: {exc}") from None
     num_outputs = int(probe.shape[-1]) if probe is not None else 0
     check_compatible(data, input_shape, num_outputs)
-    calib = _calibration_inputs(data, settings.calib_samples)
-    dac, dac_layers, dac_samples = "ideal", {}, 0
-    if not settings.ideal_periphery:
-        stored = layout.doc.dac_calibration
-        if stored is not None and all(l.dac is not None for l in layout.doc.layers):
-            # The ranges sign-off and programming share (neftc calibrate): use them as stored.
-            quant = {l.name: InputQuant(l.dac.scale, l.dac.signed, l.dac.bits)  # type: ignore
-                     for l in layout.doc.layers}
-            emulator.set_input_quant(quant)
-            dac, dac_samples = "layout", stored.samples
-        else:
-            quant = emulator.calibrate(calib)
-            dac_samples = int(calib.shape[0])
-            dac = f"calibrated from {data_spec}, {dac_samples} samples"
-        dac_layers = {name: {"scale": q.scale, "signed": q.signed, "bits": q.bits}
-                      for name, q in quant.items()}
-    x, y = data.test.x.to(torch.float32), data.test.y
-    target = layout.doc.target
-    sigmas = settings.sigmas or (target.noise.sigma_rel,)
-    emulator.program_ideal()
-    quantized = evaluate(emulator, x, y, settings.batch_size)
-    ideal_quantized = quantized
-    if not settings.ideal_periphery:
-        ideal = Emulator(layout, sigma=0.0, ideal_periphery=True, device=settings.device)
-        ideal_quantized = evaluate(ideal, x, y, settings.batch_size)
+
+
+def _set_dac(emulator: Emulator, layout: Layout, data: Dataset, data_spec: str,
+             settings: VerifySettings) -> tuple[str, int, dict[str, DacRecord]]:
+    """Set the input DAC ranges: the layout's when stored (``neftc calibrate``), else
+    calibrated from ``data``. Returns (where they come from, samples, layer -> setting)."""
+    stored = layout.doc.dac_calibration
+    dacs = {layer.name: layer.dac for layer in layout.doc.layers}
+    if stored is not None and None not in dacs.values():
+        # The ranges sign-off and programming share (neftc calibrate): use them as stored.
+        quant = {name: InputQuant(d.scale, d.signed, d.bits) for name, d in dacs.items()
+                 if d is not None}
+        emulator.set_input_quant(quant)
+        dac, dac_samples = "layout", stored.samples
+    else:
+        calib = _calibration_inputs(data, settings.calib_samples)
+        quant = emulator.calibrate(calib)
+        dac_samples = int(calib.shape[0])
+        dac = f"calibrated from {data_spec}, {dac_samples} samples"
+    return dac, dac_samples, {name: DacRecord(scale=q.scale, signed=q.signed, bits=q.bits)
+                              for name, q in quant.items()}
+
+
+def _mc_record(stats: McStats) -> McRecord:
+    values = stats.as_dict()
+    ci95 = values.pop("ci95")
+    return McRecord(**values, ci95=None if math.isnan(ci95) else ci95)  # type: ignore[arg-type]
+
+
+def _sweep(emulator: Emulator, x: torch.Tensor, y: torch.Tensor, sigmas: tuple[float, ...],
+           quantized: float, settings: VerifySettings, progress: bool) -> list[SigmaResult]:
+    """Monte Carlo over ``settings.trials`` chip instances at each sigma."""
     results = []
     bar = tqdm(total=len(sigmas) * settings.trials, desc="chip instances", disable=not progress,
                leave=False)
@@ -112,70 +125,99 @@ def run_verify(layout_dir: str | Path, data_spec: str, settings: VerifySettings,
         result = monte_carlo(emulator, x, y, settings.trials, batch_size=settings.batch_size,
                              chips_per_pass=settings.chips_per_pass,
                              on_trial=lambda _chip, _acc: bar.update())
-        results.append({"sigma": sigma, "quantized_accuracy": quantized,
-                        "mc": result.stats.as_dict(),
-                        "uncertainty": {"expected_kl": result.expected_kl,
-                                        "mean_confidence": result.mean_confidence},
-                        "seconds": result.seconds,
-                        "trials_per_second": result.trials_per_second})
+        results.append(SigmaResult(
+            sigma=sigma, quantized_accuracy=quantized, mc=_mc_record(result.stats),
+            uncertainty=UncertaintyRecord(expected_kl=result.expected_kl,
+                                          mean_confidence=result.mean_confidence),
+            seconds=result.seconds, trials_per_second=result.trials_per_second))
     bar.close()
-    partial = emulator.partial_mvms_per_weight()
-    return {
-        "layout": str(layout_dir), "target": target.name, "data": data.name,
-        "test_samples": len(data.test), "split": data.split, "seed": settings.seed,
-        "noise": settings.noise,
-        "device": str(emulator.device), "chips_per_pass": settings.chips_per_pass,
-        "state_ratio": target.noise.state_ratio,
-        "periphery": "ideal" if settings.ideal_periphery else {
-            "input_bits": layout.doc.periphery.input_bits,
-            "dac_bits_per_cycle": layout.doc.periphery.dac_bits_per_cycle,
-            "adc_bits": layout.doc.periphery.adc_bits,
-            "calibration_samples": dac_samples,
-            "dac": dac,
-            "dac_calibration": (layout.doc.dac_calibration.model_dump()
-                                if dac == "layout" else None),  # type: ignore[union-attr]
-            "dac_layers": dac_layers,
-            "partial_mvms_per_weight": partial},
-        "quantized_accuracy_ideal_periphery": ideal_quantized,
-        "faults": settings.faults and (target.faults.stuck_at_min_rate > 0
-                                       or target.faults.stuck_at_max_rate > 0),
-        "results": results,
-    }
+    return results
 
 
-def format_verify(report: dict[str, Any]) -> str:
-    lines = [f"layout {report['layout']} on target {report['target']} (s = "
-             f"{report['state_ratio']:g}), data {report['data']} ({report['test_samples']} test "
-             f"samples), noise model '{report['noise']}', seed {report['seed']}",
-             f"train/test split: {report['split']}"]
-    periphery = report["periphery"]
+def verify_layout(layout_dir: str | Path, data_spec: str, settings: VerifySettings,
+                  progress: bool = False) -> VerifyRecord:
+    """Sign off the layout in ``layout_dir`` on ``data_spec``'s test split."""
+    layout = load_layout(layout_dir)
+    data = load_dataset(data_spec)  # the split is the data's, never the seed's
+    emulator = Emulator(layout, sigma=0.0, seed=settings.seed, noise=settings.noise,
+                        ideal_periphery=settings.ideal_periphery, faults=settings.faults,
+                        device=settings.device)
+    _check_data(emulator, layout, data)
+    periphery: PeripheryUsed | Literal["ideal"] = "ideal"
+    dac = None
+    if not settings.ideal_periphery:
+        dac = _set_dac(emulator, layout, data, data_spec, settings)
+    x, y = data.test.x.to(torch.float32), data.test.y
+    target = layout.doc.target
+    emulator.program_ideal()
+    quantized = evaluate(emulator, x, y, settings.batch_size)
+    ideal_quantized = quantized
+    if not settings.ideal_periphery:
+        ideal = Emulator(layout, sigma=0.0, ideal_periphery=True, device=settings.device)
+        ideal_quantized = evaluate(ideal, x, y, settings.batch_size)
+    results = _sweep(emulator, x, y, settings.sigmas or (target.noise.sigma_rel,), quantized,
+                     settings, progress)
+    if dac is not None:
+        periphery = PeripheryUsed(
+            input_bits=layout.doc.periphery.input_bits,
+            dac_bits_per_cycle=layout.doc.periphery.dac_bits_per_cycle,
+            adc_bits=layout.doc.periphery.adc_bits, calibration_samples=dac[1], dac=dac[0],
+            dac_calibration=layout.doc.dac_calibration if dac[0] == "layout" else None,
+            dac_layers=dac[2], partial_mvms_per_weight=emulator.partial_mvms_per_weight())
+    return VerifyRecord(
+        format=VERIFY_FORMAT, version=1, layout=str(layout_dir), target=target.name,
+        data=data.name, test_samples=len(data.test), split=data.split, seed=settings.seed,
+        noise=settings.noise, device=str(emulator.device), chips_per_pass=settings.chips_per_pass,
+        state_ratio=target.noise.state_ratio, periphery=periphery,
+        quantized_accuracy_ideal_periphery=ideal_quantized,
+        faults=settings.faults and (target.faults.stuck_at_min_rate > 0
+                                    or target.faults.stuck_at_max_rate > 0),
+        results=results)
+
+
+def run_verify(layout_dir: str | Path, data_spec: str, settings: VerifySettings,
+               progress: bool = False) -> dict[str, Any]:
+    """``verify_layout`` as JSON data: what ``neftc verify --json`` prints
+    (``docs/verify.schema.json``)."""
+    return verify_layout(layout_dir, data_spec, settings, progress).model_dump(mode="json")
+
+
+def _periphery_lines(record: VerifyRecord) -> list[str]:
+    periphery = record.periphery
     if periphery == "ideal":
-        lines.append("periphery: ideal (no DAC/ADC quantisation)")
-    else:
-        lines.append(f"periphery: {periphery['input_bits']}-bit inputs, "
-                     f"{periphery['dac_bits_per_cycle']} bit(s) per cycle, "
-                     f"{periphery['adc_bits']}-bit ADC; noise-free accuracy with ideal periphery "
-                     f"{100 * report['quantized_accuracy_ideal_periphery']:.2f} %")
-        if periphery.get("dac") == "layout":
-            cal = periphery["dac_calibration"]
-            lines.append(f"input DAC ranges: stored in the layout (calibrated from {cal['data']}, "
-                         f"{cal['samples']} samples): the ones 'neftc program' writes")
-        elif periphery.get("dac"):
-            lines.append(f"input DAC ranges: {periphery['dac']} (not stored in the layout; "
-                         f"store them for programming with 'neftc calibrate {report['layout']} "
-                         f"--data DATA')")
-    lines.append("")
+        return ["periphery: ideal (no DAC/ADC quantisation)"]
+    lines = [f"periphery: {periphery.input_bits}-bit inputs, {periphery.dac_bits_per_cycle} "
+             f"bit(s) per cycle, {periphery.adc_bits}-bit ADC; noise-free accuracy with ideal "
+             f"periphery {100 * record.quantized_accuracy_ideal_periphery:.2f} %"]
+    cal = periphery.dac_calibration
+    if periphery.dac == "layout" and cal is not None:
+        lines.append(f"input DAC ranges: stored in the layout (calibrated from {cal.data}, "
+                     f"{cal.samples} samples): the ones 'neftc program' writes")
+    elif periphery.dac:
+        lines.append(f"input DAC ranges: {periphery.dac} (not stored in the layout; store them "
+                     f"for programming with 'neftc calibrate {record.layout} --data DATA')")
+    return lines
+
+
+def _result_line(row: SigmaResult) -> str:
+    mc = row.mc
+    ci95 = math.nan if mc.ci95 is None else mc.ci95
+    return (f"{row.sigma:>6.3f}  {100 * row.quantized_accuracy:>8.2f}%  "
+            f"{100 * mc.mean:>7.2f}%  {100 * ci95:>6.2f}%  {100 * mc.std:>5.2f}%  "
+            f"{100 * mc.min:>5.1f}%  {100 * mc.p5:>5.1f}%  {100 * mc.max:>5.1f}%  "
+            f"{row.uncertainty.expected_kl:>7.4f}  "
+            f"{100 * row.uncertainty.mean_confidence:>5.1f}%  "
+            f"{mc.trials:>6}  {row.trials_per_second:>8.1f}")
+
+
+def format_verify(report: VerifyRecord | Mapping[str, Any]) -> str:
+    """The human table of a sign-off (JSON data is parsed with ``VerifyRecord``)."""
+    r = report if isinstance(report, VerifyRecord) else VerifyRecord.model_validate(report)
+    lines = [f"layout {r.layout} on target {r.target} (s = {r.state_ratio:g}), data {r.data} "
+             f"({r.test_samples} test samples), noise model '{r.noise}', seed {r.seed}",
+             f"train/test split: {r.split}", *_periphery_lines(r), ""]
     header = (f"{'sigma':>6}  {'quantized':>9}  {'MC mean':>8}  {'95% CI':>7}  {'std':>6}  "
               f"{'min':>6}  {'p5':>6}  {'max':>6}  {'E[KL]':>7}  {'conf':>6}  {'trials':>6}  "
               f"{'chips/s':>8}")
-    lines += [header, "-" * len(header)]
-    for row in report["results"]:
-        mc = row["mc"]
-        lines.append(
-            f"{row['sigma']:>6.3f}  {100 * row['quantized_accuracy']:>8.2f}%  "
-            f"{100 * mc['mean']:>7.2f}%  {100 * mc['ci95']:>6.2f}%  {100 * mc['std']:>5.2f}%  "
-            f"{100 * mc['min']:>5.1f}%  {100 * mc['p5']:>5.1f}%  {100 * mc['max']:>5.1f}%  "
-            f"{row['uncertainty']['expected_kl']:>7.4f}  "
-            f"{100 * row['uncertainty']['mean_confidence']:>5.1f}%  "
-            f"{mc['trials']:>6}  {row['trials_per_second']:>8.1f}")
+    lines += [header, "-" * len(header), *(_result_line(row) for row in r.results)]
     return "\n".join(lines) + "\n"
