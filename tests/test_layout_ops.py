@@ -32,7 +32,7 @@ import neftc
 from neftc.cli.main import main
 from neftc.driver.compiler import CompileSettings, compile_model, compile_module
 from neftc.errors import LayoutError, PassError
-from neftc.format import ops, reader
+from neftc.format import arg_kinds, ops, reader
 from neftc.format.graph_codec import DTYPES, resolve_op
 from neftc.format.writer import checksums
 from neftc.frontend.trace import export_dynamic_batch
@@ -202,7 +202,7 @@ def test_docs_list_the_allowed_ops() -> None:
 def test_resolve_op_resolves_only_the_allow_list() -> None:
     assert resolve_op("aten.relu.default") is torch.ops.aten.relu.default
     assert all(callable(resolve_op(name)) for name in ops.OPS)
-    assert set(ops._DTYPE_NAMES) == set(DTYPES)  # the dtype kind accepts the encoding's dtypes
+    assert set(arg_kinds.DTYPE_NAMES) == set(DTYPES)  # the dtype kind accepts the encoding's dtypes
     for name in ("aten.from_file.default", "aten.copy_.default", "aten.relu_.default",
                  "prims.add.default", "aten.relu.__call__", "aten.__class__.__base__",
                  "aten.relu", "__import__", "torch.ops.aten.relu.default", ""):
