@@ -21,9 +21,10 @@ ran (from ``/proc/stat``; the "other" column). On 2 cores a busy neighbour can d
 time (see docs/benchmarks.md); ``--threads 1`` sets OMP_NUM_THREADS=1 for the children to compare.
 Before measuring, ``--warmup`` (default 1) untimed compile + baseline runs of the largest model keep
 cold-cache first runs out of the medians. Unless ``--no-breakdown`` is given, one more child per
-size runs the compile in-process with timers wrapped around the stages (export load, each pass, the
-verification the pass manager runs after every pass, layout building, writing) and records the
-peak RSS reached by the end of each stage.
+size runs the compile in-process (``compile_model``) with a pass instrument timing each pass (its
+run and the verification the pass manager runs after it) and timers around the public stage
+functions (model loading, layout building, writing), and records the peak RSS reached by the end
+of each stage.
 
 Targets (from the issue): ResNet-18 (11 M weights) on fefet_128x128 compiles in under 10 s and
 2 GB on 2 cores, and the cost grows linearly with the weight count. They are printed as PASS/MISS
@@ -62,19 +63,27 @@ with torch.no_grad():
     module(torch.randn(1, 3, 32, 32))
 """
 
-# Runs the compile in-process, with timers around the stages. Wrapping works because the wrapped
-# names are looked up as module globals (or class attributes) at call time.
+# Runs the compile in-process (compile_model, as the CLI calls it), with a pass instrument timing
+# each pass (run and the verification after it) and timers around the public stage functions
+# (wrapping works because those names are looked up as module globals at call time).
 BREAKDOWN_CODE = r"""
 import importlib, json, resource, sys, time
+from pathlib import Path
 T0 = time.perf_counter()
 import torch
 T_TORCH = time.perf_counter()
-import neftc.cli.main, neftc.driver.compiler, neftc.driver.emit, neftc.frontend.loader, neftc.ir.pass_manager, neftc.passes
+import neftc.driver.compiler, neftc.flow.report, neftc.targets
 
 stages = {}   # name -> [seconds, calls, peak RSS KiB when it last ended]
 
 def rss_kib():
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+
+def record(name, seconds):
+    entry = stages.setdefault(name, [0.0, 0, 0])
+    entry[0] += seconds
+    entry[1] += 1
+    entry[2] = rss_kib()
 
 def timed(name, fn):
     def wrapper(*args, **kwargs):
@@ -82,41 +91,37 @@ def timed(name, fn):
         try:
             return fn(*args, **kwargs)
         finally:
-            entry = stages.setdefault(name, [0.0, 0, 0])
-            entry[0] += time.perf_counter() - start
-            entry[1] += 1
-            entry[2] = rss_kib()
+            record(name, time.perf_counter() - start)
     return wrapper
 
 def wrap(module_name, attr, label):
-    # time module.attr (a function or Class.method); skip names this version of neftc lacks
+    # time a public module function; skip names this version of neftc lacks
     try:
         owner = importlib.import_module(module_name)
-        *path, last = attr.split(".")
-        for part in path:
-            owner = getattr(owner, part)
-        setattr(owner, last, timed(label, getattr(owner, last)))
+        setattr(owner, attr, timed(label, getattr(owner, attr)))
     except (ImportError, AttributeError):
         pass
 
-wrap("neftc.frontend.loader", "file_sha256", "load: sha256 of model file")
-wrap("neftc.frontend.loader", "_load_exported", "load: torch.export.load + .module()")
-for cls in ("Normalize", "Quantize", "BitSlice", "MapTiles", "Place"):
-    name = getattr(getattr(neftc.passes, cls, None), "name", cls.lower())
-    wrap("neftc.passes", cls + ".run", "pass: " + name)
-wrap("neftc.passes.place", "_positions", "  place: _positions (ShapeProp)")
-wrap("neftc.passes.place", "_take_nearest", "  place: _take_nearest (replicas)")
-wrap("neftc.ir.pass_manager", "_verify", "verify after each pass (lint, recompile, forward)")
-wrap("neftc.driver.compiler", "build_layout", "emit: build_layout")
-wrap("neftc.driver.emit", "_tile_block", "  emit: _tile_block (in build_layout)")
-wrap("neftc.driver.compiler", "write_layout", "emit: write_layout (json, sha256, write)")
-wrap("neftc.flow.report", "write_report", "  emit: write_report (in write_layout)")
+class StageTimer:
+    # neftc.ir.pass_manager.PassInstrument: each pass's run and verification, by pass name
+    def before_pass(self, pass_, gm):
+        pass
 
+    def after_pass(self, pass_, gm, result, seconds):
+        record("pass: " + pass_.name + " (run + verify)", seconds)
+
+wrap("neftc.driver.compiler", "load_model", "load: load_model (export load, trace)")
+wrap("neftc.driver.compiler", "build_layout", "emit: build_layout")
+wrap("neftc.driver.compiler", "write_layout", "emit: write_layout (json, sha256, write)")
+wrap("neftc.flow.report", "write_layout_reports", "emit: write_layout_reports")
+
+model, target, out = sys.argv[1:4]
 T_RUN = time.perf_counter()
-rc = neftc.cli.main.main(sys.argv[1:])
+neftc.driver.compiler.compile_model(model, neftc.targets.resolve_target(target), Path(out),
+                                    instruments=[StageTimer()])
 T_END = time.perf_counter()
 out = {
-    "rc": rc,
+    "rc": 0,
     "import torch": [T_TORCH - T0, 1, 0],
     "import neftc (and what the timers wrap)": [T_RUN - T_TORCH, 1, 0],
     **stages,
@@ -226,8 +231,8 @@ def run_size(model: dict, root: Path, repeats: int, target: str, breakdown: bool
         runs = []
         for r in range(repeats):
             out_dir = root / f"out-{model['name']}-breakdown-{r}"
-            cmd = [sys.executable, "-c", BREAKDOWN_CODE, "compile", str(model["path"]),
-                   "--target", target, "-o", str(out_dir), "-q"]
+            cmd = [sys.executable, "-c", BREAKDOWN_CODE, str(model["path"]), target,
+                   str(out_dir)]
             run = measure(cmd, root, env)
             shutil.rmtree(out_dir, ignore_errors=True)
             line = next(s for s in run["stderr"].splitlines() if s.startswith("BREAKDOWN "))
