@@ -2,7 +2,9 @@
 Runtime layer. May import: the base modules, ``format`` and ``targets`` (tests/test_layers.py).
 
 ``neftc.runtime.Emulator(layout, sigma=..., seed=..., noise="cell", ideal_periphery=True)``;
-``neftc.runtime.monte_carlo(emulator, x, y, trials)``. Imported lazily: ``import neftc.runtime``
+``neftc.runtime.monte_carlo(emulator, x, y, trials)``; a chip instance is a frozen value,
+``ChipInstance`` (``Emulator.instance(i)``, ``Emulator.forward(x, chip)``), with its
+``Periphery`` (DAC ranges, ``InputQuant``, and ADC). Imported lazily: ``import neftc.runtime``
 does no work.
 """
 
@@ -10,7 +12,8 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["Emulator", "NoiseModel", "monte_carlo", "summarize"]
+__all__ = ["ChipInstance", "Emulator", "InputQuant", "NoiseModel", "Periphery", "monte_carlo",
+           "summarize"]
 
 
 def __getattr__(name: str) -> Any:
@@ -26,4 +29,12 @@ def __getattr__(name: str) -> Any:
         from neftc.runtime.noise import NoiseModel
 
         return NoiseModel
+    if name == "ChipInstance":
+        from neftc.runtime.chip import ChipInstance
+
+        return ChipInstance
+    if name in ("InputQuant", "Periphery"):
+        from neftc.runtime import periphery
+
+        return getattr(periphery, name)
     raise AttributeError(f"module 'neftc.runtime' has no attribute '{name}'")

@@ -10,6 +10,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 
+from neftc.runtime.chip import ChipInstance
 from neftc.runtime.emulator import Emulator
 
 # Two-sided 95 % Student-t quantiles for 1..29 degrees of freedom; 1.96 beyond.
@@ -43,15 +44,18 @@ def summarize(accuracies: np.ndarray) -> McStats:
 
 
 @torch.no_grad()
-def predict(emulator: Emulator, x: torch.Tensor, batch_size: int) -> torch.Tensor:
-    """Logits (on the CPU) of the currently programmed chip instance for all of ``x``."""
-    return torch.cat([emulator.forward(x[start:start + batch_size]).cpu()
+def predict(emulator: Emulator, x: torch.Tensor, batch_size: int,
+            chip: ChipInstance | None = None) -> torch.Tensor:
+    """Logits (on the CPU) of chip instance ``chip`` (default: the emulator's current chip) for
+    all of ``x``."""
+    return torch.cat([emulator.forward(x[start:start + batch_size], chip).cpu()
                       for start in range(0, x.shape[0], batch_size)])
 
 
-def evaluate(emulator: Emulator, x: torch.Tensor, y: torch.Tensor, batch_size: int) -> float:
-    """Top-1 accuracy of the currently programmed chip instance."""
-    logits = predict(emulator, x, batch_size)
+def evaluate(emulator: Emulator, x: torch.Tensor, y: torch.Tensor, batch_size: int,
+             chip: ChipInstance | None = None) -> float:
+    """Top-1 accuracy of chip instance ``chip`` (default: the emulator's current chip)."""
+    logits = predict(emulator, x, batch_size, chip)
     return int((logits.argmax(dim=1) == y).sum()) / max(int(y.shape[0]), 1)
 
 
@@ -117,6 +121,8 @@ def monte_carlo(emulator: Emulator, x: torch.Tensor, y: torch.Tensor, trials: in
 
     ``chips_per_pass`` > 1 (ideal periphery only) evaluates that many chip instances in one
     batched pass (``Emulator.forward_chips``): the same chips and results, fewer, larger kernels.
+    Each chip instance is a value made for its trial and dropped: the emulator's current chip is
+    unchanged.
     """
     start = time.perf_counter()
     accuracies = np.empty(trials)
@@ -125,8 +131,7 @@ def monte_carlo(emulator: Emulator, x: torch.Tensor, y: torch.Tensor, trials: in
     per_pass = max(1, batch_size // size)
     for group in _chip_groups(trials, size):
         if len(group) == 1:
-            emulator.program_chip(group[0])
-            outputs = [predict(emulator, x, batch_size)]
+            outputs = [predict(emulator, x, batch_size, emulator.instance(group[0]))]
         else:
             parts = [emulator.forward_chips(group, x[first:first + per_pass])
                      for first in range(0, x.shape[0], per_pass)]
@@ -137,6 +142,5 @@ def monte_carlo(emulator: Emulator, x: torch.Tensor, y: torch.Tensor, trials: in
             if on_trial is not None:
                 on_trial(chip, float(accuracies[chip]))
     seconds = time.perf_counter() - start
-    emulator.program_ideal()
     return McResult(accuracies, summarize(accuracies), seconds, uncertainty.expected_kl(),
                     uncertainty.mean_confidence())

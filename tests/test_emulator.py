@@ -11,8 +11,8 @@ from torch import nn
 
 from neftc.driver.compiler import compile_module
 from neftc.format.reader import load_layout
-from neftc.runtime.crossbar import InputQuant
 from neftc.runtime.emulator import Emulator
+from neftc.runtime.periphery import InputQuant
 from neftc.targets import resolve_target
 from neftc.targets.device_model import normalisation
 
@@ -145,7 +145,7 @@ def test_both_periphery_paths_program_the_same_cells(tmp_path, encoding) -> None
     adc.program_chip(3)
     cells = ideal.cell_conductances()
     for name, layer in adc.layers.items():
-        assert torch.equal(cells[name], layer.conductance)
+        assert torch.equal(cells[name], adc.chip.layers[name].conductances[0])
         assert not torch.equal(cells[name], layer.levels)
         # The cells fold back to the ideal path's weight: float32 sums of 4-8 terms.
         torch.testing.assert_close(adc.effective_weights()[name],
@@ -178,7 +178,7 @@ def test_stuck_at_faults(tmp_path) -> None:
                         ["faults.stuck_at_min_rate=0.1", "faults.stuck_at_max_rate=0.05"])
     emulator = Emulator(layout, sigma=0.05, seed=0)
     emulator.program_chip(0)
-    conductance = emulator.layers["0"].conductance
+    conductance = emulator.cell_conductances()["0"]
     n = conductance.numel()
     low = float((conductance == 0).sum()) / n
     high = float((conductance == 3).sum()) / n
@@ -186,7 +186,7 @@ def test_stuck_at_faults(tmp_path) -> None:
     assert abs(low - 0.1) < 0.01 and abs(high - 0.05) < 0.008
     clean = Emulator(layout, sigma=0.05, seed=0, faults=False, ideal_periphery=False)
     clean.program_chip(0)
-    assert float((clean.layers["0"].conductance == 0).sum()) == 0
+    assert float((clean.cell_conductances()["0"] == 0).sum()) == 0
 
 
 @pytest.mark.parametrize("encoding", ["differential", "offset"])
@@ -213,8 +213,8 @@ def test_bit_serial_path_equals_folded_mvm(tmp_path, encoding, signed) -> None:
     # polarity weight or row range would be off by at least one level unit x scale.
     torch.testing.assert_close(outputs[False], outputs[True], rtol=1e-4, atol=1e-3)
     # A coarse ADC really rounds: the same inputs through 4-bit conversions differ.
-    coarse = mlp_layout(tmp_path / "coarse", "fefet_128x128", overrides[:-1]
-                        + ["periphery.adc_bits=4"])
+    coarse = mlp_layout(tmp_path / "coarse", "fefet_128x128",
+                        [*overrides[:-1], "periphery.adc_bits=4"])
     emulator = Emulator(coarse, sigma=0.0, ideal_periphery=False)
     emulator.set_input_quant({name: quant["0"] for name in emulator.layers})
     assert not torch.allclose(emulator(x), outputs[True], atol=1e-2)
@@ -314,7 +314,7 @@ def test_emulator_keeps_its_tensors_on_its_device(monkeypatch, tmp_path, residua
     """On the meta device (shapes only), an op that mixes in a CPU tensor raises: a CPU-only
     stand-in for an accelerator, for the allocations of every path (noise, faults, ADC)."""
     import neftc.runtime.emulator as emulator_module
-    from neftc.runtime.crossbar import InputQuant
+    from neftc.runtime.periphery import InputQuant
 
     monkeypatch.setattr(emulator_module, "resolve_device", torch.device)
     target = resolve_target("fefet_128x128", ["faults.stuck_at_min_rate=0.01"])
@@ -342,8 +342,8 @@ def test_both_periphery_paths_program_the_same_cells_on_a_cnn(tmp_path) -> None:
     ideal.program_chip(2)
     adc.program_chip(2)
     cells = ideal.cell_conductances()
-    for name, layer in adc.layers.items():
-        assert torch.equal(cells[name], layer.conductance)
+    for name in adc.layers:
+        assert torch.equal(cells[name], adc.chip.layers[name].conductances[0])
         torch.testing.assert_close(adc.effective_weights()[name],
                                    ideal.effective_weights()[name], rtol=1e-5, atol=1e-6)
     adc.calibrate(x)

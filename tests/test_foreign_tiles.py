@@ -6,6 +6,7 @@ own column cuts), rewrites levels.bin and re-signs the directory."""
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +18,7 @@ from torch import nn
 from neftc.driver.compiler import compile_module
 from neftc.format.reader import load_layout
 from neftc.runtime import Emulator
-from neftc.runtime.crossbar import InputQuant
+from neftc.runtime.periphery import InputQuant
 from neftc.targets import resolve_target
 
 
@@ -25,7 +26,7 @@ def _cut(length: int, percents: list[int], limit: int) -> list[int]:
     """Boundaries at ``percents`` of ``length``, then every piece longer than ``limit`` halved."""
     bounds = sorted({0, length, *(max(1, min(length - 1, length * c // 100)) for c in percents)})
     out = [0]
-    for start, stop in zip(bounds, bounds[1:]):
+    for start, stop in itertools.pairwise(bounds):
         pieces = -(-(stop - start) // limit)
         out += [start + (stop - start) * (i + 1) // pieces for i in range(pieces)]
     return out
@@ -38,7 +39,7 @@ def _retile(src: Path, dst: Path, row_cuts: list[int], col_cuts: list[list[int]]
     def cuts(_layer: dict, rows: int, cols: int, array: dict) -> list:
         bands = _cut(rows, row_cuts, array["rows"])
         return [(r0, r1, _cut(cols, col_cuts[rt % len(col_cuts)], array["cols"]))
-                for rt, (r0, r1) in enumerate(zip(bands, bands[1:]))]
+                for rt, (r0, r1) in enumerate(itertools.pairwise(bands))]
 
     write_retiled(src, dst, cuts)
 

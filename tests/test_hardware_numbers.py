@@ -257,7 +257,8 @@ def test_copies_keep_array_reads_and_add_the_bytes_they_move(tmp_path, lenet, fe
     # Each copy is programmed: the one-time cost counts its cells.
     assert a["programming"]["cells"] == with_copies.summary.cells_used
     assert a["programming"]["replica_cells"] == sum(
-        t.row_count * t.col_count * len(t.replicas) for l in with_copies.layers for t in l.tiles)
+        t.row_count * t.col_count * len(t.replicas)
+        for layer in with_copies.layers for t in layer.tiles)
     assert b["programming"]["replica_cells"] == 0
     # Latency: a layer takes as long as its busiest copy.
     first = with_copies.layers[0]

@@ -13,7 +13,7 @@ from torch import nn
 from neftc.driver.compiler import CompileSettings, compile_module
 from neftc.format.reader import load_layout
 from neftc.runtime import Emulator
-from neftc.runtime.crossbar import InputQuant
+from neftc.runtime.periphery import InputQuant
 from neftc.targets import resolve_target
 
 # 2 cores x 4 arrays: the two convs (1 tile each) get 1 and 2 copies in the 5 free arrays.
@@ -81,7 +81,7 @@ def _conv_by_position(x: torch.Tensor, weights: list[torch.Tensor], bias: torch.
                       groups: int) -> torch.Tensor:
     """Reference: the conv with every copy's weights; position m taken from copy m % copies."""
     outs = [F.conv2d(x, w, bias, padding=1, groups=groups) for w in weights]
-    n, c, h, w = outs[0].shape
+    _n, _c, h, w = outs[0].shape
     owner = torch.arange(h * w).reshape(h, w) % len(weights)
     out = torch.zeros_like(outs[0])
     for copy, o in enumerate(outs):
@@ -97,7 +97,7 @@ def test_each_position_runs_on_its_copy(layouts) -> None:
     weights = [emulator.effective_weights(copy)["2"] for copy in range(3)]
     expected = _conv_by_position(x, weights, layer.bias, groups=2)
     # Float32 convs vs matmuls of 36 terms: 1e-5.
-    torch.testing.assert_close(layer(x), expected, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(layer(x, emulator.chip), expected, rtol=1e-5, atol=1e-5)
 
 
 def test_forward_chips_equals_one_chip_at_a_time(layouts) -> None:
@@ -113,7 +113,7 @@ def test_dac_adc_path_runs_each_copy_on_its_cells(layouts) -> None:
     """The DAC/ADC path reads each copy's own cells. A 16-bit ADC resolves every tile's sum
     at one level unit per code, so the path folds (no rounding of the noise) and must equal the
     ideal conv of each copy's weights on the DAC's integers."""
-    target = resolve_target("fefet_128x128", SMALL_CHIP + ["periphery.adc_bits=16"])
+    target = resolve_target("fefet_128x128", [*SMALL_CHIP, "periphery.adc_bits=16"])
     path = layouts[0].parent / "exact-adc"
     compile_module(_model(), torch.randn(1, 3, 6, 6), target, path)
     ideal = Emulator(path, sigma=0.2, seed=7)
@@ -126,4 +126,4 @@ def test_dac_adc_path_runs_each_copy_on_its_cells(layouts) -> None:
     weights = [ideal.effective_weights(copy)["2"] for copy in range(3)]
     expected = _conv_by_position(x, weights, adc.layers["2"].bias, groups=2)
     # Float32 matmul of DAC integers with folded conductances vs torch's conv: 1e-4.
-    torch.testing.assert_close(adc.layers["2"](x), expected, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(adc.layers["2"](x, adc.chip), expected, rtol=1e-4, atol=1e-4)

@@ -1,0 +1,87 @@
+"""A chip instance as a value: what one programmed chip holds, per crossbar layer and pipeline
+copy, and the periphery it computes with.
+
+``ChipInstance`` is frozen: its fields cannot be rebound and its layer table is read-only; the
+tensors it holds are never written after it is built (every path that derives from them makes
+new tensors). It is made by ``ideal_chip`` (every cell exact), ``neftc.runtime.variation.
+program_chip`` (one chip instance of a seed, drawn from the device model) or ``stack_chips``
+(K chip instances run as one batch), and passed to ``CrossbarLayer.forward(x, chip)`` / the
+emulator's graph module ``module(x, chip)``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from types import MappingProxyType
+from typing import TYPE_CHECKING
+
+import torch
+
+from neftc.runtime.periphery import Periphery
+
+if TYPE_CHECKING:
+    from neftc.runtime.crossbar import CrossbarLayer
+
+
+@dataclass(frozen=True, eq=False)
+class LayerChip:
+    """One crossbar layer of a chip instance, one entry per pipeline copy.
+
+    ``weights``: the effective (dequantised) weight of each copy, in the weight's own shape
+    (``[K, *shape]`` in a stacked value). ``conductances``: each copy's cells ``[P, S, R, C]``
+    in level units; None where they were not drawn (the ideal-periphery path of a noisy chip
+    needs only the weights; ``Emulator.cell_conductances`` draws them on demand). ``folded``:
+    each copy's standard normals of the folded per-weight noise (CPU, the weight's layout), from
+    which the cells are drawn; None for the ideal chip and stacked values.
+    """
+
+    weights: tuple[torch.Tensor, ...]
+    conductances: tuple[torch.Tensor, ...] | None = None
+    folded: tuple[torch.Tensor, ...] | None = None
+
+
+@dataclass(frozen=True, eq=False)
+class ChipInstance:
+    """One programmed chip (or, with ``stacked``, K of them run as one batch).
+
+    ``index``: the chip instance of ``seed`` (None: the ideal chip, every cell exact; a chip
+    of a noise-free model keeps its index but holds the ideal cells). ``stacked``: the chip
+    indices of a stacked value, whose input batch holds K chip-major copies of the samples
+    (empty: one chip)."""
+
+    index: int | None
+    seed: int
+    layers: Mapping[str, LayerChip]
+    periphery: Periphery
+    stacked: tuple[int, ...] = ()
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.layers, MappingProxyType):
+            object.__setattr__(self, "layers", MappingProxyType(dict(self.layers)))
+
+    def with_periphery(self, periphery: Periphery) -> ChipInstance:
+        """The same cells with another periphery (new DAC ranges)."""
+        return replace(self, periphery=periphery)
+
+
+def ideal_chip(layers: Mapping[str, CrossbarLayer], periphery: Periphery, seed: int = 0,
+               index: int | None = None) -> ChipInstance:
+    """Every cell programmed exactly: each copy holds the layout's levels and weights."""
+    return ChipInstance(index, seed, {
+        name: LayerChip((layer.ideal_weight,) * layer.copies, (layer.levels,) * layer.copies)
+        for name, layer in layers.items()}, periphery)
+
+
+def stack_chips(chips: list[ChipInstance]) -> ChipInstance:
+    """K chip instances of the ideal periphery as one value: per layer and copy the K weights
+    stacked ``[K, *shape]``; run it on K chip-major copies of the input batch."""
+    first = chips[0]
+    if not first.periphery.ideal:
+        raise ValueError("stacked chip instances need ideal periphery")
+    layers = {name: LayerChip(tuple(torch.stack([chip.layers[name].weights[copy]
+                                                 for chip in chips])
+                                    for copy in range(len(state.weights))))
+              for name, state in first.layers.items()}
+    stacked = tuple(-1 if chip.index is None else chip.index for chip in chips)
+    return ChipInstance(None, first.seed, layers, first.periphery, stacked)
