@@ -25,10 +25,10 @@ from neftc.flow.records import (
 )
 from neftc.format.reader import Layout, load_layout
 from neftc.format.schema import DacRecord
-from neftc.runtime.crossbar import InputQuant
 from neftc.runtime.emulator import Emulator
 from neftc.runtime.montecarlo import McStats, evaluate, monte_carlo
 from neftc.runtime.noise import NoiseMode
+from neftc.runtime.periphery import InputQuant
 from neftc.targets.spec import SIGMA_REL_MAX
 
 #: Most chip instances per sigma: the run keeps one accuracy per chip, nothing more.
