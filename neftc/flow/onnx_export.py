@@ -70,7 +70,7 @@ class _Exporter:
                               .manual_seed(0))
         from torch.fx.passes.shape_prop import ShapeProp
 
-        ShapeProp(emulator.module).propagate(example)
+        ShapeProp(emulator.module).propagate(example, emulator.chip)
         self.shapes: dict[str, tuple[int, ...]] = {}
         for node in emulator.module.graph.nodes:
             meta = node.meta.get("tensor_meta")
