@@ -79,8 +79,9 @@ def markdown(results: dict, command: str) -> str:
         "",
         f"Setup: {cfg['arch']} trained {cfg['epochs']} epochs on digits (1348 train / 449 test "
         f"images, one fixed split for every seed), then compiled for each target without "
-        f"fine-tuning (baseline) and with {cfg['neft_epochs']} epochs of NeFT fine-tuning (NIT, OVF, IRS; "
-        f"Adam lr 1e-3, batch 128, the paper's VGG-8/MNIST betas: OVF 1e-3, IRS 1e-2) against "
+        f"fine-tuning (baseline) and with {cfg['neft_epochs']} epochs of NeFT fine-tuning "
+        f"(NIT, OVF, IRS; Adam lr 1e-3, batch 128, the paper's VGG-8/MNIST betas: OVF 1e-3, "
+        f"IRS 1e-2) against "
         f"the target's own cell-level noise at sigma {cfg['train_sigma']} ('{cfg['train_noise']}' "
         f"training noise). Each layout is verified by {cfg['mc']} simulated chip instances per "
         f"sigma ('{cfg['eval_noise']}' noise, ideal periphery), for each of the training seeds "

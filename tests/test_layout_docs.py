@@ -200,9 +200,9 @@ def test_schema_file_matches_the_pydantic_models() -> None:
     current = json.dumps(LayoutDoc.model_json_schema(), indent=2) + "\n"
     assert SCHEMA_FILE.is_file(), f"{SCHEMA_FILE} is missing; regenerate it with:\n{REGENERATE}"
     assert SCHEMA_FILE.read_text(encoding="utf-8") == current, (
-        f"{SCHEMA_FILE} is stale: neftc/format/schema.py changed. Regenerate it from the repository "
-        f"root with:\n{REGENERATE}\nand update docs/layout.md (and the layout version if the "
-        "change is incompatible)."
+        f"{SCHEMA_FILE} is stale: neftc/format/schema.py changed. Regenerate it from the "
+        f"repository root with:\n{REGENERATE}\nand update docs/layout.md (and the layout "
+        "version if the change is incompatible)."
     )
 
 

@@ -79,6 +79,6 @@ def test_unsupported_op_is_named(tmp_path, fefet) -> None:
     compile_module(Odd().eval(), torch.randn(1, 4), fefet, tmp_path / "odd")
     from neftc.flow.onnx_export import export_onnx
 
-    with pytest.raises(LayoutError, match="aten.cumsum.default"):
+    with pytest.raises(LayoutError, match=r"aten\.cumsum\.default"):
         export_onnx(load_layout(tmp_path / "odd"), tmp_path / "odd.onnx")
     assert not (tmp_path / "odd.onnx").exists()

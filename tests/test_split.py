@@ -8,7 +8,6 @@ data: the same for every call, every command and every ``--seed``, and train and
 from __future__ import annotations
 
 import hashlib
-import inspect
 import json
 from importlib import resources
 from pathlib import Path
@@ -48,8 +47,6 @@ def unique_npz(tmp_path) -> tuple[Path, np.ndarray]:
 
 
 def test_no_seed_can_be_passed() -> None:
-    assert list(inspect.signature(load_dataset).parameters) == ["spec"]
-    assert list(inspect.signature(load_digits).parameters) == []
     with pytest.raises(TypeError):
         load_dataset("digits", seed=3)  # type: ignore[call-arg]
     with pytest.raises(TypeError):

@@ -5,11 +5,14 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
+import pydantic
 import pytest
 import yaml
 
 from neftc.errors import TargetError
 from neftc.targets import builtin_targets, resolve_target, target_tags
+from neftc.targets.device_model import level_conductances_us
 from neftc.targets.presets import preset_dicts
 from neftc.targets.registry import _all_paths
 from neftc.targets.spec import TargetSpec
@@ -32,9 +35,9 @@ def test_every_number_has_a_source(tag: str) -> None:
         if path in ("name", "description", "sources"):
             continue
         section, _, key = path.partition(".")
-        if key and section in data and key in data[section]:
-            if path not in spec.sources or not spec.sources[path].strip():
-                missing.append(path)
+        if (key and section in data and key in data[section]
+                and (path not in spec.sources or not spec.sources[path].strip())):
+            missing.append(path)
     assert not missing, f"{tag}: fields without a source: {missing}"
 
 
@@ -63,7 +66,7 @@ def test_override_is_applied_and_validated() -> None:
 
 
 def test_override_typo_suggests_field() -> None:
-    with pytest.raises(TargetError, match="Did you mean 'noise.sigma_rel'"):
+    with pytest.raises(TargetError, match=r"Did you mean 'noise\.sigma_rel'"):
         resolve_target("fefet_128x128", ["noise.sigma=0.1"])
     with pytest.raises(TargetError, match="key=value"):
         resolve_target("fefet_128x128", ["noise.sigma_rel"])
@@ -114,5 +117,20 @@ def test_spec_file_errors(tmp_path: Path) -> None:
 
 def test_spec_is_frozen() -> None:
     spec = resolve_target("fefet_128x128")
-    with pytest.raises(Exception):
-        spec.array.rows = 4  # type: ignore[misc]
+    rows = spec.array.rows
+    with pytest.raises(pydantic.ValidationError, match="frozen"):
+        spec.array.rows = rows + 1  # type: ignore[misc]
+    assert spec.array.rows == rows
+
+
+@pytest.mark.parametrize("tag", sorted(preset_dicts()))
+def test_level_conductances_follow_the_docs(tag: str) -> None:
+    """docs/programming.md: level ``l`` of ``L = 2**cell.bits`` is programmed to
+    ``g_min + l / (L-1) * (g_max - g_min)`` microsiemens, from the preset's own numbers."""
+    cell = builtin_targets()[tag].cell
+    levels = 2**cell.bits
+    expected = cell.g_min_us + np.arange(levels) / (levels - 1) * (cell.g_max_us - cell.g_min_us)
+    got = np.asarray(level_conductances_us(cell.g_min_us, cell.g_max_us, levels))
+    np.testing.assert_allclose(got, expected, rtol=1e-12, atol=0)
+    assert got[0] == cell.g_min_us and got[-1] == pytest.approx(cell.g_max_us, rel=1e-12)
+    assert np.all(np.diff(got) > 0)

@@ -15,7 +15,8 @@ from torch import nn
 from neftc.cli.compile import compile_settings as _compile_settings
 from neftc.cli.main import build_parser as _parser
 from neftc.cli.main import main
-from neftc.driver.compiler import CompileSettings
+from neftc.driver.compiler import CompileSettings, compile_module
+from neftc.errors import NeftcError
 from neftc.format.reader import load_layout
 from neftc.frontend.loader import load_model
 from neftc.frontend.trace import trace_module
@@ -129,14 +130,19 @@ def lenet_graph_fefet6():
                                           ctx), ctx
 
 
-def test_compile_trains_with_its_own_quantisation() -> None:
-    """A compile's NeFT settings take the compile's quantisation options, whatever the
-    NeftSettings given say: the chip it trains for is the chip it compiles."""
-    neft = NeftSettings(mode="nit", data="digits")
-    settings = CompileSettings(per_channel=True, calibration="percentile", neft=neft)
-    tuned = settings.neft_settings()
-    assert tuned is not None and tuned.per_channel and tuned.calibration == "percentile"
-    assert CompileSettings().neft_settings() is None
+def test_compile_trains_with_its_own_quantisation(fefet) -> None:
+    """A compile's NeFT fine-tuning trains for the pipeline's own quantize pass (its training
+    passes hold that pass); NeftSettings naming another chip are refused, not overridden."""
+    settings = CompileSettings(per_channel=True, calibration="percentile",
+                               neft=NeftSettings(mode="nit", data="digits"))
+    assert settings.quantize == Quantize(per_channel=True, calibration="percentile")
+    passes = training_passes(settings.neft, fefet, 10, settings.quantize)
+    assert [p.quantize for p in passes] == [settings.quantize] * 2
+    other_chip = CompileSettings(per_channel=True, neft=NeftSettings(
+        mode="nit", data="digits", per_channel=False))
+    with pytest.raises(NeftcError, match="trains for its own chip"):
+        compile_module(nn.Linear(64, 10).eval(), torch.randn(1, 64), fefet,
+                       settings=other_chip)
 
 
 @pytest.fixture(scope="module")
@@ -200,12 +206,13 @@ def test_cli_neft_trains_against_the_chip_it_compiles(mlp_model, tmp_path, capsy
 
     # The training noise, as the CLI built it: its settings, its passes, the WeightNoise modules
     # on the tuned float weights.
-    settings = _compile_settings(_parser().parse_args(argv)).neft_settings()
+    compile_settings = _compile_settings(_parser().parse_args(argv))
     target = resolve_target(TARGET)
     loaded = load_model(tuned)
     ctx = PassContext(target, loaded.example_input)
     gm = PassManager([Normalize()]).run(loaded.gm, ctx)
-    gm = PassManager(training_passes(settings, target, 10)).run(gm, ctx)
+    gm = PassManager(training_passes(compile_settings.neft, target, 10,
+                                     compile_settings.quantize)).run(gm, ctx)
     train_std, old_std = {}, {}
     for node in crossbar_nodes(gm):
         module = gm.get_submodule(str(node.args[1].target))
