@@ -16,6 +16,7 @@ the destination is still the previous output, or the new one.)
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import errno
 import functools
@@ -116,10 +117,8 @@ def directory_lock(dest: Path, required: bool = True) -> Iterator[None]:
     try:
         yield
     finally:
-        try:
+        with contextlib.suppress(OSError):
             os.unlink(path)
-        except OSError:
-            pass
         os.close(fd)
 
 
@@ -234,46 +233,62 @@ def atomic_files(*dests: Path) -> Iterator[tuple[Path, ...]]:
     temps: list[Path] = []
     backups: dict[Path, Path] = {}
     try:
-        try:
-            for dest in dests:
-                dest.parent.mkdir(parents=True, exist_ok=True)
-                fd, name = tempfile.mkstemp(prefix=f".{dest.stem}.tmp-", suffix=dest.suffix,
-                                            dir=dest.parent)
-                os.close(fd)
-                temps.append(Path(name))
-        except OSError as exc:
-            raise OutputError(f"cannot write '{dest}': {exc.strerror or exc}") from None
+        _make_temps(dests, temps)
         yield tuple(temps)
-        try:
-            for tmp in temps:
-                os.chmod(tmp, 0o644)  # mkstemp makes it private; an output file is not
-            for dest in dests[:-1]:  # the last rename is never undone: it needs no backup
-                if os.path.lexists(dest):
-                    backups[dest] = _backup_name(dest)
-                    try:
-                        os.link(dest, backups[dest], follow_symlinks=False)
-                    except OSError:  # no hard links on this file system
-                        shutil.copy2(dest, backups[dest], follow_symlinks=False)
-        except OSError as exc:
-            raise OutputError(f"cannot write '{dest}': {exc.strerror or exc}") from None
-        done: list[Path] = []
-        try:
-            for tmp, dest in zip(temps, dests):
-                os.replace(tmp, dest)
-                done.append(dest)
-        except BaseException as exc:
-            for dest in reversed(done):  # undo: the previous file back, or none as before
-                if dest in backups:
-                    os.replace(backups.pop(dest), dest)
-                else:
-                    os.unlink(dest)
-            if isinstance(exc, OSError):
-                raise OutputError(f"cannot write '{dests[len(done)]}': {exc.strerror or exc}; "
-                                  "no output was changed") from None
-            raise
+        _back_up(dests, temps, backups)
+        _rename_all(dests, temps, backups)
     finally:
         for path in [*temps, *backups.values()]:
-            try:
+            with contextlib.suppress(OSError):
                 os.unlink(path)
-            except OSError:
-                pass
+
+
+def _make_temps(dests: tuple[Path, ...], temps: list[Path]) -> None:
+    """One empty temporary beside each destination, appended to ``temps`` as it is made."""
+    try:
+        for dest in dests:
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            fd, name = tempfile.mkstemp(prefix=f".{dest.stem}.tmp-", suffix=dest.suffix,
+                                        dir=dest.parent)
+            os.close(fd)
+            temps.append(Path(name))
+    except OSError as exc:
+        raise OutputError(f"cannot write '{dest}': {exc.strerror or exc}") from None
+
+
+def _back_up(dests: tuple[Path, ...], temps: list[Path], backups: dict[Path, Path]) -> None:
+    """Make the temporaries readable like any output, and back up each previous file but the
+    last (whose rename is never undone) into ``backups``: a hard link, else a copy."""
+    dest = dests[-1] if dests else None  # the file an error names
+    try:
+        for tmp in temps:
+            os.chmod(tmp, 0o644)  # mkstemp makes it private; an output file is not
+        for dest in dests[:-1]:
+            if os.path.lexists(dest):
+                backups[dest] = _backup_name(dest)
+                try:
+                    os.link(dest, backups[dest], follow_symlinks=False)
+                except OSError:  # no hard links on this file system
+                    shutil.copy2(dest, backups[dest], follow_symlinks=False)
+    except OSError as exc:
+        raise OutputError(f"cannot write '{dest}': {exc.strerror or exc}") from None
+
+
+def _rename_all(dests: tuple[Path, ...], temps: list[Path], backups: dict[Path, Path]) -> None:
+    """Rename the temporaries into place in order; on any failure undo the renames made (the
+    previous file back, or none as before)."""
+    done: list[Path] = []
+    try:
+        for tmp, dest in zip(temps, dests):
+            os.replace(tmp, dest)
+            done.append(dest)
+    except BaseException as exc:
+        for dest in reversed(done):
+            if dest in backups:
+                os.replace(backups.pop(dest), dest)
+            else:
+                os.unlink(dest)
+        if isinstance(exc, OSError):
+            raise OutputError(f"cannot write '{dests[len(done)]}': {exc.strerror or exc}; "
+                              "no output was changed") from None
+        raise
