@@ -22,16 +22,27 @@ def add_target_args(parser: argparse.ArgumentParser) -> None:
                         "--set noise.sigma_rel=0.15 (repeatable)")
 
 
+def add_model_args(parser: argparse.ArgumentParser) -> None:
+    """How to read MODEL (``compile``, ``finetune``): the architecture of a state_dict, one
+    sample's shape, and whether to trust a file that holds code."""
+    parser.add_argument("--arch", help="architecture of a state_dict: mlp, lenet, vgg8, "
+                        "resnet18, or package.module:Class (built with no arguments)")
+    parser.add_argument("--input-shape", help="one sample's shape, e.g. 1,28,28 (needed with "
+                        "--arch)")
+    parser.add_argument("--trust-model", action="store_true", help=TRUST_MODEL_HELP)
+
+
 #: The numeric flags (dests) checked before any command runs, with the bounds the settings use
 #: (neftc.flow.verify, neftc.neft.pipeline, neftc.targets.spec).
-_NUMERIC_FLAGS = ("sigma", "train_sigma", "beta", "lr", "seed", "mc", "chips_per_pass",
-                  "batch_size", "calib_samples", "samples", "dac_samples", "epochs",
-                  "neft_epochs")
+_NUMERIC_FLAGS = ("sigma", "train_sigma", "beta", "lr", "neft_lr", "seed", "mc",
+                  "chips_per_pass", "batch_size", "neft_batch_size", "calib_samples", "samples",
+                  "dac_samples", "epochs", "neft_epochs")
 
 
 def check_flags(args: argparse.Namespace) -> None:
     """Refuse a numeric flag that is NaN, infinite or out of range before any work is done,
-    with one line naming the flag, the allowed range and the value (argparse accepts 'nan')."""
+    with one line naming the flag (as typed, where an old name was used: ``args.flag_names``),
+    the allowed range and the value (argparse accepts 'nan')."""
     given = {dest: getattr(args, dest) for dest in _NUMERIC_FLAGS
              if getattr(args, dest, None) is not None}
     if not given:
@@ -40,15 +51,18 @@ def check_flags(args: argparse.Namespace) -> None:
     from neftc.flow.verify import MAX_CHIPS_PER_PASS, MAX_SAMPLES, MAX_TRIALS
     from neftc.targets.spec import SIGMA_REL_MAX
 
+    names = getattr(args, "flag_names", {})
     bounds = {"sigma": (0, SIGMA_REL_MAX, False), "train_sigma": (0, SIGMA_REL_MAX, False),
               "beta": (0, MAX_BETA, False), "lr": (0, MAX_LR, False),
-              "seed": (0, MAX_SEED, True), "mc": (1, MAX_TRIALS, True),
-              "chips_per_pass": (1, MAX_CHIPS_PER_PASS, True),
-              "batch_size": (1, MAX_BATCH_SIZE, True), "calib_samples": (1, MAX_SAMPLES, True),
-              "samples": (1, MAX_SAMPLES, True), "dac_samples": (1, MAX_SAMPLES, True),
-              "epochs": (1, MAX_EPOCHS, True), "neft_epochs": (1, MAX_EPOCHS, True)}
+              "neft_lr": (0, MAX_LR, False), "seed": (0, MAX_SEED, True),
+              "mc": (1, MAX_TRIALS, True), "chips_per_pass": (1, MAX_CHIPS_PER_PASS, True),
+              "batch_size": (1, MAX_BATCH_SIZE, True),
+              "neft_batch_size": (1, MAX_BATCH_SIZE, True),
+              "calib_samples": (1, MAX_SAMPLES, True), "samples": (1, MAX_SAMPLES, True),
+              "dac_samples": (1, MAX_SAMPLES, True), "epochs": (1, MAX_EPOCHS, True),
+              "neft_epochs": (1, MAX_EPOCHS, True)}
     for dest, value in given.items():
         low, high, integer = bounds[dest]
-        flag = "--" + dest.replace("_", "-")
+        flag = names.get(dest) or "--" + dest.replace("_", "-")
         for item in value if isinstance(value, list) else [value]:
-            check_number(flag, item, low, high, integer=integer, low_open=dest == "lr")
+            check_number(flag, item, low, high, integer=integer, low_open=dest.endswith("lr"))

@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
+import operator
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
-from neftc.cli.common import TRUST_MODEL_HELP, add_target_args
-from neftc.cli.neft_options import add_neft_args, add_quantisation_args, neft_settings
+from neftc.cli.common import add_model_args, add_target_args
+from neftc.cli.neft_options import add_neft_options, neft_settings
 from neftc.errors import NeftcError
 
 
@@ -23,11 +27,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     add_target_args(comp)
     comp.add_argument("-o", "--output", type=Path, default=Path("out"),
                       help="layout directory to write (default: out)")
-    comp.add_argument("--arch", help="architecture of a state_dict: mlp, lenet, vgg8, resnet18, "
-                      "or package.module:Class (built with no arguments)")
-    comp.add_argument("--input-shape", help="one sample's shape, e.g. 1,28,28 (needed with --arch)")
-    comp.add_argument("--trust-model", action="store_true", help=TRUST_MODEL_HELP)
-    add_quantisation_args(comp, training=False)
+    add_model_args(comp)
     comp.add_argument("--fold-bn", action="store_true",
                       help="fold inference BatchNorm into the preceding conv/linear "
                       "(default: BN runs in the digital periphery)")
@@ -44,22 +44,65 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                       "(default 512)")
     comp.add_argument("--dump-after-each", type=Path, metavar="DIR",
                       help="write the graph after every pass to DIR")
-    add_neft_args(comp, required=False)
+    add_neft_options(comp, required=False, old_names=True)
     comp.add_argument("--json", action="store_true", help="print the summary as JSON")
+    comp.add_argument("--pipeline", metavar="TEXT",
+                      help="the passes to run, as pass specs (default: normalize,quantize,"
+                      "bit-slice,map-tiles,place; a layout's options.pipeline is one); the "
+                      "flags above set options of its passes, e.g. --per-channel sets "
+                      "quantize{per-channel=true}")
     comp.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
     comp.set_defaults(run=run_compile)
 
 
+#: The one place where compile flags meet pass options: flag dest -> (pass name, field, the
+#: field's value from the flag). A flag whose value differs from the field's default (the flags'
+#: defaults are the passes' defaults) sets that field on the pipeline's pass (the default
+#: pipeline's, or --pipeline's).
+PASS_FLAGS: tuple[tuple[str, str, str, Callable[[Any], Any]], ...] = (
+    ("fold_bn", "normalize", "fold_bn", bool),
+    ("per_channel", "quantize", "per_channel", bool),
+    ("calibration", "quantize", "calibration", str),
+    ("placement", "place", "strategy", str),
+    ("no_replicate", "place", "replicate", operator.not_),
+)
+
+
+def compile_pipeline(args: argparse.Namespace) -> list[Any]:
+    """The compile pipeline: --pipeline (default: the default pipeline) with the pass flags of
+    ``PASS_FLAGS`` set on its passes."""
+    from neftc.passes import PASSES, default_pipeline, parse_pipeline
+
+    passes = parse_pipeline(args.pipeline) if args.pipeline else default_pipeline()
+    for dest, name, field, value_of in PASS_FLAGS:
+        given = getattr(args, dest)
+        value = None if given is None else value_of(given)
+        default = {f.name: f.default for f in dataclasses.fields(PASSES[name])}[field]
+        if value is None or value == default:  # not given (None), or the pass's default
+            continue
+        flag = "--" + dest.replace("_", "-")
+        if not any(p.name == name for p in passes):
+            raise NeftcError(f"{flag} sets an option of pass '{name}', which --pipeline "
+                             f"'{args.pipeline}' does not run; add {name} to the pipeline")
+        passes = [dataclasses.replace(p, **{field: value}) if p.name == name else p
+                  for p in passes]
+    return passes
+
+
 def compile_settings(args: argparse.Namespace):  # -> CompileSettings
-    """``compile``'s settings; with --neft, its fine-tuning trains against the noise of the
-    chip quantised with the same --per-channel and --calibration (``neft_settings()``)."""
+    """``compile``'s settings: the pipeline's passes hold the pass options; with --neft, the
+    fine-tuning trains against the noise of the pipeline's own quantize pass (the NeftSettings'
+    quantisation fields record that pass's options, which the compiler checks)."""
     from neftc.driver.compiler import CompileSettings
 
-    return CompileSettings(per_channel=args.per_channel, calibration=args.calibration,
-                           fold_bn=args.fold_bn, dump_after_each=args.dump_after_each,
-                           neft=neft_settings(args), placement=args.placement,
-                           replicate=not args.no_replicate,
-                           progress=not args.quiet and not args.json)
+    pipeline = tuple(compile_pipeline(args))
+    settings = CompileSettings(pipeline=pipeline, dump_after_each=args.dump_after_each,
+                               progress=not args.quiet and not args.json)
+    neft = neft_settings(args)
+    if neft is not None:
+        chip = settings.quantize
+        neft = replace(neft, per_channel=chip.per_channel, calibration=chip.calibration)
+    return replace(settings, neft=neft)
 
 
 def run_compile(args: argparse.Namespace) -> int:

@@ -6,8 +6,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from neftc.cli.common import TRUST_MODEL_HELP, add_target_args
-from neftc.cli.neft_options import add_neft_args, add_quantisation_args, neft_settings
+from neftc.cli.common import add_model_args, add_target_args
+from neftc.cli.neft_options import add_neft_options, neft_settings
 from neftc.errors import NeftcError
 
 
@@ -24,10 +24,8 @@ def _add_finetune_parser(sub: argparse._SubParsersAction) -> None:
     fin.add_argument("model", type=Path, help="a .pt2, or a .pt state_dict with --arch")
     add_target_args(fin)
     fin.add_argument("-o", "--output", type=Path, required=True, help="tuned model (.pt2)")
-    fin.add_argument("--arch")
-    fin.add_argument("--input-shape")
-    fin.add_argument("--trust-model", action="store_true", help=TRUST_MODEL_HELP)
-    add_neft_args(fin, required=True, quantisation=True)
+    add_model_args(fin)
+    add_neft_options(fin, required=True, old_names=True)
     fin.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     fin.set_defaults(run=run_finetune)
 
@@ -38,24 +36,14 @@ def _add_train_parser(sub: argparse._SubParsersAction) -> None:
                         "shape and class count) with Adam and a cosine schedule; with --neft, "
                         "then fine-tune it with NeFT. Saves a torch.export archive.")
     tr.add_argument("arch", help="mlp, lenet, vgg8 or resnet18")
-    tr.add_argument("--data", required=True, help="digits, an .npz, an MNIST IDX folder or a "
-                    "CIFAR-10 batches folder")
     tr.add_argument("-o", "--output", type=Path, required=True, help="model file (.pt2)")
-    tr.add_argument("--epochs", type=int, default=20)
-    tr.add_argument("--lr", type=float, default=3e-3)
-    tr.add_argument("--batch-size", type=int, default=128)
-    tr.add_argument("--seed", type=int, default=0, help="randomness of the initial weights, "
-                    "the batch order and NeFT's noise (default 0); never the train/test split, "
-                    "which is fixed by the data")
-    tr.add_argument("--device", default="cpu", help="cpu or cuda")
-    tr.add_argument("--neft", choices=["ovf", "irs", "nit", "none"],
-                    help="after training, fine-tune with NeFT against --target's noise")
-    tr.add_argument("--neft-epochs", type=int, default=10)
-    tr.add_argument("--train-sigma", type=float)
-    tr.add_argument("--beta", type=float)
-    tr.add_argument("--train-noise", choices=["cell", "paper"], default="cell")
-    add_quantisation_args(tr, training=True)
+    tr.add_argument("--epochs", type=int, default=20, help="training epochs (default 20)")
+    tr.add_argument("--lr", type=float, default=3e-3,
+                    help="training Adam learning rate (default 3e-3)")
+    tr.add_argument("--batch-size", type=int, default=128,
+                    help="training batch size (default 128)")
     add_target_args(tr)
+    add_neft_options(tr, required=False)
     tr.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     tr.set_defaults(run=run_train)
 
@@ -63,6 +51,7 @@ def _add_train_parser(sub: argparse._SubParsersAction) -> None:
 def run_finetune(args: argparse.Namespace) -> int:
     from neftc.driver.neft_jobs import finetune_file
     from neftc.frontend.loader import parse_input_shape
+    from neftc.passes.quantize import Quantize
     from neftc.targets import resolve_target
 
     target = resolve_target(args.target, args.overrides)
@@ -73,9 +62,10 @@ def run_finetune(args: argparse.Namespace) -> int:
     log = finetune_file(args.model, target, neft_settings(args), args.output, arch=args.arch,
                         input_shape=shape, trust_model=args.trust_model,
                         progress=not args.quiet)
-    quant = " ".join((["--per-channel"] if args.per_channel else [])
+    chip = Quantize()  # the default chip: say how this one differs
+    quant = " ".join((["--per-channel"] if args.per_channel != chip.per_channel else [])
                      + (["--calibration", args.calibration]
-                        if args.calibration != "max-abs" else []))
+                        if args.calibration != chip.calibration else []))
     print(f"fine-tuned with NeFT {args.neft} for {log.epochs} epochs ({log.steps} steps, "
           f"{log.seconds:.1f} s, final loss {log.losses[-1]:.4f}); wrote {args.output}"
           + (f"\ncompile it with the quantisation it was tuned for: {quant}" if quant else ""))
@@ -84,17 +74,10 @@ def run_finetune(args: argparse.Namespace) -> int:
 
 def run_train(args: argparse.Namespace) -> int:
     from neftc.driver.neft_jobs import train_zoo_model
-    from neftc.neft.pipeline import NeftSettings
     from neftc.targets import resolve_target
 
     target = resolve_target(args.target, args.overrides)
-    neft = None
-    if args.neft:
-        neft = NeftSettings(mode=args.neft, data=args.data, epochs=args.neft_epochs,
-                            sigma=args.train_sigma, beta=args.beta, seed=args.seed,
-                            device=args.device, noise=args.train_noise,
-                            per_channel=args.per_channel, calibration=args.calibration)
-        neft.validate()
+    neft = neft_settings(args)
     if args.epochs < 1 or args.batch_size < 1 or args.lr <= 0:
         raise NeftcError("--epochs and --batch-size must be at least 1 and --lr positive")
     summary = train_zoo_model(args.arch, args.data, args.output, epochs=args.epochs, lr=args.lr,

@@ -1,5 +1,13 @@
-"""The NeFT options of ``compile --neft``, ``finetune`` and ``train --neft``, and the chip's
-quantisation options the training noise is computed with."""
+"""The NeFT options, declared once for ``compile --neft``, ``finetune`` and ``train --neft``: the
+same flag names, defaults, bounds (``neftc.cli.common.check_flags``) and help in all three, and
+one function that turns them into ``NeftSettings``.
+
+Three argument groups: the training data and randomness (``train`` trains on them too), the NeFT
+fine-tuning itself, and the chip's weight quantisation (``compile`` quantises with it; NeFT trains
+against the noise of the chip so quantised; their defaults are the quantize pass's). The other
+defaults are those of ``NeftSettings``. Tests check both; the values are written here so that
+building the parser imports no torch.
+"""
 
 from __future__ import annotations
 
@@ -7,53 +15,91 @@ import argparse
 
 from neftc.errors import NeftcError
 
+DATA_GROUP = "training data and randomness"
+NEFT_GROUP = "NeFT fine-tuning (Negative Feedback Training)"
+QUANTISATION_GROUP = "chip weight quantisation (the chip NeFT trains against)"
 
-def add_neft_args(parser: argparse.ArgumentParser, required: bool,
-                   quantisation: bool = False) -> None:
-    """The NeFT options; with ``quantisation``, also the chip's quantisation options the training
-    noise is computed with (``compile`` has them already: there they set both)."""
-    group = parser.add_argument_group("NeFT fine-tuning (Negative Feedback Training)")
-    group.add_argument("--neft", choices=["ovf", "irs", "nit", "none"], required=required,
-                       help="ovf: oriented variational forwards; irs: snapshot heads; nit: "
-                       "noise-injection baseline; none: plain fine-tuning"
-                       + ("" if required else " (default: no fine-tuning)"))
-    group.add_argument("--data", default="digits", help="training data: digits (default), an "
-                       ".npz, an MNIST IDX folder or a CIFAR-10 batches folder")
-    group.add_argument("--epochs", type=int, default=10, help="fine-tuning epochs (default 10)")
-    group.add_argument("--train-sigma", type=float,
+#: The NeFT modes (``neftc.neft.pipeline.NEFT_MODES``, checked by a test).
+NEFT_CHOICES = ("ovf", "irs", "nit", "none")
+
+#: Old names of NeFT options still accepted, hidden from --help, by ``compile`` and ``finetune``
+#: (``train`` has its own --epochs, --lr and --batch-size: those of the training before NeFT).
+OLD_NAMES = {"--epochs": "neft_epochs", "--lr": "neft_lr", "--batch-size": "neft_batch_size"}
+
+
+class _OldName(argparse.Action):
+    """Store into the new option's dest and remember the name used, so that an out-of-range
+    value is reported under the flag the user typed (``check_flags`` reads ``flag_names``)."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
+                 values: object, option_string: str | None = None) -> None:
+        setattr(namespace, self.dest, values)
+        names = dict(getattr(namespace, "flag_names", {}))
+        names[self.dest] = option_string
+        namespace.flag_names = names
+
+
+def add_neft_options(parser: argparse.ArgumentParser, *, required: bool,
+                     old_names: bool = False) -> None:
+    """Add the NeFT options to ``parser``; ``required``: --neft must be given (``finetune``);
+    ``old_names``: also accept the hidden old names in ``OLD_NAMES``."""
+    _add_data_options(parser.add_argument_group(DATA_GROUP))
+    _add_fine_tuning_options(parser.add_argument_group(NEFT_GROUP), required)
+    _add_quantisation_options(parser.add_argument_group(QUANTISATION_GROUP))
+    if old_names:
+        types = {"neft_epochs": int, "neft_lr": float, "neft_batch_size": int}
+        for flag, dest in OLD_NAMES.items():
+            parser.add_argument(flag, dest=dest, type=types[dest], action=_OldName,
+                                default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+
+
+def _add_data_options(group: argparse._ArgumentGroup) -> None:
+    group.add_argument("--data", default="digits", help="data to train on: digits (built-in, "
+                       "the default), an .npz, an MNIST IDX folder or a CIFAR-10 batches folder")
+    group.add_argument("--seed", type=int, default=0, help="randomness of training (initial "
+                       "weights of a new model, batch order, injected noise; default 0), so it "
+                       "is repeatable; never the train/test split, which is fixed by the data")
+    group.add_argument("--device", default="cpu", help="where training runs: cpu (default) or "
+                       "cuda[:N]")
+
+
+def _add_fine_tuning_options(group: argparse._ArgumentGroup, required: bool) -> None:
+    group.add_argument("--neft", choices=NEFT_CHOICES, required=required,
+                       help="fine-tune against the target's device noise: ovf: oriented "
+                       "variational forwards; irs: snapshot heads; nit: noise-injection "
+                       "baseline; none: plain fine-tuning (compile and train: without --neft, "
+                       "no fine-tuning)")
+    group.add_argument("--neft-epochs", type=int, default=10, metavar="N",
+                       help="fine-tuning epochs (default 10)")
+    group.add_argument("--neft-lr", type=float, default=1e-3, metavar="LR",
+                       help="fine-tuning Adam learning rate (default 1e-3)")
+    group.add_argument("--neft-batch-size", type=int, default=128, metavar="N",
+                       help="fine-tuning batch size (default 128, the paper's)")
+    group.add_argument("--train-sigma", type=float, metavar="S",
                        help="device variation to train against (default: target's sigma_rel)")
     group.add_argument("--beta", type=float, help="feedback strength (default: the paper's "
                        "VGG-8/MNIST value, OVF 1e-3, IRS 1e-2)")
-    group.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (default 1e-3)")
-    group.add_argument("--batch-size", type=int, default=128, help="default 128 (the paper's)")
-    group.add_argument("--seed", type=int, default=0, help="randomness of fine-tuning (batch "
-                       "order, injected noise; default 0), so it is repeatable; never the "
-                       "train/test split, which is fixed by the data")
-    group.add_argument("--device", default="cpu", help="cpu (default) or cuda")
     group.add_argument("--train-noise", choices=["cell", "paper"], default="cell",
                        help="cell: exact per-weight equivalent of the chip's cell noise "
                        "(default); paper: the NeFT reference formula")
     group.add_argument("--irs-taps", default="3", help="IRS: number of evenly spaced taps, or "
                        "comma-separated node names (default 3)")
-    if quantisation:
-        add_quantisation_args(group, training=True)
 
 
-def add_quantisation_args(parser: argparse.ArgumentParser | argparse._ArgumentGroup,
-                           training: bool) -> None:
-    """``--per-channel`` and ``--calibration``: how the chip quantises the weights (compile), or
-    which chip's noise NeFT trains against (finetune, train --neft)."""
-    then = "; compile the tuned model with the same option" if training else ""
-    parser.add_argument("--per-channel", action="store_true",
-                        help=("train against the noise of a chip quantised with "
-                              if training else "") + "one quantisation scale per output "
-                        f"channel (default: one per layer){then}")
-    parser.add_argument("--calibration", choices=["max-abs", "percentile"], default="max-abs",
-                        help="weight range calibration (default: max-abs; percentile clips at "
-                        f"the 99.99th percentile of |W|){then}")
+def _add_quantisation_options(group: argparse._ArgumentGroup) -> None:
+    then = ("; NeFT trains against the noise of a chip so quantised (compile a model tuned by "
+            "finetune or train with the same option)")
+    # The defaults are the quantize pass's (neftc.passes.quantize.Quantize; a test checks it).
+    group.add_argument("--per-channel", action="store_true",
+                       help=f"one quantisation scale per output channel (default: one per "
+                       f"layer){then}")
+    group.add_argument("--calibration", choices=["max-abs", "percentile"], default="max-abs",
+                       help="weight range calibration (default: max-abs; percentile clips at "
+                       f"the 99.99th percentile of |W|){then}")
 
 
 def neft_settings(args: argparse.Namespace):  # -> NeftSettings | None
+    """The ``NeftSettings`` of parsed NeFT options (validated), or None without --neft."""
     from neftc.bounds import MAX_IRS_TAPS
     from neftc.neft.pipeline import NeftSettings
 
@@ -67,9 +113,9 @@ def neft_settings(args: argparse.Namespace):  # -> NeftSettings | None
         taps = int(args.irs_taps)
     else:
         taps = tuple(t.strip() for t in args.irs_taps.split(",") if t.strip())
-    settings = NeftSettings(mode=args.neft, data=args.data, epochs=args.epochs,
-                            sigma=args.train_sigma, beta=args.beta, lr=args.lr,
-                            batch_size=args.batch_size, seed=args.seed, device=args.device,
+    settings = NeftSettings(mode=args.neft, data=args.data, epochs=args.neft_epochs,
+                            sigma=args.train_sigma, beta=args.beta, lr=args.neft_lr,
+                            batch_size=args.neft_batch_size, seed=args.seed, device=args.device,
                             noise=args.train_noise, taps=taps, per_channel=args.per_channel,
                             calibration=args.calibration)
     settings.validate()
