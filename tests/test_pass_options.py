@@ -220,3 +220,35 @@ def test_cli_neft_trains_with_the_scales_it_quantises_with(capsys, tmp_path, mon
         assert len(np.unique(chip)) > 1, name  # per channel: a per-layer scale would differ
         # lr 1e-9 over one epoch moves max|W| by < 1e-6 relative.
         np.testing.assert_allclose(seen[shape].numpy(), chip, rtol=1e-5, atol=0, err_msg=name)
+
+
+def test_cli_pipeline_text_and_flags_set_the_same_passes(capsys, tmp_path, exported_cnn) -> None:
+    out = tmp_path / "out"
+    assert main(["compile", str(exported_cnn), "-o", str(out), "-q", "--no-replicate",
+                 "--pipeline", "normalize,quantize{calibration=percentile},bit-slice,map-tiles,"
+                 "place{strategy=in-order}"]) == 0
+    options = load_layout(out).doc.options
+    assert parse_pipeline(options.pipeline) == default_pipeline(
+        calibration="percentile", placement="in-order", replicate=False)
+    assert (options.calibration, options.placement, options.replicate) == (
+        "percentile", "in-order", False)
+    # The layout's record is a pipeline the CLI takes back: same layout bytes.
+    again = tmp_path / "again"
+    assert main(["compile", str(exported_cnn), "-o", str(again), "-q",
+                 "--pipeline", options.pipeline]) == 0
+    assert (out / "layout.json").read_bytes() == (again / "layout.json").read_bytes()
+
+
+@pytest.mark.parametrize("pipeline, needle", [
+    ("normalize,inject-noise{sigma=0.1},quantize,bit-slice,map-tiles,place",
+     "'quantize' cannot run on a graph with noisy-weights; run strip-training before it"),
+    ("normalize,quantize,bit-slice,map-tiles", "has 0 'place' passes"),
+    ("normalize,quantise", "Did you mean 'quantize'?"),
+])
+def test_cli_bad_pipeline_is_one_error_line(capsys, tmp_path, exported_cnn, pipeline,
+                                            needle) -> None:
+    code = main(["compile", str(exported_cnn), "-o", str(tmp_path / "out"), "-q",
+                 "--pipeline", pipeline])
+    err = capsys.readouterr().err
+    assert code == 2 and needle in err and "Traceback" not in err
+    assert not (tmp_path / "out").exists()
