@@ -31,6 +31,7 @@ reproducible from those three values.
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import hashlib
 import importlib
@@ -252,10 +253,8 @@ def run_cli(args: Sequence[str], tmp_path: Path, timeout: float = 60, *,
         except subprocess.TimeoutExpired:
             timed_out = True
         finally:  # the whole process group: a command may have started workers
-            try:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(proc.pid, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                pass
             proc.wait()
     seconds = time.monotonic() - start
     stdout, stderr = _read_capped(run_dir / "stdout"), _read_capped(run_dir / "stderr")

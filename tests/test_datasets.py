@@ -76,7 +76,9 @@ def py2_cifar_pickle(data: np.ndarray, labels: list[int]) -> bytes:
     str (decoded as bytes) keys and numpy.core.multiarray._reconstruct for the array."""
 
     def s(b: bytes) -> bytes:
-        return (b"U" + bytes([len(b)]) + b) if len(b) < 256 else b"T" + struct.pack("<i", len(b)) + b
+        if len(b) < 256:
+            return b"U" + bytes([len(b)]) + b
+        return b"T" + struct.pack("<i", len(b)) + b
 
     def i(v: int) -> bytes:
         return b"K" + bytes([v]) if v < 256 else b"M" + struct.pack("<H", v)
@@ -255,7 +257,8 @@ def test_mnist_idx(tmp_path, gz, dot):
     arrays = write_mnist(tmp_path, gz=gz, dot=dot)
     data = load_dataset(str(tmp_path))
     assert data.name == "mnist-idx" and data.num_classes == 6 and data.input_shape == (1, 28, 28)
-    assert tuple(data.train.x.shape) == (6, 1, 28, 28) and tuple(data.test.x.shape) == (4, 1, 28, 28)
+    assert tuple(data.train.x.shape) == (6, 1, 28, 28)
+    assert tuple(data.test.x.shape) == (4, 1, 28, 28)
     assert data.test.x.dtype == torch.float32 and data.test.y.dtype == torch.int64
     assert float(data.test.x.min()) == 0.0 and float(data.test.x.max()) == 1.0
     np.testing.assert_allclose(data.test.x.numpy()[:, 0], arrays["x_test"] / 255.0, rtol=1e-6)
@@ -322,7 +325,8 @@ def test_cifar10(tmp_path):
     arrays = write_cifar(tmp_path)
     data = load_dataset(str(tmp_path))
     assert data.name == "cifar10" and data.input_shape == (3, 32, 32)
-    assert tuple(data.train.x.shape) == (6, 3, 32, 32) and tuple(data.test.x.shape) == (4, 3, 32, 32)
+    assert tuple(data.train.x.shape) == (6, 3, 32, 32)
+    assert tuple(data.test.x.shape) == (4, 3, 32, 32)
     assert data.test.x.dtype == torch.float32 and data.train.y.dtype == torch.int64
     train_data = np.concatenate([d for d, _ in arrays["train"]])
     np.testing.assert_allclose(data.train.x.numpy(), cifar_expected(train_data), rtol=1e-5)
@@ -429,7 +433,7 @@ def test_check_compatible():
     message = str(info.value)
     assert "[1, 28, 28]" in message and "[3, 32, 32]" in message and "as it is" in message
     assert "reshape it to [N, 3, 32, 32]" in message
-    with pytest.raises(DataError, match="10 classes .* model outputs 5"):
+    with pytest.raises(DataError, match=r"10 classes .* model outputs 5"):
         check_compatible(data, (1, 28, 28), 5)
     with pytest.raises(DataError, match=r"\[N, 3, 32, 32\]"):
         check_compatible(_dataset("cifar10", (3, 32, 32), [0]), (1, 28, 28), 10)

@@ -130,7 +130,7 @@ def test_huge_cell_bits_in_a_spec_file_is_refused(capsys, tmp_path: Path) -> Non
     clean_error(capsys, ["targets", str(path)], "'cell.bits'", "<= 8")
     # the literal the tester used, as YAML text
     text = yaml.safe_dump(preset()).replace("bits: 2", "bits: 1000000000000000000000000000000")
-    with pytest.raises(TargetError, match="'cell.bits'"):
+    with pytest.raises(TargetError, match=r"'cell\.bits'"):
         resolve_target(str(write(tmp_path / "literal.yaml", text)))
 
 

@@ -153,7 +153,8 @@ def add_constant(entry: dict, member: str, data: bytes) -> tuple[Callable, dict[
             {f"data/constants/{member}": data})
 
 
-# name -> (source fixture, builder(marker) -> (edit, add), expected text, torch runs it when trusted)
+# name -> (source fixture, builder(marker) -> (edit, add), expected text,
+#          torch runs it when trusted)
 HOSTILE: dict[str, tuple[str, Callable[[Path], tuple[Callable, dict]], str, bool]] = {
     "pickled-sample-inputs": (
         "lenet_pt2",
