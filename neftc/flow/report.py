@@ -1,4 +1,6 @@
-"""``report.html``: a self-contained page per layout (written by compile, updated by verify).
+"""``report.txt`` and ``report.html`` of a layout directory: written by compile and calibrate
+after the layout is in place (``write_layout_reports``), ``report.html`` updated by verify with
+``verify.json`` (``write_report``). ``report.html`` is a self-contained page.
 
 Sections: summary, per-layer table, array utilisation heatmap, placement picture, cost breakdown,
 and accuracy-vs-sigma curves with 95 % confidence bands once ``neftc verify`` has run. Plots use
@@ -8,9 +10,7 @@ report has the same tables and says how to get the plots.
 
 from __future__ import annotations
 
-import base64
 import html
-import io
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -19,6 +19,7 @@ from pydantic import ValidationError
 
 from neftc.atomic import atomic_file, atomic_files, directory_lock
 from neftc.errors import OutputError
+from neftc.flow.plots import report_plots
 from neftc.flow.records import CostEstimate, LayoutSummary, VerifyRecord
 from neftc.flow.summary import (
     dac_calibration_text,
@@ -44,77 +45,6 @@ def _table(headers: list[str], rows: list[list[Any]]) -> str:
     body = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in row) + "</tr>"
                    for row in rows)
     return f"<table><tr>{head}</tr>{body}</table>"
-
-
-def _png(fig: Any) -> str:
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=90, bbox_inches="tight")
-    import matplotlib.pyplot as plt
-
-    plt.close(fig)
-    data = base64.b64encode(buffer.getvalue()).decode()
-    return f'<img alt="plot" src="data:image/png;base64,{data}">'
-
-
-def _plots(doc: LayoutDoc, summary: LayoutSummary,
-           verify: VerifyRecord | None) -> dict[str, str]:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-        import numpy as np
-    except ImportError:
-        return {}
-    chip = doc.target.chip
-    rows, cols = doc.target.array.rows, doc.target.array.cols
-    utilisation = np.full((chip.cores, chip.arrays_per_core), np.nan)
-    owner = np.full((chip.cores, chip.arrays_per_core), -1)
-    for index, layer in enumerate(doc.layers):
-        for tile in layer.tiles:
-            for core, array in [(tile.core, tile.array), *tile.replicas]:
-                utilisation[core, array] = tile.row_count * tile.col_count / (rows * cols)
-                owner[core, array] = index
-    used_cores = sorted({c for c in range(chip.cores) if (owner[c] >= 0).any()})
-    shown = used_cores[-1] + 1 if used_cores else 1
-    plots = {}
-    fig, ax = plt.subplots(figsize=(10, max(2.0, shown * 0.12 + 1)))
-    image = ax.imshow(utilisation[:shown], aspect="auto", cmap="viridis", vmin=0, vmax=1,
-                      interpolation="nearest")
-    ax.set_xlabel("array in core")
-    ax.set_ylabel("core")
-    ax.set_title("cell utilisation of each array (blank: free)")
-    fig.colorbar(image, ax=ax)
-    plots["heatmap"] = _png(fig)
-    fig, ax = plt.subplots(figsize=(10, max(2.0, shown * 0.12 + 1)))
-    masked = np.ma.masked_less(owner[:shown], 0)
-    ax.imshow(masked, aspect="auto", cmap="tab20", interpolation="nearest")
-    ax.set_xlabel("array in core")
-    ax.set_ylabel("core")
-    ax.set_title(f"placement ({doc.placement.strategy}): colour = layer")
-    plots["placement"] = _png(fig)
-    energy = {k.removesuffix("_pj"): v for k, v in summary.cost.energy_pj.model_dump().items()
-              if k != "total_pj"}
-    fig, ax = plt.subplots(figsize=(6, 3))
-    ax.barh(list(energy), [v / 1e6 for v in energy.values()], color="#4477aa")
-    ax.set_xlabel("energy per inference (uJ)")
-    plots["energy"] = _png(fig)
-    if verify:
-        fig, ax = plt.subplots(figsize=(6, 4))
-        results = verify.results
-        sigmas = [r.sigma for r in results]
-        means = np.array([r.mc.mean for r in results]) * 100
-        ci = np.array([r.mc.ci95 or 0.0 for r in results]) * 100
-        ax.plot(sigmas, means, marker="o", label="MC mean")
-        ax.fill_between(sigmas, means - ci, means + ci, alpha=0.3, label="95 % CI of the mean")
-        ax.plot(sigmas, [r.quantized_accuracy * 100 for r in results], "--",
-                label="noise-free")
-        ax.set_xlabel("device variation sigma (relative to cell range)")
-        ax.set_ylabel("test accuracy (%)")
-        ax.legend()
-        ax.set_title(f"{verify.data}, {results[0].mc.trials} chip instances per sigma")
-        plots["accuracy"] = _png(fig)
-    return plots
 
 
 def _head(doc: LayoutDoc, summary: LayoutSummary, plots: dict[str, str]) -> list[str]:
@@ -192,7 +122,7 @@ def _accuracy_section(verify: VerifyRecord | None, plots: dict[str, str]) -> lis
 def render_report(doc: LayoutDoc, verify: VerifyRecord | None = None) -> str:
     """The whole ``report.html`` page of ``doc`` (with the sign-off ``verify``, if any)."""
     summary = summarize(doc)
-    plots = _plots(doc, summary, verify)
+    plots = report_plots(doc, summary, verify)
     parts = [*_head(doc, summary, plots), _cost_section(doc, summary.cost, plots),
              *_accuracy_section(verify, plots), "</body></html>"]
     return "\n".join(parts)
