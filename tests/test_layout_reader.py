@@ -206,6 +206,11 @@ CASES: list[tuple[str, Callable[[Doc], None] | None, Callable[[Path], None] | No
     # -- levels above the cell's range (2-bit cells: 0..3)
     ("level-4", None, level(4), (f"{T}[3]:", "levels.bin", "holds level 4", "column 5")),
     ("level-255", None, level(255), (f"{T}[3]:", "holds level 255")),
+    # -- the periphery repeats the target's (its bounds are the target spec's)
+    ("periphery-adc-bits", setter("periphery.adc_bits", 1000), None,
+     ("periphery.adc_bits", "target.periphery.adc_bits (8)")),
+    ("periphery-input-bits", setter("periphery.input_bits", 4), None,
+     ("periphery.input_bits",)),
     # -- scales
     ("scales-too-few", scales_pop, None, (f"{L1}.quant.scales:", "19 scales for 20")),
     ("scales-too-many", scales_append, None, (f"{L1}.quant.scales:", "21 scales for 20")),

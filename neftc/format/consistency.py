@@ -60,6 +60,16 @@ def check_files(ctx: Consistency) -> None:
                            "recorded SHA-256")
 
 
+def check_periphery(ctx: Consistency) -> None:
+    """``periphery`` repeats the target's converters (the emitter copies them): every field equals
+    ``target.periphery``'s, whose bounds the target spec checks."""
+    target = ctx.doc.target.periphery.model_dump()
+    for key, value in ctx.doc.periphery.model_dump().items():
+        if value != target[key]:
+            raise ctx.fail(f"periphery.{key}", f"{value} differs from target.periphery.{key} "
+                           f"({target[key]}); the layout's periphery is the target's")
+
+
 def check_tensors(ctx: Consistency) -> None:
     """Tensor records: unique names, sizes that match shape and dtype, bytes inside tensors.bin."""
     for k, record in enumerate(ctx.doc.tensors):

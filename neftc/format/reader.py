@@ -20,6 +20,7 @@ from neftc.format.consistency import (
     FIX,
     Consistency,
     check_files,
+    check_periphery,
     check_tensors,
     index_names,
     sha256_hex,
@@ -176,6 +177,7 @@ def _check_consistency(root: Path, doc: LayoutDoc, levels: bytes, tensors: bytes
     """The semantic checks of docs/layout.md section 10 on a schema-valid document, in order."""
     ctx = Consistency(root, doc, levels, tensors)
     check_files(ctx)
+    check_periphery(ctx)
     check_tensors(ctx)
     index_names(ctx)
     all_levels = np.frombuffer(levels, dtype=np.uint8)
