@@ -29,11 +29,13 @@ Timing: ``time.perf_counter``; every method is warmed up once (one trial; for (d
 1024 samples), then ``--repeats`` rounds of ``--trials`` trials in which (a), (b) and (c) take
 turns trial by trial (a, b, c, a, b, c, ...: a slow spell of the machine hits all three alike);
 the reported time per trial is the median over all timed trials, and the ratios c/b, c/a, a/b
-are paired: the median over trials of the ratio of the two methods' times in the same turn. (d) costs ~64x a float inference per trial,
-so it runs ``--periphery-trials`` trials in ``--periphery-repeats`` rounds (default 1 x 1).
+are paired: the median over trials of the ratio of the two methods' times in the same turn.
+(d) costs ~64x a float inference per trial, so it runs ``--periphery-trials`` trials in
+``--periphery-repeats`` rounds (default 1 x 1).
 
 Each (d) trial is followed by one (b) trial, and the (d) target divides by that (b) (printed
-beside it), so that a slow spell of the machine during the long (d) trials hits both. Beside (d) the script prints ``partial_mvms_per_weight()`` per layer and its MAC-weighted average
+beside it), so that a slow spell of the machine during the long (d) trials hits both. Beside
+(d) the script prints ``partial_mvms_per_weight()`` per layer and its MAC-weighted average
 (each layer weighted by its MACs per sample: rows x cols, times the output positions of a conv,
 read from one forward pass).
 
@@ -110,7 +112,8 @@ class LoadMeter:
     """Cores kept busy by OTHER processes while this one measured."""
 
     def __init__(self) -> None:
-        self.busy, self.own, self.wall = _busy_cpu_seconds(), _own_cpu_seconds(), time.perf_counter()
+        self.busy, self.own = _busy_cpu_seconds(), _own_cpu_seconds()
+        self.wall = time.perf_counter()
 
     def other_cores(self) -> float:
         wall = time.perf_counter() - self.wall
@@ -227,7 +230,7 @@ def time_rounds(methods: dict[str, Callable], sets: dict[str, tuple[torch.Tensor
     median over every timed trial is reported."""
     per_trial: dict[str, list[float]] = {k: [] for k in methods}
     accs: dict[str, list[float]] = {k: [] for k in methods}
-    for key, (fn, set_key) in methods.items():  # warm-up: one untimed trial each
+    for fn, set_key in methods.values():  # warm-up: one untimed trial each
         fn(10**6, *sets[set_key])
     for r in range(repeats):
         meter = LoadMeter()
@@ -240,9 +243,10 @@ def time_rounds(methods: dict[str, Callable], sets: dict[str, tuple[torch.Tensor
                 this_round[key].append(time.perf_counter() - start)
         for key, values in this_round.items():
             per_trial[key].extend(values)
-        log("    round %d/%d (median per trial): %s; other work %.2f cores" % (
-            r + 1, repeats, ", ".join(f"{k} {1e3 * statistics.median(v):.1f} ms"
-                                      for k, v in this_round.items()), meter.other_cores()))
+        medians = ", ".join(f"{k} {1e3 * statistics.median(v):.1f} ms"
+                            for k, v in this_round.items())
+        log(f"    round {r + 1}/{repeats} (median per trial): {medians}; "
+            f"other work {meter.other_cores():.2f} cores")
     return {k: {"median_s": statistics.median(v), "min_s": min(v), "max_s": max(v),
                 "all_s": v, "trials": trials * repeats, "mean_accuracy": float(np.mean(accs[k]))}
             for k, v in per_trial.items()}
@@ -331,7 +335,7 @@ def run_model(key: str, root: Path, data, x10k, y10k, args, log) -> dict:
     # breakdown: median of 5.
     def median_time(fn: Callable[[], object], n: int = 5) -> float:
         values = []
-        for i in range(n):
+        for _ in range(n):
             start = time.perf_counter()
             fn()
             values.append(time.perf_counter() - start)
@@ -427,12 +431,14 @@ def format_report(report: dict) -> str:
             f"{q['c/a']:>5.3f} {q['a/b']:>5.3f} {r['partial_mvms_mac_weighted']:>5.1f} "
             f"{q['d/(b*partial)']:>7.2f}")
     lines += ["", f"{report['test_samples_plain']} samples (the plain digits test split):"]
-    head2 = f"{'model':<14} {'(b) ms':>8} {'(c) ms':>8} {'c/b':>6}   program_chip ms: (c) {'(d)':>6}"
+    head2 = (f"{'model':<14} {'(b) ms':>8} {'(c) ms':>8} {'c/b':>6}   "
+             f"program_chip ms: (c) {'(d)':>6}")
     lines += [head2, "-" * len(head2)]
     for r in results:
         t = r["times"]
         lines.append(f"{r['name']:<14} {_ms(t['b_float_449']['median_s']):>8} "
-                     f"{_ms(t['c_emulator_ideal_449']['median_s']):>8} {r['ratios']['c/b_449']:>6.2f}"
+                     f"{_ms(t['c_emulator_ideal_449']['median_s']):>8} "
+                     f"{r['ratios']['c/b_449']:>6.2f}"
                      f"   {'':>16}{1e3 * r['program_chip_s']['c']:>5.1f} "
                      f"{1e3 * r['program_chip_s']['d']:>6.1f}")
     lines += ["", "(c') the compiler's default layout, with pipeline copies (each copy a chip "
@@ -455,7 +461,8 @@ def format_report(report: dict) -> str:
               "(calibrated), program_chip + evaluate.",
               "xbar w: crossbar weights; cells: programmed cells per chip instance (8 per "
               "weight: 4 slices x 2 polarities; replica arrays, if the layout has any, not "
-              "counted): (c) draws their folded noise, one Gaussian per weight, (d) every cell;", "part.: MAC-weighted partial MVMs per weight.",
+              "counted): (c) draws their folded noise, one Gaussian per weight, (d) every cell;",
+              "part.: MAC-weighted partial MVMs per weight.",
               "noise step of (a) alone (load_state_dict + quantise + draw), ms: " + ", ".join(
                   f"{r['name']} {1e3 * r['reference_noise_step_s']:.1f}" for r in results)]
     mism = [f"{r['name']} {r['reference_quantisation_mismatches']}" for r in results

@@ -40,7 +40,8 @@ def test_verify_json_report(capsys, digits_layout) -> None:
         assert row["quantized_accuracy"] == fake_quant_acc
         mc = row["mc"]
         assert set(mc) == {"trials", "mean", "std", "ci95", "min", "p5", "max"}
-        assert row["uncertainty"]["expected_kl"] > 0 and 0 < row["uncertainty"]["mean_confidence"] <= 1
+        uncertainty = row["uncertainty"]
+        assert uncertainty["expected_kl"] > 0 and 0 < uncertainty["mean_confidence"] <= 1
         assert mc["trials"] == 20 and mc["min"] <= mc["p5"] <= mc["mean"] <= mc["max"]
         assert row["trials_per_second"] > 0 and row["seconds"] > 0
     low, high = report["results"]

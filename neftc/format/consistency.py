@@ -12,6 +12,7 @@ import hashlib
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 
@@ -50,7 +51,9 @@ class Consistency:
 
 def check_files(ctx: Consistency) -> None:
     """The sidecars have the sizes and SHA-256 digests ``files`` records."""
-    for key, data in ((("levels", ctx.levels), ("tensors", ctx.tensors))):
+    pairs: tuple[tuple[Literal["levels", "tensors"], bytes], ...] = (
+        ("levels", ctx.levels), ("tensors", ctx.tensors))
+    for key, data in pairs:
         record = ctx.doc.files[key]
         if record.nbytes != len(data):
             raise ctx.fail(f"files.{key}.nbytes", f"{record.path} has {len(data)} bytes, "

@@ -191,10 +191,11 @@ def check_call(target: str, args: Sequence[Any], kwargs: Mapping[str, Any]) -> O
         given.add(param.name)
     by_name = {p.name: p for p in spec.params}
     for name, value in kwargs.items():
-        param = by_name.get(name)
-        if param is None:
+        found = by_name.get(name)
+        if found is None:
             raise OpError(f"kwargs.{name}", f"{target} has no argument '{name}' "
                           f"({spec.signature()})")
+        param = found
         if name in given:
             raise OpError(f"kwargs.{name}", f"'{name}' of {target} is also given as a "
                           "positional argument")
