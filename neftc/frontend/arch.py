@@ -27,7 +27,7 @@ def state_dict_of(obj: object, path: Path) -> dict[str, torch.Tensor]:
 
 
 def build_arch(arch: str, input_shape: InputShape, state: dict[str, torch.Tensor],
-                path: Path) -> nn.Module:
+               path: Path) -> nn.Module:
     if ":" in arch:
         module = _import_class(arch)
     else:

@@ -225,7 +225,7 @@ def _quiet_torch(records: list[logging.LogRecord] | None = None) -> Iterator[Non
 
     handler = _Keep(logging.DEBUG)
     loggers = [logging.getLogger(name) for name in ("torch.export", "torch._export",
-                                                     "torch.serialization")]
+                                                    "torch.serialization")]
     # torch's own logging setup may attach handlers to these loggers directly: replace them all
     # while loading (and stop propagation), then put them back.
     saved = [(logger.propagate, logger.handlers) for logger in loggers]

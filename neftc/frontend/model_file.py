@@ -119,7 +119,7 @@ def zip_members(path: Path, raw: bytes) -> dict[str, bytes]:
 
 
 def sniff(path: Path, raw: bytes,
-           members: dict[str, bytes] | None) -> Literal["export-archive", "torch-zip", "pickle"]:
+          members: dict[str, bytes] | None) -> Literal["export-archive", "torch-zip", "pickle"]:
     if members is not None:
         names = list(members)
         if any(name.endswith("/archive_format") or name == "archive_format"
