@@ -292,9 +292,10 @@ def _replication(infos: list[NodeInfo | None], positions: dict[str, int],
     (the pipeline's bottleneck) while its tiles fit in the free arrays."""
     copies = {i.layer: 1 for i in infos if i is not None}
     tiles = {i.layer: len(i.tiles) for i in infos if i is not None}
-    while True:
+    while copies:  # a graph without crossbar layers has nothing to replicate
         bottleneck = max(copies, key=lambda name: (positions[name] / copies[name], name))
         if positions[bottleneck] / copies[bottleneck] <= 1 or tiles[bottleneck] > free:
             return copies
         copies[bottleneck] += 1
         free -= tiles[bottleneck]
+    return copies

@@ -94,15 +94,8 @@ def test_each_pass_of_the_default_pipeline_matches_its_golden_dump() -> None:
         assert sorted(p.name for p in GOLDEN.iterdir()) == sorted(dumps), REGENERATE
 
 
-PLACE_BUG = pytest.mark.xfail(
-    strict=True, raises=ValueError,
-    reason="passes/place.py _replication calls max() on an empty dict when no layer is mapped "
-           "(so compiling a digital-only model fails with 'max() arg is an empty sequence' "
-           "instead of the compiler's 'no crossbar-mappable op'); remove this mark once fixed")
-
-
 @pytest.mark.parametrize("name", [
-    "quantize", "bit-slice", "map-tiles", pytest.param("place", marks=PLACE_BUG)])
+    "quantize", "bit-slice", "map-tiles", "place"])
 def test_pass_does_nothing_on_a_digital_only_graph(name: str) -> None:
     """After normalize, each pass of the default pipeline (those before it run first) reports
     ``modified=False`` and leaves the graph text unchanged on a graph with no crossbar op."""
