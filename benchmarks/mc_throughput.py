@@ -270,7 +270,7 @@ def run_model(key: str, root: Path, data, x10k, y10k, args, log) -> dict:
     # the float model computes); (c') the compiler's default layout, whose free arrays hold
     # copies of the bottleneck layers, each copy a chip of its own (more work per trial).
     compiled = compile_module(model, data.test.x[:1], target, out_dir,
-                              settings=CompileSettings(replicate=False))
+                              settings=CompileSettings.with_options(replicate=False))
     compile_s = time.perf_counter() - t0
     compile_module(model, data.test.x[:1], target, root / f"{key}-copies")
     emu_copies = Emulator(root / f"{key}-copies", sigma=SIGMA, seed=0, ideal_periphery=True)

@@ -49,7 +49,8 @@ def main() -> None:
         layouts = {}
         for name, replicate in (("copies", True), ("one copy", False)):
             out = Path(tmp) / name.replace(" ", "-")
-            compile_model(path, target, out, settings=CompileSettings(replicate=replicate))
+            settings = CompileSettings.with_options(replicate=replicate)
+            compile_model(path, target, out, settings=settings)
             layouts[name] = out
             copies = {layer.name: layer.replication for layer in load_layout(out).doc.layers}
             print(f"{name}: replication per layer {copies}")

@@ -31,7 +31,7 @@ def mlp_layout(tmp_path, target_tag: str, overrides=(), per_channel=False):
     target = resolve_target(target_tag, list(overrides))
     out = tmp_path / f"mlp-{target_tag}"
     compile_module(model, torch.randn(1, 64), target, out,
-                   settings=CompileSettings(per_channel=per_channel))
+                   settings=CompileSettings.with_options(per_channel=per_channel))
     return load_layout(out)
 
 

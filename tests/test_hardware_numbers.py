@@ -231,7 +231,7 @@ def test_copies_keep_array_reads_and_add_the_bytes_they_move(tmp_path, lenet, fe
     example = torch.zeros(1, 1, 8, 8)
     with_copies = compile_module(lenet, example, fefet, tmp_path / "rep").doc
     without = compile_module(lenet, example, fefet, tmp_path / "norep",
-                             settings=CompileSettings(replicate=False)).doc
+                             settings=CompileSettings.with_options(replicate=False)).doc
     assert with_copies.summary.replica_arrays > 0 and without.summary.replica_arrays == 0
     a, b = estimate_cost(with_copies), estimate_cost(without)
     pa, pb = a["per_inference"], b["per_inference"]

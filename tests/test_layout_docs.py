@@ -182,7 +182,8 @@ def _compile(out: Path, overrides: list[str], per_channel: bool = False) -> nn.M
     model = _model()
     target = resolve_target("fefet_128x128", overrides)
     example = torch.randn(1, 3, 8, 8, generator=torch.Generator().manual_seed(1))
-    compile_module(model, example, target, out, settings=CompileSettings(per_channel=per_channel))
+    settings = CompileSettings.with_options(per_channel=per_channel)
+    compile_module(model, example, target, out, settings=settings)
     return model
 
 

@@ -127,7 +127,7 @@ MODELS: dict[str, tuple[Callable[[], nn.Module], tuple[int, ...], CompileSetting
        for shape in SHAPES},
     "residual-cnn": (lambda: randomize_bn(ResidualCNN()), (3, 8, 8), CompileSettings()),
     "residual-cnn-fold-bn": (lambda: randomize_bn(ResidualCNN()), (3, 8, 8),
-                             CompileSettings(fold_bn=True)),
+                             CompileSettings.with_options(fold_bn=True)),
     "encoder-block": (EncoderBlock, (6, 16), CompileSettings()),
     "matmul-with-parameter": (MatmulModel, (4, 12), CompileSettings()),
     "computed-bias": (ComputedBias, (4, 5, 5), CompileSettings()),

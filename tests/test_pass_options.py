@@ -173,11 +173,12 @@ def test_dump_marks_a_pass_that_changed_nothing(tmp_path, fefet) -> None:
 
 
 def test_compile_settings_hold_the_passes_only() -> None:
-    settings = CompileSettings(per_channel=True, placement="in-order")
+    settings = CompileSettings.with_options(per_channel=True, placement="in-order")
     assert settings.pipeline == tuple(default_pipeline(per_channel=True, placement="in-order"))
     assert settings.quantize is settings.pipeline[1]
-    with pytest.raises(NeftcError, match="set those options on the pipeline's passes"):
-        CompileSettings(pipeline=settings.pipeline, per_channel=False)
+    with pytest.raises(NeftcError, match="set the options on the passes of your own pipeline"):
+        CompileSettings.with_options(pipeline=settings.pipeline, per_channel=False)
+    assert not hasattr(settings, "per_channel")  # the option lives on the pass only
     with pytest.raises(PassOrderError, match="has 0 'quantize' passes"):
         _ = CompileSettings(pipeline=(Normalize(), Place())).quantize
 
@@ -186,7 +187,7 @@ def test_compile_refuses_neft_settings_for_another_chip(fefet) -> None:
     neft = NeftSettings(mode="nit", data="digits", epochs=1, per_channel=False)
     with pytest.raises(NeftcError, match="trains for its own chip"):
         compile_module(build("lenet", (1, 8, 8), 10).eval(), torch.randn(1, 1, 8, 8), fefet,
-                       settings=CompileSettings(per_channel=True, neft=neft))
+                       settings=CompileSettings.with_options(per_channel=True, neft=neft))
 
 
 def test_cli_neft_trains_with_the_scales_it_quantises_with(capsys, tmp_path, monkeypatch) -> None:

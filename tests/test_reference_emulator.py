@@ -263,7 +263,7 @@ def test_emulator_equals_integer_reference(tmp_path: Path, tag: str, encoding: s
     example = _dac_integers(rng, case.input_shape, input_bits, True) * INPUT_STEP
     layout = tmp_path / "layout"
     compile_module(_randomize(case.build(), seed), torch.from_numpy(example).float(), target,
-                   layout, settings=CompileSettings(per_channel=case.per_channel))
+                   layout, settings=CompileSettings.with_options(per_channel=case.per_channel))
     ref = LayoutReference(layout)
     layer = ref.layer()
     assert ref.doc["periphery"]["input_bits"] == input_bits
@@ -360,7 +360,8 @@ def test_property_random_layers_match_the_reference(p: dict) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         layout = Path(tmp) / "layout"
         compile_module(_randomize(module, p["seed"] % 2**31), torch.from_numpy(x).float(),
-                       target, layout, settings=CompileSettings(per_channel=p["per_channel"]))
+                       target, layout,
+                       settings=CompileSettings.with_options(per_channel=p["per_channel"]))
         ref = LayoutReference(layout)
         layer = ref.layer()
         expected_int = _check_reference_itself(ref, layer, k)

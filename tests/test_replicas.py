@@ -34,7 +34,7 @@ def layouts(tmp_path_factory):
     x = torch.randn(1, 3, 6, 6)
     compile_module(_model(), x, target, root / "copies")
     compile_module(_model(), x, target, root / "single",
-                   settings=CompileSettings(replicate=False))
+                   settings=CompileSettings.with_options(replicate=False))
     return root / "copies", root / "single"
 
 

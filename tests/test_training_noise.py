@@ -133,12 +133,12 @@ def lenet_graph_fefet6():
 def test_compile_trains_with_its_own_quantisation(fefet) -> None:
     """A compile's NeFT fine-tuning trains for the pipeline's own quantize pass (its training
     passes hold that pass); NeftSettings naming another chip are refused, not overridden."""
-    settings = CompileSettings(per_channel=True, calibration="percentile",
+    settings = CompileSettings.with_options(per_channel=True, calibration="percentile",
                                neft=NeftSettings(mode="nit", data="digits"))
     assert settings.quantize == Quantize(per_channel=True, calibration="percentile")
     passes = training_passes(settings.neft, fefet, 10, settings.quantize)
     assert [p.quantize for p in passes] == [settings.quantize] * 2
-    other_chip = CompileSettings(per_channel=True, neft=NeftSettings(
+    other_chip = CompileSettings.with_options(per_channel=True, neft=NeftSettings(
         mode="nit", data="digits", per_channel=False))
     with pytest.raises(NeftcError, match="trains for its own chip"):
         compile_module(nn.Linear(64, 10).eval(), torch.randn(1, 64), fefet,

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable, Sequence
-from dataclasses import InitVar, dataclass, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
@@ -51,9 +51,9 @@ class CompileSettings:
     ``parse_pipeline("normalize,quantize{per-channel=true},bit-slice,map-tiles,place")``); NeFT
     fine-tuning (``neft``) trains against the noise of the pipeline's own ``quantize`` pass.
 
-    ``per_channel``, ``calibration``, ``fold_bn``, ``placement`` and ``replicate`` are
-    construction shortcuts for the default pipeline with those options; they are not stored
-    (read them from the passes), and cannot be combined with ``pipeline``.
+    ``CompileSettings.with_options(per_channel=True, ...)`` builds the default pipeline with those
+    pass options; the options are read back from the passes (``settings.quantize``), never
+    stored twice.
     """
 
     pipeline: tuple[Any, ...] = ()  # empty: the default pipeline (with the shortcuts' options)
@@ -63,23 +63,25 @@ class CompileSettings:
     target_overrides: tuple[str, ...] = ()  # the --set overrides, recorded in the layout
     dac_data: str | None = None  # set the layers' DAC ranges from this data after compiling
     dac_samples: int = 512
-    per_channel: InitVar[bool | None] = None
-    calibration: InitVar[Calibration | None] = None
-    fold_bn: InitVar[bool | None] = None
-    placement: InitVar[Literal["dataflow", "in-order"] | None] = None
-    replicate: InitVar[bool | None] = None
 
-    def __post_init__(self, per_channel: bool | None, calibration: Calibration | None,
-                      fold_bn: bool | None, placement: str | None,
-                      replicate: bool | None) -> None:
-        shortcuts = {key: value for key, value in (
+    def __post_init__(self) -> None:
+        if not self.pipeline:
+            object.__setattr__(self, "pipeline", tuple(default_pipeline()))
+
+    @classmethod
+    def with_options(cls, *, per_channel: bool | None = None,
+                     calibration: Calibration | None = None, fold_bn: bool | None = None,
+                     placement: Literal["dataflow", "in-order"] | None = None,
+                     replicate: bool | None = None, **settings: Any) -> CompileSettings:
+        """Settings whose pipeline is the default one with these pass options (None: the pass's
+        default); ``settings`` are the other fields (``neft``, ``progress``, ...)."""
+        if "pipeline" in settings:
+            raise NeftcError("CompileSettings.with_options builds the pipeline; set the options "
+                             "on the passes of your own pipeline instead")
+        options = {key: value for key, value in (
             ("per_channel", per_channel), ("calibration", calibration), ("fold_bn", fold_bn),
             ("placement", placement), ("replicate", replicate)) if value is not None}
-        if self.pipeline and shortcuts:
-            raise NeftcError(f"CompileSettings got a pipeline and {', '.join(shortcuts)}: set "
-                             "those options on the pipeline's passes instead")
-        if not self.pipeline:
-            object.__setattr__(self, "pipeline", tuple(default_pipeline(**shortcuts)))
+        return cls(pipeline=tuple(default_pipeline(**options)), **settings)
 
     @property
     def quantize(self) -> Quantize:
