@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 import torch
 
 from neftc.cli.main import main
@@ -29,7 +30,9 @@ def test_programming_files_hold_every_cell(tmp_path, residual_cnn, cnn_input, fe
     assert manifest["dac_calibration"] is None and manifest["dac"] == []
     data = np.load(tmp_path / "prog" / "arrays.npz")
     assert not any(key.startswith("dac_") for key in data.files)
-    assert manifest["write_verify_tolerance_us"] == 0.05 * (10.0 - 0.1)
+    cell = fefet.cell  # docs/programming.md: the band is _rel of the cell's full range
+    assert manifest["write_verify_tolerance_us"] == pytest.approx(
+        cell.write_verify_tolerance_rel * (cell.g_max_us - cell.g_min_us), rel=1e-12)
     assert data["levels"].shape[1:] == (128, 128)
     for layer in layout.doc.layers:
         for tile in layer.tiles:
