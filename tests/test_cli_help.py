@@ -4,17 +4,16 @@ width of 100 columns, so that a change of the CLI shows up as a reviewed diff of
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
 import pytest
+from golden_files import UPDATE, check_golden, regenerate_command
 
 from neftc.cli.main import build_parser, main
 
 GOLDEN = Path(__file__).parent / "golden" / "help"
-UPDATE = os.environ.get("NEFTC_UPDATE_GOLDEN") == "1"
-REGENERATE = "NEFTC_UPDATE_GOLDEN=1 python -m pytest -q -p no:cacheprovider tests/test_cli_help.py"
+REGENERATE = regenerate_command("tests/test_cli_help.py")
 #: argparse's layout changes between Python minor versions; the goldens were written with this one.
 PYTHON = (GOLDEN / "PYTHON").read_text().strip()
 
@@ -39,14 +38,10 @@ def help_text(monkeypatch, capsys, argv: list[str]) -> str:
 @pytest.mark.parametrize("command", ["neftc", *commands()])
 def test_help_golden(monkeypatch, capsys, command: str) -> None:
     text = help_text(monkeypatch, capsys, [] if command == "neftc" else [command])
-    path = GOLDEN / f"{command}.txt"
     if UPDATE:
-        path.write_text(text)
         (GOLDEN / "PYTHON").write_text(f"{sys.version_info[0]}.{sys.version_info[1]}\n")
-    assert path.exists(), f"no golden {path}; write it with: {REGENERATE}"
-    assert text == path.read_text(), (
-        f"'neftc {'' if command == 'neftc' else command + ' '}--help' differs from {path}; if "
-        f"the change is intended, regenerate and review the diff: {REGENERATE}")
+    shown = "neftc --help" if command == "neftc" else f"neftc {command} --help"
+    check_golden(GOLDEN / f"{command}.txt", text, f"'{shown}'", "tests/test_cli_help.py")
 
 
 def test_no_stale_goldens() -> None:

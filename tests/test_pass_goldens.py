@@ -11,13 +11,12 @@ and review the diff of tests/golden/passes/ like code.
 
 from __future__ import annotations
 
-import difflib
-import os
 from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
+from golden_files import UPDATE, check_golden, regenerate_command
 from torch import nn
 
 from neftc.frontend.trace import trace_module
@@ -27,8 +26,7 @@ from neftc.passes import default_pipeline
 from neftc.targets import resolve_target
 
 GOLDEN = Path(__file__).resolve().parent / "golden" / "passes"
-UPDATE = os.environ.get("NEFTC_UPDATE_GOLDEN") == "1"
-REGENERATE = "NEFTC_UPDATE_GOLDEN=1 python -m pytest tests/test_pass_goldens.py"
+REGENERATE = regenerate_command("tests/test_pass_goldens.py")
 
 
 class ConvLinear(nn.Module):
@@ -56,21 +54,6 @@ class DigitalOnly(nn.Module):
         return torch.flatten(torch.relu(x), 1) + torch.flatten(x, 1)
 
 
-def check_golden(name: str, text: str) -> None:
-    path = GOLDEN / name
-    if UPDATE:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text, encoding="utf-8")
-        return
-    assert path.is_file(), f"{path} is missing; generate it with:\n{REGENERATE}"
-    expected = path.read_text(encoding="utf-8")
-    if text != expected:
-        diff = "".join(difflib.unified_diff(expected.splitlines(True), text.splitlines(True),
-                                            f"golden/{name}", "now"))
-        pytest.fail(f"the dump of {name} changed:\n{diff}\nIf the change is intended, "
-                    f"regenerate the golden files with:\n{REGENERATE}")
-
-
 def dumps_after_each_pass() -> dict[str, str]:
     """{file name: graph_text} for the input and after each pass of the default pipeline."""
     example = torch.randn(1, 1, 8, 8, generator=torch.Generator().manual_seed(1))
@@ -89,7 +72,7 @@ def test_each_pass_of_the_default_pipeline_matches_its_golden_dump() -> None:
                            "03-bit-slice.txt", "04-map-tiles.txt", "05-place.txt"]
     for name, text in dumps.items():
         assert "0x" not in text, f"{name} holds an address: the dump would not be stable"
-        check_golden(name, text)
+        check_golden(GOLDEN / name, text, f"the dump of {name}", "tests/test_pass_goldens.py")
     if not UPDATE:  # nothing stale is left behind from a pass that was renamed or removed
         assert sorted(p.name for p in GOLDEN.iterdir()) == sorted(dumps), REGENERATE
 

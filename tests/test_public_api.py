@@ -9,18 +9,14 @@ and review the diff of tests/golden/public_api.txt like code.
 
 from __future__ import annotations
 
-import difflib
 import importlib
 import inspect
-import os
 from pathlib import Path
 from typing import Any
 
-import pytest
+from golden_files import check_golden
 
 GOLDEN = Path(__file__).resolve().parent / "golden" / "public_api.txt"
-UPDATE = os.environ.get("NEFTC_UPDATE_GOLDEN") == "1"
-REGENERATE = "NEFTC_UPDATE_GOLDEN=1 python -m pytest tests/test_public_api.py"
 
 # The packages whose ``__all__`` is public, and the callables users call (module, name).
 PACKAGES = ("neftc", "neftc.runtime", "neftc.targets")
@@ -88,14 +84,5 @@ def test_every_exported_name_resolves() -> None:
 def test_public_api_matches_the_golden_file() -> None:
     text = api_text()
     assert "0x" not in text, "a default value prints its address: the golden would not be stable"
-    if UPDATE:
-        GOLDEN.parent.mkdir(parents=True, exist_ok=True)
-        GOLDEN.write_text(text, encoding="utf-8")
-        return
-    assert GOLDEN.is_file(), f"{GOLDEN} is missing; generate it with:\n{REGENERATE}"
-    expected = GOLDEN.read_text(encoding="utf-8")
-    if text != expected:
-        diff = "".join(difflib.unified_diff(expected.splitlines(True), text.splitlines(True),
-                                            "golden/public_api.txt", "now"))
-        pytest.fail(f"the public API changed:\n{diff}\nIf that is intended, update the docs "
-                    f"and regenerate the golden file with:\n{REGENERATE}")
+    check_golden(GOLDEN, text, "the public API (update the docs too)",
+                 "tests/test_public_api.py")
