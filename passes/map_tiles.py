@@ -7,6 +7,7 @@ ceil(cols / array.cols)`` tiles, row tile major; each tile becomes one array.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -19,10 +20,8 @@ from neftc.ir.pass_manager import NodeError, PassContext, PassResult
 
 
 def make_tiles(rows: int, physical_cols: int, array_rows: int, array_cols: int) -> tuple[Tile, ...]:
-    return tuple(Tile(index, span.row_tile, span.col_tile, span.row_start, span.row_count,
-                      span.col_start, span.col_count)
-                 for index, span in enumerate(encoding.grid_tiles(rows, physical_cols, array_rows,
-                                                                  array_cols)))
+    spans = encoding.grid_tiles(rows, physical_cols, array_rows, array_cols)
+    return tuple(Tile(**dataclasses.asdict(span), index=index) for index, span in enumerate(spans))
 
 
 @dataclass(frozen=True)

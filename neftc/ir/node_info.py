@@ -12,6 +12,8 @@ from typing import Literal
 import numpy as np
 import torch.fx
 
+from neftc.format.encoding import TileSpan
+
 META_KEY = "neftc"
 
 CrossbarOp = Literal["linear", "conv1d", "conv2d"]
@@ -50,17 +52,12 @@ class SliceInfo:
 
 
 @dataclass(frozen=True)
-class Tile:
-    """One array's worth of a layer's physical matrix (the column order and what a tile covers
-    are defined in ``neftc.format.encoding``)."""
+class Tile(TileSpan):
+    """One array's worth of a layer's physical matrix: the block it covers (a
+    ``neftc.format.encoding.TileSpan``, which defines the column order and the tiling), its
+    index in the layer, and where place put it."""
 
     index: int
-    row_tile: int
-    col_tile: int
-    row_start: int
-    row_count: int
-    col_start: int
-    col_count: int
     core: int = -1
     array: int = -1  # index of the array inside its core; -1 until placed
     replicas: tuple[tuple[int, int], ...] = ()  # (core, array) of pipeline copies
