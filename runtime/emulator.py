@@ -8,12 +8,14 @@
 
     chip = emu.instance(5)           # chip instance 5 as a value; the emulator's chip is unchanged
     logits = emu.forward(x, chip)
+    logits = emu((input_ids, attention_mask))  # several inputs: a tuple, in the layout's order
 
 The emulator is a thin holder: the network (``module``, stateless), the noise model's spreads
 (``variation``), the periphery (``periphery``: ideal, or the DAC ranges and the ADC) and the
 current chip instance ``chip`` (a frozen ``ChipInstance``, replaced, never mutated, by
 ``program_chip`` / ``program_ideal`` / ``set_input_quant``). How a chip is drawn:
-``neftc.runtime.variation``.
+``neftc.runtime.variation``. What the network takes (one tensor, or a tuple of tensors for a
+layout of several inputs): ``neftc.runtime.inputs``.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from neftc.format import encoding
 from neftc.format.reader import Layout, load_layout
 from neftc.runtime.chip import ChipInstance, ideal_chip, stack_chips
 from neftc.runtime.graph import build_module
+from neftc.runtime.inputs import Inputs, as_tuple, prepare, repeat
 from neftc.runtime.noise import NoiseMode, NoiseModel
 from neftc.runtime.periphery import AdcConfig, InputQuant, Periphery
 from neftc.runtime.variation import chip_generator, draw_cells, program_chip, variation
@@ -132,7 +135,7 @@ class Emulator:
                 for name, layer in self.layers.items() if copy < layer.copies}
 
     @torch.no_grad()
-    def forward_chips(self, chips: list[int], x: torch.Tensor) -> list[torch.Tensor]:
+    def forward_chips(self, chips: list[int], x: Inputs) -> list[torch.Tensor]:
         """Outputs of several chip instances in one pass (ideal periphery): each layer runs the
         K chips' weights as one batched matmul or grouped conv on K chip-major copies of ``x``.
         The same outputs as programming and running each chip in turn, in one pass (on an
@@ -141,16 +144,17 @@ class Emulator:
         if not self.ideal_periphery:
             raise ValueError("forward_chips needs ideal periphery")
         stacked = stack_chips([self.instance(chip) for chip in chips])
-        out = self._run(x.to(self.device, torch.float32)
-                        .repeat(len(chips), *[1] * (x.dim() - 1)), stacked)
-        return list(out.reshape(len(chips), x.shape[0], *out.shape[1:]))
+        inputs = self._inputs(x)
+        out = self._run(repeat(inputs, len(chips)), stacked)
+        return list(out.reshape(len(chips), inputs[0].shape[0], *out.shape[1:]))
 
     # ------------------------------------------------------------------ periphery
 
-    def calibrate(self, x: torch.Tensor) -> dict[str, InputQuant]:
+    def calibrate(self, x: Inputs) -> dict[str, InputQuant]:
         """Set every layer's DAC range from the noise-free activations of ``x`` (max-abs): the
         ideal chip on the ideal periphery runs ``x`` (a value made for this and dropped); the
-        current chip keeps its cells and gets the new ranges."""
+        current chip keeps its cells and gets the new ranges. The DACs convert what reaches a
+        crossbar: integer inputs (token ids) have no DAC range of their own."""
         ranges: dict[str, tuple[float, float]] = {}
         hooks = []
         for name, layer in self.layers.items():
@@ -161,7 +165,7 @@ class Emulator:
                 ranges[name] = (min(low, float(value.min())), max(high, float(value.max())))
             hooks.append(layer.register_forward_hook(record))
         try:
-            self._run(x.to(self.device, torch.float32), ideal_chip(self.layers, Periphery()))
+            self._run(self._inputs(x), ideal_chip(self.layers, Periphery()))
         finally:
             for hook in hooks:
                 hook.remove()
@@ -184,25 +188,27 @@ class Emulator:
 
     # ------------------------------------------------------------------ execution
 
-    def _run(self, x: torch.Tensor, chip: ChipInstance | None = None) -> torch.Tensor:
-        out = self.module(x, self.chip if chip is None else chip)
+    def _inputs(self, x: Inputs) -> tuple[torch.Tensor, ...]:
+        """``x`` checked against the layout's inputs, in their dtypes, on the device."""
+        return prepare(self.layout.doc.graph.inputs, x, self.device)
+
+    def _run(self, x: Inputs, chip: ChipInstance | None = None) -> torch.Tensor:
+        """The network on prepared inputs (``_inputs``), without checks."""
+        out = self.module(*as_tuple(x), self.chip if chip is None else chip)
         while isinstance(out, (list, tuple)) and len(out) == 1:
             out = out[0]
         return out
 
     @torch.no_grad()
-    def forward(self, x: torch.Tensor, chip: ChipInstance | None = None) -> torch.Tensor:
+    def forward(self, x: Inputs, chip: ChipInstance | None = None) -> torch.Tensor:
         """Outputs of chip instance ``chip`` (default: the current one), on the emulator's
-        device (call ``calibrate`` first for the DAC/ADC path)."""
+        device (call ``calibrate`` first for the DAC/ADC path). ``x``: a tensor for a one-input
+        layout, else a tuple of tensors in the layout's input order (``graph.inputs``)."""
         chip = self.chip if chip is None else chip
         if not chip.periphery.ready:
             raise DataError("the emulator's DAC ranges are not set; call calibrate(x) with "
                             "representative inputs first (neftc verify does this)")
-        expected = tuple(self.layout.doc.graph.input_shape[1:])
-        if tuple(x.shape[1:]) != expected:
-            raise DataError(f"input samples have shape {tuple(x.shape[1:])} but the layout was "
-                            f"compiled for {expected}")
-        return self._run(x.to(self.device, torch.float32), chip)
+        return self._run(self._inputs(x), chip)
 
     __call__ = forward
 

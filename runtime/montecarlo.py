@@ -12,6 +12,7 @@ import torch
 
 from neftc.runtime.chip import ChipInstance
 from neftc.runtime.emulator import Emulator
+from neftc.runtime.inputs import Inputs, num_samples, rows
 
 # Two-sided 95 % Student-t quantiles for 1..29 degrees of freedom; 1.96 beyond.
 _T95 = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179,
@@ -44,15 +45,15 @@ def summarize(accuracies: np.ndarray) -> McStats:
 
 
 @torch.no_grad()
-def predict(emulator: Emulator, x: torch.Tensor, batch_size: int,
+def predict(emulator: Emulator, x: Inputs, batch_size: int,
             chip: ChipInstance | None = None) -> torch.Tensor:
     """Logits (on the CPU) of chip instance ``chip`` (default: the emulator's current chip) for
-    all of ``x``."""
-    return torch.cat([emulator.forward(x[start:start + batch_size], chip).cpu()
-                      for start in range(0, x.shape[0], batch_size)])
+    all of ``x`` (a tensor, or a tuple of tensors in the layout's input order)."""
+    return torch.cat([emulator.forward(rows(x, start, start + batch_size), chip).cpu()
+                      for start in range(0, num_samples(x), batch_size)])
 
 
-def evaluate(emulator: Emulator, x: torch.Tensor, y: torch.Tensor, batch_size: int,
+def evaluate(emulator: Emulator, x: Inputs, y: torch.Tensor, batch_size: int,
              chip: ChipInstance | None = None) -> float:
     """Top-1 accuracy of chip instance ``chip`` (default: the emulator's current chip)."""
     logits = predict(emulator, x, batch_size, chip)
@@ -111,7 +112,7 @@ def _chip_groups(trials: int, size: int) -> Iterator[list[int]]:
         yield list(range(first, min(first + size, trials)))
 
 
-def monte_carlo(emulator: Emulator, x: torch.Tensor, y: torch.Tensor, trials: int, *,
+def monte_carlo(emulator: Emulator, x: Inputs, y: torch.Tensor, trials: int, *,
                 batch_size: int = 1024, chips_per_pass: int = 1,
                 on_trial: Callable[[int, float], None] | None = None) -> McResult:
     """Accuracy of ``trials`` chip instances (0 .. trials-1 of the emulator's seed).
@@ -133,8 +134,8 @@ def monte_carlo(emulator: Emulator, x: torch.Tensor, y: torch.Tensor, trials: in
         if len(group) == 1:
             outputs = [predict(emulator, x, batch_size, emulator.instance(group[0]))]
         else:
-            parts = [emulator.forward_chips(group, x[first:first + per_pass])
-                     for first in range(0, x.shape[0], per_pass)]
+            parts = [emulator.forward_chips(group, rows(x, first, first + per_pass))
+                     for first in range(0, num_samples(x), per_pass)]
             outputs = [torch.cat([part[k].cpu() for part in parts]) for k in range(len(group))]
         for chip, logits in zip(group, outputs):
             accuracies[chip] = int((logits.argmax(dim=1) == y).sum()) / max(int(y.shape[0]), 1)

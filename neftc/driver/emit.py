@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -23,6 +25,7 @@ from neftc.format.schema import (
     FileRecord,
     GraphNode,
     GraphRecord,
+    InputRecord,
     LayerRecord,
     LayoutDoc,
     PeripheryRecord,
@@ -155,13 +158,50 @@ def _emit_graph(gm: torch.fx.GraphModule, levels_blob: Sidecar, tensors_blob: Si
     return nodes, tensors, layers
 
 
-def _check_bounds(gm: torch.fx.GraphModule, example_input: torch.Tensor, nodes: list[GraphNode],
+def _input_dtype(tensor: torch.Tensor) -> str:
+    if tensor.dtype == torch.bool:
+        return "bool"
+    if tensor.dtype.is_floating_point:
+        return "float32"
+    return "int32" if tensor.dtype == torch.int32 else "int64"
+
+
+def input_records(gm: torch.fx.GraphModule, examples: Sequence[torch.Tensor],
+                  specs: Sequence[Any] | None = None) -> list[InputRecord]:
+    """One record per placeholder of ``gm``, in order: named after the placeholder, with the
+    dtype and range of the loaded model's input specs (``neftc.frontend``'s ``InputSpec``:
+    ``dtype``, ``low``, ``high``) or, without them, of the example tensors (float -> float32;
+    integer -> int64 or int32 with the range ``[min(0, min), max + 1)`` of the example values)."""
+    placeholders = [node for node in gm.graph.nodes if node.op == "placeholder"]
+    if len(placeholders) != len(examples) or (specs is not None
+                                              and len(specs) != len(examples)):
+        raise PassError(f"the compiled graph takes {len(placeholders)} input(s) but "
+                        f"{len(examples)} example input(s) were given; give one example per "
+                        "input of the model")
+    records = []
+    for k, (node, tensor) in enumerate(zip(placeholders, examples)):
+        spec = specs[k] if specs is not None else None
+        dtype = spec.dtype if spec is not None else _input_dtype(tensor)
+        low = high = None
+        if dtype in ("int64", "int32"):
+            if spec is not None and spec.low is not None and spec.high is not None:
+                low, high = int(spec.low), int(spec.high)
+            else:
+                values = tensor.detach().to(torch.int64)
+                low = min(0, int(values.min())) if values.numel() else 0
+                high = int(values.max()) + 1 if values.numel() else 1
+        records.append(InputRecord(name=node.name, dtype=dtype, shape=list(tensor.shape),
+                                   low=low, high=high))
+    return records
+
+
+def _check_bounds(gm: torch.fx.GraphModule, inputs: list[InputRecord], nodes: list[GraphNode],
                   tensors: list[TensorRecord], layers: list[LayerRecord]) -> None:
     """The size bounds load_layout checks: never write a layout it would refuse."""
     graph_nodes = list(gm.graph.nodes)
     try:
         ops.check_values(ops.GraphInput(
-            input_shape=list(example_input.shape), nodes=nodes,
+            inputs=inputs, nodes=nodes,
             tensors={t.name: (t.shape, t.dtype) for t in tensors},
             weights={layer.name: layer.weight_shape for layer in layers}))
     except ops.OpError as exc:
@@ -191,14 +231,20 @@ def _file_record(path: str, data: bytes) -> FileRecord:
 def build_layout(
     gm: torch.fx.GraphModule,
     target: TargetSpec,
-    example_input: torch.Tensor,
+    example_input: torch.Tensor | Sequence[torch.Tensor],
     source: SourceRecord,
     options: CompileOptions,
+    inputs: Sequence[Any] | None = None,
 ) -> tuple[LayoutDoc, bytes, bytes]:
-    """The layout document and its two sidecars (levels, tensors) for a placed graph."""
+    """The layout document and its two sidecars (levels, tensors) for a placed graph.
+    ``example_input`` is the example tensor, or one per input of the model (in placeholder
+    order); ``inputs`` the loaded model's input specs (``LoadedModel.inputs``), when known."""
+    examples = ((example_input,) if isinstance(example_input, torch.Tensor)
+                else tuple(example_input))
+    records = input_records(gm, examples, inputs)
     levels_blob, tensors_blob = Sidecar(), Sidecar()
     nodes, tensors, layers = _emit_graph(gm, levels_blob, tensors_blob)
-    _check_bounds(gm, example_input, nodes, tensors, layers)
+    _check_bounds(gm, records, nodes, tensors, layers)
     placed = gm.meta.get("neftc_placement")
     if placed is None:
         raise NodeError(next(iter(gm.graph.nodes)), "the graph is not placed; run place")
@@ -214,7 +260,7 @@ def build_layout(
         files={"levels": _file_record(LEVELS_FILE, levels_bytes),
                "tensors": _file_record(TENSORS_FILE, tensors_bytes)},
         tensors=tensors, layers=layers,
-        graph=GraphRecord(input_shape=list(example_input.shape), nodes=nodes),
+        graph=GraphRecord(inputs=records, nodes=nodes),
         placement=placement, summary=_summary(layers, target),
     )
     return doc, levels_bytes, tensors_bytes

@@ -99,7 +99,23 @@ def check_graph(ctx: Consistency) -> None:
     if not nodes or nodes[-1].op != "output":
         raise ctx.fail("graph.nodes", "the graph has no output node; its last node must "
                        "be the output node")
+    _check_inputs(ctx)
     _check_values(ctx)
+
+
+def _check_inputs(ctx: Consistency) -> None:
+    """``graph.inputs`` names the graph's placeholders, one each, in their order (dtypes,
+    shapes and ranges are bounded with the values, ``ops.check_values``)."""
+    placeholders = [node.name for node in ctx.doc.graph.nodes if node.op == "placeholder"]
+    names = [record.name for record in ctx.doc.graph.inputs]
+    if len(names) != len(placeholders):
+        raise ctx.fail("graph.inputs", f"{len(names)} input(s) for {len(placeholders)} "
+                       "placeholder node(s); the layout records one input per placeholder")
+    for k, (name, placeholder) in enumerate(zip(names, placeholders)):
+        if name != placeholder:
+            raise ctx.fail(f"graph.inputs[{k}].name", f"'{name}', but placeholder {k} of the "
+                           f"graph is '{placeholder}'; the inputs are listed in placeholder "
+                           "order, by the placeholder's name")
 
 
 def _check_values(ctx: Consistency) -> None:
@@ -107,7 +123,7 @@ def _check_values(ctx: Consistency) -> None:
     of a forward pass are bounded, at the layout's batch and per sample (docs/layout.md
     section 7.1.1)."""
     graph = ops.GraphInput(
-        input_shape=ctx.doc.graph.input_shape, nodes=ctx.doc.graph.nodes,
+        inputs=ctx.doc.graph.inputs, nodes=ctx.doc.graph.nodes,
         tensors={name: (r.shape, r.dtype) for name, r in ctx.tensor_records.items()},
         weights={layer.name: layer.weight_shape for layer in ctx.doc.layers})
     try:

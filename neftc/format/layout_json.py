@@ -14,7 +14,14 @@ from pydantic import ValidationError
 
 from neftc.errors import LayoutError
 from neftc.format.consistency import FIX, one_line
-from neftc.format.schema import LAYOUT_FILE, LAYOUT_FORMAT, LAYOUT_VERSION, LayoutDoc
+from neftc.format.schema import (
+    LAYOUT_FILE,
+    LAYOUT_FORMAT,
+    LAYOUT_VERSION,
+    READABLE_VERSIONS,
+    LayoutDoc,
+)
+from neftc.format.upgrade import upgrade_v2
 
 MAX_JSON_DEPTH = 64  # arrays/objects inside each other: a layout nests about 6 + 32 (arguments)
 MAX_INT_DIGITS = 24  # digits of a JSON integer: layout integers fit in 64 bits (20 digits);
@@ -80,9 +87,13 @@ def parse_layout(root: Path, raw: bytes) -> LayoutDoc:
     if not isinstance(data, dict) or data.get("format") != LAYOUT_FORMAT:
         raise LayoutError(f"'{root / LAYOUT_FILE}' is not a neftc layout (no "
                           f"\"format\": \"{LAYOUT_FORMAT}\")")
-    if data.get("version") != LAYOUT_VERSION:
-        raise LayoutError(f"'{root / LAYOUT_FILE}' has layout version {data.get('version')!r}; "
-                          f"this neftc reads version {LAYOUT_VERSION}; {FIX}")
+    version = data.get("version")
+    if type(version) is not int or version not in READABLE_VERSIONS:
+        readable = ", ".join(map(str, READABLE_VERSIONS))
+        raise LayoutError(f"'{root / LAYOUT_FILE}' has layout version {version!r}; this neftc "
+                          f"reads versions {readable} (writes {LAYOUT_VERSION}); {FIX}")
+    if version == 2:
+        data = upgrade_v2(data)
     try:
         return LayoutDoc.model_validate(data)
     except ValidationError as exc:

@@ -23,23 +23,37 @@ BATCH_PROBE = 2**16  # the second propagation runs at the layout's batch plus th
 BATCH_INDEXING = {"aten.slice.Tensor", "aten.select.int", "aten.chunk.default"}
 
 
-@dataclass(frozen=True)
-class GraphInput:
-    """What ``check_values`` needs of a layout, as plain data."""
+#: The dtypes a layout's input may have (``InputRecord.dtype``).
+INPUT_DTYPES = ("float32", "int64", "int32", "bool")
+#: Bound of an integer input's ``low`` and ``high`` (token ids, positions): int32's range.
+MAX_INPUT_VALUE = 2**31 - 1
 
-    input_shape: Sequence[int]
+
+@dataclass(frozen=True, kw_only=True)
+class GraphInput:
+    """What ``check_values`` needs of a layout, as plain data. The inputs are ``inputs`` (records
+    with ``name``, ``dtype``, ``shape``, ``low``, ``high``, in placeholder order), or, as a
+    version 2 layout had them, one float32 input of ``input_shape``: give exactly one."""
+
     nodes: Sequence[Any]  # GraphNode records (name, op, target, args, kwargs, layer)
     tensors: Mapping[str, tuple[Sequence[int], str]]  # tensors records: name -> (shape, dtype)
     weights: Mapping[str, Sequence[int]]  # layer name -> weight_shape
+    inputs: Sequence[Any] = ()
+    input_shape: Sequence[int] | None = None
+
+    def input_list(self) -> list[tuple[str, Sequence[int]]]:
+        """(dtype, shape) of every input, in placeholder order."""
+        if self.input_shape is not None:
+            return [("float32", self.input_shape)]
+        return [(record.dtype, record.shape) for record in self.inputs]
 
 
 def check_values(graph: GraphInput) -> None:
     """Propagate shapes through the graph on the meta device at the layout's batch ``b`` and at
     ``b + BATCH_PROBE``; raise ``OpError`` (with ``node`` set) where a value or the work breaks
     the bounds of docs/layout.md section 7.1.1. Every node must already pass ``check_call``."""
-    shape = list(graph.input_shape)
-    _check_input_shape(shape)
-    batch = shape[0]
+    _check_inputs(graph)
+    batch = int(graph.input_list()[0][1][0])
     at_batch = _propagate(graph, batch)
     try:
         at_probe = _propagate(graph, batch + BATCH_PROBE)
@@ -62,13 +76,45 @@ def check_values(graph: GraphInput) -> None:
     _check_totals(at_batch, at_probe, batch)
 
 
-def _check_input_shape(shape: list[Any]) -> None:
-    if not (1 <= len(shape) <= MAX_RANK and all(int_in(1, MAX_DIM)(d) for d in shape)):
-        raise OpError("input_shape", f"{short(shape)} must be 1..{MAX_RANK} sizes, each "
-                      f"1..{MAX_DIM}")
-    if math.prod(shape) > MAX_ELEMENTS:
-        raise OpError("input_shape", f"{shape} holds {math.prod(shape)} elements, more than "
-                      f"{MAX_ELEMENTS} (2**26)")
+def _check_inputs(graph: GraphInput) -> None:
+    """Every input: an allowed dtype, a bounded shape, the first input's batch, sane ranges."""
+    if (graph.input_shape is None) == (not graph.inputs):
+        raise OpError("inputs", "give the graph's inputs or one input_shape, not both or none")
+    listed = graph.input_list()
+    batch = listed[0][1][0] if listed[0][1] else None
+    for k, (dtype, shape) in enumerate(listed):
+        field = "input_shape" if graph.input_shape is not None else f"inputs[{k}].shape"
+        shape = list(shape)
+        if not (1 <= len(shape) <= MAX_RANK and all(int_in(1, MAX_DIM)(d) for d in shape)):
+            raise OpError(field, f"{short(shape)} must be 1..{MAX_RANK} sizes, each "
+                          f"1..{MAX_DIM}")
+        if math.prod(shape) > MAX_ELEMENTS:
+            raise OpError(field, f"{shape} holds {math.prod(shape)} elements, more than "
+                          f"{MAX_ELEMENTS} (2**26)")
+        if shape[0] != batch:
+            raise OpError(field, f"{shape} has batch {shape[0]}, but the first input's is "
+                          f"{batch}; every input is batch first, with the same batch")
+        if dtype not in INPUT_DTYPES:
+            raise OpError(f"inputs[{k}].dtype", f"{dtype!r} is not one of "
+                          f"{', '.join(INPUT_DTYPES)}")
+    for k, record in enumerate(graph.inputs):
+        _check_range(k, record)
+
+
+def _check_range(k: int, record: Any) -> None:
+    """An integer input has ``low < high`` within +-``MAX_INPUT_VALUE``; others have neither."""
+    low, high = record.low, record.high
+    if record.dtype not in ("int64", "int32"):
+        if low is not None or high is not None:
+            raise OpError(f"inputs[{k}].low", f"a {record.dtype} input has no value range; "
+                          "low and high must be null")
+        return
+    if not (is_int(low) and is_int(high)):
+        raise OpError(f"inputs[{k}].low", f"an integer input has its valid values low <= v < "
+                      f"high; both must be integers, not {short(low)} and {short(high)}")
+    if not (-MAX_INPUT_VALUE <= low < high <= MAX_INPUT_VALUE):
+        raise OpError(f"inputs[{k}].high", f"[{low}, {high}) must be a non-empty range within "
+                      f"+-{MAX_INPUT_VALUE} (2**31 - 1)")
 
 
 def _check_node_values(node: Any, k: int, small: list[_Value], large: list[_Value],
@@ -138,16 +184,20 @@ def _propagate(graph: GraphInput, batch: int) -> _Propagation:
     indexed: dict[int, tuple[int, int] | None] = {}
     work, heaviest, heaviest_work = 0.0, 0, -1.0
     made, largest, largest_made = 0.0, 0, -1.0
+    from neftc.format.graph_codec import DTYPES
+
+    inputs = graph.input_list()
     placeholders = 0
     by_name = {node.name: node for node in graph.nodes}
     for k, node in enumerate(graph.nodes):
         out: Any = None
         if node.op == "placeholder":
             placeholders += 1
-            if placeholders > 1:
-                raise OpError("op", "a second placeholder: a layout's graph has exactly one "
-                              "input", k)
-            out = torch.empty((batch, *graph.input_shape[1:]), device=meta)
+            if placeholders > len(inputs):
+                raise OpError("op", f"placeholder {placeholders}: the layout has "
+                              f"{len(inputs)} input(s), one per placeholder", k)
+            dtype, shape = inputs[placeholders - 1]
+            out = torch.empty((batch, *shape[1:]), dtype=DTYPES[dtype], device=meta)
         elif node.op == "get_attr":
             out = _constant_value(graph, node, k)
         elif node.op == "call_function":
@@ -163,9 +213,9 @@ def _propagate(graph: GraphInput, batch: int) -> _Propagation:
             if size > largest_made:
                 largest, largest_made = k, size
         env[node.name] = out
-    if placeholders != 1:
-        raise OpError("nodes", "the graph has no placeholder node; a layout's graph has exactly "
-                      "one input")
+    if placeholders != len(inputs):
+        raise OpError("nodes", f"the graph has {placeholders} placeholder node(s) but the "
+                      f"layout {len(inputs)} input(s); one placeholder takes each input")
     return _Propagation(values, indexed, work, heaviest, made, largest)
 
 

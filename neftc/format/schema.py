@@ -13,7 +13,9 @@ from pydantic import BaseModel, ConfigDict, Field
 from neftc.targets.spec import TargetSpec
 
 LAYOUT_FORMAT = "neftc-layout"
-LAYOUT_VERSION = 2
+LAYOUT_VERSION = 3
+#: Older versions ``load_layout`` still reads, converting them (``neftc.format.upgrade``).
+READABLE_VERSIONS = (2, 3)
 
 LAYOUT_FILE = "layout.json"
 LEVELS_FILE = "levels.bin"
@@ -181,9 +183,33 @@ class GraphNode(_Strict):
     layer: str | None = Field(default=None, description="set on crossbar nodes and their weights")
 
 
+InputDtype = Literal["float32", "int64", "int32", "bool"]
+
+
+class InputRecord(_Strict):
+    """One input of the network, in the order the graph's placeholders take them."""
+
+    name: str = Field(description="the name of the placeholder node that takes this input")
+    dtype: InputDtype = Field(description="float inputs are activations; integer and bool inputs "
+                              "(token ids, masks) reach only digital ops, unquantised")
+    shape: list[int] = Field(description="example shape, batch first; every input has the "
+                             "same batch")
+    low: int | None = Field(default=None, description="integer inputs: the smallest valid value "
+                            "(null: float or bool input)")
+    high: int | None = Field(default=None, description="integer inputs: one past the largest "
+                             "valid value, low <= v < high (token ids: the embedding's rows)")
+
+
 class GraphRecord(_Strict):
-    input_shape: list[int] = Field(description="example input shape, batch first")
+    inputs: list[InputRecord] = Field(
+        min_length=1, description="the network's inputs, in placeholder order (a version 2 "
+        "layout had one float32 input, graph.input_shape)")
     nodes: list[GraphNode]
+
+    @property
+    def input_shape(self) -> list[int]:
+        """The first input's example shape, batch first (version 2's ``input_shape``)."""
+        return list(self.inputs[0].shape)
 
 
 class PlacementRecord(_Strict):
@@ -216,7 +242,7 @@ class LayoutDoc(_Strict):
     """The whole ``layout.json`` document."""
 
     format: Literal["neftc-layout"]
-    version: Literal[2]
+    version: Literal[3]
     neftc_version: str
     source: SourceRecord
     target: TargetSpec
