@@ -12,7 +12,7 @@ rule made the split. Inputs must be finite and labels integer class indices belo
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -22,11 +22,26 @@ from neftc.errors import DataError
 
 @dataclass(frozen=True)
 class Split:
-    x: torch.Tensor  # float32 [N, ...] as fed to the model
+    """Samples and labels. ``x`` is the model's first input: float32 [N, ...] (images, features)
+    or int64 [N, T] (token ids); ``extras`` the model's other inputs by name (e.g.
+    ``attention_mask``), each [N, ...] (int64, float32 or bool), in the model's input order once
+    fitted to it (``neftc.datasets.fit``)."""
+
+    x: torch.Tensor
     y: torch.Tensor  # int64 [N]
+    extras: dict[str, torch.Tensor] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return int(self.y.shape[0])
+
+    def inputs(self) -> tuple[torch.Tensor, ...]:
+        """``x`` and the extras, in order: what the model is fed."""
+        return (self.x, *self.extras.values())
+
+    def take(self, index: torch.Tensor | slice) -> Split:
+        """The samples ``index`` (a slice or an index tensor) of every array."""
+        return Split(self.x[index], self.y[index],
+                     {name: t[index] for name, t in self.extras.items()})
 
 
 @dataclass(frozen=True)
@@ -98,14 +113,27 @@ def _shape_hint(name: str, input_shape: tuple[int, ...]) -> str:
     return "give data whose samples match the model's input shape"
 
 
-def split_from_numpy(x: np.ndarray, y: np.ndarray) -> Split:
-    return Split(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)),
-                 torch.from_numpy(np.ascontiguousarray(y, dtype=np.int64)))
+def as_tensor(array: np.ndarray) -> torch.Tensor:
+    """A data array as a tensor: bool stays bool, integers become int64 (token ids, masks),
+    anything else float32."""
+    dtype = (np.bool_ if array.dtype == np.bool_ else np.int64 if array.dtype.kind in "iu"
+             else np.float32)
+    return torch.from_numpy(np.ascontiguousarray(array, dtype=dtype))
+
+
+def split_from_numpy(x: np.ndarray, y: np.ndarray,
+                     extras: dict[str, np.ndarray] | None = None) -> Split:
+    """A split of float ``x`` (float32) or integer ``x`` (int64, kept), int64 labels and the
+    ``extras`` arrays (``as_tensor``)."""
+    return Split(as_tensor(x), torch.from_numpy(np.ascontiguousarray(y, dtype=np.int64)),
+                 {name: as_tensor(a) for name, a in (extras or {}).items()})
 
 
 def empty_like(test: Split) -> Split:
-    return Split(torch.zeros((0, *test.x.shape[1:]), dtype=torch.float32),
-                 torch.zeros((0,), dtype=torch.int64))
+    return Split(torch.zeros((0, *test.x.shape[1:]), dtype=test.x.dtype),
+                 torch.zeros((0,), dtype=torch.int64),
+                 {name: torch.zeros((0, *t.shape[1:]), dtype=t.dtype)
+                  for name, t in test.extras.items()})
 
 
 def count_classes(*splits: Split) -> int:

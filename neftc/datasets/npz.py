@@ -1,11 +1,18 @@
 """``.npz`` data files: read with ``allow_pickle=False`` (nothing is ever unpickled), every
 ``.npy`` header's shape checked against its member and the memory budget before an array is
-loaded; ``x``/``y`` split by the fixed permutation, ``x_train``/``x_test`` kept as stored."""
+loaded; ``x``/``y`` split by the fixed permutation, ``x_train``/``x_test`` kept as stored.
+
+Float ``x`` becomes float32; integer ``x`` (token ids, [N, T]) stays integer (int64). Every other
+numeric or bool array with one row per sample is a further model input named after the array
+(``attention_mask`` next to ``x``; ``attention_mask_train``/``attention_mask_test`` next to
+``x_train``/``x_test``), split like ``x``; other arrays are ignored. Which inputs a model needs,
+and their dtypes and ranges, is checked against the model by ``neftc.datasets.fit``."""
 
 from __future__ import annotations
 
 import math
 import zipfile
+from collections.abc import Sequence
 from pathlib import Path
 from typing import BinaryIO
 
@@ -60,12 +67,12 @@ def _load_npz_file(path: Path, fh: BinaryIO) -> Dataset:
                               else ("y_train", "x_train"))
                 raise DataError(f"'{path}' has '{have}' but no '{miss}'; save both or "
                                 f"neither (arrays in the file: {_keys(keys)})")
-            arrays = _npz_arrays(archive, members, path,
-                                 [k for k in ("x_train", "y_train", "x_test", "y_test")
-                                  if k in keys])
+            main = [k for k in ("x_train", "y_train", "x_test", "y_test") if k in keys]
+            extra = _extra_keys(keys, main)
+            arrays = _npz_arrays(archive, members, path, main, extra)
             combined = False
         elif {"x", "y"} <= keys:
-            arrays = _npz_arrays(archive, members, path, ["x", "y"])
+            arrays = _npz_arrays(archive, members, path, ["x", "y"], _extra_keys(keys, ["x", "y"]))
             combined = True
         else:
             raise DataError(
@@ -84,14 +91,18 @@ def _load_npz_file(path: Path, fh: BinaryIO) -> Dataset:
         if len(y) == 0:
             raise DataError(f"'{path}' holds no samples (x and y are empty)")
         train_idx, test_idx = split_indices(len(y))
-        train = split_from_numpy(x[train_idx], y[train_idx])
-        test = split_from_numpy(x[test_idx], y[test_idx])
+        extras = _extras(arrays, "", ())
+        train = split_from_numpy(x[train_idx], y[train_idx],
+                                 {name: a[train_idx] for name, a in extras.items()})
+        test = split_from_numpy(x[test_idx], y[test_idx],
+                                {name: a[test_idx] for name, a in extras.items()})
         split = PERMUTATION_SPLIT
     else:
         x_test, y_test = _check_xy(path, arrays["x_test"], arrays["y_test"], "x_test", "y_test")
         if len(y_test) == 0:
             raise DataError(f"'{path}' holds no test samples (x_test and y_test are empty)")
-        test = split_from_numpy(x_test, y_test)
+        both = ("_train",) if "x_train" in arrays else ()
+        test = split_from_numpy(x_test, y_test, _extras(arrays, "_test", both))
         if "x_train" in arrays:
             x_train, y_train = _check_xy(path, arrays["x_train"], arrays["y_train"],
                                          "x_train", "y_train")
@@ -99,7 +110,7 @@ def _load_npz_file(path: Path, fh: BinaryIO) -> Dataset:
                 raise DataError(f"'{path}': x_train samples have shape {list(x_train.shape[1:])} "
                                 f"but x_test samples have shape {list(x_test.shape[1:])}; "
                                 f"they must match")
-            train = split_from_numpy(x_train, y_train)
+            train = split_from_numpy(x_train, y_train, _extras(arrays, "_train", ("_test",)))
             split = "stored by the file (x_train/x_test)"
         else:
             train = empty_like(test)
@@ -148,11 +159,44 @@ def _npy_header(archive: zipfile.ZipFile, name: str, path: Path,
     return tuple(shape), dtype
 
 
+def _extra_keys(keys: set[str], main: list[str]) -> list[str]:
+    """The members that may be further model inputs: in a file of ``x``/``y`` every other one,
+    in a split file those ending in ``_train`` or ``_test``."""
+    split = "x" not in main
+    return sorted(k for k in keys - set(main)
+                  if not split or k.endswith(("_train", "_test")))
+
+
+def _extras(arrays: dict[str, np.ndarray], suffix: str,
+            partners: tuple[str, ...]) -> dict[str, np.ndarray]:
+    """The further inputs of one split: the loaded arrays ending in ``suffix`` (all loaded
+    extras for ``""``) whose name also exists with every suffix of ``partners``."""
+    main = {"x", "y", "x_train", "y_train", "x_test", "y_test"}
+    found = {}
+    for key, array in arrays.items():
+        if key in main or not key.endswith(suffix):
+            continue
+        name = key.removesuffix(suffix) if suffix else key
+        if all(f"{name}{p}" in arrays for p in partners):
+            found[name] = array
+    return found
+
+
 def _npz_arrays(archive: zipfile.ZipFile, members: dict[str, str], path: Path,
-                keys: list[str]) -> dict[str, np.ndarray]:
-    """The arrays ``keys``, loaded only after every declared shape is checked against the member
-    sizes and, with float32 copies, against :data:`MAX_DATA_BYTES`."""
+                keys: list[str], extra: Sequence[str] = ()) -> dict[str, np.ndarray]:
+    """The arrays ``keys`` and those of ``extra`` that are numeric or bool with one row per
+    sample (others are left unread), loaded only after every declared shape is checked against
+    the member sizes and, with float32 copies, against :data:`MAX_DATA_BYTES`."""
     headers = {key: _npy_header(archive, members[key], path, key) for key in keys}
+    for key in extra:
+        try:
+            shape, dtype = _npy_header(archive, members[key], path, key)
+        except DataError:
+            continue  # not an array neftc could feed: not an input
+        rows = headers.get("x" if "x" in headers else f"x{key[key.rfind('_'):]}")
+        if dtype.kind in "biuf" and shape and rows is not None and rows[0][:1] == shape[:1]:
+            headers[key] = (shape, dtype)
+    keys = list(headers)
     need = sum(math.prod(shape) * (dtype.itemsize + 8) for shape, dtype in headers.values())
     shapes = ", ".join(f"{key} {list(shape)}" for key, (shape, _) in headers.items())
     check_budget(path, need, f"arrays {shapes}")
@@ -168,7 +212,7 @@ def _check_xy(path: Path, x: np.ndarray, y: np.ndarray, xname: str,
     where = f"'{path}'"
     if x.dtype.kind not in "biuf":
         raise DataError(f"{where}: '{xname}' has dtype {x.dtype}; it must be numeric "
-                        f"(float or integer)")
+                        f"(float, or integer token ids)")
     if x.ndim < 2:
         raise DataError(f"{where}: '{xname}' has shape {list(x.shape)}; it must be "
                         f"[N, ...] with one sample per row (at least 2-D)")
@@ -188,6 +232,11 @@ def _check_xy(path: Path, x: np.ndarray, y: np.ndarray, xname: str,
         if y.max() >= MAX_CLASSES:
             raise DataError(f"{where}: '{yname}' has labels up to {int(y.max())}; labels must be "
                             f"class indices 0, 1, 2, ... below {MAX_CLASSES}")
+    if x.dtype.kind in "biu":  # token ids (or integer pixels): kept, checked against the model
+        if x.dtype.kind == "u" and x.size and int(x.max()) > np.iinfo(np.int64).max:
+            raise DataError(f"{where}: '{xname}' holds integers beyond int64; save token ids "
+                            "as int64")
+        return x, y.astype(np.int64)
     with np.errstate(over="ignore"):  # values beyond float32 become inf, refused just below
         x = x.astype(np.float32)
     if not np.isfinite(x).all():
