@@ -20,13 +20,26 @@ from torch.fx.operator_schemas import normalize_function
 from neftc.ir.facts import Fact
 from neftc.ir.node_info import ConvParams, NodeInfo, get_info, set_info
 from neftc.ir.pass_manager import NodeError, PassContext, PassResult
+from neftc.passes.lowering import (
+    decompose_attention,
+    functional_inplace,
+    matmul_form,
+    static_matrix,
+)
+from neftc.passes.lowering import param as _param
 
 aten = torch.ops.aten
 
 _LINEAR = aten.linear.default
 _CONVS = {aten.conv1d.default: "conv1d", aten.conv2d.default: "conv2d"}
 _CONV_DIMS = {3: aten.conv1d.default, 4: aten.conv2d.default}
-_IDENTITY_OPS = {aten.dropout.default, aten.alias.default, aten.detach.default}
+_IDENTITY_OPS = {aten.dropout.default, aten.alias.default, aten.detach.default,
+                 aten.clone.default, aten.contiguous.default, aten.lift_fresh_copy.default}
+_CASTS = {aten.to.dtype, aten.to.dtype_layout, aten.type_as.default}
+_DROPPED = {aten._assert_tensor_metadata.default, aten._assert_scalar.default}  # checks only
+_RENAMED = {aten.__and__.Tensor: aten.bitwise_and.Tensor,  # the layout refuses dunder names
+            aten.__or__.Tensor: aten.bitwise_or.Tensor}
+_MATMULS = {aten.mm.default, aten.bmm.default, aten.addmm.default, aten.baddbmm.default}
 
 
 @dataclass(frozen=True)
@@ -40,18 +53,32 @@ class Normalize:
     def run(self, gm: torch.fx.GraphModule, ctx: PassContext) -> PassResult:
         before = _signature(gm)
         gm = _lower_to_aten(gm, ctx.example_input)
+        functional_inplace(gm)
         for node in list(gm.graph.nodes):
             if node.op != "call_function":
                 continue
             if node.target in _IDENTITY_OPS:
                 node.replace_all_uses_with(node.args[0])
                 gm.graph.erase_node(node)
+            elif node.target in _DROPPED and not node.users:
+                gm.graph.erase_node(node)
+            elif node.target in _RENAMED:
+                node.target = _RENAMED[node.target]
+            elif node.target in _CASTS:
+                _canonical_cast(gm, node)
             elif node.target is aten._native_batch_norm_legit_no_training.default:
                 _canonical_batch_norm(gm, node)
             elif node.target is aten.convolution.default:
                 _canonical_convolution(gm, node)
-            elif node.target in (aten.matmul.default, aten.mm.default, aten.addmm.default):
-                _canonical_matmul(gm, node)
+            elif node.target is aten.scaled_dot_product_attention.default:
+                why = decompose_attention(gm, node)
+                if why is not None:
+                    raise NodeError(node, why)
+            elif node.target in _MATMULS and not _addmm_as_linear(gm, node):
+                matmul_form(gm, node)
+        for node in list(gm.graph.nodes):
+            if node.target is aten.matmul.default:
+                _static_matmul(gm, node)
         gm.graph.eliminate_dead_code()
         if self.fold_bn:
             _fold_batch_norms(gm)
@@ -86,22 +113,8 @@ def _lower_to_aten(gm: torch.fx.GraphModule, example: torch.Tensor) -> torch.fx.
     return unexported(export_dynamic_batch(gm, example).module())
 
 
-def _param(gm: torch.fx.GraphModule, node: Any) -> torch.Tensor | None:
-    """The tensor behind a get_attr node, else None."""
-    if isinstance(node, torch.fx.Node) and node.op == "get_attr":
-        value = _get_attr(gm, str(node.target))
-        return value if isinstance(value, torch.Tensor) else None
-    return None
-
-
-def _get_attr(gm: torch.nn.Module, target: str) -> Any:
-    obj: Any = gm
-    for part in target.split("."):
-        obj = getattr(obj, part)
-    return obj
-
-
 LAYER_KEY = "neftc_layer"  # get_attr meta: the layer name of a weight made by canonicalisation
+ROOT_KEY = "neftc_root"  # get_attr meta: the parameter a canonical weight was derived from
 
 
 def _new_param(gm: torch.fx.GraphModule, anchor: torch.fx.Node, base: str,
@@ -150,40 +163,89 @@ def _canonical_convolution(gm: torch.fx.GraphModule, node: torch.fx.Node) -> Non
     gm.graph.erase_node(node)
 
 
-def _transposed_weight(gm: torch.fx.GraphModule, node: Any) -> tuple[str, torch.Tensor] | None:
-    """If ``node`` is a static [in, out] weight (a parameter, or t() of one), its [out, in] form."""
-    if isinstance(node, torch.fx.Node) and node.op == "call_function" and node.target in (
-        aten.t.default, aten.transpose.int, aten.permute.default
-    ):
-        w = _param(gm, node.args[0])
-        if w is not None and w.dim() == 2:
-            return str(node.args[0].target), w  # t(W) with W [out, in]
-        return None
-    w = _param(gm, node)
-    if w is not None and w.dim() == 2:
-        return str(node.target), w.t()
-    return None
-
-
-def _canonical_matmul(gm: torch.fx.GraphModule, node: torch.fx.Node) -> None:
-    if node.target is aten.addmm.default:
-        bias, x, rhs = node.args[:3]
-        if node.kwargs.get("beta", 1) != 1 or node.kwargs.get("alpha", 1) != 1:
-            return
+def _canonical_cast(gm: torch.fx.GraphModule, node: torch.fx.Node) -> None:
+    """``to(dtype)`` and ``type_as`` become the one cast the layout knows, ``_to_copy``."""
+    if node.target is aten.type_as.default:
+        other = node.args[1].meta.get("val") if isinstance(node.args[1], torch.fx.Node) else None
+        dtype = other.dtype if isinstance(other, torch.Tensor) else None
     else:
-        x, rhs = node.args[:2]
-        bias = None
-    found = _transposed_weight(gm, rhs)
-    if found is None:
-        return  # a dynamic matmul (e.g. attention): digital
-    base, weight = found
-    weight_node = _new_param(gm, node, base + ".T", weight, _layer_name(rhs, base))
+        dtype = node.kwargs.get("dtype", node.args[1] if len(node.args) > 1 else None)
+    if not isinstance(dtype, torch.dtype):
+        return
     with gm.graph.inserting_before(node):
-        linear = gm.graph.call_function(_LINEAR, (x, weight_node, bias))
+        cast = gm.graph.call_function(aten._to_copy.default, (node.args[0],), {"dtype": dtype})
+    cast.meta.update(node.meta)
+    node.replace_all_uses_with(cast)
+    gm.graph.erase_node(node)
+
+
+def _crossbar_weight(gm: torch.fx.GraphModule, anchor: torch.fx.Node, root: torch.fx.Node,
+                     weight: torch.Tensor) -> torch.fx.Node:
+    """The get_attr node of a crossbar weight ``[out, in]`` derived from parameter ``root``:
+    ``root`` itself when it holds exactly that, else one new parameter per distinct weight (so a
+    parameter used twice the same way stays one tied weight)."""
+    value = _param(gm, root)
+    if value is not None and value.shape == weight.shape and torch.equal(value, weight):
+        return root
+    for node in gm.graph.nodes:
+        if node is anchor:
+            break
+        made = _param(gm, node) if node.meta.get(ROOT_KEY) == root.target else None
+        if made is not None and made.shape == weight.shape and torch.equal(made, weight):
+            return node
+    layer = _layer_name(root, str(root.target))
+    node = _new_param(gm, anchor, str(root.target) + ".T", weight, layer)
+    node.meta[ROOT_KEY] = root.target
+    return node
+
+
+def _addmm_as_linear(gm: torch.fx.GraphModule, node: torch.fx.Node) -> bool:
+    """``addmm(bias, x, W^T)`` with a static ``W`` and a parameter bias becomes one linear."""
+    if node.target is not aten.addmm.default or node.kwargs.get("beta", 1) != 1 \
+            or node.kwargs.get("alpha", 1) != 1:
+        return False
+    bias, x, rhs = node.args[:3]
+    found = static_matrix(gm, rhs)
+    bias_value = _param(gm, bias)
+    if found is None or bias_value is None or bias_value.dim() != 1 \
+            or static_matrix(gm, x) is not None:
+        return False
+    weight = _crossbar_weight(gm, node, found[0], found[1].t())
+    with gm.graph.inserting_before(node):
+        linear = gm.graph.call_function(_LINEAR, (x, weight, bias))
     linear.meta.update(node.meta)
     node.replace_all_uses_with(linear)
     gm.graph.erase_node(node)
+    return True
 
+
+def _static_matmul(gm: torch.fx.GraphModule, node: torch.fx.Node) -> None:
+    """A matmul with exactly one static operand becomes a linear (a crossbar layer):
+    ``x @ M`` -> ``linear(x, M^T)``; ``M @ x`` -> ``linear(x^T, M)^T``. A matmul of two
+    activations (attention scores, attention x values) stays digital."""
+    lhs, rhs = node.args[:2]
+    left, right = static_matrix(gm, lhs), static_matrix(gm, rhs)
+    if (left is None) == (right is None):
+        return  # two activations (digital) or two constants (folded by nobody: digital)
+    graph = gm.graph
+    if right is not None:
+        weight = _crossbar_weight(gm, node, right[0], right[1].t())
+        with graph.inserting_before(node):
+            out = graph.call_function(_LINEAR, (lhs, weight, None))
+    else:
+        assert left is not None
+        shape = rhs.meta.get("val").shape if isinstance(rhs, torch.fx.Node) \
+            and isinstance(rhs.meta.get("val"), torch.Tensor) else None
+        if shape is None or len(shape) < 2:
+            return  # M @ vector: digital
+        weight = _crossbar_weight(gm, node, left[0], left[1])
+        with graph.inserting_before(node):
+            turned = graph.call_function(aten.transpose.int, (rhs, -2, -1))
+            linear = graph.call_function(_LINEAR, (turned, weight, None))
+            out = graph.call_function(aten.transpose.int, (linear, -2, -1))
+    out.meta.update(node.meta)
+    node.replace_all_uses_with(out)
+    graph.erase_node(node)
 
 def _fold_batch_norms(gm: torch.fx.GraphModule) -> None:
     for node in list(gm.graph.nodes):
@@ -280,8 +342,8 @@ def _annotate(gm: torch.fx.GraphModule) -> None:
             continue
         weight_node = node.args[1] if len(node.args) > 1 else node.kwargs.get("weight")
         weight = _param(gm, weight_node)
-        if weight is None:
-            continue  # dynamic weight: digital
+        if weight is None or not _float_input(node):
+            continue  # a dynamic weight or an integer input: digital
         node.args = _canonical_args(node)
         node.kwargs = {}
         _split_computed_bias(gm, node)
@@ -297,6 +359,13 @@ def _annotate(gm: torch.fx.GraphModule) -> None:
             conv = ConvParams(stride, padding, dilation, groups, tuple(weight.shape[2:]))
             set_info(node, NodeInfo(layer, _CONVS[node.target], tuple(weight.shape), rows, c_out,
                                     conv=conv))
+
+
+def _float_input(node: torch.fx.Node) -> bool:
+    """False where the op's input is known to hold integers or booleans (token ids, masks):
+    those never reach a crossbar's DACs."""
+    val = node.args[0].meta.get("val") if isinstance(node.args[0], torch.fx.Node) else None
+    return not isinstance(val, torch.Tensor) or val.is_floating_point()
 
 
 def _check_ops(gm: torch.fx.GraphModule) -> None:

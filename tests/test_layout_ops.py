@@ -107,6 +107,35 @@ class Factories(nn.Module):
         return y * torch.ones_like(y) + torch.zeros_like(y) + torch.full_like(y, 1.0)
 
 
+class Masks(nn.Module):
+    """The digital ops of transformers' embeddings and attention masks, mobile CNNs' padding
+    and the elementwise math of normalisations: lookups by integer ids, comparisons, selections
+    by a mask, dtype casts."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.emb = nn.Embedding(10, 8)
+        self.fc = nn.Linear(8, 8)
+        self.register_buffer("pick", torch.tensor([0, 2, 3]))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: [B, 6, 8]
+        ids = (x[:, :, 0].abs() * 3).to(torch.int64).clamp(0, 9)  # [B, 6] token ids
+        h = self.fc(x) + self.emb(ids)
+        h = h + torch.gather(h, 2, ids.clamp(0, 7).unsqueeze(-1).expand(-1, -1, 8)).float()
+        keep = (ids >= 1) & (ids != 5) & ~(ids > 8) & torch.logical_not(ids < 0)
+        keep = keep & (ids <= 9) & (ids == ids) & (ids.le(ids)) & ids.ge(ids) & ~ids.gt(ids)
+        keep = keep & ~ids.lt(ids) & ~ids.ne(ids) | (ids > 100)
+        h = torch.where(keep.unsqueeze(-1), h, -1e4)
+        h = torch.where(keep.unsqueeze(-1), h, torch.zeros_like(h))
+        h = torch.where(keep.unsqueeze(-1), 0.5, h)
+        h = h.masked_fill(ids.unsqueeze(-1) == 3, 0.0).masked_fill(h > 1e3, torch.tensor(1.0))
+        h = torch.sqrt(h.abs() + 1) + torch.rsqrt(h * h + 1) + torch.erf(h) + h.pow(2)
+        h = (1 - torch.reciprocal(h.abs() + 1)) * keep.unsqueeze(-1).to(torch.float32)
+        h = F.pad(h, (1, 1)) + F.pad(h, (1, 1), mode="reflect")
+        h = torch.constant_pad_nd(h, [0, 0, 0, 1], 0.5)
+        return h.index_select(2, self.pick)
+
+
 def _conv1d() -> nn.Module:
     return nn.Sequential(nn.Conv1d(6, 8, 3, stride=2, padding=1, dilation=2), nn.ReLU(),
                          nn.Flatten(), nn.Linear(8 * 6, 3))
@@ -136,7 +165,8 @@ MODELS: dict[str, tuple[Callable[[], nn.Module], tuple[int, ...], CompileSetting
     "cumsum": (Cumulative, (4,), CompileSettings()),
     "periphery": (Periphery, (2, 8, 8), CompileSettings()),
 }
-EXPORTED = {"factories": (Factories, (6,))}  # compiled from a .pt2 archive
+# compiled from a .pt2 archive
+EXPORTED = {"factories": (Factories, (6,)), "masks": (Masks, (6, 8))}
 
 
 @pytest.fixture(scope="module")

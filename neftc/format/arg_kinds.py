@@ -95,6 +95,14 @@ ARG_KINDS: dict[str, tuple[str, Callable[[Any], bool]]] = {
     "number-or-size": ("a finite number or a reference to an aten.sym_size.int node",
                        lambda v: is_number(v) or is_ref(v)),
     "approximate": ("\"none\" or \"tanh\"", lambda v: v in ("none", "tanh")),
+    "pads": (f"a list of at most {2 * MAX_RANK} integers {-MAX_WINDOW}..{MAX_WINDOW}, two per "
+             "padded dimension, the last dimension first",
+             lambda v: _list_of(int_in(-MAX_WINDOW, MAX_WINDOW), 0, 2 * MAX_RANK)(v)
+             and len(v) % 2 == 0),
+    "pad_mode": ("\"constant\", \"reflect\" or \"replicate\"",
+                 lambda v: v in ("constant", "reflect", "replicate")),
+    "dtype": ("{\"dtype\": NAME}", lambda v: isinstance(v, dict) and set(v) == {"dtype"}
+              and v["dtype"] in DTYPE_NAMES),
 }
 
 

@@ -78,6 +78,8 @@ _FACTORY = ("dtype: dtype? = None, layout: layout? = None, device: device? = Non
             "pin_memory: false? = None")
 _LIKE = _FACTORY + ", memory_format: memory_format? = None"
 _SOFTMAX = "self: tensor, dim: dim, dtype: dtype? = None"
+_COMPARE_SCALAR = "self: tensor, other: number"
+_COMPARE = "self: tensor, other: tensor"
 
 # The allow-list: every op the compiler emits for the models it supports (docs/layout.md 7.1.1).
 OPS: dict[str, OpSpec] = {spec.name: spec for spec in (_spec(*entry) for entry in (
@@ -108,10 +110,36 @@ OPS: dict[str, OpSpec] = {spec.name: spec for spec in (_spec(*entry) for entry i
     ("aten.elu.default", ("self: tensor, alpha: number = 1, scale: number = 1, "
                           "input_scale: number = 1")),
     ("aten.clamp.default", "self: tensor, min: number? = None, max: number? = None"),
+    ("aten.sqrt.default", _UNARY),
+    ("aten.rsqrt.default", _UNARY),
+    ("aten.abs.default", _UNARY),
+    ("aten.erf.default", _UNARY),
+    ("aten.reciprocal.default", _UNARY),
+    ("aten.pow.Tensor_Scalar", "self: tensor, exponent: number"),
+    ("aten.rsub.Scalar", "self: tensor, other: number, alpha: number = 1"),
     ("aten.add.Tensor", _ADD),
     ("aten.sub.Tensor", _ADD),
     ("aten.mul.Tensor", _MUL),
     ("aten.div.Tensor", _MUL),
+    # masks: comparisons, selections by a mask, and dtype casts (digital, any dtype)
+    *((f"aten.{op}.Scalar", _COMPARE_SCALAR) for op in ("eq", "ne", "lt", "le", "gt", "ge")),
+    *((f"aten.{op}.Tensor", _COMPARE) for op in ("eq", "ne", "lt", "le", "gt", "ge")),
+    ("aten.logical_not.default", _UNARY),
+    ("aten.bitwise_not.default", _UNARY),
+    ("aten.bitwise_and.Tensor", _COMPARE),
+    ("aten.bitwise_or.Tensor", _COMPARE),
+    ("aten.where.self", "condition: tensor, self: tensor, other: tensor"),
+    ("aten.where.ScalarOther", "condition: tensor, self: tensor, other: number"),
+    ("aten.where.ScalarSelf", "condition: tensor, self: number, other: tensor"),
+    ("aten.masked_fill.Scalar", "self: tensor, mask: tensor, value: number"),
+    ("aten.masked_fill.Tensor", "self: tensor, mask: tensor, value: tensor"),
+    ("aten._to_copy.default", ("self: tensor, *, " + _FACTORY + ", non_blocking: bool = False, "
+                               "memory_format: memory_format? = None")),
+    # lookups: embeddings (token and position tables) and gathers, digital
+    ("aten.embedding.default", ("weight: tensor, indices: tensor, padding_idx: index = -1, "
+                                "scale_grad_by_freq: bool = False, sparse: false = False")),
+    ("aten.gather.default", "self: tensor, dim: dim, index: tensor, *, sparse_grad: false = False"),
+    ("aten.index_select.default", "self: tensor, dim: dim, index: tensor"),
     # reductions
     ("aten.mean.dim", _REDUCE),
     ("aten.sum.dim_IntList", _REDUCE),
@@ -126,6 +154,10 @@ OPS: dict[str, OpSpec] = {spec.name: spec for spec in (_spec(*entry) for entry i
     ("aten.avg_pool2d.default", _AVG_POOL + ", divisor_override: divisor? = None"),
     ("aten.adaptive_avg_pool1d.default", "self: tensor, output_size: output_size"),
     ("aten.adaptive_avg_pool2d.default", "self: tensor, output_size: output_size"),
+    # padding (mobile CNNs' "same" padding, cropping with negative entries)
+    ("aten.pad.default", ("self: tensor, pad: pads, mode: pad_mode = 'constant', "
+                          "value: number? = None")),
+    ("aten.constant_pad_nd.default", "self: tensor, pad: pads, value: number = 0"),
     # shapes: views, selections and joins of existing values
     ("aten.flatten.using_ints", "self: tensor, start_dim: dim = 0, end_dim: dim = -1"),
     ("aten.view.default", "self: tensor, size: shape"),
