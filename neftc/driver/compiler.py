@@ -178,8 +178,8 @@ def _compile_loaded(loaded: LoadedModel, target: TargetSpec, settings: CompileSe
                         "with a parameter); there is nothing to put on the chip")
     source = SourceRecord(path=loaded.source, sha256=loaded.sha256, kind=loaded.kind,
                           arch=loaded.arch)
-    doc, levels, tensors = build_layout(gm, target, loaded.example_input, source,
-                                        settings.options(target, log))
+    doc, levels, tensors = build_layout(gm, target, loaded.example_inputs, source,
+                                        settings.options(target, log), loaded.inputs)
     if dac_data is not None:  # the DAC ranges sign-off and programming use (neftc calibrate)
         from neftc.flow.calibration import calibrate_doc
         from neftc.format.reader import Layout

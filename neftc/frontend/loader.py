@@ -1,8 +1,9 @@
-"""Load a model file and give the pipeline an fx.GraphModule with its example input.
+"""Load a model file and give the pipeline an fx.GraphModule with its inputs and examples.
 
 Accepted files, recognised by content (not by extension):
 
-- a ``torch.export.save`` archive (``.pt2``): the safe, preferred form; its graph is used as is;
+- a ``torch.export.save`` archive (``.pt2``): the safe, preferred form; its graph is used as is
+  (``exported``: its recorded inputs, its one output, made batch-agnostic);
 - a ``torch.save`` state_dict (``.pt``) with ``arch`` naming a zoo model or
   ``package.module:Class``; the module is traced with ``torch.fx.symbolic_trace``;
 - a ``torch.save`` pickled ``nn.Module``: refused unless ``trust_model`` is set, because unpickling
@@ -14,23 +15,20 @@ their CRCs checked. A ``.pt2`` is inspected before ``torch.export.load``: it mus
 raw tensor bytes, so pickled sample inputs, weights and constants, legacy ``.pt`` weight files,
 opaque or torchbind constants, compiled (AOTInductor) code and symbolic shapes that are not plain
 sympy expressions are refused unless ``trust_model`` is set; torch then loads a copy holding only
-the members that were checked, without the sample inputs (a pickle, never needed here). Loaded
-weights and buffers must be finite.
+the members that were checked, without the sample inputs (a pickle, never needed here), and with
+its pytree specs made builtin containers (nothing is imported). Loaded weights and buffers must be
+finite.
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import io
-import logging
 import pickle
-import warnings
 import zipfile
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 import torch
 import torch.fx
@@ -38,10 +36,10 @@ from torch import nn
 
 from neftc.errors import ModelFileError, UntrustedModelError
 from neftc.frontend.arch import build_arch, state_dict_of
+from neftc.frontend.exported import check_finite_weights, load_exported
+from neftc.frontend.inputs import InputSpec, float_inputs
 from neftc.frontend.model_file import TRUST_FLAG, first_line, read_model_file, sniff, zip_members
-from neftc.frontend.program_guard import check_graph_ops
-from neftc.frontend.pt2_archive import data_only_archive
-from neftc.frontend.trace import trace_module, unexported
+from neftc.frontend.trace import quiet_torch, trace_module
 from neftc.frontend.zoo import InputShape, zoo
 
 ModelKind = Literal["exported-program", "state-dict", "pickled-module"]
@@ -49,12 +47,31 @@ ModelKind = Literal["exported-program", "state-dict", "pickled-module"]
 
 @dataclass(frozen=True)
 class LoadedModel:
+    """A loaded model: ``gm(*example_inputs)`` computes its one output. ``inputs`` describes
+    each input (name, dtype, example shape, token-id range); ``notes`` says what loading decided
+    (which output leaf, a batch made dynamic), for the compile log."""
+
     gm: torch.fx.GraphModule
-    example_input: torch.Tensor
+    example_inputs: tuple[torch.Tensor, ...]
     source: str
     sha256: str
     kind: ModelKind
     arch: str | None
+    inputs: tuple[InputSpec, ...] = ()  # empty: float inputs described by example_inputs
+    notes: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        examples = self.example_inputs
+        if isinstance(examples, torch.Tensor):  # one traced module's example, as before
+            object.__setattr__(self, "example_inputs", (examples,))
+        if not self.inputs:
+            object.__setattr__(self, "inputs", float_inputs(self.example_inputs, tuple(
+                n.name for n in self.gm.graph.nodes if n.op == "placeholder")))
+
+    @property
+    def example_input(self) -> torch.Tensor:
+        """The first input's example (callers taking one input)."""
+        return self.example_inputs[0]
 
 
 def file_sha256(path: Path) -> str:
@@ -103,9 +120,9 @@ def load_model(
             raise ModelFileError(f"'{path}' is a torch.export program, which carries its own "
                                  "graph; drop --arch")
         assert members is not None
-        gm, example = _load_exported(path, raw, members, input_shape, seed, trust_model)
-        check_finite_weights(gm, path)
-        return LoadedModel(gm, example, str(path), sha, "exported-program", None)
+        loaded = load_exported(path, raw, members, input_shape, seed, trust_model)
+        return LoadedModel(loaded.gm, loaded.example_inputs, str(path), sha, "exported-program",
+                           None, loaded.inputs, loaded.notes)
     del members
     obj = _torch_load(path, raw, trust_model)
     if isinstance(obj, nn.Module):
@@ -115,7 +132,7 @@ def load_model(
         example = example_input(input_shape, seed=seed)
         gm = trace_module(obj.eval(), example)
         check_finite_weights(gm, path)
-        return LoadedModel(gm, example, str(path), sha, "pickled-module", type(obj).__name__)
+        return LoadedModel(gm, (example,), str(path), sha, "pickled-module", type(obj).__name__)
     state = state_dict_of(obj, path)
     if arch is None:
         raise ModelFileError(f"'{path}' holds a state_dict (weights only); name its architecture "
@@ -127,38 +144,12 @@ def load_model(
     example = example_input(input_shape, seed=seed)
     gm = trace_module(module, example)
     check_finite_weights(gm, path)
-    return LoadedModel(gm, example, str(path), sha, "state-dict", arch)
-
-
-def check_finite_weights(gm: torch.fx.GraphModule, source: str | Path) -> None:
-    """Refuse NaN or inf in any parameter, buffer or tensor constant of ``gm`` (crossbar weights
-    and digital tensors alike): quantising them would silently give garbage levels."""
-    tensors: dict[str, torch.Tensor] = dict(gm.named_parameters())
-    tensors.update(gm.named_buffers())
-    for node in gm.graph.nodes:
-        if node.op == "get_attr" and str(node.target) not in tensors:
-            value: Any = gm
-            for part in str(node.target).split("."):
-                value = getattr(value, part, None)
-            if isinstance(value, torch.Tensor):
-                tensors[str(node.target)] = value
-    for name, tensor in tensors.items():
-        if tensor.device.type == "meta" or not (tensor.is_floating_point() or tensor.is_complex()):
-            continue
-        finite = torch.isfinite(tensor.detach())
-        if bool(finite.all()):
-            continue
-        bad = int(finite.numel() - int(finite.sum()))
-        layer = name.rsplit(".", 1)[0] if "." in name else name
-        raise ModelFileError(f"'{source}': tensor '{name}' of layer '{layer}' holds {bad} "
-                             f"non-finite value(s) (NaN or inf) out of {tensor.numel()}; neftc "
-                             "cannot quantise it. Retrain or restore the weights and save the "
-                             "model again")
+    return LoadedModel(gm, (example,), str(path), sha, "state-dict", arch)
 
 
 def _torch_load(path: Path, raw: bytes, trust_model: bool) -> object:
     try:
-        with _quiet_torch():
+        with quiet_torch():
             return torch.load(io.BytesIO(raw), map_location="cpu", weights_only=not trust_model)
     except pickle.UnpicklingError as exc:
         if not trust_model and "weights_only" in str(exc).lower().replace(" ", "_"):
@@ -172,71 +163,3 @@ def _torch_load(path: Path, raw: bytes, trust_model: bool) -> object:
     except Exception as exc:
         raise ModelFileError(f"'{path}' cannot be read as a torch.save file: "
                              f"{first_line(exc)}") from None
-
-
-def _load_exported(path: Path, raw: bytes, members: dict[str, bytes],
-                   input_shape: InputShape | None, seed: int,
-                   trust_model: bool) -> tuple[torch.fx.GraphModule, torch.Tensor]:
-    # Untrusted: torch reads a copy that holds only the members checked to be data.
-    archive = raw if trust_model else data_only_archive(path, members)
-    records: list[logging.LogRecord] = []
-    try:
-        with _quiet_torch(records):
-            program = torch.export.load(io.BytesIO(archive))
-    except Exception as exc:
-        cause = next((r.exc_info[1] for r in records if r.exc_info and r.exc_info[1]), exc)
-        raise ModelFileError(f"'{path}' is a damaged torch.export archive: "
-                             f"{first_line(cause)}") from None
-    if not trust_model:
-        check_graph_ops(path, program)
-    user_inputs = program.graph_signature.user_inputs
-    if len(user_inputs) != 1:
-        raise ModelFileError(f"'{path}' takes {len(user_inputs)} inputs; neftc compiles models "
-                             "with exactly one tensor input")
-    node = next((n for n in program.graph.nodes
-                 if n.op == "placeholder" and n.name == user_inputs[0]), None)
-    val = node.meta.get("val") if node is not None else None
-    try:
-        shape = tuple(int(d) for d in val.shape) if val is not None else None
-    except Exception:
-        shape = None
-    if input_shape is not None:
-        shape = (shape[0] if shape else 1, *input_shape)
-    if shape is None:
-        raise ModelFileError(f"'{path}' does not record its input shape; pass --input-shape")
-    example = torch.randn(shape, generator=torch.Generator().manual_seed(seed))
-    try:
-        with _quiet_torch(records):
-            module = program.module()
-    except Exception as exc:
-        raise ModelFileError(f"'{path}' is a damaged torch.export archive: "
-                             f"{first_line(exc)}") from None
-    return unexported(module), example
-
-
-@contextlib.contextmanager
-def _quiet_torch(records: list[logging.LogRecord] | None = None) -> Iterator[None]:
-    """Keep torch's loader warnings (some with tracebacks) off stderr while a model file loads;
-    the records are kept so that an error can name the cause. Python warnings are dropped."""
-    class _Keep(logging.Handler):
-        def emit(self, record: logging.LogRecord) -> None:
-            if records is not None:
-                records.append(record)
-
-    handler = _Keep(logging.DEBUG)
-    loggers = [logging.getLogger(name) for name in ("torch.export", "torch._export",
-                                                    "torch.serialization")]
-    # torch's own logging setup may attach handlers to these loggers directly: replace them all
-    # while loading (and stop propagation), then put them back.
-    saved = [(logger.propagate, logger.handlers) for logger in loggers]
-    for logger in loggers:
-        logger.handlers = [handler]
-        logger.propagate = False
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        for logger, (propagate, handlers) in zip(loggers, saved):
-            logger.handlers = handlers
-            logger.propagate = propagate

@@ -2,7 +2,8 @@
 must hold only JSON and raw tensor bytes, so pickled weights or constants, legacy ``.pt`` weight
 files, opaque or torchbind constants, compiled (AOTInductor) code and symbolic shapes that are not
 plain sympy expressions are refused; torch then loads a copy holding only the checked members,
-without the sample inputs."""
+without the sample inputs, and with the program's pytree specs made of builtin containers
+(``treespec``: nothing is imported to read them)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import io
 import json
 import re
 import zipfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +19,7 @@ from neftc.errors import ModelFileError, UntrustedModelError
 from neftc.frontend.model_file import RECOPY, REEXPORT, first_line
 from neftc.frontend.pickle_guard import check_plain_tensor_pickle
 from neftc.frontend.program_guard import check_sym_exprs
+from neftc.frontend.treespec import plain_program
 
 MAX_JSON_BYTES = 256 << 20  # one JSON member of a .pt2 (the program, a payload config)
 
@@ -54,20 +57,50 @@ _WEIGHT_MEMBER = re.compile(r"weight_[0-9]{1,9}")
 _CONSTANT_MEMBER = re.compile(r"tensor_[0-9]{1,9}")
 
 
-def data_only_archive(path: Path, members: dict[str, bytes]) -> bytes:
-    """Check that every member of the ``.pt2`` is data torch reads without unpickling or
-    evaluating anything, and return a copy holding those members, minus the sample inputs."""
+@dataclass(frozen=True)
+class ArchiveCopy:
+    """The archive torch reads (its pytree specs made builtin containers: ``treespec``) and the
+    names of the program's output leaves, in order."""
+
+    data: bytes
+    outputs: tuple[str, ...]
+
+
+def data_only_archive(path: Path, members: dict[str, bytes]) -> ArchiveCopy:
+    """Check that every member of the ``.pt2`` is data torch reads without unpickling, importing
+    or evaluating anything, and return a copy holding those members, minus the sample inputs."""
     root = _archive_root(path, members)
     raw_members: set[str] = set()
     for directory, kind, pattern in (("data/weights/", "weights", _WEIGHT_MEMBER),
                                      ("data/constants/", "constants", _CONSTANT_MEMBER)):
         raw_members |= _payload_members(path, members, root, directory, kind, pattern)
     program_name = f"{root}models/{_MODEL}.json"
-    check_sym_exprs(path, program_name, _json_member(path, program_name, members[program_name]))
+    program = _json_member(path, program_name, members[program_name])
+    check_sym_exprs(path, program_name, program)
     kept = _kept_members(path, members, root, raw_members)
+    program, outputs = plain_program(path, program)
+    kept[program_name] = json.dumps(program).encode()
+    return ArchiveCopy(_zip(kept), outputs)
+
+
+def plain_specs_archive(path: Path, raw: bytes, members: dict[str, bytes]) -> ArchiveCopy:
+    """``--trust-model``: every member as it is (pickles included), only the program's pytree
+    specs made builtin containers (no package is imported to read them either). An archive not
+    laid out as torch 2.8+ writes is passed on unchanged (no output names: ``outputs`` empty)."""
+    try:
+        root = _archive_root(path, members)
+    except ModelFileError:
+        return ArchiveCopy(raw, ())
+    program_name = f"{root}models/{_MODEL}.json"
+    program, outputs = plain_program(path, _json_member(path, program_name,
+                                                        members[program_name]))
+    return ArchiveCopy(_zip({**members, program_name: json.dumps(program).encode()}), outputs)
+
+
+def _zip(members: dict[str, bytes]) -> bytes:
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w", zipfile.ZIP_STORED) as out:
-        for name, data in kept.items():
+        for name, data in members.items():
             out.writestr(zipfile.ZipInfo(name, date_time=(1980, 1, 1, 0, 0, 0)), data)
     return buffer.getvalue()
 
