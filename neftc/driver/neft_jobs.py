@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -20,8 +21,10 @@ from neftc.passes import Normalize
 from neftc.targets.spec import TargetSpec
 
 
-def save_program(module: nn.Module, example: torch.Tensor, path: Path) -> None:
-    """Export ``module`` (batch dimension dynamic) and save it atomically with torch.export."""
+def save_program(module: nn.Module, example: torch.Tensor | Sequence[torch.Tensor],
+                 path: Path) -> None:
+    """Export ``module`` (batch dimension dynamic; ``example``: one tensor per input) and save
+    it atomically with torch.export."""
     program = export_dynamic_batch(module, example)
     with atomic_file(Path(path)) as tmp:
         torch.export.save(program, tmp)
@@ -34,7 +37,7 @@ def finetune_file(model: Path, target: TargetSpec, settings: NeftSettings, outpu
     ctx = PassContext(target=target, example_input=loaded.example_input)
     gm = PassManager([Normalize()]).run(loaded.gm, ctx)
     gm, log = run_neft(gm, ctx, settings, progress=progress)
-    save_program(gm, loaded.example_input, output)
+    save_program(gm, loaded.example_inputs, output)
     return log
 
 
