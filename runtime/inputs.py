@@ -81,3 +81,23 @@ def _prepare_one(record: InputRecord, tensor: torch.Tensor, batch: int | None,
                             f"valid range {record.low}..{record.high - 1} (e.g. token ids "
                             "beyond the embedding's vocabulary); give ids the model knows")
     return tensor.to(device, _TORCH_DTYPES[record.dtype])
+
+
+def example_inputs(records: Sequence[InputRecord], batch: int,
+                   generator: torch.Generator) -> tuple[torch.Tensor, ...]:
+    """Inputs of ``batch`` samples the layout accepts, drawn from ``generator``: float inputs
+    standard normal, integer inputs uniform in ``[low, high)``, bool inputs all true (a mask
+    that hides nothing)."""
+    out = []
+    for record in records:
+        shape = (batch, *record.shape[1:])
+        if record.dtype == "float32":
+            out.append(torch.randn(shape, generator=generator))
+        elif record.dtype == "bool":
+            out.append(torch.ones(shape, dtype=torch.bool))
+        else:
+            low = 0 if record.low is None else record.low
+            high = low + 1 if record.high is None else record.high
+            out.append(torch.randint(low, high, shape, generator=generator,
+                                     dtype=_TORCH_DTYPES[record.dtype]))
+    return tuple(out)

@@ -170,11 +170,12 @@ def test_npz_combined_split_is_deterministic(tmp_path):
     data = load_dataset(str(tmp_path / "mine.npz"))
     assert data.name == "mine.npz" and data.num_classes == 5 and data.input_shape == (3, 4)
     assert len(data.test) == 5 and len(data.train) == 15
-    assert data.test.x.dtype == torch.float32 and data.test.y.dtype == torch.int64
+    # integer x is kept as integers (token ids); a float model gets it as float32 (fit_inputs)
+    assert data.test.x.dtype == torch.int64 and data.test.y.dtype == torch.int64
     assert data.split == f"seeded permutation, split seed {SPLIT_SEED}, test fraction 0.25"
     order = np.random.default_rng(SPLIT_SEED).permutation(20)
     # fed as-is: no rescaling, no channel dimension
-    np.testing.assert_array_equal(data.test.x.numpy(), x[order[:5]].astype(np.float32))
+    np.testing.assert_array_equal(data.test.x.numpy(), x[order[:5]].astype(np.int64))
     np.testing.assert_array_equal(data.train.y.numpy(), y[order[5:]])
     again = load_dataset(str(tmp_path / "mine.npz"))
     assert torch.equal(again.test.x, data.test.x) and torch.equal(again.train.y, data.train.y)

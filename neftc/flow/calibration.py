@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 
 from neftc.datasets.base import Dataset, check_compatible
+from neftc.datasets.fit import fit_inputs
 from neftc.datasets.spec import load_dataset
 from neftc.errors import DataError, LayoutError, NeftcError
 from neftc.format import encoding
@@ -39,10 +40,11 @@ class CalibrationResult:
     dropped_verify: bool = False  # verify.json was not carried over (another DAC setting)
 
 
-def calibration_inputs(data: Dataset, samples: int) -> tuple[torch.Tensor, str]:
-    """The first ``samples`` training samples (test samples when there is no train split)."""
+def calibration_inputs(data: Dataset, samples: int) -> tuple[tuple[torch.Tensor, ...], str]:
+    """The first ``samples`` training samples (test samples when there is no train split) of
+    every input of a data set fitted to the model (``fit_inputs``), in its input order."""
     split, name = (data.train, "train") if len(data.train) else (data.test, "test")
-    return split.x[:samples].to(torch.float32), name
+    return tuple(t[:samples] for t in split.inputs()), name
 
 
 def calibrate_doc(layout: Layout, data: Dataset, data_spec: str,
@@ -56,8 +58,11 @@ def calibrate_doc(layout: Layout, data: Dataset, data_spec: str,
         raise NeftcError(f"--samples must be at least 1, got {samples}")
     input_shape = tuple(layout.doc.graph.input_shape[1:])
     check_compatible(data, input_shape, data.num_classes)  # shapes only: labels are not used
-    x, split = calibration_inputs(data, samples)
-    if not torch.isfinite(x).all():
+    inputs = layout.doc.graph.inputs
+    x, split = calibration_inputs(fit_inputs(data, inputs), samples)
+    # The DACs convert the activations that reach a crossbar: float inputs are checked here,
+    # integer inputs (token ids) reach the crossbars only through digital ops (an embedding).
+    if not all(bool(torch.isfinite(t).all()) for t, r in zip(x, inputs) if r.dtype == "float32"):
         raise DataError(f"data '{data_spec}' holds non-finite values (inf or nan) in its {split} "
                         "samples; the DAC ranges cannot be set from them. Clean the data")
     emulator = Emulator(layout, ideal_periphery=False, noise="off")
@@ -66,7 +71,7 @@ def calibrate_doc(layout: Layout, data: Dataset, data_spec: str,
             settings = emulator.calibrate(x)
     except RuntimeError as exc:
         raise DataError(f"the layout cannot run on the samples of '{data_spec}' "
-                        f"(shape {list(x.shape[1:])}): {str(exc).splitlines()[0]}") from None
+                        f"(shape {list(x[0].shape[1:])}): {str(exc).splitlines()[0]}") from None
     layers = []
     for layer in layout.doc.layers:
         quant = settings[layer.name]
@@ -76,10 +81,11 @@ def calibrate_doc(layout: Layout, data: Dataset, data_spec: str,
                             "and the model")
         dac = DacRecord(scale=float(quant.scale), signed=bool(quant.signed), bits=int(quant.bits))
         layers.append(layer.model_copy(update={"dac": dac}))
-    record = DacCalibrationRecord(method="max-abs", data=str(data_spec), samples=int(x.shape[0]))
+    record = DacCalibrationRecord(method="max-abs", data=str(data_spec),
+                                  samples=int(x[0].shape[0]))
     doc = layout.doc.model_copy(update={"layers": layers, "dac_calibration": record})
     # model_copy does not validate: round-trip once so a bad value can never reach the file.
-    return LayoutDoc.model_validate(doc.model_dump(mode="json")), split, int(x.shape[0])
+    return LayoutDoc.model_validate(doc.model_dump(mode="json")), split, int(x[0].shape[0])
 
 
 def _sidecar(layout: Layout, key: str) -> bytes:

@@ -22,6 +22,11 @@ from neftc.flow.onnx_ops import HANDLERS
 from neftc.format.reader import Layout
 from neftc.format.schema import GraphNode
 from neftc.runtime.emulator import Emulator
+from neftc.runtime.inputs import example_inputs
+
+#: The ONNX element type of each layout input dtype (token ids stay int64).
+ONNX_INPUT_TYPES = {"float32": TensorProto.FLOAT, "int64": TensorProto.INT64,
+                    "int32": TensorProto.INT32, "bool": TensorProto.BOOL}
 
 OPSET = 17
 
@@ -58,11 +63,11 @@ class OnnxExporter:
         self.b = _Builder()
         self.env: dict[str, Any] = {}  # layout node name -> ONNX value name(s) or constant
         emulator = Emulator(layout, sigma=0.0)
-        example = torch.randn(*layout.doc.graph.input_shape, generator=torch.Generator()
-                              .manual_seed(0))
+        records = layout.doc.graph.inputs
+        examples = example_inputs(records, records[0].shape[0], torch.Generator().manual_seed(0))
         from torch.fx.passes.shape_prop import ShapeProp
 
-        ShapeProp(emulator.module).propagate(example, emulator.chip)
+        ShapeProp(emulator.module).propagate(*examples, emulator.chip)
         self.shapes: dict[str, tuple[int, ...]] = {}
         for node in emulator.module.graph.nodes:
             meta = node.meta.get("tensor_meta")
@@ -102,10 +107,13 @@ class OnnxExporter:
     def export(self, path: Path) -> onnx.ModelProto:
         doc = self.layout.doc
         inputs, outputs = [], []
+        records = {record.name: record for record in doc.graph.inputs}
         for node in doc.graph.nodes:
             if node.op == "placeholder":
-                shape = ["batch", *doc.graph.input_shape[1:]]
-                inputs.append(helper.make_tensor_value_info(node.name, TensorProto.FLOAT, shape))
+                record = records[node.name]  # load_layout: one record per placeholder, by name
+                shape = ["batch", *record.shape[1:]]
+                inputs.append(helper.make_tensor_value_info(
+                    node.name, ONNX_INPUT_TYPES[record.dtype], shape))
                 self.env[node.name] = node.name
             elif node.op == "get_attr":
                 if node.layer is not None:

@@ -13,6 +13,7 @@ from tqdm import tqdm
 
 from neftc.bounds import MAX_BATCH_SIZE, MAX_SEED, check_number
 from neftc.datasets.base import Dataset, check_compatible
+from neftc.datasets.fit import fit_inputs
 from neftc.datasets.spec import load_dataset
 from neftc.errors import DataError
 from neftc.flow.records import (
@@ -26,6 +27,7 @@ from neftc.flow.records import (
 from neftc.format.reader import Layout, load_layout
 from neftc.format.schema import DacRecord
 from neftc.runtime.emulator import Emulator
+from neftc.runtime.inputs import rows
 from neftc.runtime.montecarlo import McStats, evaluate, monte_carlo
 from neftc.runtime.noise import NoiseMode
 from neftc.runtime.periphery import InputQuant
@@ -67,23 +69,27 @@ class VerifySettings:
                      integer=True)
 
 
-def _calibration_inputs(data: Dataset, count: int) -> torch.Tensor:
+def _calibration_inputs(data: Dataset, count: int) -> tuple[torch.Tensor, ...]:
     split = data.train if len(data.train) else data.test
-    return split.x[:count]
+    return tuple(rows(split.inputs(), 0, count))
 
 
-def _check_data(emulator: Emulator, layout: Layout, data: Dataset) -> None:
-    """The data fits the layout: its samples run, and its labels match the outputs."""
+def _fit_data(emulator: Emulator, layout: Layout, data: Dataset) -> Dataset:
+    """The data fitted to the layout's inputs (``fit_inputs``: x feeds the first, the arrays
+    named after the others feed them, in order): its samples run, and its labels match the
+    outputs."""
     input_shape = tuple(layout.doc.graph.input_shape[1:])
+    if data.input_shape != input_shape:
+        check_compatible(data, input_shape, 0)  # the shape error, with its hint
+    data = fit_inputs(data, layout.doc.graph.inputs)
     with torch.no_grad():
         try:
-            probe = emulator._run(data.test.x[:1].to(emulator.device, torch.float32)) if \
-                tuple(data.test.x.shape[1:]) == input_shape else None
+            probe = emulator._run(emulator._inputs(rows(data.test.inputs(), 0, 1)))
         except RuntimeError as exc:
             raise DataError(f"the layout cannot run on samples of shape "
                             f"{tuple(data.test.x.shape[1:])}: {exc}") from None
-    num_outputs = int(probe.shape[-1]) if probe is not None else 0
-    check_compatible(data, input_shape, num_outputs)
+    check_compatible(data, input_shape, int(probe.shape[-1]))
+    return data
 
 
 def _set_dac(emulator: Emulator, layout: Layout, data: Dataset, data_spec: str,
@@ -101,7 +107,7 @@ def _set_dac(emulator: Emulator, layout: Layout, data: Dataset, data_spec: str,
     else:
         calib = _calibration_inputs(data, settings.calib_samples)
         quant = emulator.calibrate(calib)
-        dac_samples = int(calib.shape[0])
+        dac_samples = int(calib[0].shape[0])
         dac = f"calibrated from {data_spec}, {dac_samples} samples"
     return dac, dac_samples, {name: DacRecord(scale=q.scale, signed=q.signed, bits=q.bits)
                               for name, q in quant.items()}
@@ -142,12 +148,12 @@ def verify_layout(layout_dir: str | Path, data_spec: str, settings: VerifySettin
     emulator = Emulator(layout, sigma=0.0, seed=settings.seed, noise=settings.noise,
                         ideal_periphery=settings.ideal_periphery, faults=settings.faults,
                         device=settings.device)
-    _check_data(emulator, layout, data)
+    data = _fit_data(emulator, layout, data)
     periphery: PeripheryUsed | Literal["ideal"] = "ideal"
     dac = None
     if not settings.ideal_periphery:
         dac = _set_dac(emulator, layout, data, data_spec, settings)
-    x, y = data.test.x.to(torch.float32), data.test.y
+    x, y = data.test.inputs(), data.test.y  # in the layout's input order (fitted)
     target = layout.doc.target
     emulator.program_ideal()
     quantized = evaluate(emulator, x, y, settings.batch_size)

@@ -1,5 +1,9 @@
 """Training: the one training loop (plain training and NeFT fine-tuning share it), plain
-supervised training of a classifier, and evaluation."""
+supervised training of a classifier, and evaluation.
+
+A model of several inputs (token ids and an attention mask) is fed ``Split.x`` and the split's
+extras in order (a split fitted to the model, ``neftc.datasets.fit``): a batch is then a tuple,
+and ``feed(model, x)`` calls the model with it."""
 
 from __future__ import annotations
 
@@ -44,8 +48,25 @@ class TrainLog:
     losses: list[float] = field(default_factory=list)  # mean loss per epoch
 
 
-# The loss of one batch: (model, x, y, epoch, step) -> scalar loss.
-BatchLoss = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
+#: A batch of inputs: one tensor, or a tuple of tensors (x, then the extras) in the model's order.
+Batch = torch.Tensor | tuple[torch.Tensor, ...]
+
+# The loss of one batch: (model, x, y) -> scalar loss.
+BatchLoss = Callable[[nn.Module, Batch, torch.Tensor], torch.Tensor]
+
+
+def feed(model: Callable[..., torch.Tensor], x: Batch) -> torch.Tensor:
+    """The model's output for a batch: ``model(x)``, or ``model(*x)`` for several inputs."""
+    return model(*x) if isinstance(x, tuple) else model(x)
+
+
+def batch_of(data: Split, index: torch.Tensor | slice, device: str | torch.device) -> Batch:
+    """Samples ``index`` of ``data``'s inputs on ``device``: ``x`` alone when the split has no
+    extras, else the tuple of x and the extras."""
+    part = data.take(index)
+    if not part.extras:
+        return part.x.to(device)
+    return tuple(t.to(device) for t in part.inputs())
 
 
 def train_loop(model: nn.Module, data: Split, loss_of: BatchLoss, *, epochs: int, lr: float,
@@ -70,7 +91,7 @@ def train_loop(model: nn.Module, data: Split, loss_of: BatchLoss, *, epochs: int
         total, count = 0.0, 0
         for step, first in enumerate(range(0, len(data), batch_size)):
             idx = permutation[first:first + batch_size]
-            loss = loss_of(model, data.x[idx].to(device), data.y[idx].to(device))
+            loss = loss_of(model, batch_of(data, idx, device), data.y[idx].to(device))
             check_loss(loss, epoch, epochs, step, per_epoch, what=what)
             optimizer.zero_grad()
             loss.backward()
@@ -90,8 +111,8 @@ def train_loop(model: nn.Module, data: Split, loss_of: BatchLoss, *, epochs: int
     return log
 
 
-def _cross_entropy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    return F.cross_entropy(model(x), y)
+def _cross_entropy(model: nn.Module, x: Batch, y: torch.Tensor) -> torch.Tensor:
+    return F.cross_entropy(feed(model, x), y)
 
 
 def train_classifier(model: nn.Module, data: Split, *, epochs: int, lr: float = 1e-3,
@@ -105,10 +126,10 @@ def train_classifier(model: nn.Module, data: Split, *, epochs: int, lr: float = 
 
 
 @torch.no_grad()
-def accuracy(forward: Callable[[torch.Tensor], torch.Tensor], data: Split,
+def accuracy(forward: Callable[..., torch.Tensor], data: Split,
              batch_size: int = 512) -> float:
     correct = 0
     for start in range(0, len(data), batch_size):
-        logits = forward(data.x[start:start + batch_size])
+        logits = feed(forward, batch_of(data, slice(start, start + batch_size), data.x.device))
         correct += int((logits.argmax(dim=1) == data.y[start:start + batch_size]).sum())
     return correct / max(len(data), 1)
