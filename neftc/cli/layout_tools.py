@@ -13,8 +13,10 @@ from neftc.errors import NeftcError
 def add_parser(sub: argparse._SubParsersAction) -> None:
     insp = sub.add_parser("inspect", help="summarise a layout directory",
                           description="Validate a layout (schema and checksums) and print per "
-                          "layer: name, op, matrix rows x cols, bits, slices, tiles, arrays; and "
-                          "the totals.")
+                          "layer: name, op, matrix rows x cols, bits, slices, tiles, arrays; the "
+                          "totals; what stays digital, counted per op kind (activation x "
+                          "activation matmuls, embeddings, layer norms, softmax, ...); and the "
+                          "weights tied between crossbar layers (programmed once per layer).")
     insp.add_argument("layout", type=Path)
     insp.add_argument("--json", action="store_true", help="print as JSON")
     insp.set_defaults(run=run_inspect)

@@ -196,6 +196,19 @@ class LayerSummary(Record):
     dac: DacRecord | None = Field(description="stored input DAC setting, if calibrated")
 
 
+class DigitalOpCount(Record):
+    kind: str = Field(description="the op's name without 'aten.' and overload (e.g. "
+                      "'layer_norm'); a matmul of two activations is 'matmul (activation x "
+                      "activation)'")
+    count: int = Field(description="nodes of this kind the digital periphery runs")
+
+
+class TiedWeight(Record):
+    weight: str = Field(description="the get_attr node of the weight the layers share")
+    layers: list[str] = Field(description="crossbar layers that read it, each programmed on "
+                              "its own tiles")
+
+
 class LayoutSummary(Record):
     """``neftc inspect --json`` (``neftc compile --json`` adds ``output``)."""
 
@@ -208,6 +221,10 @@ class LayoutSummary(Record):
     totals: SummaryRecord
     placement: PlacementRecord
     cost: CostEstimate
+    digital_ops: list[DigitalOpCount] = Field(description="what the digital periphery runs, "
+                                              "per op kind, most frequent first")
+    tied_weights: list[TiedWeight] = Field(description="weights read by more than one crossbar "
+                                           "layer: programmed once per layer")
 
 
 # ------------------------------------------------------------------------------ neftc program

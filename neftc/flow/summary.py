@@ -6,8 +6,16 @@ from collections.abc import Mapping
 from typing import Any
 
 from neftc.flow.cost import cost_estimate
-from neftc.flow.records import CostEstimate, LayerSummary, LayoutSummary
+from neftc.flow.records import (
+    CostEstimate,
+    DigitalOpCount,
+    LayerSummary,
+    LayoutSummary,
+    TiedWeight,
+)
 from neftc.format.schema import DacCalibrationRecord, DacRecord, LayerRecord, LayoutDoc
+
+ACTIVATION_MATMUL = "matmul (activation x activation)"
 
 
 def layer_summary(layer: LayerRecord) -> LayerSummary:
@@ -33,7 +41,37 @@ def summarize(doc: LayoutDoc) -> LayoutSummary:
         layers=[layer_summary(layer) for layer in doc.layers],
         totals=doc.summary,
         placement=doc.placement,
-        cost=cost_estimate(doc))
+        cost=cost_estimate(doc),
+        digital_ops=digital_ops(doc),
+        tied_weights=tied_weights(doc))
+
+
+def digital_ops(doc: LayoutDoc) -> list[DigitalOpCount]:
+    """The graph's digital call nodes (those of no crossbar layer) counted per op kind, most
+    frequent first. Every matmul left digital multiplies two activations: normalize maps each
+    matmul with a static operand to a crossbar layer."""
+    counts: dict[str, int] = {}
+    for node in doc.graph.nodes:
+        if node.op != "call_function" or node.layer is not None:
+            continue
+        kind = node.target.split(".")[1] if node.target.startswith("aten.") else node.target
+        kind = ACTIVATION_MATMUL if kind == "matmul" else kind
+        counts[kind] = counts.get(kind, 0) + 1
+    return [DigitalOpCount(kind=k, count=n)
+            for k, n in sorted(counts.items(), key=lambda item: (-item[1], item[0]))]
+
+
+def tied_weights(doc: LayoutDoc) -> list[TiedWeight]:
+    """Weights read by more than one crossbar layer (one Linear called twice, tied matrices):
+    each layer holds its own copy on its own tiles, so the weight is programmed once per layer."""
+    by_name = {node.name: node for node in doc.graph.nodes}
+    readers: dict[str, list[str]] = {}
+    for layer in doc.layers:
+        node = by_name.get(layer.node)
+        weight = node.args[1] if node is not None and len(node.args) > 1 else None
+        if isinstance(weight, dict) and "node" in weight:
+            readers.setdefault(str(weight["node"]), []).append(layer.name)
+    return [TiedWeight(weight=w, layers=names) for w, names in readers.items() if len(names) > 1]
 
 
 def layout_summary(doc: LayoutDoc) -> dict[str, Any]:
@@ -123,11 +161,22 @@ def _cost_lines(cost: CostEstimate) -> list[str]:
     ]
 
 
+def digital_text(counts: list[DigitalOpCount]) -> str:
+    """``digital: 4 matmul (activation x activation), 2 embedding, ...`` (``-`` if none)."""
+    return "digital: " + (", ".join(f"{c.count} {c.kind}" for c in counts) or "none")
+
+
+def tied_lines(tied: list[TiedWeight]) -> list[str]:
+    return [f"tied weight {t.weight}: read by layers {', '.join(t.layers)}; programmed "
+            f"{len(t.layers)} times (each layer on its own tiles)" for t in tied]
+
+
 def format_summary(summary: LayoutSummary | Mapping[str, Any]) -> str:
     """The human table of a layout summary (``report.txt``, ``neftc inspect``)."""
     s = parse_summary(summary)
     lines = [f"target {s.target} ({s.array[0]}x{s.array[1]} arrays), model {s.source}",
              f"target overrides: {overrides_text(s.target_overrides)}",
              f"input DAC ranges: {dac_calibration_text(s.dac_calibration)}", ""]
-    lines += [*_layer_table(s), "", *_totals_lines(s), *_cost_lines(s.cost)]
+    lines += [*_layer_table(s), "", *_totals_lines(s), *_cost_lines(s.cost),
+              digital_text(s.digital_ops), *tied_lines(s.tied_weights)]
     return "\n".join(lines) + "\n"
