@@ -22,7 +22,7 @@ import torch.fx
 from neftc.errors import ModelFileError
 from neftc.frontend.batch import batch_agnostic, fixed_batch
 from neftc.frontend.inputs import InputSpec, example_inputs, input_specs
-from neftc.frontend.model_file import first_line
+from neftc.frontend.model_file import RECOPY, first_line
 from neftc.frontend.program_guard import check_graph_ops
 from neftc.frontend.pt2_archive import data_only_archive, plain_specs_archive
 from neftc.frontend.trace import plain_signature, quiet_torch, unexported
@@ -51,7 +51,7 @@ def load_exported(path: Path, raw: bytes, members: dict[str, bytes],
     except Exception as exc:
         cause = next((r.exc_info[1] for r in records if r.exc_info and r.exc_info[1]), exc)
         raise ModelFileError(f"'{path}' is a damaged torch.export archive: "
-                             f"{first_line(cause)}") from None
+                             f"{_short(first_line(cause))}; {RECOPY}") from None
     if not trust_model:
         check_graph_ops(path, program)
     names, shapes = _recorded_inputs(path, program, input_shape)
@@ -60,7 +60,7 @@ def load_exported(path: Path, raw: bytes, members: dict[str, bytes],
             gm = unexported(program.module())
     except Exception as exc:
         raise ModelFileError(f"'{path}' is a damaged torch.export archive: "
-                             f"{first_line(exc)}") from None
+                             f"{_short(first_line(exc))}; {RECOPY}") from None
     check_finite_weights(gm, path)
     index, note = _choose_output(path, gm, copy.outputs)
     gm = plain_signature(gm, index)
@@ -71,6 +71,11 @@ def load_exported(path: Path, raw: bytes, members: dict[str, bytes],
         gm, batch_note = batch_agnostic(gm, specs, batch, str(path), seed)
         notes += (batch_note,)
     return ExportedModel(gm, specs, example_inputs(specs, seed), notes)
+
+
+def _short(text: str, limit: int = 240) -> str:
+    """torch's message, cut (a node's repr holds its whole stack trace)."""
+    return text if len(text) <= limit else f"{text[:limit - 3]}..."
 
 
 def _recorded_inputs(path: Path, program: torch.export.ExportedProgram,

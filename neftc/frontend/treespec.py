@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from neftc.errors import ModelFileError
-from neftc.frontend.model_file import REEXPORT
+from neftc.frontend.model_file import RECOPY, REEXPORT
 
 MAX_SPEC_DEPTH = 64  # nesting of one pytree spec
 
@@ -48,9 +48,9 @@ def plain_program(path: Path, program: Any) -> tuple[Any, tuple[str, ...]]:
     except ModelFileError:
         raise
     except (KeyError, TypeError, ValueError, AttributeError, RecursionError) as exc:
-        raise ModelFileError(f"'{path}': the program's input/output structure (a pytree spec "
-                             f"in models/model.json) is malformed ({type(exc).__name__}: "
-                             f"{exc}); {REEXPORT}") from None
+        raise ModelFileError(f"'{path}' is a damaged torch.export archive: the program's "
+                             f"input/output structure (a pytree spec in models/model.json) is "
+                             f"malformed ({type(exc).__name__}: {exc}); {RECOPY}") from None
     if outputs is None:
         raise ModelFileError(f"'{path}': the program records no signature for its top-level "
                              f"call; {REEXPORT}")
