@@ -64,7 +64,8 @@ def unexported(gm: torch.fx.GraphModule) -> torch.fx.GraphModule:
 def trace_module(module: nn.Module, example: torch.Tensor) -> torch.fx.GraphModule:
     """Trace an unmodified module with torch.fx; name the failing op when it cannot be traced."""
     try:
-        gm = torch.fx.symbolic_trace(module)
+        with quiet_torch():
+            gm = torch.fx.symbolic_trace(module)
     except Exception as exc:
         raise TraceError(
             f"{type(module).__name__} cannot be traced by torch.fx: {first_line(exc)}. "
@@ -73,7 +74,7 @@ def trace_module(module: nn.Module, example: torch.Tensor) -> torch.fx.GraphModu
             "'model.pt2'), then compile the .pt2"
         ) from None
     try:
-        with torch.no_grad():
+        with torch.no_grad(), quiet_torch():
             gm(example)
     except Exception as exc:
         raise TraceError(f"the traced {type(module).__name__} fails on an input of shape "
