@@ -60,8 +60,8 @@ class LayoutReference:
                 raise ValueError(f"{name}: SHA-256 {actual} does not match SHA256SUMS {digest}")
         # Section 2: format identification.
         doc = json.loads((root / "layout.json").read_text(encoding="utf-8"))
-        if doc.get("format") != "neftc-layout" or doc.get("version") != 2:
-            raise ValueError(f"not a version-2 neftc layout: {doc.get('format')!r} "
+        if doc.get("format") != "neftc-layout" or doc.get("version") not in (2, 3):
+            raise ValueError(f"not a version 2 or 3 neftc layout: {doc.get('format')!r} "
                              f"version {doc.get('version')!r}")
         # Section 3.5: the binary files, with their recorded size and SHA-256.
         blobs = {}
@@ -77,6 +77,17 @@ class LayoutReference:
         self.tensors_bin = blobs["tensors"]
 
     # ---------------------------------------------------------------------------- records
+
+    def inputs(self) -> list[dict]:
+        """Section 7: the network's inputs in placeholder order (name, dtype, shape, low, high);
+        a version 2 layout has one float32 input, ``graph.input_shape``, taken by the first
+        placeholder."""
+        graph = self.doc["graph"]
+        if self.doc["version"] >= 3:
+            return list(graph["inputs"])
+        first = next(n["name"] for n in graph["nodes"] if n["op"] == "placeholder")
+        return [{"name": first, "dtype": "float32", "shape": graph["input_shape"], "low": None,
+                 "high": None}]
 
     def layer(self, name: str | None = None) -> dict:
         """The layer record called ``name`` (None: the only layer of the layout)."""

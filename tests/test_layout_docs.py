@@ -54,7 +54,7 @@ def read_layout_by_the_docs(root: Path) -> tuple[dict[str, Any], dict[str, dict[
 
     # Section 2: format identification.
     doc = json.loads((root / "layout.json").read_text(encoding="utf-8"))
-    assert doc["format"] == "neftc-layout" and doc["version"] == 2
+    assert doc["format"] == "neftc-layout" and doc["version"] == 3
 
     # Section 3.5: the binary sidecars, with their recorded size and SHA-256.
     blobs: dict[str, bytes] = {}
@@ -278,6 +278,13 @@ def _check_against_neftc(root: Path, model: nn.Module, encoding: str, per_channe
             assert node["args"][3:] == [conv["stride"], conv["padding"], conv["dilation"],
                                         conv["groups"]]
     assert nodes["output"]["op"] == "output"
+    # Section 7: one input record per placeholder, in order, by name; this model's one input is
+    # float32 (no value range) of the compiled example's shape.
+    placeholders = [node["name"] for node in doc["graph"]["nodes"] if node["op"] == "placeholder"]
+    inputs = doc["graph"]["inputs"]
+    assert [record["name"] for record in inputs] == placeholders and len(inputs) == 1
+    assert inputs[0]["dtype"] == "float32" and inputs[0]["low"] is None is inputs[0]["high"]
+    assert inputs[0]["shape"] == list(layout.doc.graph.inputs[0].shape)
 
     if shutil.which("sha256sum"):
         check = subprocess.run(["sha256sum", "-c", "SHA256SUMS"], cwd=root, capture_output=True,
