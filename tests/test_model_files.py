@@ -389,3 +389,26 @@ def test_trusted_archive_loads_the_same_program(tmp_path, lenet_pt2) -> None:
     assert plain.sha256 == trusted.sha256
     for (name, a), (_, b) in zip(plain.gm.state_dict().items(), trusted.gm.state_dict().items()):
         assert torch.equal(a, b), name  # bit-identical: the same raw bytes
+
+
+def test_pytree_spec_imports_nothing(capfd, tmp_path, marker, lenet_pt2, monkeypatch) -> None:
+    """An out_spec whose dict key is an Enum makes torch import the module it names; neftc
+    rewrites the spec as builtin containers first, so the module is never imported."""
+    (tmp_path / "evil_spec_module.py").write_text(f"open({str(marker)!r}, 'w').close()\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    enum_key = {"__enum__": True, "fqn": "evil_spec_module:E", "name": "A"}
+    leaf = {"type": None, "context": None, "children_spec": []}
+
+    def enum_out_spec(doc: dict) -> None:
+        signature = doc["graph_module"]["module_call_graph"][0]["signature"]
+        signature["out_spec"] = json.dumps([1, {"type": "builtins.dict",
+                                                "context": json.dumps([enum_key]),
+                                                "children_spec": [leaf]}])
+
+    path = rewrite(lenet_pt2, tmp_path / "enum.pt2", edit_json("models/model.json", enum_out_spec))
+    for extra in ((), ("--trust-model",)):
+        out = tmp_path / f"out{len(extra)}"
+        code, err = compile_cli(capfd, path, out, *extra)
+        assert code == 0, err
+        assert not marker.exists(), "the module named in the pytree spec was imported"
+        assert (out / "layout.json").exists()
