@@ -190,8 +190,9 @@ def input_records(gm: torch.fx.GraphModule, examples: Sequence[torch.Tensor],
                 values = tensor.detach().to(torch.int64)
                 low = min(0, int(values.min())) if values.numel() else 0
                 high = int(values.max()) + 1 if values.numel() else 1
-        records.append(InputRecord(name=node.name, dtype=dtype, shape=list(tensor.shape),
-                                   low=low, high=high))
+        records.append(InputRecord.model_validate(
+            {"name": node.name, "dtype": dtype, "shape": list(tensor.shape), "low": low,
+             "high": high}))
     return records
 
 

@@ -27,7 +27,7 @@ from neftc.flow.records import (
 from neftc.format.reader import Layout, load_layout
 from neftc.format.schema import DacRecord
 from neftc.runtime.emulator import Emulator
-from neftc.runtime.inputs import rows
+from neftc.runtime.inputs import Inputs, rows
 from neftc.runtime.montecarlo import McStats, evaluate, monte_carlo
 from neftc.runtime.noise import NoiseMode
 from neftc.runtime.periphery import InputQuant
@@ -119,7 +119,7 @@ def _mc_record(stats: McStats) -> McRecord:
     return McRecord(**values, ci95=None if math.isnan(ci95) else ci95)  # type: ignore[arg-type]
 
 
-def _sweep(emulator: Emulator, x: torch.Tensor, y: torch.Tensor, sigmas: tuple[float, ...],
+def _sweep(emulator: Emulator, x: Inputs, y: torch.Tensor, sigmas: tuple[float, ...],
            quantized: float, settings: VerifySettings, progress: bool) -> list[SigmaResult]:
     """Monte Carlo over ``settings.trials`` chip instances at each sigma."""
     results = []
