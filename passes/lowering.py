@@ -49,11 +49,22 @@ def static_value(gm: torch.fx.GraphModule, node: Any) -> tuple[torch.fx.Node, to
     if node.op != "call_function" or node.target not in _VIEW_OPS:
         return None
     found = static_value(gm, node.args[0])
-    if found is None or any(isinstance(a, torch.fx.Node) for a in node.args[1:]):
-        return None  # e.g. an expand to the run-time batch size
+    if found is None:
+        return None
     root, value = found
+    args = list(node.args[1:])
+    if node.target is aten.expand.default:  # a run-time size (the batch) broadcasts: keep 1
+        args[0] = [-1 if isinstance(v, torch.fx.Node) else v for v in args[0]]
+    if _has_node(args) or _has_node(node.kwargs):
+        return None  # e.g. a view to the run-time batch size
     with torch.no_grad():
-        return root, node.target(value, *node.args[1:], **node.kwargs)
+        return root, node.target(value, *args, **node.kwargs)
+
+
+def _has_node(value: Any) -> bool:
+    found: list[torch.fx.Node] = []
+    torch.fx.node.map_arg(value, found.append)
+    return bool(found)
 
 
 def static_matrix(gm: torch.fx.GraphModule, node: Any) -> tuple[torch.fx.Node, torch.Tensor] | None:

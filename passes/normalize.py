@@ -114,6 +114,8 @@ def _lower_to_aten(gm: torch.fx.GraphModule, example: torch.Tensor) -> torch.fx.
 
 
 LAYER_KEY = "neftc_layer"  # get_attr meta: the layer name of a weight made by canonicalisation
+COPY_KEY = "neftc_copy_of"  # get_attr meta: the digital tensor a crossbar copy was made from
+CROSSBAR_COPY_SUFFIX = "_crossbar"  # a tied weight's crossbar copy: '<tensor target>_crossbar'
 ROOT_KEY = "neftc_root"  # get_attr meta: the parameter a canonical weight was derived from
 
 
@@ -348,6 +350,9 @@ def _annotate(gm: torch.fx.GraphModule) -> None:
         node.kwargs = {}
         _split_computed_bias(gm, node)
         base = _layer_name(weight_node, str(weight_node.target))
+        if _read_digitally(weight_node):
+            weight_node = _crossbar_copy(gm, node, weight_node, base)
+            node.args = (node.args[0], weight_node, *node.args[2:])
         seen[base] = seen.get(base, 0) + 1
         layer = base if seen[base] == 1 else f"{base}#{seen[base]}"
         c_out = int(weight.shape[0])
@@ -359,6 +364,29 @@ def _annotate(gm: torch.fx.GraphModule) -> None:
             conv = ConvParams(stride, padding, dilation, groups, tuple(weight.shape[2:]))
             set_info(node, NodeInfo(layer, _CONVS[node.target], tuple(weight.shape), rows, c_out,
                                     conv=conv))
+
+
+def _read_digitally(weight_node: torch.fx.Node) -> bool:
+    """Whether a digital op (e.g. the input embedding of tied embeddings) reads this weight."""
+    return any(not ((u.target is _LINEAR or u.target in _CONVS) and len(u.args) > 1
+                    and u.args[1] is weight_node and u.args[0] is not weight_node)
+               for u in weight_node.users)
+
+
+def _crossbar_copy(gm: torch.fx.GraphModule, node: torch.fx.Node, weight_node: torch.fx.Node,
+                   layer: str) -> torch.fx.Node:
+    """The crossbar's own copy of a weight a digital op reads too (the layout stores a digital
+    tensor and programs a crossbar weight; ``<tensor>_crossbar`` names the copy, so the layout
+    summary can report the tie), one per weight."""
+    for other in gm.graph.nodes:
+        if other is node:
+            break
+        if other.op == "get_attr" and other.meta.get(COPY_KEY) == weight_node.target:
+            return other
+    copy = _new_param(gm, node, str(weight_node.target) + CROSSBAR_COPY_SUFFIX,
+                      _param(gm, weight_node), layer)  # type: ignore[arg-type]
+    copy.meta[COPY_KEY] = weight_node.target
+    return copy
 
 
 def _float_input(node: torch.fx.Node) -> bool:

@@ -127,7 +127,7 @@ class Masks(nn.Module):
         keep = keep & ~ids.lt(ids) & ~ids.ne(ids) | (ids > 100)
         h = torch.where(keep.unsqueeze(-1), h, -1e4)
         h = torch.where(keep.unsqueeze(-1), h, torch.zeros_like(h))
-        h = torch.where(keep.unsqueeze(-1), 0.5, h)
+        h = torch.where(~keep.unsqueeze(-1), 0.5, h)
         h = h.masked_fill(ids.unsqueeze(-1) == 3, 0.0).masked_fill(h > 1e3, torch.tensor(1.0))
         h = torch.sqrt(h.abs() + 1) + torch.rsqrt(h * h + 1) + torch.erf(h) + h.pow(2)
         h = (1 - torch.reciprocal(h.abs() + 1)) * keep.unsqueeze(-1).to(torch.float32)

@@ -31,11 +31,15 @@ def _unary(op_type: str) -> Callable[[OnnxExporter, GraphNode], str]:
 
 def _binary(op_type: str) -> Callable[[OnnxExporter, GraphNode], str]:
     def handler(e: OnnxExporter, n: GraphNode) -> str:
-        rhs = e.value(n.args[1])
+        lhs, other = e.value(n.args[0]), n.args[1]
+        # an integer scalar takes the tensor's type (arange + 0 stays int64); a float one is float
+        int_scalar = isinstance(other, int) and not isinstance(other, bool)
+        rhs = e.b.op("CastLike", [e.b.const(other), lhs], "like") if int_scalar else \
+            e.value(other)
         alpha = n.kwargs.get("alpha", n.args[2] if len(n.args) > 2 else 1)
         if alpha != 1:
             rhs = e.b.op("Mul", [rhs, e.b.const(alpha)], "alpha")
-        return e.b.op(op_type, [e.value(n.args[0]), rhs], op_type.lower())
+        return e.b.op(op_type, [lhs, rhs], op_type.lower())
     return handler
 
 
@@ -164,6 +168,19 @@ def _cat(e: OnnxExporter, n: GraphNode) -> str:
     return e.b.op("Concat", [e.value(t) for t in n.args[0]], "cat", axis=dim)
 
 
+def _shape(e: OnnxExporter, ref: dict[str, Any]) -> tuple[int, ...]:
+    """A value's shape: propagated, or (a stored tensor, e.g. a position-id buffer) its record's."""
+    name = ref["node"]
+    if name in e.shapes:
+        return e.shapes[name]
+    node = next(n for n in e.layout.doc.graph.nodes if n.name == name)
+    return tuple(e.layout.tensor(node.target).shape)
+
+
+def _rank(e: OnnxExporter, n: GraphNode) -> int:
+    return len(_shape(e, n.args[0]))
+
+
 _ONNX_DTYPES = {"float32": 1, "uint8": 2, "int8": 3, "int16": 5, "int32": 6, "int64": 7,
                 "bool": 9, "float16": 10, "float64": 11, "bfloat16": 16}  # TensorProto codes
 _NUMPY_DTYPES = {"float32": np.float32, "int64": np.int64, "int32": np.int32, "bool": np.bool_,
@@ -232,7 +249,7 @@ def _pad(e: OnnxExporter, n: GraphNode) -> str:
     else:
         mode = n.args[2] if len(n.args) > 2 else n.kwargs.get("mode", "constant")
         value = n.args[3] if len(n.args) > 3 else n.kwargs.get("value")
-    rank = e.rank(n)
+    rank = _rank(e, n)
     begins, ends = [0] * rank, [0] * rank
     for k in range(len(pad) // 2):
         begins[rank - 1 - k], ends[rank - 1 - k] = pad[2 * k], pad[2 * k + 1]
@@ -283,25 +300,25 @@ def _rsqrt(e: OnnxExporter, n: GraphNode) -> str:
 
 
 def _unsqueeze(e: OnnxExporter, n: GraphNode) -> str:
-    dim = int(n.args[1]) % (e.rank(n) + 1)
+    dim = int(n.args[1]) % (_rank(e, n) + 1)
     return e.b.op("Unsqueeze", [e.value(n.args[0]), e.b.const([dim], np.int64)], "unsqueeze")
 
 
 def _squeeze(e: OnnxExporter, n: GraphNode) -> str:
-    dim = int(n.args[1]) % max(e.rank(n), 1)
-    if e.shapes[n.args[0]["node"]][dim] != 1:
+    dim = int(n.args[1]) % max(_rank(e, n), 1)
+    if _shape(e, n.args[0])[dim] != 1:
         return e.value(n.args[0])  # torch squeezes a dimension of size 1 only
     return e.b.op("Squeeze", [e.value(n.args[0]), e.b.const([dim], np.int64)], "squeeze")
 
 
 def _select(e: OnnxExporter, n: GraphNode) -> str:
     return e.b.op("Gather", [e.value(n.args[0]), e.b.const(int(n.args[2]), np.int64)],
-                  "select", axis=int(n.args[1]) % e.rank(n))
+                  "select", axis=int(n.args[1]) % _rank(e, n))
 
 
 def _slice(e: OnnxExporter, n: GraphNode) -> str:
     args = list(n.args) + [None] * 5
-    dim = int(args[1] if args[1] is not None else n.kwargs.get("dim", 0)) % e.rank(n)
+    dim = int(args[1] if args[1] is not None else n.kwargs.get("dim", 0)) % _rank(e, n)
     start = args[2] if args[2] is not None else n.kwargs.get("start")
     end = args[3] if args[3] is not None else n.kwargs.get("end")
     step = args[4] if args[4] is not None else n.kwargs.get("step", 1)
@@ -354,6 +371,22 @@ def _filled(value: float | None) -> Callable[[OnnxExporter, GraphNode], str]:
         return e.b.op("ConstantOfShape", [e.shape_tensor(list(n.args[0]))], "filled",
                       value=tensor)
     return handler
+
+def _filled_like(value: float | None) -> Callable[[OnnxExporter, GraphNode], str]:
+    """ones_like/zeros_like (``value``) or full_like (None: its fill_value): the input's shape,
+    and its type unless a dtype is given."""
+    def handler(e: OnnxExporter, n: GraphNode) -> str:
+        x = e.value(n.args[0])
+        fill = n.args[1] if value is None else value
+        shape = e.b.op("Shape", [x], "shape")
+        tensor = numpy_helper.from_array(np.asarray([fill], dtype=np.float64))
+        out = e.b.op("ConstantOfShape", [shape], "filled", value=tensor)
+        dtype = n.kwargs.get("dtype")
+        if dtype is not None:
+            return e.b.op("Cast", [out], "filled", to=_ONNX_DTYPES[dtype["dtype"]])
+        return e.b.op("CastLike", [out, x], "filled")
+    return handler
+
 
 HANDLERS: dict[str, Callable[[OnnxExporter, GraphNode], Any]] = {
     "aten.relu.default": _unary("Relu"),
@@ -430,4 +463,7 @@ HANDLERS: dict[str, Callable[[OnnxExporter, GraphNode], Any]] = {
     "aten.ones.default": _filled(1.0),
     "aten.zeros.default": _filled(0.0),
     "aten.full.default": _filled(None),
+    "aten.ones_like.default": _filled_like(1.0),
+    "aten.zeros_like.default": _filled_like(0.0),
+    "aten.full_like.default": _filled_like(None),
 }

@@ -207,6 +207,8 @@ class TiedWeight(Record):
     weight: str = Field(description="the get_attr node of the weight the layers share")
     layers: list[str] = Field(description="crossbar layers that read it, each programmed on "
                               "its own tiles")
+    digital: list[str] = Field(description="stored digital tensors with the same values (e.g. "
+                               "the input embedding tied to an output layer), read by digital ops")
 
 
 class LayoutSummary(Record):
@@ -224,7 +226,8 @@ class LayoutSummary(Record):
     digital_ops: list[DigitalOpCount] = Field(description="what the digital periphery runs, "
                                               "per op kind, most frequent first")
     tied_weights: list[TiedWeight] = Field(description="weights read by more than one crossbar "
-                                           "layer: programmed once per layer")
+                                           "layer (programmed once per layer) or also by a "
+                                           "digital op (stored twice)")
 
 
 # ------------------------------------------------------------------------------ neftc program

@@ -14,6 +14,7 @@ from neftc.flow.records import (
     TiedWeight,
 )
 from neftc.format.schema import DacCalibrationRecord, DacRecord, LayerRecord, LayoutDoc
+from neftc.passes.normalize import CROSSBAR_COPY_SUFFIX
 
 ACTIVATION_MATMUL = "matmul (activation x activation)"
 
@@ -63,7 +64,9 @@ def digital_ops(doc: LayoutDoc) -> list[DigitalOpCount]:
 
 def tied_weights(doc: LayoutDoc) -> list[TiedWeight]:
     """Weights read by more than one crossbar layer (one Linear called twice, tied matrices):
-    each layer holds its own copy on its own tiles, so the weight is programmed once per layer."""
+    each layer holds its own copy on its own tiles, so the weight is programmed once per layer;
+    and crossbar weights that normalize copied from a tensor a digital op reads (tied input
+    and output embeddings: ``<tensor>_crossbar``), so the values are stored twice."""
     by_name = {node.name: node for node in doc.graph.nodes}
     readers: dict[str, list[str]] = {}
     for layer in doc.layers:
@@ -71,7 +74,14 @@ def tied_weights(doc: LayoutDoc) -> list[TiedWeight]:
         weight = node.args[1] if node is not None and len(node.args) > 1 else None
         if isinstance(weight, dict) and "node" in weight:
             readers.setdefault(str(weight["node"]), []).append(layer.name)
-    return [TiedWeight(weight=w, layers=names) for w, names in readers.items() if len(names) > 1]
+    copies = {t.name.replace(".", "_") + CROSSBAR_COPY_SUFFIX: t.name for t in doc.tensors}
+    tied = []
+    for weight, names in readers.items():
+        target = by_name[weight].target if weight in by_name else ""
+        digital = [copies[target]] if target in copies else []
+        if len(names) > 1 or digital:
+            tied.append(TiedWeight(weight=weight, layers=names, digital=digital))
+    return tied
 
 
 def layout_summary(doc: LayoutDoc) -> dict[str, Any]:
@@ -167,8 +177,14 @@ def digital_text(counts: list[DigitalOpCount]) -> str:
 
 
 def tied_lines(tied: list[TiedWeight]) -> list[str]:
-    return [f"tied weight {t.weight}: read by layers {', '.join(t.layers)}; programmed "
-            f"{len(t.layers)} times (each layer on its own tiles)" for t in tied]
+    lines = []
+    for t in tied:
+        line = f"tied weight {t.weight}: read by layer(s) {', '.join(t.layers)}; programmed " \
+               f"{len(t.layers)} time(s) (each layer on its own tiles)"
+        if t.digital:
+            line += f"; also stored as the digital tensor {', '.join(t.digital)}"
+        lines.append(line)
+    return lines
 
 
 def format_summary(summary: LayoutSummary | Mapping[str, Any]) -> str:
