@@ -14,7 +14,7 @@ from torch import nn
 
 from neftc.errors import CapacityError, PassError, PassOrderError
 from neftc.format.encoding import fold, sign_offset, slice_levels
-from neftc.frontend.trace import trace_module
+from neftc.frontend.trace import trace_module, unexported
 from neftc.ir.instruments import DumpGraphs
 from neftc.ir.node_info import crossbar_nodes, get_info
 from neftc.ir.pass_manager import PassContext, PassManager, check_order
@@ -88,6 +88,70 @@ def test_normalize_static_matmul_becomes_linear_dynamic_stays_digital(fefet) -> 
     assert [(i.layer, i.matrix_rows, i.matrix_cols) for i in infos] == [
         ("query", 12, 12), ("proj", 12, 5)]
     assert sum(t in (aten.matmul.default, aten.bmm.default) for t in targets_of(gm)) >= 1
+    torch.testing.assert_close(gm(x), model(x), rtol=1e-5, atol=1e-5)
+
+
+class MatmulForms(nn.Module):
+    """Every way a model multiplies by a static matrix, and two activation x activation ones."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.w = nn.Parameter(torch.randn(6, 6) / 3)  # x @ w
+        self.left = nn.Parameter(torch.randn(4, 4) / 3)  # left @ x
+        self.batched = nn.Parameter(torch.randn(6, 6) / 3)  # bmm with a broadcast parameter
+        self.fc_w = nn.Parameter(torch.randn(6, 6) / 3)  # addmm(bias, x, fc_w.t())
+        self.fc_b = nn.Parameter(torch.randn(6) / 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: [B, 4, 6]
+        h = x @ self.w
+        h = self.left @ h
+        h = torch.bmm(h, self.batched.unsqueeze(0).expand(h.shape[0], 6, 6))
+        flat = torch.addmm(self.fc_b, h.reshape(-1, 6), self.fc_w.t()).reshape(h.shape)
+        scores = torch.bmm(flat, flat.transpose(1, 2))  # activation x activation
+        return torch.softmax(scores, -1) @ flat  # activation x activation
+
+
+def test_normalize_maps_every_static_matmul_form(fefet) -> None:
+    """x @ W, W @ x, bmm with a broadcast W and addmm become crossbar linears (matrix rows =
+    the contracted size); the two activation x activation products stay digital matmuls."""
+    model = MatmulForms().eval()
+    x = torch.randn(2, 4, 6)
+    gm, _ = run(model, x, fefet, [Normalize()])
+    infos = [get_info(n) for n in crossbar_nodes(gm)]
+    assert [(i.layer, i.matrix_rows, i.matrix_cols) for i in infos] == [
+        ("w", 6, 6), ("left", 4, 4), ("batched", 6, 6), ("fc_w", 6, 6)]
+    targets = targets_of(gm)
+    assert targets.count(aten.matmul.default) == 2
+    assert not {aten.bmm.default, aten.mm.default, aten.addmm.default} & set(targets)
+    torch.testing.assert_close(gm(x), model(x), rtol=1e-5, atol=1e-5)
+
+
+def test_normalize_decomposes_attention_and_makes_inplace_ops_functional(fefet) -> None:
+    """scaled_dot_product_attention (causal, with a boolean mask) becomes its two digital
+    matmuls and a softmax, equal to torch's; x += y becomes an add that later readers see."""
+
+    class Attention(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.qkv = nn.Linear(8, 24)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: [B, 5, 8]
+            q, k, v = self.qkv(x).unsqueeze(1).chunk(3, dim=-1)
+            mask = torch.ones(5, 5, dtype=torch.bool).tril()
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+            out += F.scaled_dot_product_attention(q, k, v, is_causal=True)
+            return out.squeeze(1) + x
+
+    model = Attention().eval()
+    x = torch.randn(2, 5, 8)
+    exported = unexported(torch.export.export(model, (x,)).module())  # keeps the add_
+    assert aten.add_.Tensor in targets_of(exported)
+    gm = PassManager([Normalize()]).run(exported, PassContext(fefet, x))
+    targets = targets_of(gm)
+    assert aten.scaled_dot_product_attention.default not in targets
+    assert targets.count(aten.matmul.default) == 4 and targets.count(aten.softmax.int) == 2
+    assert not [t for t in targets if isinstance(t, torch._ops.OpOverload)
+                and t._schema.name.endswith("_")]  # no in-place op
     torch.testing.assert_close(gm(x), model(x), rtol=1e-5, atol=1e-5)
 
 

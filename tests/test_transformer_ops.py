@@ -65,12 +65,15 @@ def compile_exported(model: nn.Module, example: torch.Tensor, root: Path, name: 
 
 
 def check_replay(model: nn.Module, layout_dir: Path, shape: tuple[int, ...],
-                 tmp_path: Path, bound: float = QUANT_REL) -> None:
-    """Noise-off emulator == float model within ``bound``; onnxruntime == emulator."""
+                 tmp_path: Path, bound: float = QUANT_REL, tokens: int = 0) -> None:
+    """Noise-off emulator == float model within ``bound``; onnxruntime == emulator. The input
+    is float, or token ids below ``tokens`` when it is given."""
     import onnxruntime
 
     layout = load_layout(layout_dir)
-    x = torch.randn(3, *shape, generator=torch.Generator().manual_seed(7))
+    gen = torch.Generator().manual_seed(7)
+    x = torch.randint(0, tokens, (3, *shape), generator=gen) if tokens else \
+        torch.randn(3, *shape, generator=gen)
     with torch.no_grad():
         ref, got = model.eval()(x), Emulator(layout, sigma=0.0)(x)
     rel = float((got - ref).norm() / ref.norm())
@@ -189,3 +192,23 @@ def test_hugging_face_model_compiles_replays_and_exports(name: str, tmp_path) ->
         assert any(r.weight_shape[2:] == [1, 1] for r in convs)
     check_replay(model, layout_dir, shape, tmp_path,
                  DEEP_QUANT_REL if name == "mobilenetv2" else QUANT_REL)
+
+
+def test_bert_token_ids_reach_only_digital_ops(tmp_path) -> None:
+    """With int64 token ids as its input, BERT's ids feed the embedding lookups (digital) and
+    no crossbar: the encoder's Linear layers map, the lookups stay digital."""
+    t = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    cfg = t.BertConfig(vocab_size=100, hidden_size=32, num_hidden_layers=2,
+                       num_attention_heads=2, intermediate_size=64,
+                       max_position_embeddings=32, num_labels=3)
+    model = Logits(t.BertForSequenceClassification(cfg))
+    layout_dir = compile_exported(model, torch.randint(0, 100, (2, 8)), tmp_path, "bert_ids")
+    doc = load_layout(layout_dir).doc
+    (placeholder,) = [n for n in doc.graph.nodes if n.op == "placeholder"]
+    readers = [n for n in doc.graph.nodes if n.op == "call_function" and any(
+        a == {"node": placeholder.name} for a in n.args)]
+    assert readers and all(n.layer is None for n in readers)
+    assert "embedding" in {n.target.split(".")[1] for n in readers}
+    assert len(doc.layers) == 14  # 2 x (q, k, v, out, up, down) + pooler + classifier
+    check_replay(model, layout_dir, (8,), tmp_path, tokens=100)
