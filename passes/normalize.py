@@ -5,6 +5,16 @@ After this pass the graph holds only placeholders, ``get_attr`` parameters, ATen
 ``aten.linear`` / ``aten.conv1d`` / ``aten.conv2d`` calls with every argument explicit and carry a
 ``NodeInfo`` annotation; everything else runs in the digital periphery. BatchNorm stays a digital
 op unless ``fold_bn`` is set, which folds an inference BN into the conv or linear before it.
+
+Static-weight matmuls are crossbar layers: ``mm``/``bmm``/``addmm``/``baddbmm``/``matmul`` with
+exactly one operand a parameter (seen through transposes, views and broadcasts) become linears
+(``passes/crossbar_weights.py``); a matmul of two activations (attention scores, attention x
+values) stays a digital ``aten.matmul``. Scaled-dot-product attention is decomposed into those
+two matmuls and a softmax, in-place ops become functional, casts become ``_to_copy``
+(``passes/lowering.py``). An op whose input holds integers (token ids, masks) is never a
+crossbar layer. A weight read by several crossbar layers is programmed once per layer (layers
+``name``, ``name#2``, ...); one a digital op reads too (tied input/output embeddings) gets a
+crossbar copy named ``<tensor>_crossbar``.
 """
 
 from __future__ import annotations
@@ -20,11 +30,18 @@ from torch.fx.operator_schemas import normalize_function
 from neftc.ir.facts import Fact
 from neftc.ir.node_info import ConvParams, NodeInfo, get_info, set_info
 from neftc.ir.pass_manager import NodeError, PassContext, PassResult
+from neftc.passes.crossbar_weights import (
+    addmm_as_linear,
+    crossbar_copy,
+    layer_name,
+    new_param,
+    read_digitally,
+    static_matmul,
+)
 from neftc.passes.lowering import (
     decompose_attention,
     functional_inplace,
     matmul_form,
-    static_matrix,
 )
 from neftc.passes.lowering import param as _param
 
@@ -74,11 +91,11 @@ class Normalize:
                 why = decompose_attention(gm, node)
                 if why is not None:
                     raise NodeError(node, why)
-            elif node.target in _MATMULS and not _addmm_as_linear(gm, node):
+            elif node.target in _MATMULS and not addmm_as_linear(gm, node):
                 matmul_form(gm, node)
         for node in list(gm.graph.nodes):
             if node.target is aten.matmul.default:
-                _static_matmul(gm, node)
+                static_matmul(gm, node)
         gm.graph.eliminate_dead_code()
         if self.fold_bn:
             _fold_batch_norms(gm)
@@ -111,28 +128,6 @@ def _lower_to_aten(gm: torch.fx.GraphModule, example: torch.Tensor) -> torch.fx.
         return gm
     gm.eval()
     return unexported(export_dynamic_batch(gm, example).module())
-
-
-LAYER_KEY = "neftc_layer"  # get_attr meta: the layer name of a weight made by canonicalisation
-COPY_KEY = "neftc_copy_of"  # get_attr meta: the digital tensor a crossbar copy was made from
-CROSSBAR_COPY_SUFFIX = "_crossbar"  # a tied weight's crossbar copy: '<tensor target>_crossbar'
-ROOT_KEY = "neftc_root"  # get_attr meta: the parameter a canonical weight was derived from
-
-
-def _new_param(gm: torch.fx.GraphModule, anchor: torch.fx.Node, base: str,
-               value: torch.Tensor, layer: str) -> torch.fx.Node:
-    """Register ``value`` as a new parameter named after ``base`` and return its get_attr node,
-    tagged with the name of the layer it belongs to."""
-    name = base.replace(".", "_")
-    candidate, k = name, 1
-    while hasattr(gm, candidate):
-        k += 1
-        candidate = f"{name}_{k}"
-    gm.register_parameter(candidate, torch.nn.Parameter(value.detach().clone().contiguous()))
-    with gm.graph.inserting_before(anchor):
-        node = gm.graph.get_attr(candidate)
-    node.meta[LAYER_KEY] = layer
-    return node
 
 
 def _canonical_batch_norm(gm: torch.fx.GraphModule, node: torch.fx.Node) -> None:
@@ -181,74 +176,6 @@ def _canonical_cast(gm: torch.fx.GraphModule, node: torch.fx.Node) -> None:
     gm.graph.erase_node(node)
 
 
-def _crossbar_weight(gm: torch.fx.GraphModule, anchor: torch.fx.Node, root: torch.fx.Node,
-                     weight: torch.Tensor) -> torch.fx.Node:
-    """The get_attr node of a crossbar weight ``[out, in]`` derived from parameter ``root``:
-    ``root`` itself when it holds exactly that, else one new parameter per distinct weight (so a
-    parameter used twice the same way stays one tied weight)."""
-    value = _param(gm, root)
-    if value is not None and value.shape == weight.shape and torch.equal(value, weight):
-        return root
-    for node in gm.graph.nodes:
-        if node is anchor:
-            break
-        made = _param(gm, node) if node.meta.get(ROOT_KEY) == root.target else None
-        if made is not None and made.shape == weight.shape and torch.equal(made, weight):
-            return node
-    layer = _layer_name(root, str(root.target))
-    node = _new_param(gm, anchor, str(root.target) + ".T", weight, layer)
-    node.meta[ROOT_KEY] = root.target
-    return node
-
-
-def _addmm_as_linear(gm: torch.fx.GraphModule, node: torch.fx.Node) -> bool:
-    """``addmm(bias, x, W^T)`` with a static ``W`` and a parameter bias becomes one linear."""
-    if node.target is not aten.addmm.default or node.kwargs.get("beta", 1) != 1 \
-            or node.kwargs.get("alpha", 1) != 1:
-        return False
-    bias, x, rhs = node.args[:3]
-    found = static_matrix(gm, rhs)
-    bias_value = _param(gm, bias)
-    if found is None or bias_value is None or bias_value.dim() != 1 \
-            or static_matrix(gm, x) is not None:
-        return False
-    weight = _crossbar_weight(gm, node, found[0], found[1].t())
-    with gm.graph.inserting_before(node):
-        linear = gm.graph.call_function(_LINEAR, (x, weight, bias))
-    linear.meta.update(node.meta)
-    node.replace_all_uses_with(linear)
-    gm.graph.erase_node(node)
-    return True
-
-
-def _static_matmul(gm: torch.fx.GraphModule, node: torch.fx.Node) -> None:
-    """A matmul with exactly one static operand becomes a linear (a crossbar layer):
-    ``x @ M`` -> ``linear(x, M^T)``; ``M @ x`` -> ``linear(x^T, M)^T``. A matmul of two
-    activations (attention scores, attention x values) stays digital."""
-    lhs, rhs = node.args[:2]
-    left, right = static_matrix(gm, lhs), static_matrix(gm, rhs)
-    if (left is None) == (right is None):
-        return  # two activations (digital) or two constants (folded by nobody: digital)
-    graph = gm.graph
-    if right is not None:
-        weight = _crossbar_weight(gm, node, right[0], right[1].t())
-        with graph.inserting_before(node):
-            out = graph.call_function(_LINEAR, (lhs, weight, None))
-    else:
-        assert left is not None
-        shape = rhs.meta.get("val").shape if isinstance(rhs, torch.fx.Node) \
-            and isinstance(rhs.meta.get("val"), torch.Tensor) else None
-        if shape is None or len(shape) < 2:
-            return  # M @ vector: digital
-        weight = _crossbar_weight(gm, node, left[0], left[1])
-        with graph.inserting_before(node):
-            turned = graph.call_function(aten.transpose.int, (rhs, -2, -1))
-            linear = graph.call_function(_LINEAR, (turned, weight, None))
-            out = graph.call_function(aten.transpose.int, (linear, -2, -1))
-    out.meta.update(node.meta)
-    node.replace_all_uses_with(out)
-    graph.erase_node(node)
-
 def _fold_batch_norms(gm: torch.fx.GraphModule) -> None:
     for node in list(gm.graph.nodes):
         if node.target is not aten.batch_norm.default:
@@ -270,10 +197,10 @@ def _fold_batch_norms(gm: torch.fx.GraphModule) -> None:
         old_bias = _param(gm, producer.args[2]) if len(producer.args) > 2 else None
         bias = torch.zeros_like(mean) if old_bias is None else old_bias
         shape = (-1,) + (1,) * (weight.dim() - 1)
-        layer = _layer_name(producer.args[1], str(producer.args[1].target))
-        new_w = _new_param(gm, producer, str(producer.args[1].target) + ".bnfold",
+        layer = layer_name(producer.args[1], str(producer.args[1].target))
+        new_w = new_param(gm, producer, str(producer.args[1].target) + ".bnfold",
                            weight * factor.reshape(shape), layer)
-        new_b = _new_param(gm, producer, str(producer.args[1].target) + ".bnfold_bias",
+        new_b = new_param(gm, producer, str(producer.args[1].target) + ".bnfold_bias",
                            (bias - mean) * factor + beta, layer + ".bias")
         args = list(producer.args)
         args[1], args[2] = new_w, new_b
@@ -282,16 +209,6 @@ def _fold_batch_norms(gm: torch.fx.GraphModule) -> None:
         gm.graph.erase_node(node)
     gm.graph.eliminate_dead_code()
     gm.delete_all_unused_submodules()
-
-
-def _layer_name(weight_node: Any, target: str) -> str:
-    """A layer's name: the weight's qualified name without '.weight', or the original layer's
-    name when canonicalisation made a new weight (transposed matmul, folded BN)."""
-    if isinstance(weight_node, torch.fx.Node) and LAYER_KEY in weight_node.meta:
-        return str(weight_node.meta[LAYER_KEY])
-    if isinstance(weight_node, torch.fx.Node) and weight_node.op == "call_function":
-        return _layer_name(weight_node.args[0], str(getattr(weight_node.args[0], "target", target)))
-    return target[: -len(".weight")] if target.endswith(".weight") else target
 
 
 def _canonical_args(node: torch.fx.Node) -> tuple[Any, ...]:
@@ -349,9 +266,9 @@ def _annotate(gm: torch.fx.GraphModule) -> None:
         node.args = _canonical_args(node)
         node.kwargs = {}
         _split_computed_bias(gm, node)
-        base = _layer_name(weight_node, str(weight_node.target))
-        if _read_digitally(weight_node):
-            weight_node = _crossbar_copy(gm, node, weight_node, base)
+        base = layer_name(weight_node, str(weight_node.target))
+        if read_digitally(weight_node):
+            weight_node = crossbar_copy(gm, node, weight_node, base)
             node.args = (node.args[0], weight_node, *node.args[2:])
         seen[base] = seen.get(base, 0) + 1
         layer = base if seen[base] == 1 else f"{base}#{seen[base]}"
@@ -364,29 +281,6 @@ def _annotate(gm: torch.fx.GraphModule) -> None:
             conv = ConvParams(stride, padding, dilation, groups, tuple(weight.shape[2:]))
             set_info(node, NodeInfo(layer, _CONVS[node.target], tuple(weight.shape), rows, c_out,
                                     conv=conv))
-
-
-def _read_digitally(weight_node: torch.fx.Node) -> bool:
-    """Whether a digital op (e.g. the input embedding of tied embeddings) reads this weight."""
-    return any(not ((u.target is _LINEAR or u.target in _CONVS) and len(u.args) > 1
-                    and u.args[1] is weight_node and u.args[0] is not weight_node)
-               for u in weight_node.users)
-
-
-def _crossbar_copy(gm: torch.fx.GraphModule, node: torch.fx.Node, weight_node: torch.fx.Node,
-                   layer: str) -> torch.fx.Node:
-    """The crossbar's own copy of a weight a digital op reads too (the layout stores a digital
-    tensor and programs a crossbar weight; ``<tensor>_crossbar`` names the copy, so the layout
-    summary can report the tie), one per weight."""
-    for other in gm.graph.nodes:
-        if other is node:
-            break
-        if other.op == "get_attr" and other.meta.get(COPY_KEY) == weight_node.target:
-            return other
-    copy = _new_param(gm, node, str(weight_node.target) + CROSSBAR_COPY_SUFFIX,
-                      _param(gm, weight_node), layer)  # type: ignore[arg-type]
-    copy.meta[COPY_KEY] = weight_node.target
-    return copy
 
 
 def _float_input(node: torch.fx.Node) -> bool:

@@ -14,7 +14,7 @@ from neftc.flow.records import (
     TiedWeight,
 )
 from neftc.format.schema import DacCalibrationRecord, DacRecord, LayerRecord, LayoutDoc
-from neftc.passes.normalize import CROSSBAR_COPY_SUFFIX
+from neftc.passes.crossbar_weights import CROSSBAR_COPY_SUFFIX
 
 ACTIVATION_MATMUL = "matmul (activation x activation)"
 
