@@ -131,7 +131,7 @@ class Masks(nn.Module):
         h = h.masked_fill(ids.unsqueeze(-1) == 3, 0.0).masked_fill(h > 1e3, torch.tensor(1.0))
         h = torch.sqrt(h.abs() + 1) + torch.rsqrt(h * h + 1) + torch.erf(h) + h.pow(2)
         h = (1 - torch.reciprocal(h.abs() + 1)) * keep.unsqueeze(-1).to(torch.float32)
-        h = F.pad(h, (1, 1)) + F.pad(h, (1, 1), mode="reflect")
+        h = F.pad(F.gelu(h, approximate="tanh"), (1, 1)) + F.pad(h, (1, 1), mode="reflect")
         h = torch.constant_pad_nd(h, [0, 0, 0, 1], 0.5)
         return h.index_select(2, self.pick)
 

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from test_layout_ops import SharedWeights
+from test_layout_ops import Masks, SharedWeights
 from torch import nn
 
 from neftc.driver.compiler import compile_model
@@ -113,6 +113,16 @@ def test_linear_called_twice_is_reported_as_programmed_twice(tmp_path) -> None:
     assert tied.layers == ["fc", "fc#2"] and tied.digital == []
     assert "read by layer(s) fc, fc#2; programmed 2 time(s)" in format_summary(summary)
     check_replay(model, layout_dir, (8,), tmp_path)
+
+
+def test_mask_lookup_and_padding_ops_replay_and_export(tmp_path) -> None:
+    """Comparisons, where/masked_fill, casts, embedding and gather lookups, constant and
+    reflect padding and tanh GELU: the emulator equals the float model, onnxruntime the
+    emulator."""
+    torch.manual_seed(0)
+    model = Masks()
+    layout_dir = compile_exported(model, torch.randn(2, 6, 8), tmp_path, "masks")
+    check_replay(model, layout_dir, (6, 8), tmp_path)
 
 
 # ------------------------------------------------------------------ Hugging Face models
