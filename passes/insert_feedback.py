@@ -115,7 +115,7 @@ class InsertFeedback:
                                 f"IRS tap node(s) {missing} not in the graph; see "
                                 "--dump-after-each for node names")
             taps = [by_name[t] for t in self.taps]
-        shapes = _tap_shapes(gm, ctx.example_input, taps)
+        shapes = _tap_shapes(gm, ctx.example_inputs, taps)
         heads = []
         generator = torch.Generator().manual_seed(self.seed)
         for index, (tap, shape) in enumerate(zip(taps, shapes)):
@@ -134,10 +134,10 @@ class InsertFeedback:
         return PassResult(gm, True)
 
 
-def _tap_shapes(gm: torch.fx.GraphModule, example: torch.Tensor,
+def _tap_shapes(gm: torch.fx.GraphModule, examples: tuple[torch.Tensor, ...],
                 taps: list[torch.fx.Node]) -> list[tuple[int, ...]]:
     from torch.fx.passes.shape_prop import ShapeProp
 
     with evaluating(gm):
-        ShapeProp(gm).propagate(example)
+        ShapeProp(gm).propagate(*examples)
     return [tuple(tap.meta["tensor_meta"].shape) for tap in taps]

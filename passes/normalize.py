@@ -52,7 +52,12 @@ _CONVS = {aten.conv1d.default: "conv1d", aten.conv2d.default: "conv2d"}
 _CONV_DIMS = {3: aten.conv1d.default, 4: aten.conv2d.default}
 _IDENTITY_OPS = {aten.dropout.default, aten.alias.default, aten.detach.default,
                  aten.clone.default, aten.contiguous.default, aten.lift_fresh_copy.default}
-_CASTS = {aten.to.dtype, aten.to.dtype_layout, aten.type_as.default}
+_CASTS = {aten.to.dtype, aten.to.dtype_layout, aten.to.device, aten.type_as.default}
+# new_ones(x, size) is ones(size) with x's dtype: the layout knows the plain factories.
+_NEW_FACTORIES = {aten.new_ones.default: aten.ones.default,
+                  aten.new_zeros.default: aten.zeros.default,
+                  aten.new_full.default: aten.full.default,
+                  aten.new_empty.default: aten.zeros.default}
 _DROPPED = {aten._assert_tensor_metadata.default, aten._assert_scalar.default}  # checks only
 _RENAMED = {aten.__and__.Tensor: aten.bitwise_and.Tensor,  # the layout refuses dunder names
             aten.__or__.Tensor: aten.bitwise_or.Tensor}
@@ -69,7 +74,7 @@ class Normalize:
 
     def run(self, gm: torch.fx.GraphModule, ctx: PassContext) -> PassResult:
         before = _signature(gm)
-        gm = _lower_to_aten(gm, ctx.example_input)
+        gm = _lower_to_aten(gm, ctx.example_inputs)
         functional_inplace(gm)
         for node in list(gm.graph.nodes):
             if node.op != "call_function":
@@ -83,6 +88,8 @@ class Normalize:
                 node.target = _RENAMED[node.target]
             elif node.target in _CASTS:
                 _canonical_cast(gm, node)
+            elif node.target in _NEW_FACTORIES:
+                _plain_factory(gm, node)
             elif node.target is aten._native_batch_norm_legit_no_training.default:
                 _canonical_batch_norm(gm, node)
             elif node.target is aten.convolution.default:
@@ -120,7 +127,8 @@ def _is_aten_level(gm: torch.fx.GraphModule) -> bool:
     return True
 
 
-def _lower_to_aten(gm: torch.fx.GraphModule, example: torch.Tensor) -> torch.fx.GraphModule:
+def _lower_to_aten(gm: torch.fx.GraphModule,
+                   example: tuple[torch.Tensor, ...]) -> torch.fx.GraphModule:
     """Lower a torch-level fx graph to ATen with torch.export, keeping the batch size dynamic."""
     from neftc.frontend.trace import export_dynamic_batch, unexported
 
@@ -161,10 +169,13 @@ def _canonical_convolution(gm: torch.fx.GraphModule, node: torch.fx.Node) -> Non
 
 
 def _canonical_cast(gm: torch.fx.GraphModule, node: torch.fx.Node) -> None:
-    """``to(dtype)`` and ``type_as`` become the one cast the layout knows, ``_to_copy``."""
+    """``to(dtype)``, ``to(device, dtype)`` and ``type_as`` become the one cast the layout knows,
+    ``_to_copy`` (a layout runs on one device: the device argument is dropped)."""
     if node.target is aten.type_as.default:
         other = node.args[1].meta.get("val") if isinstance(node.args[1], torch.fx.Node) else None
         dtype = other.dtype if isinstance(other, torch.Tensor) else None
+    elif node.target is aten.to.device:
+        dtype = node.kwargs.get("dtype", node.args[2] if len(node.args) > 2 else None)
     else:
         dtype = node.kwargs.get("dtype", node.args[1] if len(node.args) > 1 else None)
     if not isinstance(dtype, torch.dtype):
@@ -173,6 +184,21 @@ def _canonical_cast(gm: torch.fx.GraphModule, node: torch.fx.Node) -> None:
         cast = gm.graph.call_function(aten._to_copy.default, (node.args[0],), {"dtype": dtype})
     cast.meta.update(node.meta)
     node.replace_all_uses_with(cast)
+    gm.graph.erase_node(node)
+
+
+def _plain_factory(gm: torch.fx.GraphModule, node: torch.fx.Node) -> None:
+    """``x.new_ones(size)`` (and new_zeros, new_full, new_empty as zeros) becomes ``ones(size)``
+    with the dtype given or ``x``'s; the device and layout arguments are dropped."""
+    source = node.args[0]
+    value = source.meta.get("val") if isinstance(source, torch.fx.Node) else None
+    dtype = node.kwargs.get("dtype") or (value.dtype if isinstance(value, torch.Tensor) else None)
+    args = tuple(node.args[1:])
+    with gm.graph.inserting_before(node):
+        made = gm.graph.call_function(_NEW_FACTORIES[node.target], args,
+                                      {"dtype": dtype} if dtype is not None else {})
+    made.meta.update(node.meta)
+    node.replace_all_uses_with(made)
     gm.graph.erase_node(node)
 
 

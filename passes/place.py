@@ -150,7 +150,7 @@ class Place:
                 f"({chip.cores} cores x {chip.arrays_per_core} arrays); largest layers: "
                 f"{biggest}. Use a larger target, raise chip.cores or chip.arrays_per_core with "
                 "--set, or store fewer weight bits")
-        positions = _positions(gm, ctx.example_input, nodes)
+        positions = _positions(gm, ctx.example_inputs, nodes)
         graph = core_graph(chip)
         hops = _hop_matrix(graph, chip.cores)
         periphery = ctx.target.periphery
@@ -198,11 +198,11 @@ class PlacementSummary:
     bytes_exchanged: int  # per inference, between tiles (whatever their cores)
 
 
-def _positions(gm: torch.fx.GraphModule, example: torch.Tensor,
+def _positions(gm: torch.fx.GraphModule, examples: tuple[torch.Tensor, ...],
                nodes: list[torch.fx.Node]) -> dict[str, int]:
     """Input vectors per sample that each crossbar layer processes (1 for a plain linear)."""
     with evaluating(gm):
-        ShapeProp(gm).propagate(example[:1])
+        ShapeProp(gm).propagate(*(example[:1] for example in examples))
     positions = {}
     for node in nodes:
         info = get_info(node)

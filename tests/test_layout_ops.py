@@ -133,6 +133,10 @@ class Masks(nn.Module):
         h = (1 - torch.reciprocal(h.abs() + 1)) * keep.unsqueeze(-1).to(torch.float32)
         h = F.pad(F.gelu(h, approximate="tanh"), (1, 1)) + F.pad(h, (1, 1), mode="reflect")
         h = torch.constant_pad_nd(h, [0, 0, 0, 1], 0.5)
+        # advanced indexing of the leading dimensions (transformers' mask[batch_idx, kv_idx])
+        rows = torch.arange(h.shape[0]).view(-1, 1)
+        cols = (h.shape[1] - 1 - torch.arange(h.shape[1])).view(1, -1)
+        h = h[rows, cols]
         return h.index_select(2, self.pick)
 
 

@@ -209,7 +209,7 @@ def test_cli_neft_trains_against_the_chip_it_compiles(mlp_model, tmp_path, capsy
     compile_settings = _compile_settings(_parser().parse_args(argv))
     target = resolve_target(TARGET)
     loaded = load_model(tuned)
-    ctx = PassContext(target, loaded.example_input)
+    ctx = PassContext(target, loaded.example_inputs, inputs=loaded.inputs)
     gm = PassManager([Normalize()]).run(loaded.gm, ctx)
     gm = PassManager(training_passes(compile_settings.neft, target, 10,
                                      compile_settings.quantize)).run(gm, ctx)

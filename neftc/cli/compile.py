@@ -131,6 +131,8 @@ def run_compile(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps({"output": str(args.output), **summary}, indent=1))
     else:
+        for note in result.notes:
+            print(f"note: {note}")
         print(format_summary(summary), end="")
         print(f"\nwrote {args.output}/ in {time.perf_counter() - start:.1f} s")
     return 0

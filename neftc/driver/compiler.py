@@ -130,7 +130,7 @@ def _stages(loaded: LoadedModel, settings: CompileSettings,
     if settings.neft is not None:
         settings.neft.validate()
         _check_chip(settings.neft, settings.quantize)
-        classes = num_outputs(loaded.gm, loaded.example_input)
+        classes = num_outputs(loaded.gm, loaded.example_inputs)
         training = training_passes(settings.neft, target, classes, settings.quantize)
         strip = [StripTraining()]
     check_order([*head, *training, *strip, *tail], INITIAL_FACTS, PASSES.values())
@@ -155,6 +155,7 @@ class CompileResult:
     gm: torch.fx.GraphModule  # the compiled graph; it computes the fake-quantised model
     out_dir: Path | None
     neft_log: TrainLog | None = None  # NeFT fine-tuning's losses and wall-clock time (not in doc)
+    notes: tuple[str, ...] = ()  # what loading decided (output leaf chosen, batch made dynamic)
 
 
 def _compile_loaded(loaded: LoadedModel, target: TargetSpec, settings: CompileSettings,
@@ -164,7 +165,7 @@ def _compile_loaded(loaded: LoadedModel, target: TargetSpec, settings: CompileSe
         from neftc.datasets.spec import load_dataset
 
         dac_data = load_dataset(settings.dac_data)
-    ctx = PassContext(target=target, example_input=loaded.example_input)
+    ctx = PassContext(target=target, example=loaded.example_inputs, inputs=loaded.inputs)
     head, training, tail = _stages(loaded, settings, target)
     gm = PassManager(head, instruments).run(loaded.gm, ctx)
     log = None
@@ -191,7 +192,7 @@ def _compile_loaded(loaded: LoadedModel, target: TargetSpec, settings: CompileSe
 
         write_layout(Path(out_dir), doc, levels, tensors)
         write_layout_reports(Path(out_dir), doc)  # after the layout is in place
-    return CompileResult(doc, gm, out_dir, log)
+    return CompileResult(doc, gm, out_dir, log, loaded.notes)
 
 
 def _instruments(settings: CompileSettings, on_pass: Callable[[str, bool], None] | None,

@@ -34,7 +34,7 @@ def finetune_file(model: Path, target: TargetSpec, settings: NeftSettings, outpu
                   arch: str | None = None, input_shape: tuple[int, ...] | None = None,
                   trust_model: bool = False, progress: bool = True) -> TrainLog:
     loaded = load_model(model, arch=arch, input_shape=input_shape, trust_model=trust_model)
-    ctx = PassContext(target=target, example_input=loaded.example_input)
+    ctx = PassContext(target=target, example=loaded.example_inputs, inputs=loaded.inputs)
     gm = PassManager([Normalize()]).run(loaded.gm, ctx)
     gm, log = run_neft(gm, ctx, settings, progress=progress)
     save_program(gm, loaded.example_inputs, output)
@@ -58,7 +58,7 @@ def train_zoo_model(arch: str, data_spec: str, output: Path, *, epochs: int, lr:
              f"test accuracy {100 * accuracy(model, data.test):.2f} %"]
     example = data.test.x[:1]
     if neft is not None:
-        ctx = PassContext(target=target, example_input=example)
+        ctx = PassContext(target=target, example=example)
         gm = PassManager([Normalize()]).run(trace_module(model, example), ctx)
         gm, log = run_neft(gm, ctx, neft, progress=progress)
         lines.append(f"fine-tuned with NeFT {neft.mode} ({neft.epochs} epochs, "

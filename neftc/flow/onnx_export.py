@@ -93,7 +93,9 @@ class OnnxExporter:
         return len(self.shapes[ref["node"]])
 
     def shape_tensor(self, entries: list[Any]) -> str:
-        """A 1-D int64 shape from ints and sym_size node refs."""
+        """A 1-D int64 shape from ints and sym_size node refs (empty: a scalar's shape)."""
+        if not entries:
+            return self.b.const(np.zeros(0, dtype=np.int64), np.int64, "scalar_shape")
         parts = []
         for entry in entries:
             if isinstance(entry, dict) and "node" in entry:

@@ -10,7 +10,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from onnx import numpy_helper
+from onnx import TensorProto, numpy_helper
 
 from neftc.format.schema import GraphNode
 
@@ -88,6 +88,20 @@ def _gather(e: OnnxExporter, n: GraphNode) -> str:
 def _index_select(e: OnnxExporter, n: GraphNode) -> str:
     return e.b.op("Gather", [e.value(n.args[0]), e.value(n.args[2])], "index_select",
                   axis=int(n.args[1]))
+
+
+def _index(e: OnnxExporter, n: GraphNode) -> str:
+    """``x[i0, ..., ik-1]`` (ATen's index.Tensor, every index a tensor): the indices broadcast
+    to one shape (adding a zero of that shape), stacked on a last axis, then ``GatherND``."""
+    indices = [e.b.op("Cast", [e.value(t)], "index_i64", to=TensorProto.INT64) for t in n.args[1]]
+    total = indices[0]
+    for index in indices[1:]:
+        total = e.b.op("Add", [total, index], "index_sum")
+    zero = e.b.op("Mul", [total, e.b.const(0, np.int64)], "index_zero")
+    stacked = [e.b.op("Unsqueeze", [e.b.op("Add", [index, zero], "index_b"),
+                                    e.b.const([-1], np.int64)], "index_u") for index in indices]
+    joined = stacked[0] if len(stacked) == 1 else e.b.op("Concat", stacked, "index_cat", axis=-1)
+    return e.b.op("GatherND", [e.value(n.args[0]), joined], "index")
 
 
 def _pad(e: OnnxExporter, n: GraphNode) -> str:
@@ -229,6 +243,7 @@ def _filled_like(value: float | None) -> Callable[[OnnxExporter, GraphNode], str
 
 
 TENSOR_HANDLERS: dict[str, Callable[[OnnxExporter, GraphNode], Any]] = {
+    "aten.index.Tensor": _index,
     "aten.rsqrt.default": _rsqrt,
     "aten.pow.Tensor_Scalar": _pow,
     "aten.rsub.Scalar": _rsub,

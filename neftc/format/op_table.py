@@ -140,6 +140,8 @@ OPS: dict[str, OpSpec] = {spec.name: spec for spec in (_spec(*entry) for entry i
                                 "scale_grad_by_freq: bool = False, sparse: false = False")),
     ("aten.gather.default", "self: tensor, dim: dim, index: tensor, *, sparse_grad: false = False"),
     ("aten.index_select.default", "self: tensor, dim: dim, index: tensor"),
+    # advanced indexing x[i0, i1, ...] of the leading dimensions (no None: every index a tensor)
+    ("aten.index.Tensor", "self: tensor, indices: tensors"),
     # reductions
     ("aten.mean.dim", _REDUCE),
     ("aten.sum.dim_IntList", _REDUCE),

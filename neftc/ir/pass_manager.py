@@ -27,11 +27,20 @@ from neftc.targets.spec import TargetSpec
 
 @dataclass
 class PassContext:
-    """What every pass may read: the target and the example input, plus the facts so far."""
+    """What every pass may read: the target, the example input(s) and what is known of the model's
+    inputs, plus the facts so far."""
 
     target: TargetSpec
-    example_input: torch.Tensor
+    example: torch.Tensor | tuple[torch.Tensor, ...]  # one tensor per model input
     facts: set[Fact] = field(default_factory=lambda: set(INITIAL_FACTS))
+    # The model's input specs (neftc.frontend.inputs.InputSpec: name, dtype, shape, low, high),
+    # when the model file records them; empty for a module given with one example tensor.
+    inputs: tuple[Any, ...] = ()
+
+    @property
+    def example_inputs(self) -> tuple[torch.Tensor, ...]:
+        """The example as a tuple, one tensor per model input (what the graph is called with)."""
+        return self.example if isinstance(self.example, tuple) else (self.example,)
 
 
 @dataclass(frozen=True)
@@ -168,7 +177,7 @@ def _verify(gm: torch.fx.GraphModule, ctx: PassContext) -> None:
     torch.set_num_threads(1)  # a batch-1 check gains nothing from more, and stalls on busy cores
     try:
         with evaluating(gm), torch.no_grad():
-            gm(ctx.example_input)
+            gm(*ctx.example_inputs)
     finally:
         torch.set_num_threads(threads)
 

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 
 from neftc.datasets.base import Split
 from neftc.neft.modules import FeedbackHead, WeightNoise
-from neftc.neft.train import BatchLoss, TrainLog, train_loop
+from neftc.neft.train import Batch, BatchLoss, TrainLog, feed, train_loop
 from neftc.passes.insert_feedback import PLAN_KEY, FeedbackPlan
 
 # The paper's reference hyper-parameters (Qin et al., TCAD 2025): Adam, cosine schedule, batch 128;
@@ -52,14 +52,14 @@ def _batch_loss(gm: torch.fx.GraphModule, plan: FeedbackPlan | None, mode: str, 
     """The loss of one batch for ``mode``: the backbone at ``sigma``; OVF adds forwards at
     ``sigma + offset_n``, IRS reads its heads' logits; with feedback, :func:`neft_loss`."""
 
-    def loss_of(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    def loss_of(model: torch.nn.Module, x: Batch, y: torch.Tensor) -> torch.Tensor:
         _set_sigma(noise, sigma)
-        out = model(x)
+        out = feed(model, x)
         feedback: list[torch.Tensor] = []
         if mode == "ovf" and plan is not None:
             for offset in plan.sigma_offsets:
                 _set_sigma(noise, sigma + offset)
-                feedback.append(model(x))
+                feedback.append(feed(model, x))
             _set_sigma(noise, sigma)
         elif mode == "irs":
             feedback = [head.logits for head in heads if isinstance(head, FeedbackHead)

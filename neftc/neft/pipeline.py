@@ -25,6 +25,7 @@ from neftc.bounds import (
     check_number,
 )
 from neftc.datasets.base import Dataset, check_compatible
+from neftc.datasets.fit import fit_inputs
 from neftc.datasets.spec import load_dataset
 from neftc.devices import resolve_device
 from neftc.errors import DataError, NeftcError
@@ -88,18 +89,24 @@ class NeftSettings:
         resolve_device(self.device)
 
 
-def num_outputs(gm: torch.fx.GraphModule, example: torch.Tensor) -> int:
+def num_outputs(gm: torch.fx.GraphModule, examples: tuple[torch.Tensor, ...]) -> int:
     with torch.no_grad():
-        out = gm(example)
+        out = gm(*examples)
     while isinstance(out, (list, tuple)):
         out = out[0]
     return int(out.shape[-1])
 
 
-def training_data(settings: NeftSettings, input_shape: tuple[int, ...],
-                  classes: int) -> Dataset:
+def training_data(settings: NeftSettings, ctx: PassContext, classes: int) -> Dataset:
+    """The fine-tuning data, checked against the model: against its recorded inputs (dtypes,
+    shapes, token ranges; extra inputs such as an attention mask in order) when the model file
+    records them, else against the example's shape."""
     data = load_dataset(settings.data)
-    check_compatible(data, input_shape, classes)
+    if ctx.inputs:
+        data = fit_inputs(data, ctx.inputs)
+        check_compatible(data, tuple(data.test.x.shape[1:]), classes)
+    else:
+        check_compatible(data, tuple(ctx.example_inputs[0].shape[1:]), classes)
     if len(data.train) == 0:
         raise DataError(f"data '{settings.data}' has no training split; fine-tuning needs one "
                         "(an .npz with x,y or x_train,y_train, or the MNIST train files)")
@@ -131,7 +138,7 @@ def run_neft(gm: torch.fx.GraphModule, ctx: PassContext, settings: NeftSettings,
     produces (default: ``settings.chip_quantize()``); returns the deployable graph (noise and
     heads stripped) and the training log."""
     settings.validate()
-    classes = num_outputs(gm, ctx.example_input)
+    classes = num_outputs(gm, ctx.example_inputs)
     passes = training_passes(settings, ctx.target, classes, quantize)
     return run_training_passes(gm, ctx, settings, passes, instruments=instruments,
                                on_pass=on_pass, progress=progress)
@@ -143,8 +150,8 @@ def run_training_passes(gm: torch.fx.GraphModule, ctx: PassContext, settings: Ne
                         progress: bool = True) -> tuple[torch.fx.GraphModule, TrainLog]:
     """Run the training ``passes`` (``training_passes``), fine-tune, strip-training."""
     settings.validate()
-    classes = num_outputs(gm, ctx.example_input)
-    data = training_data(settings, tuple(ctx.example_input.shape[1:]), classes)
+    classes = num_outputs(gm, ctx.example_inputs)
+    data = training_data(settings, ctx, classes)
     sigma = ctx.target.noise.sigma_rel if settings.sigma is None else settings.sigma
     gm = PassManager(passes, instruments).run(gm, ctx)
     log = finetune(gm, data.train, sigma=sigma, epochs=settings.epochs, lr=settings.lr,
