@@ -853,8 +853,9 @@ def lay_semantic(seeds: Seeds, rng: random.Random, work: Path, *,
             ("noise.sigma_rel nan", lambda: doc["target"]["noise"].update(sigma_rel=math.nan)),
             ("format", lambda: doc.update(format="not-neftc")),
             ("version 999", lambda: doc.update(version=999)),
-            ("input_shape huge", lambda: doc["graph"].update(input_shape=[1, 1, 10**6, 10**6])),
-            ("input_shape negative", lambda: doc["graph"].update(input_shape=[1, 1, -8, 8])),
+            ("input shape huge",
+             lambda: doc["graph"]["inputs"][0].update(shape=[1, 1, 10**6, 10**6])),
+            ("input shape negative", lambda: doc["graph"]["inputs"][0].update(shape=[1, 1, -8, 8])),
         ]
         what = _pick(rng, [c[0] for c in choices], how)
         apply = dict(choices)[what]

@@ -82,3 +82,11 @@ def _cast(data: Dataset, array: str, tensor: torch.Tensor, record: Any,
                             "ids beyond the embedding's vocabulary); tokenize with the model's "
                             "own vocabulary")
     return tensor.to(_DTYPES[record.dtype])
+
+
+def to_float(data: Dataset) -> Dataset:
+    """``data`` with integer samples ``x`` as float32, values unchanged (integer images, e.g.
+    0..255 in an .npz, for a model whose input is float)."""
+    def cast(split: Split) -> Split:
+        return replace(split, x=split.x.to(torch.float32))
+    return replace(data, train=cast(data.train), test=cast(data.test))

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from neftc.atomic import atomic_file
+from neftc.datasets.fit import to_float
 from neftc.datasets.spec import load_dataset
 from neftc.errors import DataError
 from neftc.frontend.loader import load_model
@@ -47,6 +48,12 @@ def train_zoo_model(arch: str, data_spec: str, output: Path, *, epochs: int, lr:
     data = load_dataset(data_spec)
     if len(data.train) == 0:
         raise DataError(f"data '{data_spec}' has no training split")
+    if not data.train.x.is_floating_point():
+        if data.train.x.dim() == 2 or data.train.extras:
+            raise DataError(f"data '{data_spec}' holds token ids (integer x of shape [N, T]); "
+                            "the zoo has image models only: export your own model and use "
+                            "'neftc finetune' or 'neftc compile --neft'")
+        data = to_float(data)  # integer images (e.g. 0..255 in an .npz): fed as float32
     torch.manual_seed(seed)  # parameter initialisation
     model = build(arch, data.input_shape, data.num_classes).train().to(device)
     train = data.train

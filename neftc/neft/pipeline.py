@@ -25,7 +25,7 @@ from neftc.bounds import (
     check_number,
 )
 from neftc.datasets.base import Dataset, check_compatible
-from neftc.datasets.fit import fit_inputs
+from neftc.datasets.fit import fit_inputs, to_float
 from neftc.datasets.spec import load_dataset
 from neftc.devices import resolve_device
 from neftc.errors import DataError, NeftcError
@@ -106,6 +106,8 @@ def training_data(settings: NeftSettings, ctx: PassContext, classes: int) -> Dat
         data = fit_inputs(data, ctx.inputs)
         check_compatible(data, tuple(data.test.x.shape[1:]), classes)
     else:
+        if not data.train.x.is_floating_point() and ctx.example_inputs[0].is_floating_point():
+            data = to_float(data)
         check_compatible(data, tuple(ctx.example_inputs[0].shape[1:]), classes)
     if len(data.train) == 0:
         raise DataError(f"data '{settings.data}' has no training split; fine-tuning needs one "

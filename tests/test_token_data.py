@@ -1,0 +1,94 @@
+"""Token models through every command (issue 12): a model whose inputs are int64 token ids and an
+attention mask is fine-tuned, compiled and verified on an ``.npz`` of token ids; ``train`` (whose
+zoo holds image models) refuses token data with the fix, and still trains on integer images."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from neftc.cli.main import main
+from neftc.format.reader import load_layout
+
+VOCAB, SEQ, CLASSES = 50, 8, 3
+
+
+class BagOfTokens(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(VOCAB, 16)
+        self.head = nn.Linear(16, CLASSES)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        tokens = self.embed(input_ids) * attention_mask.unsqueeze(-1)
+        return self.head(tokens.sum(1) / attention_mask.sum(1, keepdim=True))
+
+
+@pytest.fixture()
+def token_files(tmp_path) -> tuple[Path, Path]:
+    torch.manual_seed(0)
+    ids = torch.randint(0, VOCAB, (2, SEQ))
+    mask = torch.ones(2, SEQ, dtype=torch.int64)
+    batch = torch.export.Dim("batch")
+    program = torch.export.export(BagOfTokens().eval(), (ids, mask),
+                                  dynamic_shapes=({0: batch}, {0: batch}))
+    torch.export.save(program, tmp_path / "tokens.pt2")
+    rng = np.random.default_rng(0)
+    masks = np.ones((40, SEQ), dtype=np.int64)
+    masks[:, -2:] = 0
+    np.savez(tmp_path / "tokens.npz", x=rng.integers(0, VOCAB, (40, SEQ)),
+             attention_mask=masks, y=np.arange(40) % CLASSES)
+    return tmp_path / "tokens.pt2", tmp_path / "tokens.npz"
+
+
+def test_finetune_compile_verify_on_token_data(token_files, tmp_path, capsys) -> None:
+    model, data = token_files
+    tuned, layout = tmp_path / "tuned.pt2", tmp_path / "layout"
+    assert main(["finetune", str(model), "--target", "fefet_128x128", "--neft", "nit",
+                 "--data", str(data), "--neft-epochs", "1", "-o", str(tuned), "-q"]) == 0
+    assert main(["compile", str(tuned), "--target", "fefet_128x128", "-o", str(layout),
+                 "-q"]) == 0
+    inputs = load_layout(layout).doc.graph.inputs
+    assert [(i.name, i.dtype, i.low, i.high) for i in inputs] == [
+        ("input_ids", "int64", 0, VOCAB), ("attention_mask", "int64", 0, 2)]
+    capsys.readouterr()
+    assert main(["verify", str(layout), "--data", str(data), "--mc", "2", "--no-report",
+                 "--json", "-q"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["test_samples"] == 10  # the fixed 25 % test split of 40 samples
+
+
+def test_token_ids_out_of_range_are_refused(token_files, tmp_path, capfd) -> None:
+    model, data = token_files
+    layout = tmp_path / "layout"
+    assert main(["compile", str(model), "--target", "fefet_128x128", "-o", str(layout),
+                 "-q"]) == 0
+    with np.load(data) as raw:
+        arrays = dict(raw)
+    arrays["x"][0, 0] = VOCAB  # one id past the embedding table
+    np.savez(tmp_path / "bad.npz", **arrays)
+    capfd.readouterr()
+    assert main(["verify", str(layout), "--data", str(tmp_path / "bad.npz"), "--mc", "1",
+                 "--no-report", "-q"]) == 2
+    err = capfd.readouterr().err
+    assert "input_ids" in err and str(VOCAB) in err and "Traceback" not in err
+
+
+def test_train_refuses_token_data_and_trains_on_integer_images(token_files, tmp_path,
+                                                               capfd) -> None:
+    _, data = token_files
+    capfd.readouterr()
+    assert main(["train", "mlp", "--data", str(data), "--epochs", "1", "-o",
+                 str(tmp_path / "m.pt2"), "-q"]) == 2
+    err = capfd.readouterr().err
+    assert "token ids" in err and "neftc finetune" in err and "Traceback" not in err
+    rng = np.random.default_rng(1)
+    np.savez(tmp_path / "images.npz", x=rng.integers(0, 256, (40, 1, 8, 8)).astype(np.uint8),
+             y=np.arange(40) % CLASSES)
+    assert main(["train", "mlp", "--data", str(tmp_path / "images.npz"), "--epochs", "1",
+                 "-o", str(tmp_path / "m.pt2"), "-q"]) == 0
