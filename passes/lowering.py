@@ -8,6 +8,7 @@ what makes such a matmul a crossbar layer.
 from __future__ import annotations
 
 import math
+import operator
 from typing import Any
 
 import torch
@@ -177,3 +178,67 @@ def decompose_attention(gm: torch.fx.GraphModule, node: torch.fx.Node) -> str | 
     node.replace_all_uses_with(out)
     graph.erase_node(node)
     return None
+
+
+# new_ones(x, size) is ones(size) with x's dtype: the layout knows the plain factories.
+NEW_FACTORIES = {aten.new_ones.default: aten.ones.default,
+                  aten.new_zeros.default: aten.zeros.default,
+                  aten.new_full.default: aten.full.default,
+                  aten.new_empty.default: aten.zeros.default}
+
+
+def canonical_cast(gm: torch.fx.GraphModule, node: torch.fx.Node) -> None:
+    """``to(dtype)``, ``to(device, dtype)`` and ``type_as`` become the one cast the layout knows,
+    ``_to_copy`` (a layout runs on one device: the device argument is dropped)."""
+    if node.target is aten.type_as.default:
+        other = node.args[1].meta.get("val") if isinstance(node.args[1], torch.fx.Node) else None
+        dtype = other.dtype if isinstance(other, torch.Tensor) else None
+    elif node.target is aten.to.device:
+        dtype = node.kwargs.get("dtype", node.args[2] if len(node.args) > 2 else None)
+    else:
+        dtype = node.kwargs.get("dtype", node.args[1] if len(node.args) > 1 else None)
+    if not isinstance(dtype, torch.dtype):
+        return
+    with gm.graph.inserting_before(node):
+        cast = gm.graph.call_function(aten._to_copy.default, (node.args[0],), {"dtype": dtype})
+    cast.meta.update(node.meta)
+    node.replace_all_uses_with(cast)
+    gm.graph.erase_node(node)
+
+
+def plain_factory(gm: torch.fx.GraphModule, node: torch.fx.Node) -> None:
+    """``x.new_ones(size)`` (and new_zeros, new_full, new_empty as zeros) becomes ``ones(size)``
+    with the dtype given or ``x``'s; the device and layout arguments are dropped."""
+    source = node.args[0]
+    value = source.meta.get("val") if isinstance(source, torch.fx.Node) else None
+    dtype = node.kwargs.get("dtype") or (value.dtype if isinstance(value, torch.Tensor) else None)
+    args = tuple(node.args[1:])
+    with gm.graph.inserting_before(node):
+        made = gm.graph.call_function(NEW_FACTORIES[node.target], args,
+                                      {"dtype": dtype} if dtype is not None else {})
+    made.meta.update(node.meta)
+    node.replace_all_uses_with(made)
+    gm.graph.erase_node(node)
+
+
+def split_as_slices(gm: torch.fx.GraphModule, node: torch.fx.Node) -> bool:
+    """``split(x, size, dim)`` becomes one ``slice`` per part its ``getitem`` users read (the
+    layout has no split); False (left as is) when the split dimension's size is not static."""
+    source, size = node.args[0], node.args[1]
+    dim = node.args[2] if len(node.args) > 2 else node.kwargs.get("dim", 0)
+    shape = _shape(source)
+    if shape is None or not isinstance(size, int) or not isinstance(shape[dim], int):
+        return False
+    for user in list(node.users):
+        if user.target is not operator.getitem:
+            return False
+    for user in list(node.users):
+        start = user.args[1] * size
+        with gm.graph.inserting_before(user):
+            part = gm.graph.call_function(aten.slice.Tensor,
+                                          (source, dim, start, min(start + size, shape[dim])))
+        part.meta.update(user.meta)
+        user.replace_all_uses_with(part)
+        gm.graph.erase_node(user)
+    gm.graph.erase_node(node)
+    return True

@@ -39,9 +39,13 @@ from neftc.passes.crossbar_weights import (
     static_matmul,
 )
 from neftc.passes.lowering import (
+    NEW_FACTORIES,
+    canonical_cast,
     decompose_attention,
     functional_inplace,
     matmul_form,
+    plain_factory,
+    split_as_slices,
 )
 from neftc.passes.lowering import param as _param
 
@@ -53,11 +57,6 @@ _CONV_DIMS = {3: aten.conv1d.default, 4: aten.conv2d.default}
 _IDENTITY_OPS = {aten.dropout.default, aten.alias.default, aten.detach.default,
                  aten.clone.default, aten.contiguous.default, aten.lift_fresh_copy.default}
 _CASTS = {aten.to.dtype, aten.to.dtype_layout, aten.to.device, aten.type_as.default}
-# new_ones(x, size) is ones(size) with x's dtype: the layout knows the plain factories.
-_NEW_FACTORIES = {aten.new_ones.default: aten.ones.default,
-                  aten.new_zeros.default: aten.zeros.default,
-                  aten.new_full.default: aten.full.default,
-                  aten.new_empty.default: aten.zeros.default}
 _DROPPED = {aten._assert_tensor_metadata.default, aten._assert_scalar.default}  # checks only
 _RENAMED = {aten.__and__.Tensor: aten.bitwise_and.Tensor,  # the layout refuses dunder names
             aten.__or__.Tensor: aten.bitwise_or.Tensor}
@@ -87,9 +86,11 @@ class Normalize:
             elif node.target in _RENAMED:
                 node.target = _RENAMED[node.target]
             elif node.target in _CASTS:
-                _canonical_cast(gm, node)
-            elif node.target in _NEW_FACTORIES:
-                _plain_factory(gm, node)
+                canonical_cast(gm, node)
+            elif node.target in NEW_FACTORIES:
+                plain_factory(gm, node)
+            elif node.target is aten.split.Tensor:
+                split_as_slices(gm, node)
             elif node.target is aten._native_batch_norm_legit_no_training.default:
                 _canonical_batch_norm(gm, node)
             elif node.target is aten.convolution.default:
@@ -165,40 +166,6 @@ def _canonical_convolution(gm: torch.fx.GraphModule, node: torch.fx.Node) -> Non
         )
     conv.meta.update(node.meta)
     node.replace_all_uses_with(conv)
-    gm.graph.erase_node(node)
-
-
-def _canonical_cast(gm: torch.fx.GraphModule, node: torch.fx.Node) -> None:
-    """``to(dtype)``, ``to(device, dtype)`` and ``type_as`` become the one cast the layout knows,
-    ``_to_copy`` (a layout runs on one device: the device argument is dropped)."""
-    if node.target is aten.type_as.default:
-        other = node.args[1].meta.get("val") if isinstance(node.args[1], torch.fx.Node) else None
-        dtype = other.dtype if isinstance(other, torch.Tensor) else None
-    elif node.target is aten.to.device:
-        dtype = node.kwargs.get("dtype", node.args[2] if len(node.args) > 2 else None)
-    else:
-        dtype = node.kwargs.get("dtype", node.args[1] if len(node.args) > 1 else None)
-    if not isinstance(dtype, torch.dtype):
-        return
-    with gm.graph.inserting_before(node):
-        cast = gm.graph.call_function(aten._to_copy.default, (node.args[0],), {"dtype": dtype})
-    cast.meta.update(node.meta)
-    node.replace_all_uses_with(cast)
-    gm.graph.erase_node(node)
-
-
-def _plain_factory(gm: torch.fx.GraphModule, node: torch.fx.Node) -> None:
-    """``x.new_ones(size)`` (and new_zeros, new_full, new_empty as zeros) becomes ``ones(size)``
-    with the dtype given or ``x``'s; the device and layout arguments are dropped."""
-    source = node.args[0]
-    value = source.meta.get("val") if isinstance(source, torch.fx.Node) else None
-    dtype = node.kwargs.get("dtype") or (value.dtype if isinstance(value, torch.Tensor) else None)
-    args = tuple(node.args[1:])
-    with gm.graph.inserting_before(node):
-        made = gm.graph.call_function(_NEW_FACTORIES[node.target], args,
-                                      {"dtype": dtype} if dtype is not None else {})
-    made.meta.update(node.meta)
-    node.replace_all_uses_with(made)
     gm.graph.erase_node(node)
 
 

@@ -137,6 +137,7 @@ class Masks(nn.Module):
         rows = torch.arange(h.shape[0]).view(-1, 1)
         cols = (h.shape[1] - 1 - torch.arange(h.shape[1])).view(1, -1)
         h = h[rows, cols]
+        h = h + h.argmax(dim=-1, keepdim=True).to(torch.float32)  # GPT-2's last-token pick
         return h.index_select(2, self.pick)
 
 

@@ -7,6 +7,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from neftc.cli.main import main
@@ -67,7 +68,30 @@ def test_transformer_block_onnx_matches_emulator(tmp_path, fefet, capsys) -> Non
     assert onnx_vs_emulator(tmp_path / "enc", torch.randn(3, 6, 16)) < 1e-5
 
 
-def test_unsupported_op_is_named(tmp_path, fefet) -> None:
+class Activations(nn.Module):
+    """The activations, reductions and scans of neftc/flow/onnx_math_ops.py."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(6, 6)
+
+    def forward(self, x):
+        h = self.fc(x)
+        h = F.silu(h) + F.hardswish(h) + F.hardsigmoid(h) + F.leaky_relu(h, 0.2)
+        h = h + F.elu(h, 0.7) + F.log_softmax(h, dim=-1)
+        h = h + h.sum(dim=-1, keepdim=True) + h.amax(dim=1, keepdim=True)
+        h = h + h.argmax(dim=-1, keepdim=True).to(torch.float32)
+        first, second = h.split(3, dim=-1)  # becomes two slices (GPT-2's qkv split)
+        return torch.cumsum(torch.cat([second, first], dim=-1), dim=-1)
+
+
+def test_activations_reductions_and_scans_export(tmp_path, fefet) -> None:
+    torch.manual_seed(0)
+    compile_module(Activations().eval(), torch.randn(2, 6), fefet, tmp_path / "act")
+    assert onnx_vs_emulator(tmp_path / "act", torch.randn(3, 6)) < 1e-5
+
+
+def test_unsupported_op_is_named(tmp_path, fefet, monkeypatch) -> None:
     class Odd(nn.Module):
         def __init__(self) -> None:
             super().__init__()
@@ -77,7 +101,11 @@ def test_unsupported_op_is_named(tmp_path, fefet) -> None:
             return torch.cumsum(self.fc(x), dim=1)
 
     compile_module(Odd().eval(), torch.randn(1, 4), fefet, tmp_path / "odd")
+    from neftc.flow import onnx_ops
     from neftc.flow.onnx_export import export_onnx
+
+    # an allowed op without an ONNX handler (none is left among the test models' ops)
+    monkeypatch.delitem(onnx_ops.HANDLERS, "aten.cumsum.default")
 
     with pytest.raises(LayoutError, match=r"aten\.cumsum\.default"):
         export_onnx(load_layout(tmp_path / "odd"), tmp_path / "odd.onnx")

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from neftc.errors import LayoutError
+from neftc.flow.onnx_math_ops import MATH_HANDLERS
 from neftc.flow.onnx_tensor_ops import TENSOR_HANDLERS
 from neftc.format.schema import GraphNode
 
@@ -222,4 +223,5 @@ HANDLERS: dict[str, Callable[[OnnxExporter, GraphNode], Any]] = {
     "aten.bitwise_and.Tensor": _binary("And"),
     "aten.bitwise_or.Tensor": _binary("Or"),
     **TENSOR_HANDLERS,
+    **MATH_HANDLERS,
 }

@@ -31,7 +31,7 @@ def _rank(e: OnnxExporter, n: GraphNode) -> int:
     return len(_shape(e, n.args[0]))
 
 
-_ONNX_DTYPES = {"float32": 1, "uint8": 2, "int8": 3, "int16": 5, "int32": 6, "int64": 7,
+ONNX_DTYPES = {"float32": 1, "uint8": 2, "int8": 3, "int16": 5, "int32": 6, "int64": 7,
                 "bool": 9, "float16": 10, "float64": 11, "bfloat16": 16}  # TensorProto codes
 _NUMPY_DTYPES = {"float32": np.float32, "int64": np.int64, "int32": np.int32, "bool": np.bool_,
                  "float64": np.float64, "float16": np.float16, "int8": np.int8,
@@ -73,7 +73,7 @@ def _cast(e: OnnxExporter, n: GraphNode) -> str:
     dtype = n.kwargs.get("dtype")
     if dtype is None:
         return e.value(n.args[0])
-    return e.b.op("Cast", [e.value(n.args[0])], "cast", to=_ONNX_DTYPES[dtype["dtype"]])
+    return e.b.op("Cast", [e.value(n.args[0])], "cast", to=ONNX_DTYPES[dtype["dtype"]])
 
 
 def _embedding(e: OnnxExporter, n: GraphNode) -> str:
@@ -210,7 +210,7 @@ def _arange(e: OnnxExporter, n: GraphNode) -> str:
     start, end, step = ([0, bounds[0], 1] if len(bounds) == 1 else
                         [bounds[0], bounds[1], bounds[2] if len(bounds) > 2 else 1])
     dtype = _factory_dtype(n, [v for v in (start, end, step) if not isinstance(v, dict)])
-    parts = [e.b.op("Cast", [_scalar(e, v)], "bound", to=_ONNX_DTYPES[dtype])
+    parts = [e.b.op("Cast", [_scalar(e, v)], "bound", to=ONNX_DTYPES[dtype])
              for v in (start, end, step)]
     return e.b.op("Range", parts, "arange")
 
@@ -237,7 +237,7 @@ def _filled_like(value: float | None) -> Callable[[OnnxExporter, GraphNode], str
         out = e.b.op("ConstantOfShape", [shape], "filled", value=tensor)
         dtype = n.kwargs.get("dtype")
         if dtype is not None:
-            return e.b.op("Cast", [out], "filled", to=_ONNX_DTYPES[dtype["dtype"]])
+            return e.b.op("Cast", [out], "filled", to=ONNX_DTYPES[dtype["dtype"]])
         return e.b.op("CastLike", [out, x], "filled")
     return handler
 

@@ -62,6 +62,7 @@ ARG_KINDS: dict[str, tuple[str, Callable[[Any], bool]]] = {
     "bool": ("true or false", lambda v: isinstance(v, bool)),
     "false": ("false (inference only)", lambda v: v is False),
     "dim": (f"an integer {-MAX_RANK - 1}..{MAX_RANK} (a dimension)", _dim),
+    "dim?": (f"null or an integer {-MAX_RANK - 1}..{MAX_RANK} (a dimension)", _optional(_dim)),
     "dims": (f"a list of at most {MAX_RANK} dimensions", _dims),
     "dims?": (f"null or a list of at most {MAX_RANK} dimensions", _optional(_dims)),
     "index": (f"an integer {-MAX_DIM}..{MAX_DIM}", int_in(-MAX_DIM, MAX_DIM)),

@@ -146,6 +146,7 @@ OPS: dict[str, OpSpec] = {spec.name: spec for spec in (_spec(*entry) for entry i
     ("aten.mean.dim", _REDUCE),
     ("aten.sum.dim_IntList", _REDUCE),
     ("aten.amax.default", "self: tensor, dim: dims = [], keepdim: bool = False"),
+    ("aten.argmax.default", "self: tensor, dim: dim? = None, keepdim: bool = False"),
     ("aten.softmax.int", _SOFTMAX),
     ("aten.log_softmax.int", _SOFTMAX),
     ("aten.cumsum.default", "self: tensor, dim: dim, *, dtype: dtype? = None"),
