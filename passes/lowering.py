@@ -242,3 +242,21 @@ def split_as_slices(gm: torch.fx.GraphModule, node: torch.fx.Node) -> bool:
         gm.graph.erase_node(user)
     gm.graph.erase_node(node)
     return True
+
+
+RESHAPES = {aten.view.default, aten.reshape.default, aten._unsafe_view.default}
+
+
+def inferred_size(node: torch.fx.Node) -> None:
+    """A reshape whose target shape holds one size computed from symbolic sizes (``batch * 16``
+    in a dynamic-batch export: Python arithmetic the layout cannot describe) gets -1 there, which
+    the reshape infers to the same value; the arithmetic then has no user and is dropped."""
+    shape = node.args[1] if len(node.args) > 1 else None
+    if not isinstance(shape, (list, tuple)) or -1 in shape:
+        return
+    computed = [k for k, entry in enumerate(shape) if isinstance(entry, torch.fx.Node)
+                and entry.target is not aten.sym_size.int]
+    if len(computed) == 1:
+        new_shape = list(shape)
+        new_shape[computed[0]] = -1
+        node.args = (node.args[0], new_shape, *node.args[2:])

@@ -40,9 +40,11 @@ from neftc.passes.crossbar_weights import (
 )
 from neftc.passes.lowering import (
     NEW_FACTORIES,
+    RESHAPES,
     canonical_cast,
     decompose_attention,
     functional_inplace,
+    inferred_size,
     matmul_form,
     plain_factory,
     split_as_slices,
@@ -79,6 +81,9 @@ class Normalize:
             if node.op != "call_function":
                 continue
             if node.target in _IDENTITY_OPS:
+                for user in node.users:  # a view of a dropped copy may be of a strided tensor
+                    if user.target is aten.view.default:
+                        user.target = aten.reshape.default
                 node.replace_all_uses_with(node.args[0])
                 gm.graph.erase_node(node)
             elif node.target in _DROPPED and not node.users:
@@ -91,6 +96,8 @@ class Normalize:
                 plain_factory(gm, node)
             elif node.target is aten.split.Tensor:
                 split_as_slices(gm, node)
+            elif node.target in RESHAPES:
+                inferred_size(node)
             elif node.target is aten._native_batch_norm_legit_no_training.default:
                 _canonical_batch_norm(gm, node)
             elif node.target is aten.convolution.default:
@@ -283,6 +290,15 @@ def _float_input(node: torch.fx.Node) -> bool:
     return not isinstance(val, torch.Tensor) or val.is_floating_point()
 
 
+def _size_arithmetic(node: torch.fx.Node) -> bool:
+    """A product of sizes (ints and symbolic sizes, e.g. a dynamic batch times 16): the
+    layout's ``sym_mul``."""
+    if node.target is not operator.mul or node.kwargs:
+        return False
+    values = [a.meta.get("val") if isinstance(a, torch.fx.Node) else a for a in node.args]
+    return all(isinstance(v, (int, torch.SymInt)) and not isinstance(v, bool) for v in values)
+
+
 def _check_ops(gm: torch.fx.GraphModule) -> None:
     for node in gm.graph.nodes:
         if node.op in ("call_module", "call_method"):
@@ -290,6 +306,7 @@ def _check_ops(gm: torch.fx.GraphModule) -> None:
                                   "torch.export and compile the .pt2")
         if node.op == "call_function" and not (
             node.target is operator.getitem
+            or _size_arithmetic(node)
             or (isinstance(node.target, torch._ops.OpOverload)
                 and node.target.namespace in ("aten", "prims"))
         ):

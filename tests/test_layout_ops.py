@@ -107,6 +107,19 @@ class Factories(nn.Module):
         return y * torch.ones_like(y) + torch.zeros_like(y) + torch.full_like(y, 1.0)
 
 
+class SizeArithmetic(nn.Module):
+    """A reshape whose size is the dynamic batch times a constant (two rows per sample, as
+    MobileViT's patch folding): the layout's ``sym_mul``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(6, 6)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: [B, 4, 6]
+        b = x.shape[0]
+        return self.fc(x).reshape(b * 2, -1, 6).reshape(b, -1)
+
+
 class Masks(nn.Module):
     """The digital ops of transformers' embeddings and attention masks, mobile CNNs' padding
     and the elementwise math of normalisations: lookups by integer ids, comparisons, selections
@@ -169,6 +182,7 @@ MODELS: dict[str, tuple[Callable[[], nn.Module], tuple[int, ...], CompileSetting
     "shared-weights": (SharedWeights, (8,), CompileSettings()),
     "cumsum": (Cumulative, (4,), CompileSettings()),
     "periphery": (Periphery, (2, 8, 8), CompileSettings()),
+    "size-arithmetic": (SizeArithmetic, (4, 6), CompileSettings()),
 }
 # compiled from a .pt2 archive
 EXPORTED = {"factories": (Factories, (6,)), "masks": (Masks, (6, 8))}

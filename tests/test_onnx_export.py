@@ -110,3 +110,21 @@ def test_unsupported_op_is_named(tmp_path, fefet, monkeypatch) -> None:
     with pytest.raises(LayoutError, match=r"aten\.cumsum\.default"):
         export_onnx(load_layout(tmp_path / "odd"), tmp_path / "odd.onnx")
     assert not (tmp_path / "odd.onnx").exists()
+
+
+def test_size_arithmetic_exports(tmp_path, fefet) -> None:
+    """A reshape by the dynamic batch times a constant (the layout's sym_mul) runs in
+    onnxruntime at a batch the layout was not compiled with."""
+    class TwoRowsPerSample(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = nn.Linear(6, 6)
+
+        def forward(self, x):
+            return self.fc(x).reshape(x.shape[0] * 2, -1, 6).reshape(x.shape[0], -1)
+
+    torch.manual_seed(0)
+    compile_module(TwoRowsPerSample().eval(), torch.randn(2, 4, 6), fefet, tmp_path / "rows")
+    targets = {n.target for n in load_layout(tmp_path / "rows").doc.graph.nodes}
+    assert "sym_mul" in targets
+    assert onnx_vs_emulator(tmp_path / "rows", torch.randn(3, 4, 6)) < 1e-5

@@ -121,6 +121,15 @@ def _sym_size(e: OnnxExporter, n: GraphNode) -> str:
     return e.b.op("Shape", [e.value(n.args[0])], "size", start=dim, end=dim + 1)
 
 
+def _size_op(op_type: str) -> Callable[[OnnxExporter, GraphNode], str]:
+    """An op on sizes (sym_mul): each size a 1-element int64 tensor, as sym_size makes them."""
+    def handler(e: OnnxExporter, n: GraphNode) -> str:
+        sizes = [e.value(a) if isinstance(a, dict) else e.b.const([int(a)], np.int64, "size")
+                 for a in n.args]
+        return e.b.op(op_type, sizes, "size")
+    return handler
+
+
 def _transpose(e: OnnxExporter, n: GraphNode) -> str:
     rank = e.rank(n)
     perm = list(range(rank))
@@ -201,6 +210,7 @@ HANDLERS: dict[str, Callable[[OnnxExporter, GraphNode], Any]] = {
     "aten.reshape.default": _reshape,
     "aten._unsafe_view.default": _reshape,
     "aten.sym_size.int": _sym_size,
+    "sym_mul": _size_op("Mul"),
     "aten.transpose.int": _transpose,
     "aten.permute.default": _permute,
     "aten.t.default": lambda e, n: e.b.op("Transpose", [e.value(n.args[0])], "t", perm=[1, 0]),

@@ -62,12 +62,15 @@ ARG_KINDS: dict[str, tuple[str, Callable[[Any], bool]]] = {
     "bool": ("true or false", lambda v: isinstance(v, bool)),
     "false": ("false (inference only)", lambda v: v is False),
     "dim": (f"an integer {-MAX_RANK - 1}..{MAX_RANK} (a dimension)", _dim),
+    "size": (f"an integer {-MAX_DIM}..{MAX_DIM} or a reference to a size node "
+             "(aten.sym_size.int or sym_mul)",
+             lambda v: is_ref(v) or int_in(-MAX_DIM, MAX_DIM)(v)),
     "dim?": (f"null or an integer {-MAX_RANK - 1}..{MAX_RANK} (a dimension)", _optional(_dim)),
     "dims": (f"a list of at most {MAX_RANK} dimensions", _dims),
     "dims?": (f"null or a list of at most {MAX_RANK} dimensions", _optional(_dims)),
     "index": (f"an integer {-MAX_DIM}..{MAX_DIM}", int_in(-MAX_DIM, MAX_DIM)),
-    "bound?": (f"null or an integer {-MAX_INT - 1}..{MAX_INT}",
-               _optional(int_in(-MAX_INT - 1, MAX_INT))),
+    "bound?": (f"null, an integer {-MAX_INT - 1}..{MAX_INT} or a reference to a size node",
+               _optional(lambda v: is_ref(v) or int_in(-MAX_INT - 1, MAX_INT)(v))),
     "step": (f"an integer 1..{MAX_DIM}", int_in(1, MAX_DIM)),
     "chunks": (f"an integer 1..{MAX_PARTS}", int_in(1, MAX_PARTS)),
     "groups": (f"an integer 1..{MAX_DIM}", int_in(1, MAX_DIM)),
@@ -81,7 +84,7 @@ ARG_KINDS: dict[str, tuple[str, Callable[[Any], bool]]] = {
     "sizes": (f"a list of 1..{MAX_RANK} integers 1..{MAX_DIM}",
               _list_of(int_in(1, MAX_DIM), 1, MAX_RANK)),
     "shape": ((f"a list of at most {MAX_RANK} entries, each an integer -1..{MAX_DIM} or a "
-               "reference to an aten.sym_size.int node"),
+               "reference to a size node (aten.sym_size.int or sym_mul)"),
               _list_of(lambda v: int_in(-1, MAX_DIM)(v) or is_ref(v), 0, MAX_RANK)),
     "dtype?": ("null or {\"dtype\": NAME}", _optional(
         lambda v: isinstance(v, dict) and set(v) == {"dtype"} and v["dtype"] in DTYPE_NAMES)),
@@ -93,7 +96,7 @@ ARG_KINDS: dict[str, tuple[str, Callable[[Any], bool]]] = {
         lambda v: isinstance(v, dict) and set(v) == {"memory_format"} and v["memory_format"]
         in ("contiguous_format", "channels_last", "preserve_format"))),
     "false?": ("null or false", lambda v: v is None or v is False),
-    "number-or-size": ("a finite number or a reference to an aten.sym_size.int node",
+    "number-or-size": ("a finite number or a reference to a size node",
                        lambda v: is_number(v) or is_ref(v)),
     "approximate": ("\"none\" or \"tanh\"", lambda v: v in ("none", "tanh")),
     "pads": (f"a list of at most {2 * MAX_RANK} integers {-MAX_WINDOW}..{MAX_WINDOW}, two per "

@@ -24,10 +24,19 @@ MEMORY_FORMATS = {"contiguous_format": torch.contiguous_format,
                    "preserve_format": torch.preserve_format}
 
 
+# Integer arithmetic on symbolic sizes (a dynamic batch times a constant, in a reshape's size:
+# several samples' rows folded into one dimension): layout name -> the Python operator. Its
+# operands are sizes (ints or size nodes), never tensors.
+SIZE_OPS = {"sym_mul": operator.mul}
+_SIZE_OP_NAMES = {function: name for name, function in SIZE_OPS.items()}
+
+
 def target_name(node: torch.fx.Node) -> str:
     if node.op == "call_function":
         if node.target is operator.getitem:
             return "getitem"
+        if node.target in _SIZE_OP_NAMES:
+            return _SIZE_OP_NAMES[node.target]
         return str(node.target)  # e.g. 'aten.relu.default'
     return str(node.target)
 
@@ -103,5 +112,7 @@ def resolve_op(name: str) -> Any:
                           "docs/layout.md section 7.1.1")
     if name == "getitem":
         return operator.getitem
+    if name in SIZE_OPS:
+        return SIZE_OPS[name]
     _, op, overload = name.split(".")
     return getattr(getattr(torch.ops.aten, op), overload)

@@ -188,6 +188,8 @@ OPS: dict[str, OpSpec] = {spec.name: spec for spec in (_spec(*entry) for entry i
     ("aten.ones_like.default", "self: tensor, *, " + _LIKE),
     ("aten.zeros_like.default", "self: tensor, *, " + _LIKE),
     ("aten.full_like.default", "self: tensor, fill_value: number, *, " + _LIKE),
+    # integer arithmetic on symbolic sizes (Python's operators; operands are sizes, not tensors)
+    ("sym_mul", "self: size, other: size"),
     # Python's operator.getitem: one output of a multi-output op (chunk)
     ("getitem", "self: parts, index: part"),
 ))}
@@ -250,6 +252,10 @@ def _check_value(spec: OpSpec, param: Param, value: Any, field: str) -> None:
                       f"it must be {words}")
 
 
+#: The nodes whose value is a size (an int): a shape entry or a size operand may refer to them.
+SIZE_NODES = frozenset({"aten.sym_size.int", "sym_mul"})
+
+
 def check_refs(spec: OpSpec, raw_args: Sequence[Any], raw_kwargs: Mapping[str, Any],
                args: Sequence[Any], kwargs: Mapping[str, Any], names: Mapping[str, Any],
                k: int) -> None:
@@ -267,14 +273,15 @@ def check_refs(spec: OpSpec, raw_args: Sequence[Any], raw_kwargs: Mapping[str, A
                 raise OpError(field, f"{spec.name} takes one output of a multi-output op "
                               f"(chunk); '{raw['node']}' has a single value", k)
             continue
-        if param.kind in ("shape", "number-or-size"):
+        if param.kind in ("shape", "number-or-size", "size", "bound?"):
             entries = list(zip(raw, value)) if param.kind == "shape" else [(raw, value)]
             for j, (entry, size) in enumerate(entries):
-                if is_ref(entry) and (names[entry["node"]].target != "aten.sym_size.int" or
+                if is_ref(entry) and (names[entry["node"]].target not in SIZE_NODES or
                                       not is_int(size)):
                     where = f"{field}[{j}]" if param.kind == "shape" else field
                     raise OpError(where, f"a size given by reference must be the value of an "
-                                  f"aten.sym_size.int node, not of '{entry['node']}'", k)
+                                  f"aten.sym_size.int or sym_mul node, not of '{entry['node']}'",
+                                  k)
             continue
         refs = raw if param.kind == "tensors" else [raw]
         got = value if param.kind == "tensors" else [value]

@@ -7,7 +7,6 @@ part plus a part per sample of the batch."""
 from __future__ import annotations
 
 import math
-import operator
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -245,7 +244,7 @@ def _call_value(node: Any, k: int, env: dict[str, Any], by_name: Mapping[str, An
     dimension a slice/select/chunk takes part of in ``indexed``."""
     import torch
 
-    from neftc.format.graph_codec import decode_arg
+    from neftc.format.graph_codec import decode_arg, resolve_op
 
     meta = torch.device("meta")
     spec = OPS[node.target]
@@ -258,8 +257,7 @@ def _call_value(node: Any, k: int, env: dict[str, Any], by_name: Mapping[str, An
         kwargs["device"] = meta  # a factory: sizes only, never an allocation
     try:
         with torch.no_grad():
-            out = (operator.getitem if node.target == "getitem" else
-                   _aten(node.target))(*args, **kwargs)
+            out = resolve_op(node.target)(*args, **kwargs)
     except Exception as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise OpError("args", f"{node.target} cannot run on the values it is given at "
@@ -279,13 +277,6 @@ def _tensors_of(node: Any, k: int, out: Any) -> list[Any]:
             raise OpError("args", f"{node.target} makes a value of {t.dim()} dimensions; "
                           f"values have at most {MAX_RANK}", k)
     return tensors
-
-
-def _aten(name: str) -> Any:
-    import torch
-
-    _, op, overload = name.split(".")
-    return getattr(getattr(torch.ops.aten, op), overload)
 
 
 def _indexed_dim(target: str, args: Sequence[Any], kwargs: Mapping[str, Any]
