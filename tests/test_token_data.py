@@ -1,6 +1,7 @@
 """Token models through every command (issue 12): a model whose inputs are int64 token ids and an
-attention mask is fine-tuned, compiled and verified on an ``.npz`` of token ids; ``train`` (whose
-zoo holds image models) refuses token data with the fix, and still trains on integer images."""
+attention mask is fine-tuned, compiled and verified on an ``.npz`` of token ids; ``train`` trains
+the zoo's text model on token ids, refuses them for an image model, and trains image models on
+integer images."""
 
 from __future__ import annotations
 
@@ -79,14 +80,23 @@ def test_token_ids_out_of_range_are_refused(token_files, tmp_path, capfd) -> Non
     assert "input_ids" in err and str(VOCAB) in err and "Traceback" not in err
 
 
-def test_train_refuses_token_data_and_trains_on_integer_images(token_files, tmp_path,
-                                                               capfd) -> None:
+def test_train_bow_on_token_data_and_image_models_on_integer_images(token_files, tmp_path,
+                                                                   capfd) -> None:
+    """``train bow`` (the zoo's text model) trains on token ids and compiles with an int64
+    input; an image model refuses token ids with the fix; integer images train an image model."""
     _, data = token_files
+    model, layout = tmp_path / "bow.pt2", tmp_path / "bow"
+    assert main(["train", "bow", "--data", str(data), "--epochs", "2", "-o", str(model),
+                 "-q"]) == 0
+    assert main(["compile", str(model), "--target", "fefet_128x128", "-o", str(layout),
+                 "-q"]) == 0
+    (ids,) = load_layout(layout).doc.graph.inputs
+    assert (ids.dtype, ids.shape[1:], ids.low, ids.high) == ("int64", [SEQ], 0, VOCAB)
     capfd.readouterr()
     assert main(["train", "mlp", "--data", str(data), "--epochs", "1", "-o",
                  str(tmp_path / "m.pt2"), "-q"]) == 2
     err = capfd.readouterr().err
-    assert "token ids" in err and "neftc finetune" in err and "Traceback" not in err
+    assert "token ids" in err and "'bow'" in err and "Traceback" not in err
     rng = np.random.default_rng(1)
     np.savez(tmp_path / "images.npz", x=rng.integers(0, 256, (40, 1, 8, 8)).astype(np.uint8),
              y=np.arange(40) % CLASSES)

@@ -26,7 +26,8 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
     """How to read MODEL (``compile``, ``finetune``): the architecture of a state_dict, one
     sample's shape, and whether to trust a file that holds code."""
     parser.add_argument("--arch", help="architecture of a state_dict: mlp, lenet, vgg8, "
-                        "resnet18, or package.module:Class (built with no arguments)")
+                        "resnet18, bow (token ids; --input-shape T), or package.module:Class "
+                        "(built with no arguments)")
     parser.add_argument("--input-shape", help="one sample's shape, e.g. 1,28,28 (needed with "
                         "--arch)")
     parser.add_argument("--trust-model", action="store_true", help=TRUST_MODEL_HELP)

@@ -34,10 +34,9 @@ def _add_train_parser(sub: argparse._SubParsersAction) -> None:
     tr = sub.add_parser("train", help="train a zoo model on a data set and save it as .pt2",
                         description="Train a built-in architecture (sized from the data's input "
                         "shape and class count) with Adam and a cosine schedule; with --neft, "
-                        "then fine-tune it with NeFT. Saves a torch.export archive. The zoo "
-                        "holds image models only: for token data, export your own model and "
-                        "use 'neftc finetune' or 'neftc compile --neft'.")
-    tr.add_argument("arch", help="mlp, lenet, vgg8 or resnet18")
+                        "then fine-tune it with NeFT. Saves a torch.export archive. Token "
+                        "data (integer ids [N, T]) trains 'bow', the zoo's text model.")
+    tr.add_argument("arch", help="mlp, lenet, vgg8, resnet18 (images) or bow (token ids)")
     tr.add_argument("-o", "--output", type=Path, required=True, help="model file (.pt2)")
     tr.add_argument("--epochs", type=int, default=20, help="training epochs (default 20)")
     tr.add_argument("--lr", type=float, default=3e-3,

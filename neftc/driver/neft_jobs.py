@@ -3,18 +3,20 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from neftc.atomic import atomic_file
+from neftc.datasets.base import Dataset
 from neftc.datasets.fit import to_float
 from neftc.datasets.spec import load_dataset
 from neftc.errors import DataError
 from neftc.frontend.loader import load_model
 from neftc.frontend.trace import export_dynamic_batch, trace_module
-from neftc.frontend.zoo import build
+from neftc.frontend.zoo import build, zoo
 from neftc.ir.pass_manager import PassContext, PassManager
 from neftc.neft.pipeline import NeftSettings, run_neft
 from neftc.neft.train import TrainLog, accuracy, train_classifier
@@ -42,20 +44,37 @@ def finetune_file(model: Path, target: TargetSpec, settings: NeftSettings, outpu
     return log
 
 
+def _zoo_data(arch: str, data: Dataset, spec: str) -> tuple[Dataset, int | None]:
+    """The data as the zoo model takes it, and the token count for a text model: token ids
+    ([N, T] integers) train the text model ``bow`` only (its one input: other arrays such as
+    an attention mask are not used); integer images are fed as float32."""
+    entry = zoo().get(arch)
+    text_model = entry is not None and entry.vocab_key is not None
+    tokens = not data.train.x.is_floating_point() and data.train.x.dim() == 2
+    if tokens != text_model:
+        what = "token ids (integer x of shape [N, T])" if tokens else "no token ids"
+        fix = "train 'bow', the zoo's text model" if tokens else "train an image model"
+        raise DataError(f"data '{spec}' holds {what}, but '{arch}' is "
+                        f"{'an image' if tokens else 'a text'} model; {fix}")
+    if tokens:
+        vocab = int(max(data.train.x.max(), data.test.x.max())) + 1
+        drop = {"extras": {}}
+        return replace(data, train=replace(data.train, **drop),
+                       test=replace(data.test, **drop)), vocab
+    if not data.train.x.is_floating_point():
+        data = to_float(data)  # integer images (e.g. 0..255 in an .npz)
+    return data, None
+
+
 def train_zoo_model(arch: str, data_spec: str, output: Path, *, epochs: int, lr: float,
                     batch_size: int, seed: int, device: str, neft: NeftSettings | None,
                     target: TargetSpec, progress: bool = True) -> str:
     data = load_dataset(data_spec)
     if len(data.train) == 0:
         raise DataError(f"data '{data_spec}' has no training split")
-    if not data.train.x.is_floating_point():
-        if data.train.x.dim() == 2 or data.train.extras:
-            raise DataError(f"data '{data_spec}' holds token ids (integer x of shape [N, T]); "
-                            "the zoo has image models only: export your own model and use "
-                            "'neftc finetune' or 'neftc compile --neft'")
-        data = to_float(data)  # integer images (e.g. 0..255 in an .npz): fed as float32
+    data, vocab = _zoo_data(arch, data, data_spec)
     torch.manual_seed(seed)  # parameter initialisation
-    model = build(arch, data.input_shape, data.num_classes).train().to(device)
+    model = build(arch, data.input_shape, data.num_classes, vocab).train().to(device)
     train = data.train
     if device != "cpu":
         train = type(train)(train.x.to(device), train.y.to(device))

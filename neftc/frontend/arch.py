@@ -34,7 +34,9 @@ def build_arch(arch: str, input_shape: InputShape, state: dict[str, torch.Tensor
         entry = zoo().get(arch)
         head = state.get(entry.head_key) if entry is not None else None
         num_classes = int(head.shape[0]) if head is not None and head.dim() == 2 else 10
-        module = build(arch, input_shape, num_classes)
+        table = state.get(entry.vocab_key) if entry is not None and entry.vocab_key else None
+        vocab = int(table.shape[0]) if table is not None and table.dim() == 2 else None
+        module = build(arch, input_shape, num_classes, vocab)
     try:
         result = module.load_state_dict(state, strict=False)
     except RuntimeError as exc:  # shape mismatches

@@ -40,6 +40,25 @@ class MLP(nn.Module):
         return self.classifier(self.features(x))
 
 
+class BagOfWords(nn.Module):
+    """Token ids [N, T] -> embedding (64) averaged over the tokens -> 64 -> classes: the zoo's
+    text model. The embedding table stays digital; the two linears go on crossbars."""
+
+    def __init__(self, input_shape: InputShape, num_classes: int, vocab: int = 1000):
+        super().__init__()
+        if len(input_shape) != 1:
+            from neftc.errors import ModelFileError
+
+            raise ModelFileError(f"bow takes token ids of shape [T], got {list(input_shape)}; "
+                                 "pass --input-shape T")
+        self.embed = nn.Embedding(vocab, 64)
+        self.features = nn.Sequential(nn.Linear(64, 64), nn.ReLU())
+        self.classifier = nn.Linear(64, num_classes)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.features(self.embed(ids).mean(1)))
+
+
 class LeNet(nn.Module):
     """LeNet-5 style: two 5x5 convs (padded, so 8x8 inputs work) with max-pooling, three FCs."""
 
@@ -144,9 +163,10 @@ def _image_shape(shape: InputShape, arch: str, min_side: int) -> tuple[int, int,
 
 @dataclass(frozen=True)
 class ZooEntry:
-    build: Callable[[InputShape, int], nn.Module]
+    build: Callable[..., nn.Module]  # (input_shape, num_classes[, vocab]) -> module
     head_key: str  # state_dict key of the classifier weight, to read the class count from
     summary: str
+    vocab_key: str | None = None  # a text model: state_dict key of its embedding table
 
 
 def zoo() -> dict[str, ZooEntry]:
@@ -155,15 +175,22 @@ def zoo() -> dict[str, ZooEntry]:
         "lenet": ZooEntry(LeNet, "classifier.5.weight", "LeNet-5 style CNN, 2 conv + 3 FC"),
         "vgg8": ZooEntry(VGG8, "classifier.3.weight", "the NeFT paper's VGG-8 (6 conv + 2 FC, BN)"),
         "resnet18": ZooEntry(ResNet18, "fc.weight", "CIFAR-style ResNet-18 (11 M weights)"),
+        "bow": ZooEntry(BagOfWords, "classifier.weight",
+                        "bag of words for token ids: embedding (64), mean, 64, classes",
+                        vocab_key="embed.weight"),
     }
 
 
-def build(arch: str, input_shape: InputShape, num_classes: int) -> nn.Module:
-    """A fresh zoo model, in eval mode."""
+def build(arch: str, input_shape: InputShape, num_classes: int,
+          vocab: int | None = None) -> nn.Module:
+    """A fresh zoo model, in eval mode (``vocab``: a text model's token count)."""
     from neftc.errors import ModelFileError, did_you_mean
 
     entries = zoo()
     if arch not in entries:
         raise ModelFileError(f"unknown architecture '{arch}'.{did_you_mean(arch, entries)} "
                              f"Built-in: {', '.join(entries)}; or pass package.module:Class")
-    return entries[arch].build(input_shape, num_classes).eval()
+    entry = entries[arch]
+    if entry.vocab_key is not None:
+        return entry.build(input_shape, num_classes, vocab or 1000).eval()
+    return entry.build(input_shape, num_classes).eval()
