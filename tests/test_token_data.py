@@ -102,3 +102,24 @@ def test_train_bow_on_token_data_and_image_models_on_integer_images(token_files,
              y=np.arange(40) % CLASSES)
     assert main(["train", "mlp", "--data", str(tmp_path / "images.npz"), "--epochs", "1",
                  "-o", str(tmp_path / "m.pt2"), "-q"]) == 0
+
+
+def test_a_module_in_memory_records_the_embedding_range(tmp_path) -> None:
+    """The token range is the embedding's rows (the frontend's rule), not the example's values:
+    example ids below 10 do not make ids 10..49 invalid."""
+    from neftc.driver.compiler import compile_module
+    from neftc.targets import resolve_target
+
+    class Ids(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.embed = nn.Embedding(VOCAB, 8)
+            self.head = nn.Linear(8, CLASSES)
+
+        def forward(self, ids: torch.Tensor) -> torch.Tensor:
+            return self.head(self.embed(ids).mean(1))
+
+    example = torch.randint(0, 10, (2, SEQ), generator=torch.Generator().manual_seed(0))
+    result = compile_module(Ids().eval(), example, resolve_target("fefet_128x128"))
+    (ids,) = result.doc.graph.inputs
+    assert (ids.dtype, ids.low, ids.high) == ("int64", 0, VOCAB)

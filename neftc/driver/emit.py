@@ -38,6 +38,7 @@ from neftc.format.schema import (
     TileRecord,
 )
 from neftc.format.writer import Sidecar
+from neftc.frontend.inputs import token_range
 from neftc.ir.node_info import NodeInfo, crossbar_nodes, get_info
 from neftc.ir.pass_manager import NodeError
 from neftc.targets.spec import TargetSpec
@@ -170,8 +171,9 @@ def input_records(gm: torch.fx.GraphModule, examples: Sequence[torch.Tensor],
                   specs: Sequence[Any] | None = None) -> list[InputRecord]:
     """One record per placeholder of ``gm``, in order: named after the placeholder, with the
     dtype and range of the loaded model's input specs (``neftc.frontend``'s ``InputSpec``:
-    ``dtype``, ``low``, ``high``) or, without them, of the example tensors (float -> float32;
-    integer -> int64 or int32 with the range ``[min(0, min), max + 1)`` of the example values)."""
+    ``dtype``, ``low``, ``high``) or, without them, the example tensors' dtype (float ->
+    float32; integer -> int64 or int32) and, for an integer input, the frontend's range rule
+    (``neftc.frontend.inputs.token_range``: the rows of the embedding it indexes)."""
     placeholders = [node for node in gm.graph.nodes if node.op == "placeholder"]
     if len(placeholders) != len(examples) or (specs is not None
                                               and len(specs) != len(examples)):
@@ -186,10 +188,8 @@ def input_records(gm: torch.fx.GraphModule, examples: Sequence[torch.Tensor],
         if dtype in ("int64", "int32"):
             if spec is not None and spec.low is not None and spec.high is not None:
                 low, high = int(spec.low), int(spec.high)
-            else:
-                values = tensor.detach().to(torch.int64)
-                low = min(0, int(values.min())) if values.numel() else 0
-                high = int(values.max()) + 1 if values.numel() else 1
+            else:  # the frontend's rule, on the compiled graph (a module given in memory)
+                low, high = token_range(gm, node)
         records.append(InputRecord.model_validate(
             {"name": node.name, "dtype": dtype, "shape": list(tensor.shape), "low": low,
              "high": high}))

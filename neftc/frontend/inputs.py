@@ -92,11 +92,15 @@ def input_specs(gm: torch.fx.GraphModule, names: tuple[str, ...] | None,
             raise ModelFileError(f"'{source}': input '{name}' is {val.dtype}; neftc takes "
                                  f"float32, int64, int32 or bool inputs. Export the model with "
                                  f"float32 example inputs (model.float())")
-        low = high = None
-        if dtype in ("int64", "int32"):
-            low, high = 0, _embedding_rows(gm, node) or 2
+        low, high = token_range(gm, node) if dtype in ("int64", "int32") else (None, None)
         specs.append(InputSpec(name, dtype, shape, low, high))
     return tuple(specs)
+
+
+def token_range(gm: torch.fx.GraphModule, node: torch.fx.Node) -> tuple[int, int]:
+    """The valid values ``[low, high)`` of an integer input: token ids ``0 ..`` the rows of the
+    embedding tables they index; any other integer input (a mask) ``0 .. 2``."""
+    return 0, _embedding_rows(gm, node) or 2
 
 
 def _embedding_rows(gm: torch.fx.GraphModule, node: torch.fx.Node) -> int | None:
