@@ -74,6 +74,19 @@ def fefet() -> TargetSpec:
     return resolve_target("fefet_128x128")
 
 
+@pytest.fixture
+def lenet_layout(tmp_path: Path, fefet: TargetSpec) -> Path:
+    """An untrained LeNet (seed 0) for 1x8x8 inputs compiled for fefet_128x128 into
+    ``tmp_path / "out"``."""
+    from neftc.driver.compiler import compile_module
+    from neftc.frontend.zoo import build
+
+    torch.manual_seed(0)
+    out = tmp_path / "out"
+    compile_module(build("lenet", (1, 8, 8), 10), torch.zeros(1, 1, 8, 8), fefet, out)
+    return out
+
+
 @pytest.fixture(autouse=True, scope="session")
 def _one_intra_op_thread():
     """The test models are tiny: one intra-op thread is as fast, and it keeps the suite's run time

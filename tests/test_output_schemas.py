@@ -33,11 +33,8 @@ REGENERATE = ("python -c \"from neftc.flow.records import write_schemas; "
 
 
 @pytest.fixture
-def layout(tmp_path, fefet) -> Path:
-    torch.manual_seed(0)
-    out = tmp_path / "out"
-    compile_module(build("lenet", (1, 8, 8), 10), torch.zeros(1, 1, 8, 8), fefet, out)
-    return out
+def layout(lenet_layout: Path) -> Path:
+    return lenet_layout
 
 
 @pytest.mark.parametrize("name", sorted(SCHEMAS))

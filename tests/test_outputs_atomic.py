@@ -16,7 +16,6 @@ import torch
 from neftc import atomic
 from neftc.atomic import atomic_directory, atomic_files
 from neftc.cli.main import main
-from neftc.driver.compiler import compile_module
 from neftc.errors import OutputError
 from neftc.flow.report import REPORT_HTML, VERIFY_JSON, write_report
 from neftc.format.reader import load_layout
@@ -48,11 +47,8 @@ def subprocess_env() -> dict[str, str]:
 
 
 @pytest.fixture
-def layout(tmp_path, fefet) -> Path:
-    torch.manual_seed(0)
-    out = tmp_path / "out"
-    compile_module(build("lenet", (1, 8, 8), 10), torch.randn(1, 1, 8, 8), fefet, out)
-    return out
+def layout(lenet_layout: Path) -> Path:
+    return lenet_layout
 
 
 def verify(layout: Path, sigma: float = 0.1) -> int:
