@@ -6,13 +6,15 @@ tensors it holds are never written after it is built (every path that derives fr
 new tensors). It is made by ``ideal_chip`` (every cell exact), ``neftc.runtime.variation.
 program_chip`` (one chip instance of a seed, drawn from the device model) or ``stack_chips``
 (K chip instances run as one batch), and passed to ``CrossbarLayer.forward(x, chip)`` / the
-emulator's graph module ``module(x, chip)``.
+emulator's graph module ``module(x, chip)``. A chip may also carry its own BatchNorm statistics
+(``batch_norm``: set by ``neftc.runtime.recalibration.recalibrate_batch_norm`` after programming;
+the digital BatchNorms then use them instead of the layout's running statistics).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 from typing import TYPE_CHECKING
 
@@ -42,27 +44,45 @@ class LayerChip:
 
 
 @dataclass(frozen=True, eq=False)
+class BnStats:
+    """The statistics one digital BatchNorm of a chip normalises with: per channel ``mean`` and
+    ``var`` (shape ``[C]``, on the network's device)."""
+
+    mean: torch.Tensor
+    var: torch.Tensor
+
+
+@dataclass(frozen=True, eq=False)
 class ChipInstance:
     """One programmed chip (or, with ``stacked``, K of them run as one batch).
 
     ``index``: the chip instance of ``seed`` (None: the ideal chip, every cell exact; a chip
     of a noise-free model keeps its index but holds the ideal cells). ``stacked``: the chip
     indices of a stacked value, whose input batch holds K chip-major copies of the samples
-    (empty: one chip)."""
+    (empty: one chip). ``batch_norm``: per BatchNorm node of the layout graph (by node name),
+    the ``BnStats`` this chip's digital BatchNorm uses instead of the layout's running
+    statistics (empty: the layout's, as programmed)."""
 
     index: int | None
     seed: int
     layers: Mapping[str, LayerChip]
     periphery: Periphery
     stacked: tuple[int, ...] = ()
+    batch_norm: Mapping[str, BnStats] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not isinstance(self.layers, MappingProxyType):
             object.__setattr__(self, "layers", MappingProxyType(dict(self.layers)))
+        if not isinstance(self.batch_norm, MappingProxyType):
+            object.__setattr__(self, "batch_norm", MappingProxyType(dict(self.batch_norm)))
 
     def with_periphery(self, periphery: Periphery) -> ChipInstance:
         """The same cells with another periphery (new DAC ranges)."""
         return replace(self, periphery=periphery)
+
+    def with_batch_norm(self, stats: Mapping[str, BnStats]) -> ChipInstance:
+        """The same cells and periphery with its own BatchNorm statistics ``stats``."""
+        return replace(self, batch_norm=stats)
 
 
 def ideal_chip(layers: Mapping[str, CrossbarLayer], periphery: Periphery, seed: int = 0,

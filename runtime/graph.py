@@ -19,6 +19,7 @@ from torch import nn
 
 from neftc.format.graph_codec import decode_arg, resolve_op
 from neftc.format.reader import Layout
+from neftc.runtime.batchnorm import BATCH_NORM_OP, DigitalBatchNorm
 from neftc.runtime.crossbar import CrossbarLayer
 
 #: The name of the graph module's last input, the chip instance: ``module(*inputs, chip)``.
@@ -59,6 +60,16 @@ def build_module(layout: Layout, device: torch.device | None = None
             layers[record.name] = module
             env[node.name] = graph.create_node("call_module", name,
                                                (decode_arg(node.args[0], env), chip), {},
+                                               name=node.name)
+        elif (node.op == "call_function" and node.target == BATCH_NORM_OP
+              and len(node.args) == 9 and not node.kwargs):
+            x, weight, bias, mean, var, _training, momentum, eps, cudnn = (
+                decode_arg(a, env) for a in node.args)
+            name = f"bn{sum(isinstance(m, DigitalBatchNorm) for m in root.children())}"
+            root.add_module(name, DigitalBatchNorm(node.name, float(momentum), float(eps),
+                                                   bool(cudnn)))
+            env[node.name] = graph.create_node("call_module", name,
+                                               (x, weight, bias, mean, var, chip), {},
                                                name=node.name)
         elif node.op == "call_function":
             kwargs = {k: decode_arg(v, env) for k, v in node.kwargs.items()}

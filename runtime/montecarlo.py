@@ -34,6 +34,52 @@ class McStats:
         return asdict(self)
 
 
+def t95(df: int) -> float:
+    """The two-sided 95 % quantile of Student's t with ``df`` >= 1 degrees of freedom: the table
+    up to 29, then the Cornish-Fisher expansion about the normal quantile (within 2e-4 of the
+    exact value from 30 on)."""
+    if df < 1:
+        raise ValueError(f"Student t needs at least one degree of freedom, got {df}")
+    if df <= len(_T95):
+        return _T95[df - 1]
+    z = 1.959963984540054
+    return (z + (z**3 + z) / (4 * df) + (5 * z**5 + 16 * z**3 + 3 * z) / (96 * df**2)
+            + (3 * z**7 + 19 * z**5 + 17 * z**3 - 15 * z) / (384 * df**3))
+
+
+@dataclass(frozen=True)
+class PairedStats:
+    """Chip instance by chip instance, accuracies ``b`` against ``a`` (the same chips)."""
+
+    chips: int
+    mean_a: float
+    mean_b: float
+    mean_difference: float  # mean over chips of b - a
+    std_difference: float  # ddof=1; 0 for one chip
+    ci95: float  # half-width of the 95 % interval of mean_difference (Student t); nan: one chip
+    wins: int  # chips where b is more accurate than a
+    ties: int
+    losses: int
+
+
+def paired(a: np.ndarray, b: np.ndarray) -> PairedStats:
+    """The paired comparison of per-chip accuracies ``b`` and ``a`` (same length, same chip
+    order): the mean difference ``b - a`` with its Student-t 95 % interval over the per-chip
+    differences, and how many chips ``b`` wins, ties and loses."""
+    if a.shape != b.shape or a.ndim != 1 or a.size == 0:
+        raise ValueError(f"paired accuracies need two equal non-empty vectors, got {a.shape} "
+                         f"and {b.shape}")
+    difference = b - a
+    n = int(difference.size)
+    std = float(difference.std(ddof=1)) if n > 1 else 0.0
+    return PairedStats(
+        chips=n, mean_a=float(a.mean()), mean_b=float(b.mean()),
+        mean_difference=float(difference.mean()), std_difference=std,
+        ci95=t95(n - 1) * std / math.sqrt(n) if n > 1 else float("nan"),
+        wins=int((difference > 0).sum()), ties=int((difference == 0).sum()),
+        losses=int((difference < 0).sum()))
+
+
 def summarize(accuracies: np.ndarray) -> McStats:
     n = int(accuracies.size)
     std = float(accuracies.std(ddof=1)) if n > 1 else 0.0
@@ -114,7 +160,8 @@ def _chip_groups(trials: int, size: int) -> Iterator[list[int]]:
 
 def monte_carlo(emulator: Emulator, x: Inputs, y: torch.Tensor, trials: int, *,
                 batch_size: int = 1024, chips_per_pass: int = 1,
-                on_trial: Callable[[int, float], None] | None = None) -> McResult:
+                on_trial: Callable[[int, float], None] | None = None,
+                prepare: Callable[[ChipInstance], ChipInstance] | None = None) -> McResult:
     """Accuracy of ``trials`` chip instances (0 .. trials-1 of the emulator's seed).
 
     Memory is O(trials) for the accuracies (one float per chip) plus O(test set) for one chip's
@@ -123,16 +170,22 @@ def monte_carlo(emulator: Emulator, x: Inputs, y: torch.Tensor, trials: int, *,
     ``chips_per_pass`` > 1 (ideal periphery only) evaluates that many chip instances in one
     batched pass (``Emulator.forward_chips``): the same chips and results, fewer, larger kernels.
     Each chip instance is a value made for its trial and dropped: the emulator's current chip is
-    unchanged.
+    unchanged. ``prepare`` (one chip per pass only) turns each programmed chip into the one
+    evaluated (e.g. ``neftc.runtime.recalibration.recalibrate_batch_norm``).
     """
     start = time.perf_counter()
     accuracies = np.empty(trials)
     uncertainty = Uncertainty()
     size = chips_per_pass if emulator.ideal_periphery else 1
+    if prepare is not None and size > 1:
+        raise ValueError("a prepared chip instance runs one chip per pass (chips_per_pass=1)")
     per_pass = max(1, batch_size // size)
     for group in _chip_groups(trials, size):
         if len(group) == 1:
-            outputs = [predict(emulator, x, batch_size, emulator.instance(group[0]))]
+            chip_instance = emulator.instance(group[0])
+            if prepare is not None:
+                chip_instance = prepare(chip_instance)
+            outputs = [predict(emulator, x, batch_size, chip_instance)]
         else:
             parts = [emulator.forward_chips(group, rows(x, first, first + per_pass))
                      for first in range(0, num_samples(x), per_pass)]

@@ -47,7 +47,17 @@ def _add_verify_parser(sub: argparse._SubParsersAction) -> None:
     ver.add_argument("--device", default="cpu", help="cpu (default) or cuda[:N]: where the "
                      "network runs; the noise is drawn on the CPU, so a seed gives the same "
                      "chips on either")
-    ver.add_argument("--json", action="store_true", help="print the report as JSON")
+    ver.add_argument("--compare", type=Path, metavar="LAYOUT_B",
+                     help="also run layout B on the same chip instances (chip i of the seed, "
+                     "same settings) and report per sigma the paired difference B - A with its "
+                     "95%% interval and how many chips B wins/ties/loses; B must have the same "
+                     "target, inputs and classes")
+    ver.add_argument("--bn-recalibrate", type=int, metavar="N",
+                     help="also report the same chips after per-chip BatchNorm re-calibration: "
+                     "each chip re-estimates its BatchNorm statistics from the first N inputs "
+                     "of the data's training split run through it (labels unused; default off)")
+    ver.add_argument("--json", action="store_true", help="print the report as JSON "
+                     "(per-chip accuracies included)")
     ver.add_argument("--no-report", action="store_true", help="do not save verify.json and "
                      "update report.html in the layout directory")
     ver.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
@@ -86,7 +96,8 @@ def run_verify(args: argparse.Namespace) -> int:
                               seed=args.seed, noise=args.noise,
                               ideal_periphery=args.ideal_periphery, faults=not args.no_faults,
                               batch_size=args.batch_size, calib_samples=args.calib_samples,
-                              chips_per_pass=args.chips_per_pass, device=args.device)
+                              chips_per_pass=args.chips_per_pass, device=args.device,
+                              compare=args.compare, bn_recalibrate=args.bn_recalibrate)
     verified = layout_identity(args.layout)  # the layout this sign-off is about
     report = monte_carlo(args.layout, args.data, settings,
                          progress=not args.quiet and not args.json)

@@ -52,6 +52,43 @@ class UncertaintyRecord(Record):
     mean_confidence: float = Field(description="mean top-1 softmax probability")
 
 
+class PairedRecord(Record):
+    """B against A chip instance by chip instance (the same ``(seed, chip)`` draws): the
+    per-chip differences ``B - A`` of test accuracy."""
+
+    chips: int = Field(ge=1, description="chip instances paired")
+    mean_a: float = Field(description="mean accuracy of A over the chips")
+    mean_b: float = Field(description="mean accuracy of B over the same chips")
+    mean_difference: float = Field(description="mean over chips of B - A")
+    std_difference: float = Field(description="standard deviation of B - A over chips (ddof=1; "
+                                  "0 for one chip)")
+    ci95: float | None = Field(description="half-width of the 95 % confidence interval of "
+                               "mean_difference (Student t over the per-chip differences); null "
+                               "for one chip")
+    wins: int = Field(ge=0, description="chips where B is more accurate than A")
+    ties: int = Field(ge=0, description="chips where B and A are equally accurate")
+    losses: int = Field(ge=0, description="chips where B is less accurate than A")
+
+
+class ComparedResult(Record):
+    """``--compare B``: layout B at this sigma on the same chip instances."""
+
+    quantized_accuracy: float = Field(description="B's noise-free chip with this periphery")
+    mc: McRecord
+    chip_accuracies: list[float] = Field(description="per chip instance, in chip-index order "
+                                         "(as SigmaResult.chip_accuracies)")
+
+
+class RecalibratedResult(Record):
+    """``--bn-recalibrate N``: the same chip instances after per-chip BatchNorm
+    re-calibration."""
+
+    mc: McRecord
+    chip_accuracies: list[float] = Field(description="per chip instance, in chip-index order "
+                                         "(as SigmaResult.chip_accuracies)")
+    paired: PairedRecord = Field(description="A: the chips as programmed, B: re-calibrated")
+
+
 class SigmaResult(Record):
     """The sign-off at one device variation."""
 
@@ -61,6 +98,38 @@ class SigmaResult(Record):
     uncertainty: UncertaintyRecord
     seconds: float = Field(description="wall time of the Monte Carlo run")
     trials_per_second: float
+    chip_accuracies: list[float] = Field(
+        default_factory=list, description="test accuracy of every chip instance, in chip-index "
+        "order: entry i is chip i of the seed (the (seed, i) draw); empty only in records "
+        "written before per-chip accuracies were reported")
+    compared: ComparedResult | None = Field(default=None, description="--compare: layout B "
+                                            "on the same chips, else null")
+    paired: PairedRecord | None = Field(default=None, description="--compare: B (the "
+                                        "compared layout) against A (this one), else null")
+    recalibrated: RecalibratedResult | None = Field(
+        default=None, description="--bn-recalibrate: the same chips with re-calibrated "
+        "BatchNorm statistics, else null")
+
+
+class CompareRecord(Record):
+    """``--compare B``: the layout compared and what "the same chip" means for the two."""
+
+    layout: str = Field(description="layout B")
+    quantized_accuracy_ideal_periphery: float = Field(description="B's, noise-free")
+    same_draws: bool = Field(description="true when every crossbar layer of A and B has the "
+                             "same name, order, weight shape, slicing and copies: chip i then "
+                             "draws the same random numbers per weight and cell in both")
+    note: str = Field(description="what the pairing shares, in words")
+
+
+class BnRecalibrationRecord(Record):
+    """``--bn-recalibrate N``: per-chip BatchNorm re-calibration after programming."""
+
+    samples: int = Field(ge=1, description="unlabelled inputs per chip: the first N of the "
+                         "training split, the same for every chip")
+    batch_norms: list[str] = Field(description="the layout graph's BatchNorm nodes, in network "
+                                   "order (empty: nothing to re-calibrate, the results equal "
+                                   "the plain ones)")
 
 
 class PeripheryUsed(Record):
@@ -100,6 +169,9 @@ class VerifyRecord(Record):
     quantized_accuracy_ideal_periphery: float
     faults: bool = Field(description="stuck-at faults were drawn")
     results: list[SigmaResult] = Field(description="one per sigma, in the order asked")
+    compare: CompareRecord | None = Field(default=None, description="--compare, else null")
+    bn_recalibration: BnRecalibrationRecord | None = Field(
+        default=None, description="--bn-recalibrate, else null")
 
 
 # ------------------------------------------------------------------------------ cost estimate

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -15,22 +15,29 @@ from neftc.bounds import MAX_BATCH_SIZE, MAX_SEED, check_number
 from neftc.datasets.base import Dataset, check_compatible
 from neftc.datasets.fit import fit_inputs
 from neftc.datasets.spec import load_dataset
-from neftc.errors import DataError
+from neftc.errors import DataError, LayoutError, NeftcError
 from neftc.flow.records import (
     VERIFY_FORMAT,
+    BnRecalibrationRecord,
+    ComparedResult,
+    CompareRecord,
     McRecord,
+    PairedRecord,
     PeripheryUsed,
+    RecalibratedResult,
     SigmaResult,
     UncertaintyRecord,
     VerifyRecord,
 )
 from neftc.format.reader import Layout, load_layout
 from neftc.format.schema import DacRecord
+from neftc.runtime.chip import ChipInstance
 from neftc.runtime.emulator import Emulator
 from neftc.runtime.inputs import Inputs, rows
-from neftc.runtime.montecarlo import McStats, evaluate, monte_carlo
+from neftc.runtime.montecarlo import McResult, McStats, PairedStats, evaluate, monte_carlo, paired
 from neftc.runtime.noise import NoiseMode
 from neftc.runtime.periphery import InputQuant
+from neftc.runtime.recalibration import batch_norms, recalibrate_batch_norm
 from neftc.targets.spec import SIGMA_REL_MAX
 
 #: Most chip instances per sigma: the run keeps one accuracy per chip, nothing more.
@@ -38,6 +45,8 @@ MAX_TRIALS = 10**6
 MAX_CHIPS_PER_PASS = 1024
 #: Most samples a count option (--calib-samples, --samples, --dac-samples) may ask for.
 MAX_SAMPLES = 10**8
+#: Most unlabelled inputs per chip for --bn-recalibrate: they run through the chip in one pass.
+MAX_RECALIBRATION_SAMPLES = 16_384
 
 
 @dataclass(frozen=True)
@@ -52,6 +61,8 @@ class VerifySettings:
     calib_samples: int = 512
     chips_per_pass: int = 1
     device: str = "cpu"
+    compare: str | Path | None = None  # --compare: layout B, on the same chip instances
+    bn_recalibrate: int | None = None  # --bn-recalibrate: unlabelled train inputs per chip
 
     def __post_init__(self) -> None:
         self.validate()
@@ -67,6 +78,16 @@ class VerifySettings:
         check_number("--calib-samples", self.calib_samples, 1, MAX_SAMPLES, integer=True)
         check_number("--chips-per-pass", self.chips_per_pass, 1, MAX_CHIPS_PER_PASS,
                      integer=True)
+        if self.bn_recalibrate is not None:
+            check_number("--bn-recalibrate", self.bn_recalibrate, 1, MAX_RECALIBRATION_SAMPLES,
+                         integer=True)
+            if self.chips_per_pass > 1 and self.ideal_periphery:
+                raise NeftcError("--bn-recalibrate re-calibrates and runs one chip instance at "
+                                 "a time; drop --chips-per-pass")
+            if self.compare is not None:
+                raise NeftcError("--bn-recalibrate and --compare cannot be combined; compare "
+                                 "the plain layouts with --compare, and run --bn-recalibrate "
+                                 "on each (chip i is the same chip in both runs)")
 
 
 def _calibration_inputs(data: Dataset, count: int) -> tuple[torch.Tensor, ...]:
@@ -119,25 +140,152 @@ def _mc_record(stats: McStats) -> McRecord:
     return McRecord(**values, ci95=None if math.isnan(ci95) else ci95)  # type: ignore[arg-type]
 
 
+def _paired_record(stats: PairedStats) -> PairedRecord:
+    values = asdict(stats)
+    ci95 = values.pop("ci95")
+    return PairedRecord(**values, ci95=None if math.isnan(ci95) else ci95)
+
+
+@dataclass(frozen=True)
+class _Compared:
+    """Layout B of ``--compare``, ready to run on A's data."""
+
+    emulator: Emulator
+    quantized: float  # noise-free, with the periphery of the sign-off
+    record: CompareRecord
+
+
+def _accuracies(result: McResult) -> list[float]:
+    return [float(a) for a in result.accuracies]
+
+
 def _sweep(emulator: Emulator, x: Inputs, y: torch.Tensor, sigmas: tuple[float, ...],
-           quantized: float, settings: VerifySettings, progress: bool) -> list[SigmaResult]:
-    """Monte Carlo over ``settings.trials`` chip instances at each sigma."""
+           quantized: float, settings: VerifySettings, progress: bool,
+           compared: _Compared | None = None, calibration: Inputs | None = None
+           ) -> list[SigmaResult]:
+    """Monte Carlo over ``settings.trials`` chip instances at each sigma; with ``compared``,
+    layout B on the same chips; with ``calibration``, the same chips with re-calibrated
+    BatchNorms (``recalibrate_batch_norm`` on those inputs)."""
+    recalibrate = calibration is not None and bool(batch_norms(emulator))
+    runs = 1 + (compared is not None) + recalibrate
     results = []
-    bar = tqdm(total=len(sigmas) * settings.trials, desc="chip instances", disable=not progress,
-               leave=False)
+    bar = tqdm(total=len(sigmas) * settings.trials * runs, desc="chip instances",
+               disable=not progress, leave=False)
+
+    def run(emu: Emulator, prepare: Callable[[ChipInstance], ChipInstance] | None = None,
+            chips_per_pass: int = settings.chips_per_pass) -> McResult:
+        return monte_carlo(emu, x, y, settings.trials, batch_size=settings.batch_size,
+                           chips_per_pass=chips_per_pass, prepare=prepare,
+                           on_trial=lambda _chip, _acc: bar.update())
+
     for sigma in sigmas:
         emulator.set_sigma(sigma)  # same network and DAC ranges, new device variation
         bar.set_postfix(sigma=sigma)
-        result = monte_carlo(emulator, x, y, settings.trials, batch_size=settings.batch_size,
-                             chips_per_pass=settings.chips_per_pass,
-                             on_trial=lambda _chip, _acc: bar.update())
+        result = run(emulator)
+        extra: dict[str, Any] = {}
+        if compared is not None:
+            compared.emulator.set_sigma(sigma)
+            other = run(compared.emulator)
+            extra["compared"] = ComparedResult(quantized_accuracy=compared.quantized,
+                                               mc=_mc_record(other.stats),
+                                               chip_accuracies=_accuracies(other))
+            extra["paired"] = _paired_record(paired(result.accuracies, other.accuracies))
+        if calibration is not None:
+            recalibrated = result  # no BatchNorm: nothing to re-calibrate
+            if recalibrate:
+                recalibrated = run(emulator, lambda chip: recalibrate_batch_norm(
+                    emulator, chip, calibration), chips_per_pass=1)
+            extra["recalibrated"] = RecalibratedResult(
+                mc=_mc_record(recalibrated.stats), chip_accuracies=_accuracies(recalibrated),
+                paired=_paired_record(paired(result.accuracies, recalibrated.accuracies)))
         results.append(SigmaResult(
             sigma=sigma, quantized_accuracy=quantized, mc=_mc_record(result.stats),
             uncertainty=UncertaintyRecord(expected_kl=result.expected_kl,
                                           mean_confidence=result.mean_confidence),
-            seconds=result.seconds, trials_per_second=result.trials_per_second))
+            seconds=result.seconds, trials_per_second=result.trials_per_second,
+            chip_accuracies=_accuracies(result), **extra))
     bar.close()
     return results
+
+
+def _input_signature(layout: Layout) -> list[tuple[object, ...]]:
+    """What a layout's inputs accept (dtype, per-sample shape, integer range)."""
+    return [(i.dtype, tuple(i.shape[1:]), i.low, i.high) for i in layout.doc.graph.inputs]
+
+
+def _draw_note(a: Emulator, b: Emulator) -> tuple[bool, str]:
+    """Whether chip i draws the same random numbers in A and B, and what the pairing shares."""
+    def signature(emu: Emulator) -> list[tuple[object, ...]]:
+        return [(name, layer.weight_shape, tuple(layer.levels.shape), layer.copies)
+                for name, layer in emu.layers.items()]
+
+    sa, sb = signature(a), signature(b)
+    if sa == sb:
+        return True, ("every crossbar layer has the same name, weight shape, slicing and copies: "
+                      "chip i draws the same standard normal per weight and cell and the same "
+                      "stuck-at cells in both (a cell's deviation scales with the level "
+                      "programmed, the same where the levels agree)")
+    first = next((x[0] for x, y in zip(sa, sb) if x != y), None)
+    where = f"layer '{first}'" if first is not None else "the last layer of the shorter one"
+    return False, (f"the crossbar layers differ from {where} on: chip i is drawn from the same "
+                   f"(seed, chip) generators, but the random numbers line up only for the "
+                   f"layers before it; the pairing is valid and removes less variance")
+
+
+def _compared(layout: Layout, layout_dir: str | Path, data: Dataset, data_spec: str,
+              emulator: Emulator, settings: VerifySettings) -> _Compared:
+    """Layout ``settings.compare`` set up like A (seed, noise, periphery); refused when the two
+    cannot be compared on the same chips and data."""
+    other_dir = settings.compare
+    assert other_dir is not None
+    other = load_layout(other_dir)
+    fix = "compile both from models of the same inputs and classes, for the same target"
+    if other.doc.target != layout.doc.target:
+        names = (layout.doc.target.name, other.doc.target.name)
+        detail = (f"targets '{names[0]}' and '{names[1]}'" if names[0] != names[1] else
+                  f"target '{names[0]}' with different settings (--set overrides)")
+        raise LayoutError(f"cannot compare {layout_dir} with {other_dir}: they are compiled for "
+                          f"{detail}, so their chips come from different device models; {fix}")
+    if _input_signature(other) != _input_signature(layout):
+        raise LayoutError(f"cannot compare {layout_dir} with {other_dir}: their inputs differ "
+                          f"({_input_signature(layout)} vs {_input_signature(other)}); {fix}")
+    emu = Emulator(other, sigma=0.0, seed=settings.seed, noise=settings.noise,
+                   ideal_periphery=settings.ideal_periphery, faults=settings.faults,
+                   device=settings.device)
+    probe = emulator._inputs(rows(data.test.inputs(), 0, 1))
+    with torch.no_grad():
+        classes = (int(emulator._run(probe).shape[-1]), int(emu._run(probe).shape[-1]))
+    if classes[0] != classes[1]:
+        raise LayoutError(f"cannot compare {layout_dir} with {other_dir}: they output "
+                          f"{classes[0]} and {classes[1]} classes; {fix}")
+    if not settings.ideal_periphery:
+        _set_dac(emu, other, data, data_spec, settings)
+    x, y = data.test.inputs(), data.test.y
+    emu.program_ideal()
+    quantized = evaluate(emu, x, y, settings.batch_size)
+    ideal_quantized = quantized
+    if not settings.ideal_periphery:
+        ideal = Emulator(other, sigma=0.0, ideal_periphery=True, device=settings.device)
+        ideal_quantized = evaluate(ideal, x, y, settings.batch_size)
+    same, note = _draw_note(emulator, emu)
+    return _Compared(emu, quantized, CompareRecord(
+        layout=str(other_dir), quantized_accuracy_ideal_periphery=ideal_quantized,
+        same_draws=same, note=note))
+
+
+def _recalibration_inputs(data: Dataset, data_spec: str, count: int) -> Inputs:
+    """The first ``count`` samples of the training split: never the test samples scored."""
+    available = len(data.train)
+    if available == 0:
+        raise DataError(f"--bn-recalibrate takes its unlabelled inputs from the data's training "
+                        f"split, and {data_spec} has none (verify scores the test split and "
+                        f"never calibrates on it); give data with a training split (an .npz "
+                        f"with x_train/y_train or x/y, an IDX or CIFAR-10 folder with its "
+                        f"training files) or drop --bn-recalibrate")
+    if count > available:
+        raise DataError(f"--bn-recalibrate {count} asks for more inputs than the "
+                        f"{available} of {data_spec}'s training split; use at most {available}")
+    return rows(data.train.inputs(), 0, count)
 
 
 def verify_layout(layout_dir: str | Path, data_spec: str, settings: VerifySettings,
@@ -149,10 +297,16 @@ def verify_layout(layout_dir: str | Path, data_spec: str, settings: VerifySettin
                         ideal_periphery=settings.ideal_periphery, faults=settings.faults,
                         device=settings.device)
     data = _fit_data(emulator, layout, data)
+    calibration = None
+    if settings.bn_recalibrate is not None:
+        calibration = _recalibration_inputs(data, data_spec, settings.bn_recalibrate)
     periphery: PeripheryUsed | Literal["ideal"] = "ideal"
     dac = None
     if not settings.ideal_periphery:
         dac = _set_dac(emulator, layout, data, data_spec, settings)
+    compared = None
+    if settings.compare is not None:
+        compared = _compared(layout, layout_dir, data, data_spec, emulator, settings)
     x, y = data.test.inputs(), data.test.y  # in the layout's input order (fitted)
     target = layout.doc.target
     emulator.program_ideal()
@@ -162,7 +316,7 @@ def verify_layout(layout_dir: str | Path, data_spec: str, settings: VerifySettin
         ideal = Emulator(layout, sigma=0.0, ideal_periphery=True, device=settings.device)
         ideal_quantized = evaluate(ideal, x, y, settings.batch_size)
     results = _sweep(emulator, x, y, settings.sigmas or (target.noise.sigma_rel,), quantized,
-                     settings, progress)
+                     settings, progress, compared, calibration)
     if dac is not None:
         periphery = PeripheryUsed(
             input_bits=layout.doc.periphery.input_bits,
@@ -170,6 +324,11 @@ def verify_layout(layout_dir: str | Path, data_spec: str, settings: VerifySettin
             adc_bits=layout.doc.periphery.adc_bits, calibration_samples=dac[1], dac=dac[0],
             dac_calibration=layout.doc.dac_calibration if dac[0] == "layout" else None,
             dac_layers=dac[2], partial_mvms_per_weight=emulator.partial_mvms_per_weight())
+    recalibration = None
+    if settings.bn_recalibrate is not None:
+        recalibration = BnRecalibrationRecord(
+            samples=settings.bn_recalibrate,
+            batch_norms=[bn.node_name for bn in batch_norms(emulator)])
     return VerifyRecord(
         format=VERIFY_FORMAT, version=1, layout=str(layout_dir), target=target.name,
         data=data.name, test_samples=len(data.test), split=data.split, seed=settings.seed,
@@ -178,7 +337,8 @@ def verify_layout(layout_dir: str | Path, data_spec: str, settings: VerifySettin
         quantized_accuracy_ideal_periphery=ideal_quantized,
         faults=settings.faults and (target.faults.stuck_at_min_rate > 0
                                     or target.faults.stuck_at_max_rate > 0),
-        results=results)
+        results=results, compare=None if compared is None else compared.record,
+        bn_recalibration=recalibration)
 
 
 def run_verify(layout_dir: str | Path, data_spec: str, settings: VerifySettings,
@@ -226,4 +386,40 @@ def format_verify(report: VerifyRecord | Mapping[str, Any]) -> str:
               f"{'min':>6}  {'p5':>6}  {'max':>6}  {'E[KL]':>7}  {'conf':>6}  {'trials':>6}  "
               f"{'chips/s':>8}")
     lines += [header, "-" * len(header), *(_result_line(row) for row in r.results)]
+    if r.compare is not None:
+        lines += ["", f"paired comparison: B = {r.compare.layout} against A = {r.layout} on the "
+                  f"same {r.results[0].mc.trials} chip instances per sigma (noise-free accuracy "
+                  f"of B with ideal periphery "
+                  f"{100 * r.compare.quantized_accuracy_ideal_periphery:.2f} %)",
+                  f"same chips: {r.compare.note}",
+                  *_paired_table("A", "B", [(row.sigma, row.paired) for row in r.results])]
+    if r.bn_recalibration is not None:
+        rec = r.bn_recalibration
+        lines.append("")
+        if not rec.batch_norms:
+            lines.append(f"BatchNorm re-calibration ({rec.samples} training inputs per chip): "
+                         "the layout has no BatchNorm, nothing to re-calibrate (results as "
+                         "programmed)")
+        else:
+            lines.append(f"BatchNorm re-calibration: each chip re-estimates its "
+                         f"{len(rec.batch_norms)} BatchNorm(s) from the first {rec.samples} "
+                         f"training inputs run through it; the same chips as programmed (A) "
+                         f"and re-calibrated (B)")
+        lines += _paired_table("programmed", "re-calibrated", [
+            (row.sigma, None if row.recalibrated is None else row.recalibrated.paired)
+            for row in r.results])
     return "\n".join(lines) + "\n"
+
+
+def _paired_table(a: str, b: str, rows: list[tuple[float, PairedRecord | None]]) -> list[str]:
+    header = (f"{'sigma':>6}  {a + ' mean':>15}  {b + ' mean':>18}  {'B - A':>7}  "
+              f"{'95% CI':>7}  {'B wins/ties/loses':>17}")
+    lines = [header, "-" * len(header)]
+    for sigma, p in rows:
+        if p is None:
+            continue
+        ci95 = math.nan if p.ci95 is None else p.ci95
+        lines.append(f"{sigma:>6.3f}  {100 * p.mean_a:>14.2f}%  {100 * p.mean_b:>17.2f}%  "
+                     f"{100 * p.mean_difference:>+6.2f}%  {100 * ci95:>6.2f}%  "
+                     f"{f'{p.wins}/{p.ties}/{p.losses}':>17}")
+    return lines
