@@ -117,8 +117,8 @@ class CompareRecord(Record):
     layout: str = Field(description="layout B")
     quantized_accuracy_ideal_periphery: float = Field(description="B's, noise-free")
     same_draws: bool = Field(description="true when every crossbar layer of A and B has the "
-                             "same name, order, weight shape, slicing and copies: chip i then "
-                             "draws the same random numbers per weight and cell in both")
+                             "same name, order, weight shape, slicing and pipeline copies: chip i "
+                             "then draws the same random numbers per weight and cell in both")
     note: str = Field(description="what the pairing shares, in words")
 
 

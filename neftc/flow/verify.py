@@ -214,22 +214,32 @@ def _input_signature(layout: Layout) -> list[tuple[object, ...]]:
 
 
 def _draw_note(a: Emulator, b: Emulator) -> tuple[bool, str]:
-    """Whether chip i draws the same random numbers in A and B, and what the pairing shares."""
-    def signature(emu: Emulator) -> list[tuple[object, ...]]:
-        return [(name, layer.weight_shape, tuple(layer.levels.shape), layer.copies)
+    """Whether chip i draws the same random numbers in A and B, and what the pairing shares.
+    A chip's numbers come per (seed, chip, stream, pipeline copy) generator, drawn layer after
+    layer in graph order, one per weight (and per cell): tiles and placement do not enter."""
+    def cells(emu: Emulator) -> list[tuple[object, ...]]:
+        return [(name, layer.weight_shape, tuple(layer.levels.shape))
                 for name, layer in emu.layers.items()]
 
-    sa, sb = signature(a), signature(b)
-    if sa == sb:
-        return True, ("every crossbar layer has the same name, weight shape, slicing and copies: "
-                      "chip i draws the same standard normal per weight and cell and the same "
-                      "stuck-at cells in both (a cell's deviation scales with the level "
-                      "programmed, the same where the levels agree)")
-    first = next((x[0] for x, y in zip(sa, sb) if x != y), None)
-    where = f"layer '{first}'" if first is not None else "the last layer of the shorter one"
-    return False, (f"the crossbar layers differ from {where} on: chip i is drawn from the same "
-                   f"(seed, chip) generators, but the random numbers line up only for the "
-                   f"layers before it; the pairing is valid and removes less variance")
+    ca, cb = cells(a), cells(b)
+    if ca != cb:
+        first = next((x[0] for x, y in zip(ca, cb) if x != y), None)
+        where = f"layer '{first}'" if first is not None else "the last layer of the shorter one"
+        return False, (f"the crossbar layers differ from {where} on: chip i is drawn from the "
+                       f"same (seed, chip) generators, but the random numbers line up only for "
+                       f"the layers before it; the pairing is valid and removes less variance")
+    same = ("every crossbar layer has the same name, weight shape and slicing: chip i draws the "
+            "same standard normal per weight and cell and the same stuck-at cells in both (a "
+            "cell's deviation scales with the level programmed, the same where the levels agree; "
+            "tiles and placement do not change the draws)")
+    copies = [(name, layer.copies, b.layers[name].copies) for name, layer in a.layers.items()
+              if layer.copies != b.layers[name].copies]
+    if not copies:
+        return True, same
+    listed = ", ".join(f"'{name}' {ka} vs {kb}" for name, ka, kb in copies)
+    return False, (f"{same}; but the pipeline copies differ ({listed}): each copy after the "
+                   f"first is drawn from its own generator, so those copies (and the output "
+                   f"positions they compute) are not the same cells")
 
 
 def _compared(layout: Layout, layout_dir: str | Path, data: Dataset, data_spec: str,
