@@ -17,6 +17,9 @@ MAX_LR = 10.0
 #: The paper's feedback strengths are 1e-3 .. 1e-1.
 MAX_BETA = 100.0
 MAX_IRS_TAPS = 1_000
+#: NeFT's loss temperature (the paper's ovf/irs loss divides by N + 1 = 4); above this the
+#: softmax is flat and the gradients vanish.
+MAX_TEMPERATURE = 1_000.0
 
 
 def check_number(flag: str, value: object, low: float, high: float, *, integer: bool = False,
@@ -41,3 +44,18 @@ def check_number(flag: str, value: object, low: float, high: float, *, integer: 
         shown = shown if len(shown) <= 40 else shown[:37] + "..."
         raise NeftcError(f"{flag} must be {kind} {'>' if low_open else '>='} {low:g} and <= "
                          f"{high if integer else format(high, 'g')}, got {shown}")
+
+
+def check_beta(flag: str, value: object) -> None:
+    """``--beta``: :func:`check_number` in [0, MAX_BETA], and a negative value refused with what
+    0 means: the no-feedback control."""
+    try:
+        negative = isinstance(value, numbers.Real) and not isinstance(value, bool) \
+            and float(value) < 0
+    except OverflowError:
+        negative = False
+    if negative:
+        raise NeftcError(f"{flag} must be >= 0, got {value!r}: the loss already subtracts the "
+                         f"feedback (a negative beta would add it); {flag} 0 is the "
+                         "no-feedback control (the mode's loss without its feedback terms)")
+    check_number(flag, value, 0, MAX_BETA)

@@ -5,6 +5,9 @@
 - ``irs`` (intermediate representation snapshot): a training-only ``FeedbackHead`` at each of N
   taps (default 3, evenly spaced over the crossbar layers, or named nodes); each passes its input
   through and, in training, computes snapshot logits with noisy weights.
+- ``ovf+irs``: both: the OVF forwards' offsets and the IRS heads; the feedback terms are the OVF
+  forwards' logits, then the heads' logits (N = offsets + heads), each family weighted
+  gamma = 10^-(n-1) in its own order.
 - ``nit`` (noise-injection training) and ``none``: no feedback.
 
 The plan is stored in ``gm.meta["neft"]``; ``strip-training`` removes heads and noise before
@@ -25,7 +28,7 @@ from neftc.ir.pass_manager import NodeError, PassContext, PassResult, evaluating
 from neftc.neft.modules import FeedbackHead
 from neftc.passes.quantize import Quantize
 
-NeftMode = Literal["ovf", "irs", "nit", "none"]
+NeftMode = Literal["ovf", "irs", "ovf+irs", "nit", "none"]
 HEAD_PREFIX = "neft_head_"
 PLAN_KEY = "neft"
 
@@ -34,13 +37,15 @@ PLAN_KEY = "neft"
 class FeedbackPlan:
     mode: NeftMode
     beta: float
-    sigma_offsets: tuple[float, ...] = ()  # OVF
-    heads: tuple[str, ...] = ()  # IRS submodule names, in tap order
+    sigma_offsets: tuple[float, ...] = ()  # OVF (and ovf+irs)
+    heads: tuple[str, ...] = ()  # IRS (and ovf+irs) submodule names, in tap order
 
     @property
     def gammas(self) -> tuple[float, ...]:
-        n = len(self.sigma_offsets) if self.mode == "ovf" else len(self.heads)
-        return tuple(10.0 ** -i for i in range(n))
+        """The weight of each feedback term, in the loss's order: the OVF forwards' (one per
+        offset), then the IRS heads' (one per head); 10^-(n-1) within each family."""
+        return (tuple(10.0 ** -i for i in range(len(self.sigma_offsets)))
+                + tuple(10.0 ** -i for i in range(len(self.heads))))
 
 
 def _even_taps(count: int, candidates: list[torch.fx.Node]) -> list[torch.fx.Node]:
@@ -86,15 +91,18 @@ class InsertFeedback:
 
     def run(self, gm: torch.fx.GraphModule, ctx: PassContext) -> PassResult:
         previous = gm.meta.get(PLAN_KEY)
-        if self.mode != "irs":
-            plan = FeedbackPlan(self.mode, self.beta,
-                                self.sigma_offsets if self.mode == "ovf" else ())
+        offsets = self.sigma_offsets if self.mode in ("ovf", "ovf+irs") else ()
+        if self.mode not in ("irs", "ovf+irs"):
+            plan = FeedbackPlan(self.mode, self.beta, offsets)
             gm.meta[PLAN_KEY] = plan
             return PassResult(gm, previous != plan)
         device_noise = self.quantize.device_noise(ctx.target, self.noise_mode)
-        if previous is not None and previous.mode == "irs":
-            # Heads already there: only their weight noise can change (sigma, quantisation).
-            modified = False
+        if previous is not None and previous.heads:
+            # Heads already there: their weight noise (sigma, quantisation), the mode (irs or
+            # ovf+irs), beta and the offsets can change.
+            plan = FeedbackPlan(self.mode, self.beta, offsets, previous.heads)
+            modified = plan != previous
+            gm.meta[PLAN_KEY] = plan
             for name in previous.heads:
                 head = gm.get_submodule(name)
                 for noise in (head.noise1, head.noise2):
@@ -129,7 +137,7 @@ class InsertFeedback:
             for user in users:
                 user.replace_input_with(tap, through)
             heads.append(name)
-        gm.meta[PLAN_KEY] = FeedbackPlan("irs", self.beta, heads=tuple(heads))
+        gm.meta[PLAN_KEY] = FeedbackPlan(self.mode, self.beta, offsets, tuple(heads))
         gm.recompile()
         return PassResult(gm, True)
 

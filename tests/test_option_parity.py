@@ -30,7 +30,8 @@ PREFIX = {"compile": ["compile", "m.pt2"], "finetune": ["finetune", "m.pt2", "-o
 NEFT_ARGV = ["--neft", "irs", "--data", "digits", "--seed", "7", "--device", "cpu",
              "--neft-epochs", "3", "--neft-lr", "0.002", "--neft-batch-size", "64",
              "--train-sigma", "0.12", "--beta", "0.05", "--train-noise", "paper",
-             "--irs-taps", "2", "--per-channel", "--calibration", "percentile"]
+             "--irs-taps", "2", "--per-channel", "--calibration", "percentile",
+             "--temperature", "2.5", "--sigma-schedule", "ramp", "--bn-stats", "train"]
 
 
 def command_parsers(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
@@ -73,7 +74,8 @@ def test_neft_options_are_declared_identically() -> None:
     assert differences(parsers) == []
     flags = set(neft_options(parsers["compile"]))
     assert {"--neft", "--neft-epochs", "--neft-lr", "--neft-batch-size", "--data", "--seed",
-            "--per-channel", "--calibration", "--irs-taps"} <= flags
+            "--per-channel", "--calibration", "--irs-taps", "--temperature", "--sigma-schedule",
+            "--bn-stats"} <= flags
 
 
 def _modified_train_parser(dest: str, field: str, value: object) -> argparse.ArgumentParser:
@@ -120,7 +122,8 @@ def test_same_argv_gives_equal_settings() -> None:
     settings = {command: settings_of(command, NEFT_ARGV) for command in COMMANDS}
     expected = NeftSettings(mode="irs", data="digits", seed=7, device="cpu", epochs=3, lr=0.002,
                             batch_size=64, sigma=0.12, beta=0.05, noise="paper", taps=2,
-                            per_channel=True, calibration="percentile")
+                            per_channel=True, calibration="percentile", temperature=2.5,
+                            sigma_schedule="ramp", bn_stats="train")
     assert settings == {command: expected for command in COMMANDS}
     # compile hands the very same settings to the compiler.
     args = build_parser().parse_args([*PREFIX["compile"], *NEFT_ARGV])

@@ -48,7 +48,15 @@ def check_flags(args: argparse.Namespace) -> None:
              if getattr(args, dest, None) is not None}
     if not given:
         return
-    from neftc.bounds import MAX_BATCH_SIZE, MAX_BETA, MAX_EPOCHS, MAX_LR, MAX_SEED, check_number
+    from neftc.bounds import (
+        MAX_BATCH_SIZE,
+        MAX_BETA,
+        MAX_EPOCHS,
+        MAX_LR,
+        MAX_SEED,
+        check_beta,
+        check_number,
+    )
     from neftc.flow.verify import MAX_CHIPS_PER_PASS, MAX_SAMPLES, MAX_TRIALS
     from neftc.targets.spec import SIGMA_REL_MAX
 
@@ -66,4 +74,6 @@ def check_flags(args: argparse.Namespace) -> None:
         low, high, integer = bounds[dest]
         flag = names.get(dest) or "--" + dest.replace("_", "-")
         for item in value if isinstance(value, list) else [value]:
+            if dest == "beta":
+                check_beta(flag, item)  # the same bounds, and what 0 means
             check_number(flag, item, low, high, integer=integer, low_open=dest.endswith("lr"))

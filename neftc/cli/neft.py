@@ -35,7 +35,9 @@ def _add_train_parser(sub: argparse._SubParsersAction) -> None:
                         description="Train a built-in architecture (sized from the data's input "
                         "shape and class count) with Adam and a cosine schedule; with --neft, "
                         "then fine-tune it with NeFT. Saves a torch.export archive. Token "
-                        "data (integer ids [N, T]) trains 'bow', the zoo's text model.")
+                        "data (integer ids [N, T]) trains 'bow', the zoo's text model. With "
+                        "--neft and --from-scratch, the new model is trained with NeFT from the "
+                        "start (for --epochs) instead.")
     tr.add_argument("arch", help="mlp, lenet, vgg8, resnet18 (images) or bow (token ids)")
     tr.add_argument("-o", "--output", type=Path, required=True, help="model file (.pt2)")
     tr.add_argument("--epochs", type=int, default=20, help="training epochs (default 20)")
@@ -43,6 +45,11 @@ def _add_train_parser(sub: argparse._SubParsersAction) -> None:
                     help="training Adam learning rate (default 3e-3)")
     tr.add_argument("--batch-size", type=int, default=128,
                     help="training batch size (default 128)")
+    tr.add_argument("--from-scratch", action="store_true",
+                    help="with --neft: train the new model with NeFT's noise and feedback from "
+                    "the start, for --epochs at --lr and --batch-size (the paper's protocol), "
+                    "instead of plain training then --neft-epochs of fine-tuning; BatchNorm "
+                    "learns its statistics under the noise (as --bn-stats train)")
     add_target_args(tr)
     add_neft_options(tr, required=False)
     tr.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
@@ -52,6 +59,7 @@ def _add_train_parser(sub: argparse._SubParsersAction) -> None:
 def run_finetune(args: argparse.Namespace) -> int:
     from neftc.driver.neft_jobs import finetune_file
     from neftc.frontend.loader import parse_input_shape
+    from neftc.neft.pipeline import loss_summary
     from neftc.passes.quantize import Quantize
     from neftc.targets import resolve_target
 
@@ -68,7 +76,7 @@ def run_finetune(args: argparse.Namespace) -> int:
                      + (["--calibration", args.calibration]
                         if args.calibration != chip.calibration else []))
     print(f"fine-tuned with NeFT {args.neft} for {log.epochs} epochs ({log.steps} steps, "
-          f"{log.seconds:.1f} s, final loss {log.losses[-1]:.4f}); wrote {args.output}"
+          f"{log.seconds:.1f} s; {loss_summary(args.neft, log)}); wrote {args.output}"
           + (f"\ncompile it with the quantisation it was tuned for: {quant}" if quant else ""))
     return 0
 
@@ -81,8 +89,12 @@ def run_train(args: argparse.Namespace) -> int:
     neft = neft_settings(args)
     if args.epochs < 1 or args.batch_size < 1 or args.lr <= 0:
         raise NeftcError("--epochs and --batch-size must be at least 1 and --lr positive")
+    if args.from_scratch and neft is None:
+        raise NeftcError("--from-scratch trains with NeFT from the start; give --neft MODE "
+                         "(ovf, irs, ovf+irs, nit or none) too, or leave --from-scratch out")
     summary = train_zoo_model(args.arch, args.data, args.output, epochs=args.epochs, lr=args.lr,
                               batch_size=args.batch_size, seed=args.seed, device=args.device,
-                              neft=neft, target=target, progress=not args.quiet)
+                              neft=neft, target=target, progress=not args.quiet,
+                              from_scratch=args.from_scratch)
     print(summary)
     return 0

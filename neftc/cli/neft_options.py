@@ -20,7 +20,7 @@ NEFT_GROUP = "NeFT fine-tuning (Negative Feedback Training)"
 QUANTISATION_GROUP = "chip weight quantisation (the chip NeFT trains against)"
 
 #: The NeFT modes (``neftc.neft.pipeline.NEFT_MODES``, checked by a test).
-NEFT_CHOICES = ("ovf", "irs", "nit", "none")
+NEFT_CHOICES = ("ovf", "irs", "ovf+irs", "nit", "none")
 
 #: Old names of NeFT options still accepted, hidden from --help, by ``compile`` and ``finetune``
 #: (``train`` has its own --epochs, --lr and --batch-size: those of the training before NeFT).
@@ -66,9 +66,9 @@ def _add_data_options(group: argparse._ArgumentGroup) -> None:
 def _add_fine_tuning_options(group: argparse._ArgumentGroup, required: bool) -> None:
     group.add_argument("--neft", choices=NEFT_CHOICES, required=required,
                        help="fine-tune against the target's device noise: ovf: oriented "
-                       "variational forwards; irs: snapshot heads; nit: noise-injection "
-                       "baseline; none: plain fine-tuning (compile and train: without --neft, "
-                       "no fine-tuning)")
+                       "variational forwards; irs: snapshot heads; ovf+irs: both; nit: "
+                       "noise-injection baseline; none: plain fine-tuning (compile and train: "
+                       "without --neft, no fine-tuning)")
     group.add_argument("--neft-epochs", type=int, default=10, metavar="N",
                        help="fine-tuning epochs (default 10)")
     group.add_argument("--neft-lr", type=float, default=1e-3, metavar="LR",
@@ -77,8 +77,19 @@ def _add_fine_tuning_options(group: argparse._ArgumentGroup, required: bool) -> 
                        help="fine-tuning batch size (default 128, the paper's)")
     group.add_argument("--train-sigma", type=float, metavar="S",
                        help="device variation to train against (default: target's sigma_rel)")
-    group.add_argument("--beta", type=float, help="feedback strength (default: the paper's "
-                       "VGG-8/MNIST value, OVF 1e-3, IRS 1e-2)")
+    group.add_argument("--beta", type=float, help="feedback strength, >= 0 (default: the "
+                       "paper's VGG-8/MNIST value, OVF 1e-3, IRS 1e-2; ovf+irs 1e-2); 0 is the "
+                       "no-feedback control")
+    group.add_argument("--temperature", type=float, metavar="T", help="the loss divides the "
+                       "(combined) logits by T > 0 (default: N + 1 for ovf, irs, ovf+irs with N "
+                       "feedback terms, as the paper's loss; 1 for nit and none)")
+    group.add_argument("--sigma-schedule", choices=["constant", "ramp"], default="constant",
+                       help="training sigma over the steps: constant (default); ramp: linearly "
+                       "from 0 to the training sigma over the first half of the steps, then held")
+    group.add_argument("--bn-stats", choices=["frozen", "train"], default="frozen",
+                       help="BatchNorm while fine-tuning: frozen: the deployed statistics "
+                       "(default); train: batch statistics, the running statistics learned "
+                       "under the training noise (the paper's reference code)")
     group.add_argument("--train-noise", choices=["cell", "paper"], default="cell",
                        help="cell: exact per-weight equivalent of the chip's cell noise "
                        "(default); paper: the NeFT reference formula")
@@ -117,6 +128,7 @@ def neft_settings(args: argparse.Namespace):  # -> NeftSettings | None
                             sigma=args.train_sigma, beta=args.beta, lr=args.neft_lr,
                             batch_size=args.neft_batch_size, seed=args.seed, device=args.device,
                             noise=args.train_noise, taps=taps, per_channel=args.per_channel,
-                            calibration=args.calibration)
+                            calibration=args.calibration, temperature=args.temperature,
+                            sigma_schedule=args.sigma_schedule, bn_stats=args.bn_stats)
     settings.validate()
     return settings

@@ -34,7 +34,7 @@ from neftc.ir.node_info import crossbar_nodes
 from neftc.ir.pass_manager import PassContext, PassInstrument, PassManager, check_order
 from neftc.ir.pass_spec import pipeline_text
 from neftc.ir.quantization import Calibration
-from neftc.neft.finetune import DEFAULT_BETA, TrainLog
+from neftc.neft.finetune import TrainLog
 from neftc.neft.pipeline import (
     NeftSettings,
     num_outputs,
@@ -95,9 +95,12 @@ class CompileSettings:
             neft = NeftRecord(
                 mode=n.mode, data=n.data, epochs=n.epochs,
                 sigma=target.noise.sigma_rel if n.sigma is None else n.sigma,
-                beta=DEFAULT_BETA[n.mode] if n.beta is None else n.beta, lr=n.lr,
+                beta=n.resolved_beta(), lr=n.lr,
                 batch_size=n.batch_size, seed=n.seed, noise=n.noise,
-                final_loss=log.losses[-1] if log.losses else float("nan"))
+                final_loss=log.losses[-1] if log.losses else float("nan"),
+                temperature=n.resolved_temperature(), sigma_schedule=n.sigma_schedule,
+                bn_stats=n.bn_stats,
+                final_ce=log.ce_losses[-1] if log.ce_losses else float("nan"))
         normalize, place = _only(self.pipeline, Normalize), _only(self.pipeline, Place)
         return CompileOptions(per_channel=self.quantize.per_channel,
                               calibration=self.quantize.calibration, fold_bn=normalize.fold_bn,

@@ -7,6 +7,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import torch
+import torch.fx
 from torch import nn
 
 from neftc.atomic import atomic_file
@@ -18,7 +19,7 @@ from neftc.frontend.loader import load_model
 from neftc.frontend.trace import export_dynamic_batch, trace_module
 from neftc.frontend.zoo import build, zoo
 from neftc.ir.pass_manager import PassContext, PassManager
-from neftc.neft.pipeline import NeftSettings, run_neft
+from neftc.neft.pipeline import NeftSettings, loss_summary, run_neft
 from neftc.neft.train import TrainLog, accuracy, train_classifier
 from neftc.passes import Normalize
 from neftc.targets.spec import TargetSpec
@@ -68,13 +69,27 @@ def _zoo_data(arch: str, data: Dataset, spec: str) -> tuple[Dataset, int | None]
 
 def train_zoo_model(arch: str, data_spec: str, output: Path, *, epochs: int, lr: float,
                     batch_size: int, seed: int, device: str, neft: NeftSettings | None,
-                    target: TargetSpec, progress: bool = True) -> str:
+                    target: TargetSpec, progress: bool = True, from_scratch: bool = False) -> str:
+    """Train a zoo model and save it; with ``neft``, fine-tune it with NeFT after plain training,
+    or, with ``from_scratch``, train the new model with NeFT from the start (``epochs``, ``lr``,
+    ``batch_size`` replace the settings' fine-tuning ones; BatchNorm statistics learned under the
+    noise: a new model has none to freeze)."""
     data = load_dataset(data_spec)
     if len(data.train) == 0:
         raise DataError(f"data '{data_spec}' has no training split")
     data, vocab = _zoo_data(arch, data, data_spec)
     torch.manual_seed(seed)  # parameter initialisation
     model = build(arch, data.input_shape, data.num_classes, vocab).train().to(device)
+    example = data.test.x[:1]
+    if neft is not None and from_scratch:
+        scratch = replace(neft, epochs=epochs, lr=lr, batch_size=batch_size, bn_stats="train")
+        gm, log = _neft_stage(model.to("cpu").eval(), example, scratch, target, progress)
+        save_program(gm, example, output)
+        return "\n".join([
+            f"trained {arch} from scratch with NeFT {neft.mode} on {data.name} "
+            f"({len(data.train)} samples, {epochs} epochs, {log.seconds:.1f} s; "
+            f"{loss_summary(neft.mode, log)}): test accuracy "
+            f"{100 * accuracy(gm, data.test):.2f} %", f"wrote {output}"])
     train = data.train
     if device != "cpu":
         train = type(train)(train.x.to(device), train.y.to(device))
@@ -82,15 +97,22 @@ def train_zoo_model(arch: str, data_spec: str, output: Path, *, epochs: int, lr:
                              seed=seed, progress=progress, desc=f"train {arch}").to("cpu")
     lines = [f"trained {arch} on {data.name} ({len(data.train)} samples, {epochs} epochs): "
              f"test accuracy {100 * accuracy(model, data.test):.2f} %"]
-    example = data.test.x[:1]
     if neft is not None:
-        ctx = PassContext(target=target, example=example)
-        gm = PassManager([Normalize()]).run(trace_module(model, example), ctx)
-        gm, log = run_neft(gm, ctx, neft, progress=progress)
+        gm, log = _neft_stage(model, example, neft, target, progress)
         lines.append(f"fine-tuned with NeFT {neft.mode} ({neft.epochs} epochs, "
-                     f"{log.seconds:.1f} s): test accuracy {100 * accuracy(gm, data.test):.2f} %")
+                     f"{log.seconds:.1f} s; {loss_summary(neft.mode, log)}): test accuracy "
+                     f"{100 * accuracy(gm, data.test):.2f} %")
         save_program(gm, example, output)
     else:
         save_program(model.eval(), example, output)
     lines.append(f"wrote {output}")
     return "\n".join(lines)
+
+
+def _neft_stage(model: nn.Module, example: torch.Tensor, neft: NeftSettings, target: TargetSpec,
+                progress: bool) -> tuple[torch.fx.GraphModule, TrainLog]:
+    """NeFT on the normalised graph of an eager ``model`` (in eval form): the deployable graph
+    and the training log."""
+    ctx = PassContext(target=target, example=example)
+    gm = PassManager([Normalize()]).run(trace_module(model, example), ctx)
+    return run_neft(gm, ctx, neft, progress=progress)

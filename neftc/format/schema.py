@@ -68,7 +68,7 @@ class NeftRecord(_Strict):
     # Only what the same inputs reproduce: no wall-clock time (neftc compile prints it), so
     # compiling twice gives the same bytes.
 
-    mode: Literal["ovf", "irs", "nit", "none"]
+    mode: Literal["ovf", "irs", "ovf+irs", "nit", "none"]
     data: str
     epochs: int
     sigma: float = Field(description="training device variation, relative to the cell range")
@@ -77,7 +77,19 @@ class NeftRecord(_Strict):
     batch_size: int
     seed: int
     noise: Literal["cell", "paper"]
-    final_loss: float
+    final_loss: float = Field(description="the mode's objective, mean over the last epoch")
+    # Recorded since issue 13; absent in older layouts (their values were these defaults).
+    temperature: float | None = Field(
+        default=None, description="the loss temperature T used (the loss divides the combined "
+        "logits by T); absent in older layouts: N + 1 for ovf/irs, 1 for nit/none")
+    sigma_schedule: Literal["constant", "ramp"] = "constant"
+    bn_stats: Literal["frozen", "train"] = Field(
+        default="frozen", description="BatchNorm statistics during fine-tuning: frozen "
+        "(deployed statistics) or train (batch statistics, running statistics updated under "
+        "the training noise)")
+    final_ce: float | None = Field(
+        default=None, description="plain cross-entropy of the noisy backbone's logits at "
+        "temperature 1, mean over the last epoch: comparable across modes")
 
 
 class TensorRecord(_Strict):

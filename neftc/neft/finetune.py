@@ -1,33 +1,61 @@
 """NeFT fine-tuning driver: train a graph that carries noise and feedback points.
 
 Loss for a classifier with backbone logits ``out`` and N feedback logits ``out_n``
-(DESIGN.md section 5): ``CE((out - beta * sum_n gamma_n out_n) / (N + 1), y)``,
-``gamma_n = 10^-(n-1)``, nothing detached. OVF's ``out_n`` are extra forwards of the same batch and
-weights at ``sigma + offset_n`` with fresh noise; IRS's are the snapshot heads' logits. NIT is the
-plain cross-entropy with noisy weights; ``none`` the plain cross-entropy without noise.
+(DESIGN.md section 5, docs/neft.md): ``CE((out - beta * sum_n gamma_n out_n) / T, y)``,
+``gamma_n = 10^-(n-1)`` within each family, nothing detached; ``T`` is the temperature
+(``--temperature``; default :func:`default_temperature`: N + 1 with feedback, else 1). OVF's
+``out_n`` are extra forwards of the same batch and weights at ``sigma + offset_n`` with fresh
+noise; IRS's are the snapshot heads' logits; ``ovf+irs`` takes both (OVF's first). NIT is
+``CE(out / T, y)`` with noisy weights; ``none`` the same without noise.
 
-BatchNorm runs with its deployed (inference) statistics, frozen: the fine-tuned model is
-normalised exactly as the chip's digital periphery will normalise it.
+Every mode also logs the plain cross-entropy ``CE(out, y)`` of the noisy backbone's logits at
+temperature 1 (``TrainLog.ce_losses``, from the same forward): the training loss comparable across
+modes.
+
+The training sigma follows ``--sigma-schedule`` (:func:`scheduled_sigma`). BatchNorm runs with its
+deployed statistics, frozen (``bn_stats="frozen"``), or in training mode with its running
+statistics updated under the noise (``"train"``, ``neftc.neft.batchnorm``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Literal
 
 import torch
 import torch.fx
 import torch.nn.functional as F
 
 from neftc.datasets.base import Split
+from neftc.neft.batchnorm import BnStats, batch_norm_mode
 from neftc.neft.modules import FeedbackHead, WeightNoise
 from neftc.neft.train import Batch, BatchLoss, TrainLog, feed, train_loop
 from neftc.passes.insert_feedback import PLAN_KEY, FeedbackPlan
 
 # The paper's reference hyper-parameters (Qin et al., TCAD 2025): Adam, cosine schedule, batch 128;
 # beta (OVF, IRS): VGG-8/MNIST 1e-3, 1e-2; VGG-8/CIFAR-10 1e-3, 1e-1; ResNet-18/CIFAR-10 1e-1, 1e-3.
-DEFAULT_BETA = {"ovf": 1e-3, "irs": 1e-2, "nit": 0.0, "none": 0.0}
+# ovf+irs (not in the paper): IRS's value, the larger of the two.
+DEFAULT_BETA = {"ovf": 1e-3, "irs": 1e-2, "ovf+irs": 1e-2, "nit": 0.0, "none": 0.0}
 DEFAULT_LR = 1e-3
 DEFAULT_BATCH = 128
+
+SigmaSchedule = Literal["constant", "ramp"]
+SIGMA_SCHEDULES: tuple[SigmaSchedule, ...] = ("constant", "ramp")
+
+
+def default_temperature(mode: str, feedback_terms: int) -> float:
+    """The loss temperature when ``--temperature`` is not given: ``N + 1`` for a mode with N
+    feedback terms (ovf, irs, ovf+irs: the paper's loss), 1 for nit and none."""
+    return float(feedback_terms + 1) if mode in ("ovf", "irs", "ovf+irs") else 1.0
+
+
+def scheduled_sigma(schedule: SigmaSchedule, sigma: float, step: int, steps: int) -> float:
+    """The training sigma at ``step`` (from 0) of ``steps``: ``constant``: ``sigma``; ``ramp``:
+    ``sigma * min(1, step / R)`` with ``R = max(1, steps // 2)``, from 0 at the first step to
+    ``sigma`` at step R (half-way), then held."""
+    if schedule == "constant":
+        return sigma
+    return sigma * min(1.0, step / max(1, steps // 2))
 
 
 def _noise_modules(gm: torch.nn.Module) -> list[WeightNoise]:
@@ -40,45 +68,71 @@ def _set_sigma(modules: list[WeightNoise], sigma: float) -> None:
 
 
 def neft_loss(out: torch.Tensor, feedback: list[torch.Tensor], gammas: tuple[float, ...],
-              beta: float, y: torch.Tensor) -> torch.Tensor:
+              beta: float, y: torch.Tensor, temperature: float | None = None) -> torch.Tensor:
+    """``CE((out - beta * sum_n gamma_n out_n) / T, y)``; ``T`` default: ``len(feedback) + 1``."""
     combined = out
-    for gamma, out_n in zip(gammas, feedback):
+    for gamma, out_n in zip(gammas, feedback, strict=True):
         combined = combined - beta * gamma * out_n
-    return F.cross_entropy(combined / (len(feedback) + 1), y)
+    t = float(len(feedback) + 1) if temperature is None else temperature
+    return F.cross_entropy(combined / t, y)
 
 
-def _batch_loss(gm: torch.fx.GraphModule, plan: FeedbackPlan | None, mode: str, sigma: float,
-                noise: list[WeightNoise], heads: list[torch.nn.Module]) -> BatchLoss:
-    """The loss of one batch for ``mode``: the backbone at ``sigma``; OVF adds forwards at
-    ``sigma + offset_n``, IRS reads its heads' logits; with feedback, :func:`neft_loss`."""
+class _Sigma:
+    """The scheduled training sigma of the current step (set by the training loop's
+    ``before_step``)."""
 
-    def loss_of(model: torch.nn.Module, x: Batch, y: torch.Tensor) -> torch.Tensor:
-        _set_sigma(noise, sigma)
+    def __init__(self, schedule: SigmaSchedule, sigma: float) -> None:
+        self.schedule, self.sigma, self.value = schedule, sigma, sigma
+
+    def before_step(self, step: int, steps: int) -> None:
+        self.value = scheduled_sigma(self.schedule, self.sigma, step, steps)
+
+
+def _batch_loss(plan: FeedbackPlan | None, mode: str, sigma: _Sigma, noise: list[WeightNoise],
+                heads: list[FeedbackHead], temperature: float | None) -> BatchLoss:
+    """The loss of one batch for ``mode``: the backbone at the step's sigma; IRS reads its heads'
+    logits of that forward, OVF adds forwards at ``sigma + offset_n`` (heads off); with
+    feedback, :func:`neft_loss`, else the cross-entropy at the temperature. Also returns the
+    backbone's plain cross-entropy (temperature 1, detached)."""
+
+    def loss_of(model: torch.nn.Module, x: Batch,
+                y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        _set_sigma(noise, sigma.value)
         out = feed(model, x)
         feedback: list[torch.Tensor] = []
-        if mode == "ovf" and plan is not None:
+        if heads:
+            feedback = [head.logits for head in heads if head.logits is not None]
+        if plan is not None and plan.sigma_offsets and mode in ("ovf", "ovf+irs"):
+            for head in heads:
+                head.active = False
+            ovf = []
             for offset in plan.sigma_offsets:
-                _set_sigma(noise, sigma + offset)
-                feedback.append(feed(model, x))
-            _set_sigma(noise, sigma)
-        elif mode == "irs":
-            feedback = [head.logits for head in heads if isinstance(head, FeedbackHead)
-                        and head.logits is not None]
+                _set_sigma(noise, sigma.value + offset)
+                ovf.append(feed(model, x))
+            for head in heads:
+                head.active = True
+            _set_sigma(noise, sigma.value)
+            feedback = ovf + feedback
+        ce = F.cross_entropy(out.detach(), y)
         if feedback and plan is not None:
-            return neft_loss(out, feedback, plan.gammas, plan.beta, y)
-        return F.cross_entropy(out, y)
+            return neft_loss(out, feedback, plan.gammas, plan.beta, y, temperature), ce
+        t = default_temperature(mode, 0) if temperature is None else temperature
+        return F.cross_entropy(out / t, y), ce
 
     return loss_of
 
 
 def finetune(gm: torch.fx.GraphModule, data: Split, *, sigma: float, epochs: int,
              lr: float = DEFAULT_LR, batch_size: int = DEFAULT_BATCH, seed: int = 0,
-             device: str = "cpu", progress: bool = True,
+             device: str = "cpu", progress: bool = True, temperature: float | None = None,
+             sigma_schedule: SigmaSchedule = "constant", bn_stats: BnStats = "frozen",
              on_epoch: Callable[[int, float], None] | None = None) -> TrainLog:
     """Fine-tune ``gm`` in place on ``data`` according to its feedback plan (``gm.meta['neft']``;
     without one: plain NIT if noise modules are present, else plain training), through the one
     training loop (:func:`neftc.neft.train.train_loop`). The training noise is drawn from
-    ``seed``, the batch order from ``seed + 1``."""
+    ``seed``, the batch order from ``seed + 1``. ``temperature`` None: the mode's default
+    (:func:`default_temperature`); ``sigma_schedule``: :func:`scheduled_sigma`; ``bn_stats``:
+    ``neftc.neft.batchnorm``. The graph's code is the same afterwards in every case."""
     plan: FeedbackPlan | None = gm.meta.get(PLAN_KEY)
     mode = plan.mode if plan is not None else "nit"
     noise = _noise_modules(gm)
@@ -86,11 +140,16 @@ def finetune(gm: torch.fx.GraphModule, data: Split, *, sigma: float, epochs: int
     generator = torch.Generator(device=device).manual_seed(seed)
     for module in noise:
         module.generator = generator
-    heads = [gm.get_submodule(name) for name in plan.heads] if plan and mode == "irs" else []
-    log = train_loop(gm, data, _batch_loss(gm, plan, mode, sigma, noise, heads), epochs=epochs,
-                     lr=lr, batch_size=batch_size, order=torch.Generator().manual_seed(seed + 1),
-                     device=device, progress=progress, desc=f"neft {mode}",
-                     what=f"NeFT {mode} fine-tuning", on_epoch=on_epoch)
+    heads = [head for head in (gm.get_submodule(name) for name in plan.heads)
+             if isinstance(head, FeedbackHead)] if plan is not None else []
+    scheduled = _Sigma(sigma_schedule, sigma)
+    with batch_norm_mode(gm, bn_stats):
+        log = train_loop(gm, data, _batch_loss(plan, mode, scheduled, noise, heads, temperature),
+                         epochs=epochs, lr=lr, batch_size=batch_size,
+                         order=torch.Generator().manual_seed(seed + 1), device=device,
+                         progress=progress, desc=f"neft {mode}",
+                         what=f"NeFT {mode} fine-tuning", on_epoch=on_epoch,
+                         before_step=scheduled.before_step)
     gm.eval()
     gm.to("cpu")
     return log

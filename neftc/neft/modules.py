@@ -8,7 +8,8 @@
   fresh draws every forward from an explicit ``torch.Generator``. In eval mode it is the identity.
 - ``FeedbackHead`` (IRS) passes its input through unchanged and, in training mode, computes
   snapshot logits ``AdaptiveAvgPool -> flatten -> Linear(., hidden) -> ReLU -> Linear(hidden, K)``
-  with noisy weights, kept in ``self.logits`` for the negative-feedback loss.
+  with noisy weights, kept in ``self.logits`` for the negative-feedback loss (unless
+  ``active`` is off: ``ovf+irs`` switches the heads off during its extra OVF forwards).
 """
 
 from __future__ import annotations
@@ -134,9 +135,10 @@ class FeedbackHead(nn.Module):
         self.noise1 = WeightNoise(device_noise, sigma)
         self.noise2 = WeightNoise(device_noise, sigma)
         self.logits: torch.Tensor | None = None
+        self.active = True
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.training:
+        if self.training and self.active:
             h = x
             if self.spatial_dims == 2:
                 h = F.adaptive_avg_pool2d(h, self.pool_size)

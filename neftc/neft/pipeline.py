@@ -17,11 +17,12 @@ import torch.fx
 
 from neftc.bounds import (
     MAX_BATCH_SIZE,
-    MAX_BETA,
     MAX_EPOCHS,
     MAX_IRS_TAPS,
     MAX_LR,
     MAX_SEED,
+    MAX_TEMPERATURE,
+    check_beta,
     check_number,
 )
 from neftc.datasets.base import Dataset, check_compatible
@@ -31,14 +32,24 @@ from neftc.devices import resolve_device
 from neftc.errors import DataError, NeftcError
 from neftc.ir.pass_manager import PassContext, PassInstrument, PassManager
 from neftc.ir.quantization import Calibration
-from neftc.neft.finetune import DEFAULT_BATCH, DEFAULT_BETA, DEFAULT_LR, TrainLog, finetune
+from neftc.neft.batchnorm import BN_STATS, BnStats
+from neftc.neft.finetune import (
+    DEFAULT_BATCH,
+    DEFAULT_BETA,
+    DEFAULT_LR,
+    SIGMA_SCHEDULES,
+    SigmaSchedule,
+    TrainLog,
+    default_temperature,
+    finetune,
+)
 from neftc.passes.inject_noise import InjectNoise
 from neftc.passes.insert_feedback import InsertFeedback, NeftMode
 from neftc.passes.quantize import Quantize
 from neftc.passes.strip_training import StripTraining
 from neftc.targets.spec import SIGMA_REL_MAX, TargetSpec
 
-NEFT_MODES: tuple[NeftMode, ...] = ("ovf", "irs", "nit", "none")
+NEFT_MODES: tuple[NeftMode, ...] = ("ovf", "irs", "ovf+irs", "nit", "none")
 
 
 @dataclass(frozen=True)
@@ -60,6 +71,25 @@ class NeftSettings:
     # quantize pass, and refuses values here that disagree with it.
     per_channel: bool | None = None
     calibration: Calibration | None = None
+    # Loss temperature (None: default_temperature, N + 1 with feedback, else 1), the training
+    # sigma's schedule over the steps, and BatchNorm's statistics while fine-tuning.
+    temperature: float | None = None
+    sigma_schedule: SigmaSchedule = "constant"
+    bn_stats: BnStats = "frozen"
+
+    def resolved_beta(self) -> float:
+        """The feedback strength used: ``beta``, or the mode's default."""
+        return DEFAULT_BETA[self.mode] if self.beta is None else self.beta
+
+    def resolved_temperature(self) -> float:
+        """The loss temperature used: ``temperature``, or the mode's default for its number of
+        feedback terms (OVF: one per sigma offset; IRS: one per tap)."""
+        if self.temperature is not None:
+            return self.temperature
+        offsets = len(self.sigma_offsets) if self.mode in ("ovf", "ovf+irs") else 0
+        taps = (self.taps if isinstance(self.taps, int) else len(self.taps)) \
+            if self.mode in ("irs", "ovf+irs") else 0
+        return default_temperature(self.mode, offsets + taps)
 
     def chip_quantize(self) -> Quantize:
         """The quantize pass of the chip these settings train for, outside a compile."""
@@ -78,7 +108,15 @@ class NeftSettings:
         if self.sigma is not None:
             check_number("--train-sigma", self.sigma, 0, SIGMA_REL_MAX)
         if self.beta is not None:
-            check_number("--beta", self.beta, 0, MAX_BETA)
+            check_beta("--beta", self.beta)
+        if self.temperature is not None:
+            check_number("--temperature", self.temperature, 0, MAX_TEMPERATURE, low_open=True)
+        if self.sigma_schedule not in SIGMA_SCHEDULES:
+            raise NeftcError(f"unknown sigma schedule '{self.sigma_schedule}'; use one of "
+                             f"{', '.join(SIGMA_SCHEDULES)}")
+        if self.bn_stats not in BN_STATS:
+            raise NeftcError(f"unknown BatchNorm statistics '{self.bn_stats}'; use one of "
+                             f"{', '.join(BN_STATS)}")
         for offset in self.sigma_offsets:
             check_number("sigma_offsets", offset, 0, SIGMA_REL_MAX)
         if isinstance(self.taps, int):
@@ -125,11 +163,20 @@ def training_passes(settings: NeftSettings, target: TargetSpec, classes: int,
         return []
     quantize = settings.chip_quantize() if quantize is None else quantize
     sigma = target.noise.sigma_rel if settings.sigma is None else settings.sigma
-    beta = DEFAULT_BETA[settings.mode] if settings.beta is None else settings.beta
+    beta = settings.resolved_beta()
     return [InjectNoise(sigma=sigma, mode=settings.noise, quantize=quantize),
             InsertFeedback(mode=settings.mode, beta=beta, sigma=sigma, num_classes=classes,
                            sigma_offsets=settings.sigma_offsets, taps=settings.taps,
                            noise_mode=settings.noise, seed=settings.seed, quantize=quantize)]
+
+
+def loss_summary(mode: str, log: TrainLog) -> str:
+    """The final epoch's losses as the CLI prints them: the mode's objective, and the noisy
+    cross-entropy at temperature 1, the one comparable across modes."""
+    if not log.losses:
+        return "no epochs"
+    return (f"final {mode} objective {log.losses[-1]:.4f}, final noisy cross-entropy "
+            f"{log.ce_losses[-1]:.4f} (comparable across modes)")
 
 
 def run_neft(gm: torch.fx.GraphModule, ctx: PassContext, settings: NeftSettings, *,
@@ -158,9 +205,10 @@ def run_training_passes(gm: torch.fx.GraphModule, ctx: PassContext, settings: Ne
     gm = PassManager(passes, instruments).run(gm, ctx)
     log = finetune(gm, data.train, sigma=sigma, epochs=settings.epochs, lr=settings.lr,
                    batch_size=settings.batch_size, seed=settings.seed, device=settings.device,
-                   progress=progress)
+                   progress=progress, temperature=settings.resolved_temperature(),
+                   sigma_schedule=settings.sigma_schedule, bn_stats=settings.bn_stats)
     if on_pass is not None:
         on_pass(f"fine-tune ({settings.mode}, {settings.epochs} epochs, "
-                f"{log.seconds:.1f} s)", True)
+                f"{log.seconds:.1f} s; {loss_summary(settings.mode, log)})", True)
     gm = PassManager([StripTraining()], instruments).run(gm, ctx)
     return gm, log

@@ -45,14 +45,18 @@ class TrainLog:
     epochs: int
     steps: int
     seconds: float
-    losses: list[float] = field(default_factory=list)  # mean loss per epoch
+    losses: list[float] = field(default_factory=list)  # mean objective per epoch
+    #: Mean plain cross-entropy per epoch of the (noisy) backbone's logits at temperature 1: the
+    #: training loss that is comparable across NeFT modes (plain training: equal to ``losses``).
+    ce_losses: list[float] = field(default_factory=list)
 
 
 #: A batch of inputs: one tensor, or a tuple of tensors (x, then the extras) in the model's order.
 Batch = torch.Tensor | tuple[torch.Tensor, ...]
 
-# The loss of one batch: (model, x, y) -> scalar loss.
-BatchLoss = Callable[[nn.Module, Batch, torch.Tensor], torch.Tensor]
+# The loss of one batch: (model, x, y) -> (objective to minimise, plain cross-entropy of the
+# backbone's logits at temperature 1, detached: the comparable loss ``TrainLog.ce_losses`` logs).
+BatchLoss = Callable[[nn.Module, Batch, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 
 
 def feed(model: Callable[..., torch.Tensor], x: Batch) -> torch.Tensor:
@@ -72,10 +76,13 @@ def batch_of(data: Split, index: torch.Tensor | slice, device: str | torch.devic
 def train_loop(model: nn.Module, data: Split, loss_of: BatchLoss, *, epochs: int, lr: float,
                batch_size: int, order: torch.Generator, device: str = "cpu",
                progress: bool = True, desc: str = "train", what: str = "training",
-               on_epoch: Callable[[int, float], None] | None = None) -> TrainLog:
+               on_epoch: Callable[[int, float], None] | None = None,
+               before_step: Callable[[int, int], None] | None = None) -> TrainLog:
     """The one training loop (plain training and NeFT fine-tuning): Adam over the parameters that
     require gradients, a cosine schedule over all steps, batches in the order drawn from ``order``
-    each epoch. ``loss_of(model, x, y)`` computes a batch's loss. A NaN or infinite loss or weight
+    each epoch. ``loss_of(model, x, y)`` computes a batch's objective and plain cross-entropy;
+    ``before_step(step, steps)``, if given, is called before each step with the step index
+    (from 0, over all epochs) and the number of steps. A NaN or infinite loss or weight
     stops it with a :class:`~neftc.errors.NeftcError` naming the step; ``what`` names the job in
     that message. Leaves ``model`` in training mode on ``device``."""
     params = [p for p in model.parameters() if p.requires_grad]
@@ -88,21 +95,25 @@ def train_loop(model: nn.Module, data: Split, loss_of: BatchLoss, *, epochs: int
     bar = tqdm(total=epochs * per_epoch, desc=desc, disable=not progress, leave=False)
     for epoch in range(epochs):
         permutation = torch.randperm(len(data), generator=order)
-        total, count = 0.0, 0
+        total, total_ce, count = 0.0, 0.0, 0
         for step, first in enumerate(range(0, len(data), batch_size)):
             idx = permutation[first:first + batch_size]
-            loss = loss_of(model, batch_of(data, idx, device), data.y[idx].to(device))
+            if before_step is not None:
+                before_step(log.steps, epochs * per_epoch)
+            loss, ce = loss_of(model, batch_of(data, idx, device), data.y[idx].to(device))
             check_loss(loss, epoch, epochs, step, per_epoch, what=what)
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
             schedule.step()
             total += float(loss.detach()) * len(idx)
+            total_ce += float(ce.detach()) * len(idx)
             count += len(idx)
             log.steps += 1
             bar.set_postfix(loss=f"{float(loss.detach()):.3f}")
             bar.update()
         log.losses.append(total / max(count, 1))
+        log.ce_losses.append(total_ce / max(count, 1))
         if on_epoch is not None:
             on_epoch(epoch, log.losses[-1])
     bar.close()
@@ -111,8 +122,10 @@ def train_loop(model: nn.Module, data: Split, loss_of: BatchLoss, *, epochs: int
     return log
 
 
-def _cross_entropy(model: nn.Module, x: Batch, y: torch.Tensor) -> torch.Tensor:
-    return F.cross_entropy(feed(model, x), y)
+def _cross_entropy(model: nn.Module, x: Batch,
+                   y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    loss = F.cross_entropy(feed(model, x), y)
+    return loss, loss.detach()
 
 
 def train_classifier(model: nn.Module, data: Split, *, epochs: int, lr: float = 1e-3,
