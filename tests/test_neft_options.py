@@ -318,3 +318,17 @@ def test_train_from_scratch(tmp_path, capsys) -> None:
     code = main(["train", "lenet", "--from-scratch", "-o", str(tmp_path / "x.pt2"), "-q"])
     err = capsys.readouterr().err
     assert code == 2 and "--from-scratch" in err and "Traceback" not in err
+
+
+def test_bn_stats_train_refuses_a_batch_of_one(fefet, small) -> None:
+    """aten.batch_norm in training mode on one value per channel writes NaN into the running
+    variance without an error: such a split is refused before training, naming the fix."""
+    from neftc.errors import NeftcError
+
+    gm, _ = tiny_bn_graph(fefet)
+    odd = Split(small.x[:33], small.y[:33])
+    before = running_stats(gm)
+    with pytest.raises(NeftcError, match="--neft-batch-size"):
+        finetune(gm, odd, sigma=SIGMA, epochs=1, batch_size=32, progress=False, bn_stats="train")
+    assert all(torch.equal(a, b) for a, b in zip(before, running_stats(gm)))
+    finetune(gm, odd, sigma=SIGMA, epochs=1, batch_size=32, progress=False)  # frozen: fine

@@ -20,6 +20,8 @@ from typing import Literal
 import torch
 import torch.fx
 
+from neftc.errors import NeftcError
+
 BnStats = Literal["frozen", "train"]
 BN_STATS: tuple[BnStats, ...] = ("frozen", "train")
 #: Position of ``training`` in ``aten.batch_norm.default``'s arguments.
@@ -56,3 +58,18 @@ def batch_norm_mode(gm: torch.fx.GraphModule, stats: BnStats) -> Iterator[int]:
         yield len(nodes)
     finally:
         _set_training(gm, nodes, before)
+
+
+def check_batches(gm: torch.fx.GraphModule, stats: BnStats, samples: int,
+                  batch_size: int) -> None:
+    """Refuse ``train`` statistics when a batch would hold one sample: a BatchNorm in training
+    mode that sees one value per channel (after a linear layer) computes no variance, and
+    ``aten.batch_norm`` then writes NaN into the running variance without an error."""
+    if stats != "train" or not batch_norm_nodes(gm):
+        return
+    if batch_size == 1 or samples % batch_size == 1:
+        raise NeftcError(f"--bn-stats train with {samples} training samples in batches of "
+                         f"{batch_size} leaves a batch of one sample, whose BatchNorm "
+                         "statistics are undefined (the running variance would become NaN); "
+                         "choose another --neft-batch-size (at least 2, not dividing "
+                         f"{samples - 1}), or --bn-stats frozen")

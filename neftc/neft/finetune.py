@@ -27,7 +27,7 @@ import torch.fx
 import torch.nn.functional as F
 
 from neftc.datasets.base import Split
-from neftc.neft.batchnorm import BnStats, batch_norm_mode
+from neftc.neft.batchnorm import BnStats, batch_norm_mode, check_batches
 from neftc.neft.modules import FeedbackHead, WeightNoise
 from neftc.neft.train import Batch, BatchLoss, TrainLog, feed, train_loop
 from neftc.passes.insert_feedback import PLAN_KEY, FeedbackPlan
@@ -133,6 +133,7 @@ def finetune(gm: torch.fx.GraphModule, data: Split, *, sigma: float, epochs: int
     ``seed``, the batch order from ``seed + 1``. ``temperature`` None: the mode's default
     (:func:`default_temperature`); ``sigma_schedule``: :func:`scheduled_sigma`; ``bn_stats``:
     ``neftc.neft.batchnorm``. The graph's code is the same afterwards in every case."""
+    check_batches(gm, bn_stats, len(data), batch_size)
     plan: FeedbackPlan | None = gm.meta.get(PLAN_KEY)
     mode = plan.mode if plan is not None else "nit"
     noise = _noise_modules(gm)
