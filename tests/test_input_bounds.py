@@ -362,6 +362,8 @@ def test_cifar_pickle_cannot_allocate_or_expand(tmp_path: Path) -> None:
     (["--batch-size", "0"], "--batch-size must be an integer >= 1"),
     (["--batch-size", "10000000"], "--batch-size must be an integer >= 1 and <= 65536"),
     (["--calib-samples", "0"], "--calib-samples must be an integer >= 1"),
+    (["--bn-recalibrate", "0"], "--bn-recalibrate must be an integer >= 1 and <= 16384, got 0"),
+    (["--bn-recalibrate", "20000"], "--bn-recalibrate must be an integer >= 1 and <= 16384"),
 ])
 def test_verify_flags_are_bounded(capsys, tmp_path: Path, argv: list[str], needle: str) -> None:
     # checked before the layout is even looked at (it does not exist)
