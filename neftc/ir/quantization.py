@@ -38,6 +38,32 @@ def weight_scales(matrix: torch.Tensor, qmax: int, *, per_channel: bool = False,
     return (bound / qmax).to(torch.float32).to(torch.float64).reshape(1, -1)
 
 
+def scale_gradient(matrix: torch.Tensor, *, per_channel: bool = False,
+                   calibration: Calibration = "max-abs",
+                   percentile: float = DEFAULT_PERCENTILE) -> torch.Tensor:
+    """The gradient of the quantisation scale, carried by a factor that equals 1: ``[1, C_out]``
+    or ``[1, 1]``, ``bound / bound.detach()`` with ``bound`` the differentiable form of the
+    ``weight_scales`` bound (max of ``|W|``, or the ``percentile`` of ``|W|`` interpolated
+    linearly between order statistics as numpy does), per layer or per output channel, of a
+    crossbar matrix ``[rows, C_out]`` that is *not* detached. Multiplying a noise std computed
+    from the detached scales by it leaves every value unchanged and lets the gradient see that
+    the chip's noise grows with the scale (``neftc.neft.modules.WeightNoise``)."""
+    magnitude = matrix.abs()
+    if calibration == "max-abs":
+        bound = magnitude.amax(dim=0) if per_channel else magnitude.amax().reshape(1)
+    elif calibration == "percentile":
+        ordered = torch.sort(magnitude if per_channel else magnitude.reshape(-1, 1),
+                             dim=0).values
+        position = percentile / 100 * (ordered.shape[0] - 1)
+        low = int(position)
+        high = min(low + 1, ordered.shape[0] - 1)
+        bound = ordered[low] + (ordered[high] - ordered[low]) * (position - low)
+    else:
+        raise NeftcError(f"unknown calibration '{calibration}'; use max-abs or percentile")
+    bound = torch.where(bound > 0, bound, torch.ones_like(bound))
+    return (bound / bound.detach()).reshape(1, -1)
+
+
 def quantize_matrix(matrix: torch.Tensor, qmax: int, *, per_channel: bool = False,
                     calibration: Calibration = "max-abs",
                     percentile: float = DEFAULT_PERCENTILE) -> tuple[torch.Tensor, torch.Tensor]:
