@@ -32,6 +32,8 @@ class InjectNoise:
     mode: TrainNoiseMode = "cell"
     # The chip's quantize pass: the noise is computed from its integer weights and scales.
     quantize: Quantize = field(default_factory=Quantize)
+    # The noise std carries the gradient of the quantisation scale (WeightNoise.scale_gradient).
+    scale_gradient: bool = True
 
     name: ClassVar[str] = "inject-noise"
     requires: ClassVar[frozenset[Fact]] = frozenset({Fact.NORMALIZED})
@@ -51,12 +53,15 @@ class InjectNoise:
             if weight.op == "call_module" and str(weight.target).startswith(NOISE_PREFIX):
                 module = gm.get_submodule(str(weight.target))
                 assert isinstance(module, WeightNoise)
-                if module.sigma != self.sigma or module.device_noise != device_noise:
+                if (module.sigma, module.device_noise, module.scale_gradient) != (
+                        self.sigma, device_noise, self.scale_gradient):
                     module.sigma, module.device_noise = self.sigma, device_noise
+                    module.scale_gradient = self.scale_gradient
                     modified = True
                 continue
             name = f"{NOISE_PREFIX}{index}"
-            gm.add_submodule(name, WeightNoise(device_noise, self.sigma))
+            gm.add_submodule(name, WeightNoise(device_noise, self.sigma,
+                                                   self.scale_gradient))
             with gm.graph.inserting_before(node):
                 noisy = gm.graph.call_module(name, (weight,))
             node.replace_input_with(weight, noisy)

@@ -90,6 +90,11 @@ def _add_fine_tuning_options(group: argparse._ArgumentGroup, required: bool) -> 
                        help="BatchNorm while fine-tuning: frozen: the deployed statistics "
                        "(default); train: batch statistics, the running statistics learned "
                        "under the training noise (the paper's reference code)")
+    group.add_argument("--no-scale-gradient", dest="scale_gradient", action="store_false",
+                       help="treat the training noise's std as a constant (the NeFT reference "
+                       "code); by default its gradient includes how the chip's noise grows with "
+                       "the quantisation scale (the largest weight), so training can narrow "
+                       "the weight range")
     group.add_argument("--train-noise", choices=["cell", "paper"], default="cell",
                        help="cell: exact per-weight equivalent of the chip's cell noise "
                        "(default); paper: the NeFT reference formula")
@@ -129,6 +134,7 @@ def neft_settings(args: argparse.Namespace):  # -> NeftSettings | None
                             batch_size=args.neft_batch_size, seed=args.seed, device=args.device,
                             noise=args.train_noise, taps=taps, per_channel=args.per_channel,
                             calibration=args.calibration, temperature=args.temperature,
-                            sigma_schedule=args.sigma_schedule, bn_stats=args.bn_stats)
+                            sigma_schedule=args.sigma_schedule, bn_stats=args.bn_stats,
+                            scale_gradient=args.scale_gradient)
     settings.validate()
     return settings

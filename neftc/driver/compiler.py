@@ -99,7 +99,7 @@ class CompileSettings:
                 batch_size=n.batch_size, seed=n.seed, noise=n.noise,
                 final_loss=log.losses[-1] if log.losses else float("nan"),
                 temperature=n.resolved_temperature(), sigma_schedule=n.sigma_schedule,
-                bn_stats=n.bn_stats,
+                bn_stats=n.bn_stats, scale_gradient=n.scale_gradient,
                 final_ce=log.ce_losses[-1] if log.ce_losses else float("nan"))
         normalize, place = _only(self.pipeline, Normalize), _only(self.pipeline, Place)
         return CompileOptions(per_channel=self.quantize.per_channel,

@@ -87,6 +87,9 @@ class NeftRecord(_Strict):
         default="frozen", description="BatchNorm statistics during fine-tuning: frozen "
         "(deployed statistics) or train (batch statistics, running statistics updated under "
         "the training noise)")
+    scale_gradient: bool | None = Field(
+        default=None, description="the training noise's std carried the gradient of the "
+        "quantisation scale; absent in older layouts (false: a constant std)")
     final_ce: float | None = Field(
         default=None, description="plain cross-entropy of the noisy backbone's logits at "
         "temperature 1, mean over the last epoch: comparable across modes")

@@ -22,7 +22,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from neftc.format import encoding as cell_encoding
-from neftc.ir.quantization import DEFAULT_PERCENTILE, Calibration, quantize_matrix
+from neftc.ir.quantization import (
+    DEFAULT_PERCENTILE,
+    Calibration,
+    quantize_matrix,
+    scale_gradient,
+)
 from neftc.ir.weights import weight_matrix
 from neftc.targets.device_model import paper_weight_std, weight_std_levels
 from neftc.targets.spec import TargetSpec
@@ -75,6 +80,20 @@ class DeviceNoise:
                               sigma=sigma, state_ratio=self.state_ratio)
         return (std * scales).t().reshape(w.shape).to(w.dtype)
 
+    def scale_factor(self, weight: torch.Tensor) -> torch.Tensor:
+        """A factor equal to 1, broadcastable to ``weight`` [C_out, ...], that carries the
+        gradient of the chip's quantisation scale with respect to ``weight``
+        (``neftc.ir.quantization.scale_gradient``; the paper formula's scale is the layer's
+        max |W|). ``weight_std(w, sigma) * scale_factor(w)`` has the values of ``weight_std``
+        and the chip's dependence of the noise on the scale."""
+        matrix = weight.reshape(weight.shape[0], -1).t()
+        if self.mode == "paper":
+            factor = scale_gradient(matrix)
+        else:
+            factor = scale_gradient(matrix, per_channel=self.per_channel,
+                                    calibration=self.calibration, percentile=self.percentile)
+        return factor.reshape((-1,) + (1,) * (weight.dim() - 1))
+
 
 def cell_weight_std(q: torch.Tensor, *, bits: int, cell_bits: int,
                     encoding: cell_encoding.SignEncoding, sigma: float,
@@ -89,10 +108,18 @@ def cell_weight_std(q: torch.Tensor, *, bits: int, cell_bits: int,
 
 
 class WeightNoise(nn.Module):
-    def __init__(self, device_noise: DeviceNoise, sigma: float) -> None:
+    """``weight + std * z`` in training mode. With ``scale_gradient`` (the default) the std
+    carries the gradient of the quantisation scale (``DeviceNoise.scale_factor``): on the chip
+    the noise of every weight is proportional to its layer's (or channel's) scale, set by the
+    largest weight, so training can lower the noise by narrowing the weight range; without it
+    the std is a constant to the optimiser (the NeFT reference code's noise)."""
+
+    def __init__(self, device_noise: DeviceNoise, sigma: float,
+                 scale_gradient: bool = True) -> None:
         super().__init__()
         self.device_noise = device_noise
         self.sigma = float(sigma)
+        self.scale_gradient = scale_gradient
         self.generator: torch.Generator | None = None
 
     def forward(self, weight: torch.Tensor) -> torch.Tensor:
@@ -101,6 +128,8 @@ class WeightNoise(nn.Module):
         if self.generator is None:
             raise RuntimeError("WeightNoise needs a torch.Generator; the NeFT trainer sets it")
         std = self.device_noise.weight_std(weight, self.sigma)
+        if self.scale_gradient:
+            std = std * self.device_noise.scale_factor(weight)
         noise = torch.randn(weight.shape, generator=self.generator, device=weight.device)
         return weight + std * noise
 
@@ -108,7 +137,8 @@ class WeightNoise(nn.Module):
         noise = self.device_noise
         quant = "" if noise.mode == "paper" else (
             f", per_channel={noise.per_channel}, calibration={noise.calibration}")
-        return f"sigma={self.sigma}, mode={noise.mode}{quant}"
+        return (f"sigma={self.sigma}, mode={noise.mode}{quant}, "
+                f"scale_gradient={self.scale_gradient}")
 
 
 def _linear(in_features: int, out_features: int, generator: torch.Generator) -> nn.Linear:

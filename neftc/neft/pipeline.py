@@ -76,6 +76,9 @@ class NeftSettings:
     temperature: float | None = None
     sigma_schedule: SigmaSchedule = "constant"
     bn_stats: BnStats = "frozen"
+    # The training noise's std carries the gradient of the chip's quantisation scale
+    # (WeightNoise.scale_gradient); False: a constant std, as the NeFT reference code.
+    scale_gradient: bool = True
 
     def resolved_beta(self) -> float:
         """The feedback strength used: ``beta``, or the mode's default."""
@@ -164,7 +167,8 @@ def training_passes(settings: NeftSettings, target: TargetSpec, classes: int,
     quantize = settings.chip_quantize() if quantize is None else quantize
     sigma = target.noise.sigma_rel if settings.sigma is None else settings.sigma
     beta = settings.resolved_beta()
-    return [InjectNoise(sigma=sigma, mode=settings.noise, quantize=quantize),
+    return [InjectNoise(sigma=sigma, mode=settings.noise, quantize=quantize,
+                        scale_gradient=settings.scale_gradient),
             InsertFeedback(mode=settings.mode, beta=beta, sigma=sigma, num_classes=classes,
                            sigma_offsets=settings.sigma_offsets, taps=settings.taps,
                            noise_mode=settings.noise, seed=settings.seed, quantize=quantize)]
