@@ -1,12 +1,26 @@
-"""NeFT vs noise-injection vs no fine-tuning on the built-in digits data, over device variation.
+"""NeFT vs noise injection vs no fine-tuning, over device variation, with the controls that
+separate the mechanisms (loss temperature, feedback strength, compute). Regenerates
+``docs/results.md``.
 
-For each training seed: train a LeNet on digits (plain), save it with torch.export; for each
-target device model, compile it without fine-tuning and with NeFT NIT, OVF and IRS fine-tuning
-at ``--train-sigma``; then Monte-Carlo verify every layout at each sigma (cell-level noise, ideal
-periphery, as the paper's protocol is weight-level). Prints a markdown report (docs/results.md).
+For each training seed: train a zoo model (plain), save it with torch.export; for each target
+device model and each *method*, compile it (NeFT fine-tuning inside the compile) and Monte-Carlo
+verify the layout at each sigma, with ideal periphery and/or the target's DAC/ADC. Every run is
+appended to a JSON-lines store (``--store``), so an interrupted sweep resumes where it stopped
+and ``--report-only`` renders the markdown from the store.
 
-    python benchmarks/neft_results.py --seeds 0 1 2 --targets rram1_128x128 fefet6_128x128 \\
-        --train-sigma 0.3 --sigmas 0.1 0.2 0.3 0.4 --mc 100 > docs/results.md
+A method is ``name=spec``: ``spec`` is ``none`` (no fine-tuning) or a NeFT mode followed by
+``NeftSettings`` overrides, e.g. ``nit``, ``ovf``, ``nit-T4=nit,temperature=4``,
+``irs-b0=irs,beta=0``, ``nit-x4=nit,epochs=20`` (``epochs`` defaults to ``--neft-epochs``);
+``per_channel=1`` compiles the chip with per-channel scales (the compile's ``--per-channel``,
+which NeFT then trains against), e.g. ``recipe=nit,temperature=4,per_channel=1``.
+Within one seed, every layout is verified on the same chip instances (same ``(seed, chip)``
+draws), so differences between methods are paired per seed.
+
+Built-in digits (the quick table):
+
+    OMP_NUM_THREADS=1 python benchmarks/neft_results.py --mc 100 > docs/results.md
+
+Fashion-MNIST (``../shared/data/fashion-mnist``), see docs/results.md for the exact commands.
 """
 
 from __future__ import annotations
@@ -14,119 +28,252 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sys
-import tempfile
 import time
+from dataclasses import fields
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
-from neftc.datasets.digits import load_digits
+from neftc.datasets.spec import load_dataset
 from neftc.driver.compiler import CompileSettings, compile_model
 from neftc.flow.verify import VerifySettings, run_verify
-from neftc.frontend.zoo import build
+from neftc.frontend.zoo import VGG8, build
 from neftc.neft.pipeline import NeftSettings
 from neftc.neft.train import accuracy, train_classifier
 from neftc.targets import resolve_target
 
-METHODS = ("baseline", "nit", "ovf", "irs")
+DEFAULT_METHODS = ("none=none", "nit=nit", "ovf=ovf", "irs=irs")
+# Student t 0.975 quantiles by degrees of freedom (n - 1).
+T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306,
+        9: 2.262}
 
 
-def run(args: argparse.Namespace) -> dict:
-    results: dict = {"config": {k: v for k, v in vars(args).items() if k != "json"}, "runs": []}
-    work = Path(tempfile.mkdtemp(prefix="neft-results-"))
+def parse_method(text: str, neft_epochs: int) -> tuple[str, dict[str, Any] | None, bool]:
+    """``name=spec`` -> (name, NeftSettings keyword overrides or None for no fine-tuning,
+    per-channel chip)."""
+    name, _, spec = text.partition("=")
+    spec = spec or name
+    parts = spec.split(",")
+    per_channel = False
+    options: dict[str, Any] = {"mode": parts[0], "epochs": neft_epochs}
+    known = {f.name for f in fields(NeftSettings)}
+    for part in parts[1:]:
+        key, _, value = part.partition("=")
+        if key == "per_channel":
+            per_channel = bool(int(value))
+        elif key not in known:
+            raise SystemExit(f"method '{text}': unknown NeftSettings field '{key}'")
+        else:
+            options[key] = _value(value)
+    return name, (None if parts[0] == "none" else options), per_channel
+
+
+def _value(text: str) -> Any:
+    for cast in (int, float):
+        try:
+            return cast(text)
+        except ValueError:
+            pass
+    return text
+
+
+def make_data(args: argparse.Namespace, work: Path) -> tuple[str, Any]:
+    """The data spec every compile and verify reads: the whole data, or (``--train-samples``,
+    ``--test-samples``) a fixed subset written once as an .npz (first samples of each split)."""
+    data = load_dataset(args.data)
+    if not args.train_samples and not args.test_samples:
+        return args.data, data
+    path = work / "data.npz"
+    train = data.train.take(slice(0, args.train_samples or len(data.train)))
+    test = data.test.take(slice(0, args.test_samples or len(data.test)))
+    if not path.exists():
+        partial = work / f"data.{os.getpid()}.npz"
+        np.savez(partial, x_train=train.x.numpy(), y_train=train.y.numpy(),
+                 x_test=test.x.numpy(), y_test=test.y.numpy())
+        partial.replace(path)
+    return str(path), load_dataset(str(path))
+
+
+def base_model(args: argparse.Namespace, data: Any, seed: int) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    if args.arch == "vgg8":
+        model = VGG8(data.input_shape, data.num_classes, width=args.width)
+    else:
+        model = build(args.arch, data.input_shape, data.num_classes)
+    return train_classifier(model.train(), data.train, epochs=args.epochs, lr=args.lr, seed=seed,
+                            progress=False)
+
+
+def run_key(arch: str, seed: int, target: str, method: str, periphery: str) -> str:
+    return f"{arch}|{seed}|{target}|{method}|{periphery}"
+
+
+def load_store(path: Path) -> dict[str, dict]:
+    if not path.exists():
+        return {}
+    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return {r["key"]: r for r in records}
+
+
+def run(args: argparse.Namespace) -> None:
+    work = args.work
+    work.mkdir(parents=True, exist_ok=True)
+    store = load_store(args.store)
+    spec, data = make_data(args, work)
+    methods = [parse_method(m, args.neft_epochs) for m in args.methods]
     for seed in args.seeds:
-        data = load_digits()  # one fixed split for every seed
-        torch.manual_seed(seed)
-        model = train_classifier(build(args.arch, data.input_shape, data.num_classes).train(),
-                                 data.train, epochs=args.epochs, lr=3e-3, seed=seed,
-                                 progress=False)
-        float_acc = accuracy(model, data.test)
-        path = work / f"model-{seed}.pt2"
-        torch.export.save(torch.export.export(model, (data.test.x[:1],)), path)
+        model_path = work / f"{args.arch}-w{args.width}-{seed}.pt2"
+        if not model_path.exists():
+            start = time.perf_counter()
+            model = base_model(args, data, seed)
+            partial = model_path.with_suffix(f".{os.getpid()}.pt2")
+            torch.export.save(torch.export.export(model, (data.test.x[:1],)), partial)
+            partial.replace(model_path)
+            print(f"seed {seed}: {args.arch} float {100 * accuracy(model, data.test):.2f} % "
+                  f"({time.perf_counter() - start:.0f} s)", file=sys.stderr, flush=True)
         for tag in args.targets:
             target = resolve_target(tag)
-            for method in METHODS:
-                neft = None if method == "baseline" else NeftSettings(
-                    mode=method, data="digits", epochs=args.neft_epochs,
-                    sigma=args.train_sigma, seed=seed, noise=args.train_noise)
-                out = work / f"{tag}-{method}-{seed}"
+            for name, options, per_channel in methods:
+                keys = {p: run_key(args.arch, seed, tag, name, p) for p in args.periphery}
+                todo = [p for p, k in keys.items() if k not in store]
+                if not todo:
+                    continue
+                neft = None if options is None else NeftSettings(
+                    data=spec, sigma=args.train_sigma, seed=seed, **options)
+                out = work / f"{tag}-{name}-{seed}"
                 start = time.perf_counter()
-                compile_model(path, target, out, settings=CompileSettings(neft=neft))
-                tune_seconds = time.perf_counter() - start
-                report = run_verify(out, "digits", VerifySettings(
-                    sigmas=tuple(args.sigmas), trials=args.mc, seed=seed,
-                    ideal_periphery=True, noise=args.eval_noise))
-                results["runs"].append({
-                    "seed": seed, "target": tag, "method": method, "float": float_acc,
-                    "compile_seconds": tune_seconds,
-                    "quantized": report["results"][0]["quantized_accuracy"],
-                    "sigmas": {str(r["sigma"]): r["mc"] for r in report["results"]}})
-                print(f"seed {seed} {tag} {method}: " + ", ".join(
-                    f"{r['sigma']}: {100 * r['mc']['mean']:.1f}" for r in report["results"]),
-                    file=sys.stderr)
-    return results
+                settings = CompileSettings.with_options(per_channel=per_channel or None,
+                                                        neft=neft)
+                result = compile_model(model_path, target, out, settings=settings)
+                compile_seconds = time.perf_counter() - start
+                log = result.neft_log
+                for periphery in todo:
+                    start = time.perf_counter()
+                    report = run_verify(out, spec, VerifySettings(
+                        sigmas=tuple(args.sigmas), trials=args.mc, seed=seed,
+                        ideal_periphery=periphery == "ideal", noise="cell",
+                        **({"bn_recalibrate": args.bn_recalibrate} if args.bn_recalibrate
+                           else {})))
+                    record = {
+                        "key": keys[periphery], "arch": args.arch, "width": args.width,
+                        "seed": seed, "target": tag, "method": name,
+                        "spec": None if options is None else options,
+                        "per_channel": per_channel, "periphery": periphery,
+                        "compile_seconds": compile_seconds,
+                        "verify_seconds": time.perf_counter() - start,
+                        "neft_losses": None if log is None else log.losses,
+                        "quantized": report["results"][0]["quantized_accuracy"],
+                        "sigmas": {str(r["sigma"]): _mc(r) for r in report["results"]}}
+                    store[record["key"]] = record
+                    with args.store.open("a") as handle:
+                        handle.write(json.dumps(record) + "\n")
+                    print(f"seed {seed} {tag} {name} {periphery}: q "
+                          f"{100 * record['quantized']:.1f}, " + ", ".join(
+                              f"{s}: {100 * m['mean']:.1f}" for s, m in record["sigmas"].items())
+                          + f" ({compile_seconds:.0f} + {record['verify_seconds']:.0f} s)",
+                          file=sys.stderr, flush=True)
 
 
-def markdown(results: dict, command: str) -> str:
-    cfg = results["config"]
-    runs = results["runs"]
-    lines = [
-        "# Results: NeFT on the built-in digits data",
-        "",
-        f"Regenerate with:\n\n```bash\n{command}\n```",
-        "",
-        f"Setup: {cfg['arch']} trained {cfg['epochs']} epochs on digits (1348 train / 449 test "
-        f"images, one fixed split for every seed), then compiled for each target without "
-        f"fine-tuning (baseline) and with {cfg['neft_epochs']} epochs of NeFT fine-tuning "
-        f"(NIT, OVF, IRS; Adam lr 1e-3, batch 128, the paper's VGG-8/MNIST betas: OVF 1e-3, "
-        f"IRS 1e-2) against "
-        f"the target's own cell-level noise at sigma {cfg['train_sigma']} ('{cfg['train_noise']}' "
-        f"training noise). Each layout is verified by {cfg['mc']} simulated chip instances per "
-        f"sigma ('{cfg['eval_noise']}' noise, ideal periphery), for each of the training seeds "
-        f"{cfg['seeds']}.",
-        "",
-        "Entries: test accuracy in %, mean over seeds of the per-seed Monte-Carlo mean, ± the 95 % "
-        "confidence interval over seeds (Student t on the seed means; it includes training "
-        "variation, which dominates the per-seed MC interval). 'quantized' is noise off.",
-        "",
-    ]
-    t95 = {1: float("nan"), 2: 12.706, 3: 4.303, 4: 3.182, 5: 2.776}
-    for tag in cfg["targets"]:
-        lines += [f"## {tag}", "", "| method | quantized | " + " | ".join(
-            f"σ={s:g}" for s in cfg["sigmas"]) + " |", "|---|---|" + "---|" * len(cfg["sigmas"])]
-        for method in METHODS:
-            rows = [r for r in runs if r["target"] == tag and r["method"] == method]
-            cells = [f"{100 * np.mean([r['quantized'] for r in rows]):.1f}"]
-            for sigma in cfg["sigmas"]:
-                means = np.array([r["sigmas"][str(sigma)]["mean"] for r in rows])
-                n = len(means)
-                half = (t95.get(n, 1.96) * means.std(ddof=1) / math.sqrt(n)) if n > 1 else 0.0
-                cells.append(f"{100 * means.mean():.1f} ± {100 * half:.1f}")
-            lines.append(f"| {method} | " + " | ".join(cells) + " |")
-        lines.append("")
+def _mc(result: dict) -> dict:
+    """One sigma's Monte-Carlo summary, the per-chip accuracies (chip i is the (seed, i) draw)
+    and, with --bn-recalibrate, the same chips re-calibrated."""
+    mc = dict(result["mc"])
+    mc["chips"] = result["chip_accuracies"]
+    if result.get("recalibrated"):
+        mc["recalibrated"] = {"mean": result["recalibrated"]["mc"]["mean"],
+                              "chips": result["recalibrated"]["chip_accuracies"]}
+    return mc
+
+
+def interval(values: list[float]) -> tuple[float, float]:
+    """Mean and 95 % half-width (Student t over the values; 0 for one value)."""
+    array = np.asarray(values, dtype=float)
+    n = len(array)
+    if n < 2:
+        return float(array.mean()), 0.0
+    return float(array.mean()), T975.get(n - 1, 1.96) * float(array.std(ddof=1)) / math.sqrt(n)
+
+
+def markdown(records: list[dict], args: argparse.Namespace) -> str:
+    lines: list[str] = []
+    sigmas = [str(s) for s in args.sigmas]
+    methods = [parse_method(m, args.neft_epochs)[0] for m in args.methods]
+    for periphery in args.periphery:
+        for tag in args.targets:
+            rows = [r for r in records if r["target"] == tag and r["periphery"] == periphery
+                    and r["arch"] == args.arch]
+            if not rows:
+                continue
+            lines += [f"### {args.arch}, {tag}, {_periphery_name(periphery)}", "",
+                      "| method | seeds | noise-free | " + " | ".join(
+                          f"σ={s}" for s in sigmas) + " | " + " | ".join(
+                          f"Δ vs {args.reference} σ={s}" for s in args.delta_sigmas) + " |",
+                      "|---|---|---|" + "---|" * (len(sigmas) + len(args.delta_sigmas))]
+            reference = {r["seed"]: r for r in rows if r["method"] == args.reference}
+            for method in methods:
+                mine = sorted((r for r in rows if r["method"] == method),
+                              key=lambda r: r["seed"])
+                if not mine:
+                    continue
+                cells = [str(len(mine)), _pm(interval([r["quantized"] for r in mine]))]
+                cells += [_pm(interval([r["sigmas"][s]["mean"] for r in mine])) for s in sigmas]
+                for s in args.delta_sigmas:
+                    pairs = [r["sigmas"][str(s)]["mean"]
+                             - reference[r["seed"]]["sigmas"][str(s)]["mean"]
+                             for r in mine if r["seed"] in reference]
+                    cells.append(_pm(interval(pairs), signed=True) if pairs
+                                 and method != args.reference else "")
+                lines.append(f"| {method} | " + " | ".join(cells) + " |")
+            lines.append("")
     return "\n".join(lines)
+
+
+def _periphery_name(periphery: str) -> str:
+    return "ideal periphery" if periphery == "ideal" else "the target's DAC/ADC"
+
+
+def _pm(mean_half: tuple[float, float], signed: bool = False) -> str:
+    mean, half = mean_half
+    sign = "+" if signed and mean >= 0 else ""
+    return f"{sign}{100 * mean:.1f} ± {100 * half:.1f}"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--targets", nargs="+", default=["rram1_128x128", "fefet6_128x128"])
+    parser.add_argument("--data", default="digits")
+    parser.add_argument("--train-samples", type=int, default=0,
+                        help="use the first N training samples (0: all)")
+    parser.add_argument("--test-samples", type=int, default=0,
+                        help="score the first N test samples (0: all)")
     parser.add_argument("--arch", default="lenet")
-    parser.add_argument("--epochs", type=int, default=40)
+    parser.add_argument("--width", type=int, default=128, help="vgg8's first conv width")
+    parser.add_argument("--epochs", type=int, default=40, help="plain training epochs")
+    parser.add_argument("--lr", type=float, default=3e-3, help="plain training learning rate")
     parser.add_argument("--neft-epochs", type=int, default=15)
     parser.add_argument("--train-sigma", type=float, default=0.3)
-    parser.add_argument("--train-noise", choices=["cell", "paper"], default="cell")
-    parser.add_argument("--eval-noise", choices=["cell", "paper"], default="cell")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--targets", nargs="+", default=["rram1_128x128", "fefet6_128x128"])
+    parser.add_argument("--methods", nargs="+", default=list(DEFAULT_METHODS))
+    parser.add_argument("--reference", default="nit", help="method the Δ columns compare to")
     parser.add_argument("--sigmas", type=float, nargs="+", default=[0.1, 0.2, 0.3, 0.4])
+    parser.add_argument("--delta-sigmas", type=float, nargs="*", default=[0.3, 0.4])
+    parser.add_argument("--periphery", nargs="+", choices=["ideal", "target"],
+                        default=["ideal"])
     parser.add_argument("--mc", type=int, default=100)
-    parser.add_argument("--json", type=Path, help="also write the raw results here")
+    parser.add_argument("--bn-recalibrate", type=int, default=0, metavar="N",
+                        help="also verify with per-chip BatchNorm re-calibration on N inputs")
+    parser.add_argument("--work", type=Path, default=Path("neft-results-work"))
+    parser.add_argument("--store", type=Path, help="JSON-lines store (default: WORK/runs.jsonl)")
+    parser.add_argument("--report-only", action="store_true")
     args = parser.parse_args()
-    results = run(args)
-    if args.json:
-        args.json.write_text(json.dumps(results, indent=1))
-    print(markdown(results, "python " + " ".join(sys.argv)))
+    args.store = args.store or args.work / "runs.jsonl"
+    if not args.report_only:
+        run(args)
+    print(markdown(list(load_store(args.store).values()), args))
 
 
 if __name__ == "__main__":
