@@ -37,7 +37,7 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
 #: (neftc.flow.verify, neftc.neft.pipeline, neftc.targets.spec).
 _NUMERIC_FLAGS = ("sigma", "train_sigma", "beta", "lr", "neft_lr", "seed", "mc",
                   "chips_per_pass", "batch_size", "neft_batch_size", "calib_samples", "samples",
-                  "dac_samples", "epochs", "neft_epochs")
+                  "dac_samples", "epochs", "neft_epochs", "temperature")
 
 
 def check_flags(args: argparse.Namespace) -> None:
@@ -54,6 +54,7 @@ def check_flags(args: argparse.Namespace) -> None:
         MAX_EPOCHS,
         MAX_LR,
         MAX_SEED,
+        MAX_TEMPERATURE,
         check_beta,
         check_number,
     )
@@ -69,11 +70,12 @@ def check_flags(args: argparse.Namespace) -> None:
               "neft_batch_size": (1, MAX_BATCH_SIZE, True),
               "calib_samples": (1, MAX_SAMPLES, True), "samples": (1, MAX_SAMPLES, True),
               "dac_samples": (1, MAX_SAMPLES, True), "epochs": (1, MAX_EPOCHS, True),
-              "neft_epochs": (1, MAX_EPOCHS, True)}
+              "neft_epochs": (1, MAX_EPOCHS, True), "temperature": (0, MAX_TEMPERATURE, False)}
     for dest, value in given.items():
         low, high, integer = bounds[dest]
         flag = names.get(dest) or "--" + dest.replace("_", "-")
         for item in value if isinstance(value, list) else [value]:
             if dest == "beta":
                 check_beta(flag, item)  # the same bounds, and what 0 means
-            check_number(flag, item, low, high, integer=integer, low_open=dest.endswith("lr"))
+            check_number(flag, item, low, high, integer=integer,
+                         low_open=dest.endswith("lr") or dest == "temperature")
