@@ -20,6 +20,8 @@ MAX_IRS_TAPS = 1_000
 #: NeFT's loss temperature (the paper's ovf/irs loss divides by N + 1 = 4); above this the
 #: softmax is flat and the gradients vanish.
 MAX_TEMPERATURE = 1_000.0
+#: --neft auto's simulated chips per candidate.
+MAX_AUTO_CHIPS = 1_000
 
 
 def check_number(flag: str, value: object, low: float, high: float, *, integer: bool = False,

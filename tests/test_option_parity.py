@@ -18,7 +18,7 @@ from neftc.cli.neft_options import (
     add_neft_options,
     neft_settings,
 )
-from neftc.neft.pipeline import NEFT_MODES, NeftSettings
+from neftc.neft.pipeline import AUTO, NEFT_MODES, NeftSettings
 from neftc.passes.quantize import Quantize
 
 COMMANDS = ("compile", "finetune", "train")
@@ -136,7 +136,7 @@ def test_defaults_are_those_of_neft_settings() -> None:
     """Without NeFT values, every command builds NeftSettings' own defaults (they are written
     in the CLI so that --help imports no torch), and trains for the quantize pass's default chip,
     which the help names."""
-    assert NEFT_CHOICES == NEFT_MODES
+    assert (*NEFT_MODES, AUTO) == NEFT_CHOICES
     for command in COMMANDS:
         settings = settings_of(command, ["--neft", "nit"])
         chip = Quantize()

@@ -75,6 +75,8 @@ def run_finetune(args: argparse.Namespace) -> int:
     quant = " ".join((["--per-channel"] if args.per_channel != chip.per_channel else [])
                      + (["--calibration", args.calibration]
                         if args.calibration != chip.calibration else []))
+    for note in log.notes:
+        print(note)
     print(f"fine-tuned with NeFT {args.neft} for {log.epochs} epochs ({log.steps} steps, "
           f"{log.seconds:.1f} s; {loss_summary(args.neft, log)}); wrote {args.output}"
           + (f"\ncompile it with the quantisation it was tuned for: {quant}" if quant else ""))

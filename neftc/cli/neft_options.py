@@ -20,7 +20,7 @@ NEFT_GROUP = "NeFT fine-tuning (Negative Feedback Training)"
 QUANTISATION_GROUP = "chip weight quantisation (the chip NeFT trains against)"
 
 #: The NeFT modes (``neftc.neft.pipeline.NEFT_MODES``, checked by a test).
-NEFT_CHOICES = ("ovf", "irs", "ovf+irs", "nit", "none")
+NEFT_CHOICES = ("ovf", "irs", "ovf+irs", "nit", "none", "auto")
 
 #: Old names of NeFT options still accepted, hidden from --help, by ``compile`` and ``finetune``
 #: (``train`` has its own --epochs, --lr and --batch-size: those of the training before NeFT).
@@ -67,8 +67,10 @@ def _add_fine_tuning_options(group: argparse._ArgumentGroup, required: bool) -> 
     group.add_argument("--neft", choices=NEFT_CHOICES, required=required,
                        help="fine-tune against the target's device noise: ovf: oriented "
                        "variational forwards; irs: snapshot heads; ovf+irs: both; nit: "
-                       "noise-injection baseline; none: plain fine-tuning (compile and train: "
-                       "without --neft, no fine-tuning)")
+                       "noise-injection baseline; none: plain fine-tuning; auto: choose the mode, "
+                       "temperature and training sigma by Monte Carlo on a validation split "
+                       "carved from the training data (compile and train: without --neft, no "
+                       "fine-tuning)")
     group.add_argument("--neft-epochs", type=int, default=10, metavar="N",
                        help="fine-tuning epochs (default 10)")
     group.add_argument("--neft-lr", type=float, default=1e-3, metavar="LR",
@@ -90,6 +92,11 @@ def _add_fine_tuning_options(group: argparse._ArgumentGroup, required: bool) -> 
                        help="BatchNorm while fine-tuning: frozen: the deployed statistics "
                        "(default); train: batch statistics, the running statistics learned "
                        "under the training noise (the paper's reference code)")
+    group.add_argument("--auto-epochs", type=int, default=2, metavar="N",
+                       help="--neft auto: fine-tuning epochs per candidate (default 2)")
+    group.add_argument("--auto-chips", type=int, default=10, metavar="N",
+                       help="--neft auto: simulated chips per candidate on the validation "
+                       "split (default 10)")
     group.add_argument("--no-scale-gradient", dest="scale_gradient", action="store_false",
                        help="treat the training noise's std as a constant (the NeFT reference "
                        "code); by default its gradient includes how the chip's noise grows with "
@@ -135,6 +142,7 @@ def neft_settings(args: argparse.Namespace):  # -> NeftSettings | None
                             noise=args.train_noise, taps=taps, per_channel=args.per_channel,
                             calibration=args.calibration, temperature=args.temperature,
                             sigma_schedule=args.sigma_schedule, bn_stats=args.bn_stats,
-                            scale_gradient=args.scale_gradient)
+                            scale_gradient=args.scale_gradient, auto_epochs=args.auto_epochs,
+                            auto_chips=args.auto_chips)
     settings.validate()
     return settings

@@ -34,8 +34,10 @@ from neftc.ir.node_info import crossbar_nodes
 from neftc.ir.pass_manager import PassContext, PassInstrument, PassManager, check_order
 from neftc.ir.pass_spec import pipeline_text
 from neftc.ir.quantization import Calibration
+from neftc.neft.auto import AutoChoice, auto_record, resolve
 from neftc.neft.finetune import TrainLog
 from neftc.neft.pipeline import (
+    AUTO,
     NeftSettings,
     num_outputs,
     run_training_passes,
@@ -88,10 +90,14 @@ class CompileSettings:
         """The pipeline's quantize pass: the chip's quantisation, which NeFT trains for."""
         return _only(self.pipeline, Quantize)
 
-    def options(self, target: TargetSpec, log: TrainLog | None) -> CompileOptions:
+    def options(self, target: TargetSpec, log: TrainLog | None,
+                used: NeftSettings | None = None, auto: AutoChoice | None = None
+                ) -> CompileOptions:
+        """The layout's options; ``used``: the NeFT settings fine-tuning ran with (``--neft
+        auto``'s choice; default ``self.neft``), ``auto``: the choice's scores."""
         neft = None
         if self.neft is not None and log is not None:
-            n = self.neft
+            n = used or self.neft
             neft = NeftRecord(
                 mode=n.mode, data=n.data, epochs=n.epochs,
                 sigma=target.noise.sigma_rel if n.sigma is None else n.sigma,
@@ -100,7 +106,8 @@ class CompileSettings:
                 final_loss=log.losses[-1] if log.losses else float("nan"),
                 temperature=n.resolved_temperature(), sigma_schedule=n.sigma_schedule,
                 bn_stats=n.bn_stats, scale_gradient=n.scale_gradient,
-                final_ce=log.ce_losses[-1] if log.ce_losses else float("nan"))
+                final_ce=log.ce_losses[-1] if log.ce_losses else float("nan"),
+                auto=None if auto is None else auto_record(auto))
         normalize, place = _only(self.pipeline, Normalize), _only(self.pipeline, Place)
         return CompileOptions(per_channel=self.quantize.per_channel,
                               calibration=self.quantize.calibration, fold_bn=normalize.fold_bn,
@@ -134,7 +141,10 @@ def _stages(loaded: LoadedModel, settings: CompileSettings,
         settings.neft.validate()
         _check_chip(settings.neft, settings.quantize)
         classes = num_outputs(loaded.gm, loaded.example_inputs)
-        training = training_passes(settings.neft, target, classes, settings.quantize)
+        # --neft auto picks its mode after normalize; every mode's passes have one order.
+        checked = replace(settings.neft, mode="nit") if settings.neft.mode == AUTO \
+            else settings.neft
+        training = training_passes(checked, target, classes, settings.quantize)
         strip = [StripTraining()]
     check_order([*head, *training, *strip, *tail], INITIAL_FACTS, PASSES.values())
     settings.options(target, None)  # a compile needs one normalize, quantize and place
@@ -171,10 +181,15 @@ def _compile_loaded(loaded: LoadedModel, target: TargetSpec, settings: CompileSe
     ctx = PassContext(target=target, example=loaded.example_inputs, inputs=loaded.inputs)
     head, training, tail = _stages(loaded, settings, target)
     gm = PassManager(head, instruments).run(loaded.gm, ctx)
-    log = None
+    log = used = auto = None
     if settings.neft is not None:
         on_pass = next((i.callback for i in instruments if isinstance(i, OnPass)), None)
-        gm, log = run_training_passes(gm, ctx, settings.neft, training, instruments=instruments,
+        used, auto = resolve(gm, ctx, settings.neft, settings.quantize,
+                             report=lambda line: on_pass(line, True) if on_pass else None)
+        if auto is not None:
+            training = training_passes(used, target, num_outputs(gm, ctx.example_inputs),
+                                       settings.quantize)
+        gm, log = run_training_passes(gm, ctx, used, training, instruments=instruments,
                                       on_pass=on_pass, progress=settings.progress)
     gm = PassManager(tail, instruments).run(gm, ctx)
     if not crossbar_nodes(gm):
@@ -183,7 +198,8 @@ def _compile_loaded(loaded: LoadedModel, target: TargetSpec, settings: CompileSe
     source = SourceRecord(path=loaded.source, sha256=loaded.sha256, kind=loaded.kind,
                           arch=loaded.arch)
     doc, levels, tensors = build_layout(gm, target, loaded.example_inputs, source,
-                                        settings.options(target, log), loaded.inputs)
+                                        settings.options(target, log, used, auto),
+                                        loaded.inputs)
     if dac_data is not None:  # the DAC ranges sign-off and programming use (neftc calibrate)
         from neftc.flow.calibration import calibrate_doc
         from neftc.format.reader import Layout

@@ -14,12 +14,13 @@ from neftc.atomic import atomic_file
 from neftc.datasets.base import Dataset
 from neftc.datasets.fit import to_float
 from neftc.datasets.spec import load_dataset
-from neftc.errors import DataError
+from neftc.errors import DataError, NeftcError
 from neftc.frontend.loader import load_model
 from neftc.frontend.trace import export_dynamic_batch, trace_module
 from neftc.frontend.zoo import build, zoo
 from neftc.ir.pass_manager import PassContext, PassManager
-from neftc.neft.pipeline import NeftSettings, loss_summary, run_neft
+from neftc.neft.auto import run_neft_resolved
+from neftc.neft.pipeline import AUTO, NeftSettings, loss_summary
 from neftc.neft.train import TrainLog, accuracy, train_classifier
 from neftc.passes import Normalize
 from neftc.targets.spec import TargetSpec
@@ -40,7 +41,7 @@ def finetune_file(model: Path, target: TargetSpec, settings: NeftSettings, outpu
     loaded = load_model(model, arch=arch, input_shape=input_shape, trust_model=trust_model)
     ctx = PassContext(target=target, example=loaded.example_inputs, inputs=loaded.inputs)
     gm = PassManager([Normalize()]).run(loaded.gm, ctx)
-    gm, log = run_neft(gm, ctx, settings, progress=progress)
+    gm, log, _ = run_neft_resolved(gm, ctx, settings, progress=progress)
     save_program(gm, loaded.example_inputs, output)
     return log
 
@@ -81,6 +82,10 @@ def train_zoo_model(arch: str, data_spec: str, output: Path, *, epochs: int, lr:
     torch.manual_seed(seed)  # parameter initialisation
     model = build(arch, data.input_shape, data.num_classes, vocab).train().to(device)
     example = data.test.x[:1]
+    if neft is not None and from_scratch and neft.mode == AUTO:
+        raise NeftcError("--neft auto chooses a fine-tuning recipe for a trained model; train "
+                         "from scratch with a mode (nit, ovf, irs, ovf+irs), or drop "
+                         "--from-scratch")
     if neft is not None and from_scratch:
         scratch = replace(neft, epochs=epochs, lr=lr, batch_size=batch_size, bn_stats="train")
         gm, log = _neft_stage(model.to("cpu").eval(), example, scratch, target, progress)
@@ -99,6 +104,7 @@ def train_zoo_model(arch: str, data_spec: str, output: Path, *, epochs: int, lr:
              f"test accuracy {100 * accuracy(model, data.test):.2f} %"]
     if neft is not None:
         gm, log = _neft_stage(model, example, neft, target, progress)
+        lines += log.notes
         lines.append(f"fine-tuned with NeFT {neft.mode} ({neft.epochs} epochs, "
                      f"{log.seconds:.1f} s; {loss_summary(neft.mode, log)}): test accuracy "
                      f"{100 * accuracy(gm, data.test):.2f} %")
@@ -115,4 +121,5 @@ def _neft_stage(model: nn.Module, example: torch.Tensor, neft: NeftSettings, tar
     and the training log."""
     ctx = PassContext(target=target, example=example)
     gm = PassManager([Normalize()]).run(trace_module(model, example), ctx)
-    return run_neft(gm, ctx, neft, progress=progress)
+    gm, log, _ = run_neft_resolved(gm, ctx, neft, progress=progress)
+    return gm, log

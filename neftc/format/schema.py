@@ -62,6 +62,27 @@ class CompileOptions(_Strict):
         "placement and replicate repeat the options of its passes for older readers")
 
 
+class AutoCandidateRecord(_Strict):
+    """One ``--neft auto`` candidate and its validation score."""
+
+    settings: str = Field(description="the candidate's mode and options, in words")
+    train_sigma: float
+    validation_accuracy: float = Field(description="mean over the simulated chips, on the "
+                                       "validation split carved from the training data")
+
+
+class AutoRecord(_Strict):
+    """How ``--neft auto`` chose the recipe (``mode`` etc. of the record are its choice)."""
+
+    deploy_sigma: float = Field(description="the sigma the candidates were scored at")
+    epochs_per_candidate: int
+    chips: int = Field(description="simulated chips per candidate (weight-level equivalent of "
+                       "the cell noise, the same chips for every candidate)")
+    validation_fraction: float
+    candidates: list[AutoCandidateRecord]
+    chosen: str
+
+
 class NeftRecord(_Strict):
     """How the weights were fine-tuned with NeFT before mapping (absent: not fine-tuned)."""
 
@@ -90,6 +111,8 @@ class NeftRecord(_Strict):
     scale_gradient: bool | None = Field(
         default=None, description="the training noise's std carried the gradient of the "
         "quantisation scale; absent in older layouts (false: a constant std)")
+    auto: AutoRecord | None = Field(default=None, description="--neft auto: the candidates "
+                                    "and the choice; absent otherwise")
     final_ce: float | None = Field(
         default=None, description="plain cross-entropy of the noisy backbone's logits at "
         "temperature 1, mean over the last epoch: comparable across modes")

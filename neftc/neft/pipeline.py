@@ -16,6 +16,7 @@ import torch
 import torch.fx
 
 from neftc.bounds import (
+    MAX_AUTO_CHIPS,
     MAX_BATCH_SIZE,
     MAX_EPOCHS,
     MAX_IRS_TAPS,
@@ -25,7 +26,7 @@ from neftc.bounds import (
     check_beta,
     check_number,
 )
-from neftc.datasets.base import Dataset, check_compatible
+from neftc.datasets.base import Dataset, Split, check_compatible
 from neftc.datasets.fit import fit_inputs, to_float
 from neftc.datasets.spec import load_dataset
 from neftc.devices import resolve_device
@@ -50,6 +51,9 @@ from neftc.passes.strip_training import StripTraining
 from neftc.targets.spec import SIGMA_REL_MAX, TargetSpec
 
 NEFT_MODES: tuple[NeftMode, ...] = ("ovf", "irs", "ovf+irs", "nit", "none")
+#: ``--neft auto``: a mode of ``NeftSettings`` only, resolved to one of ``NEFT_MODES`` by
+#: ``neftc.neft.auto.resolve`` before any training pass is built.
+AUTO = "auto"
 
 
 @dataclass(frozen=True)
@@ -79,6 +83,9 @@ class NeftSettings:
     # The training noise's std carries the gradient of the chip's quantisation scale
     # (WeightNoise.scale_gradient); False: a constant std, as the NeFT reference code.
     scale_gradient: bool = True
+    # --neft auto's budget (neftc.neft.auto): epochs per candidate, chips per candidate.
+    auto_epochs: int = 2
+    auto_chips: int = 10
 
     def resolved_beta(self) -> float:
         """The feedback strength used: ``beta``, or the mode's default."""
@@ -102,8 +109,9 @@ class NeftSettings:
                         calibration=self.calibration or default.calibration)
 
     def validate(self) -> None:
-        if self.mode not in NEFT_MODES:
-            raise NeftcError(f"unknown NeFT mode '{self.mode}'; use one of {', '.join(NEFT_MODES)}")
+        if self.mode not in (*NEFT_MODES, AUTO):
+            raise NeftcError(f"unknown NeFT mode '{self.mode}'; use one of "
+                             f"{', '.join((*NEFT_MODES, AUTO))}")
         check_number("--epochs", self.epochs, 1, MAX_EPOCHS, integer=True)
         check_number("--batch-size", self.batch_size, 1, MAX_BATCH_SIZE, integer=True)
         check_number("--lr", self.lr, 0, MAX_LR, low_open=True)
@@ -112,6 +120,8 @@ class NeftSettings:
             check_number("--train-sigma", self.sigma, 0, SIGMA_REL_MAX)
         if self.beta is not None:
             check_beta("--beta", self.beta)
+        check_number("--auto-epochs", self.auto_epochs, 1, MAX_EPOCHS, integer=True)
+        check_number("--auto-chips", self.auto_chips, 1, MAX_AUTO_CHIPS, integer=True)
         if self.temperature is not None:
             check_number("--temperature", self.temperature, 0, MAX_TEMPERATURE, low_open=True)
         if self.sigma_schedule not in SIGMA_SCHEDULES:
@@ -191,6 +201,9 @@ def run_neft(gm: torch.fx.GraphModule, ctx: PassContext, settings: NeftSettings,
     produces (default: ``settings.chip_quantize()``); returns the deployable graph (noise and
     heads stripped) and the training log."""
     settings.validate()
+    if settings.mode == AUTO:
+        raise NeftcError("NeftSettings(mode='auto') must be resolved first "
+                         "(neftc.neft.auto.resolve)")
     classes = num_outputs(gm, ctx.example_inputs)
     passes = training_passes(settings, ctx.target, classes, quantize)
     return run_training_passes(gm, ctx, settings, passes, instruments=instruments,
@@ -200,14 +213,20 @@ def run_neft(gm: torch.fx.GraphModule, ctx: PassContext, settings: NeftSettings,
 def run_training_passes(gm: torch.fx.GraphModule, ctx: PassContext, settings: NeftSettings,
                         passes: Sequence[Any], *, instruments: Sequence[PassInstrument] = (),
                         on_pass: Callable[[str, bool], None] | None = None,
-                        progress: bool = True) -> tuple[torch.fx.GraphModule, TrainLog]:
-    """Run the training ``passes`` (``training_passes``), fine-tune, strip-training."""
+                        progress: bool = True,
+                        split: Split | None = None) -> tuple[torch.fx.GraphModule, TrainLog]:
+    """Run the training ``passes`` (``training_passes``), fine-tune, strip-training. The
+    fine-tuning data is ``settings.data``'s training split, or ``split`` (already fitted to the
+    model) when given."""
     settings.validate()
+    if settings.mode == AUTO:
+        raise NeftcError("NeftSettings(mode='auto') must be resolved first "
+                         "(neftc.neft.auto.resolve)")
     classes = num_outputs(gm, ctx.example_inputs)
-    data = training_data(settings, ctx, classes)
+    train = training_data(settings, ctx, classes).train if split is None else split
     sigma = ctx.target.noise.sigma_rel if settings.sigma is None else settings.sigma
     gm = PassManager(passes, instruments).run(gm, ctx)
-    log = finetune(gm, data.train, sigma=sigma, epochs=settings.epochs, lr=settings.lr,
+    log = finetune(gm, train, sigma=sigma, epochs=settings.epochs, lr=settings.lr,
                    batch_size=settings.batch_size, seed=settings.seed, device=settings.device,
                    progress=progress, temperature=settings.resolved_temperature(),
                    sigma_schedule=settings.sigma_schedule, bn_stats=settings.bn_stats)

@@ -49,6 +49,8 @@ class TrainLog:
     #: Mean plain cross-entropy per epoch of the (noisy) backbone's logits at temperature 1: the
     #: training loss that is comparable across NeFT modes (plain training: equal to ``losses``).
     ce_losses: list[float] = field(default_factory=list)
+    #: What was decided before training, in words (``--neft auto``'s candidates and choice).
+    notes: list[str] = field(default_factory=list)
 
 
 #: A batch of inputs: one tensor, or a tuple of tensors (x, then the extras) in the model's order.
