@@ -35,9 +35,12 @@ TARGET = "fefet_128x128"
 
 # ------------------------------------------------------------------------- version 2 layouts
 
-def test_version2_layout_is_converted_and_replays_bit_identically() -> None:
+def test_version2_layout_is_converted_and_replays_the_same_outputs() -> None:
     """tests/fixtures/layout_v2 was written by neftc at commit 18674ec (make_v2.py) with the
-    outputs its emulator gave; today's reader converts it and replays the same bits."""
+    outputs its emulator gave; today's reader converts it and replays the same outputs, to
+    float32 rounding: bit for bit on the machine that wrote them, within 1e-6 of the largest
+    output on another CPU, whose convolution kernels may sum in another order (measured 1.5e-7
+    on a second machine)."""
     raw = json.loads((V2 / "layout" / "layout.json").read_text())
     assert raw["version"] == 2 and raw["graph"]["input_shape"] == [1, 1, 4, 4]
     layout = load_layout(V2 / "layout")
@@ -48,14 +51,18 @@ def test_version2_layout_is_converted_and_replays_bit_identically() -> None:
         first, "float32", [1, 1, 4, 4], None, None)
     expected = np.load(V2 / "expected.npz")
     x = torch.from_numpy(expected["x"])
-    assert np.array_equal(Emulator(layout, sigma=0.0)(x).numpy(), expected["ideal"])
+    def same(got: torch.Tensor, key: str) -> None:
+        want = expected[key]
+        assert np.allclose(got.numpy(), want, rtol=0, atol=1e-6 * np.abs(want).max()), key
+
+    same(Emulator(layout, sigma=0.0)(x), "ideal")
     noisy = Emulator(layout, sigma=0.1, seed=3)
     noisy.program_chip(2)
-    assert np.array_equal(noisy(x).numpy(), expected["chip2"])
+    same(noisy(x), "chip2")
     adc = Emulator(layout, sigma=0.1, seed=3, ideal_periphery=False)
     adc.calibrate(x)
     adc.program_chip(1)
-    assert np.array_equal(adc(x).numpy(), expected["adc_chip1"])
+    same(adc(x), "adc_chip1")
     # The independent reader of docs/layout.md reads the same one input.
     assert LayoutReference(V2 / "layout").inputs() == [record.model_dump()]
 
