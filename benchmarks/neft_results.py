@@ -12,7 +12,9 @@ A method is ``name=spec``: ``spec`` is ``none`` (no fine-tuning) or a NeFT mode 
 ``NeftSettings`` overrides, e.g. ``nit``, ``ovf``, ``nit-T4=nit,temperature=4``,
 ``irs-b0=irs,beta=0``, ``nit-x4=nit,epochs=20`` (``epochs`` defaults to ``--neft-epochs``);
 ``per_channel=1`` compiles the chip with per-channel scales (the compile's ``--per-channel``,
-which NeFT then trains against), e.g. ``recipe=nit,temperature=4,per_channel=1``.
+which NeFT then trains against), e.g. ``recipe=nit,temperature=4,per_channel=1``;
+``from_scratch=N`` trains a new model with the method for N epochs (``neftc train --neft MODE
+--from-scratch``, zoo width) instead of fine-tuning the plainly trained one.
 Within one seed, every layout is verified on the same chip instances (same ``(seed, chip)``
 draws), so differences between methods are paired per seed.
 
@@ -40,6 +42,7 @@ import torch
 
 from neftc.datasets.spec import load_dataset
 from neftc.driver.compiler import CompileSettings, compile_model
+from neftc.driver.neft_jobs import train_zoo_model
 from neftc.flow.verify import VerifySettings, run_verify
 from neftc.frontend.zoo import VGG8, build
 from neftc.neft.pipeline import NeftSettings
@@ -60,15 +63,20 @@ def parse_method(text: str, neft_epochs: int) -> tuple[str, dict[str, Any] | Non
     parts = spec.split(",")
     per_channel = False
     options: dict[str, Any] = {"mode": parts[0], "epochs": neft_epochs}
+    scratch = 0
     known = {f.name for f in fields(NeftSettings)}
     for part in parts[1:]:
         key, _, value = part.partition("=")
         if key == "per_channel":
             per_channel = bool(int(value))
+        elif key == "from_scratch":
+            scratch = int(value)
         elif key not in known:
             raise SystemExit(f"method '{text}': unknown NeftSettings field '{key}'")
         else:
             options[key] = _value(value)
+    if scratch:
+        options["from_scratch"] = scratch
     return name, (None if parts[0] == "none" else options), per_channel
 
 
@@ -142,15 +150,27 @@ def run(args: argparse.Namespace) -> None:
                 todo = [p for p, k in keys.items() if k not in store]
                 if not todo:
                     continue
+                options = None if options is None else dict(options)
+                scratch = 0 if options is None else options.pop("from_scratch", 0)
                 neft = None if options is None else NeftSettings(
                     data=spec, sigma=args.train_sigma, seed=seed, **options)
                 out = work / f"{tag}-{name}-{seed}"
                 start = time.perf_counter()
-                settings = CompileSettings.with_options(per_channel=per_channel or None,
-                                                        neft=neft)
-                result = compile_model(model_path, target, out, settings=settings)
+                source = model_path
+                log = None
+                if (out / "layout.json").exists():  # compiled by an earlier run (atomic)
+                    print(f"seed {seed} {tag} {name}: reusing {out}", file=sys.stderr)
+                elif scratch and neft is not None:
+                    source = work / f"{tag}-{name}-{seed}.pt2"
+                    train_zoo_model(args.arch, spec, source, epochs=scratch, lr=args.lr,
+                                    batch_size=neft.batch_size, seed=seed, device="cpu",
+                                    neft=neft, target=target, progress=False, from_scratch=True)
+                    neft = None  # the trained model is compiled as it is
+                if not (out / "layout.json").exists():
+                    settings = CompileSettings.with_options(per_channel=per_channel or None,
+                                                            neft=neft)
+                    log = compile_model(source, target, out, settings=settings).neft_log
                 compile_seconds = time.perf_counter() - start
-                log = result.neft_log
                 for periphery in todo:
                     start = time.perf_counter()
                     report = run_verify(out, spec, VerifySettings(
@@ -209,7 +229,7 @@ def markdown(records: list[dict], args: argparse.Namespace) -> str:
             if not rows:
                 continue
             lines += [f"### {args.arch}, {tag}, {_periphery_name(periphery)}", "",
-                      "| method | seeds | noise-free | " + " | ".join(
+                      "| method | seeds x chips | noise-free | " + " | ".join(
                           f"σ={s}" for s in sigmas) + " | " + " | ".join(
                           f"Δ vs {args.reference} σ={s}" for s in args.delta_sigmas) + " |",
                       "|---|---|---|" + "---|" * (len(sigmas) + len(args.delta_sigmas))]
@@ -219,7 +239,9 @@ def markdown(records: list[dict], args: argparse.Namespace) -> str:
                               key=lambda r: r["seed"])
                 if not mine:
                     continue
-                cells = [str(len(mine)), _pm(interval([r["quantized"] for r in mine]))]
+                chips = sorted({len(r["sigmas"][sigmas[0]].get("chips", [])) for r in mine})
+                cells = [f"{len(mine)} x {'/'.join(map(str, chips))}",
+                         _pm(interval([r["quantized"] for r in mine]))]
                 cells += [_pm(interval([r["sigmas"][s]["mean"] for r in mine])) for s in sigmas]
                 for s in args.delta_sigmas:
                     pairs = [r["sigmas"][str(s)]["mean"]
@@ -237,9 +259,10 @@ def _periphery_name(periphery: str) -> str:
 
 
 def _pm(mean_half: tuple[float, float], signed: bool = False) -> str:
+    """``mean ± half`` in %; a single seed has no interval over seeds (printed as the mean)."""
     mean, half = mean_half
     sign = "+" if signed and mean >= 0 else ""
-    return f"{sign}{100 * mean:.1f} ± {100 * half:.1f}"
+    return f"{sign}{100 * mean:.1f}" + (f" ± {100 * half:.1f}" if half > 0 else "")
 
 
 def main() -> None:
