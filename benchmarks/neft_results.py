@@ -250,6 +250,17 @@ def markdown(records: list[dict], args: argparse.Namespace) -> str:
                     cells.append(_pm(interval(pairs), signed=True) if pairs
                                  and method != args.reference else "")
                 lines.append(f"| {method} | " + " | ".join(cells) + " |")
+                if all("recalibrated" in r["sigmas"][s] for r in mine for s in sigmas):
+                    recal = [cells[0], ""]
+                    recal += [_pm(interval([r["sigmas"][s]["recalibrated"]["mean"]
+                                            for r in mine])) for s in sigmas]
+                    for s in args.delta_sigmas:
+                        pairs = [r["sigmas"][str(s)]["recalibrated"]["mean"]
+                                 - reference[r["seed"]]["sigmas"][str(s)]["mean"]
+                                 for r in mine if r["seed"] in reference]
+                        recal.append(_pm(interval(pairs), signed=True) if pairs else "")
+                    lines.append(f"| {method} + per-chip BN re-calibration | "
+                                 + " | ".join(recal) + " |")
             lines.append("")
     return "\n".join(lines)
 
