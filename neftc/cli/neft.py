@@ -77,8 +77,9 @@ def run_finetune(args: argparse.Namespace) -> int:
                         if args.calibration != chip.calibration else []))
     for note in log.notes:
         print(note)
-    print(f"fine-tuned with NeFT {args.neft} for {log.epochs} epochs ({log.steps} steps, "
-          f"{log.seconds:.1f} s; {loss_summary(args.neft, log)}); wrote {args.output}"
+    mode = log.mode or args.neft
+    print(f"fine-tuned with NeFT {mode} for {log.epochs} epochs ({log.steps} steps, "
+          f"{log.seconds:.1f} s; {loss_summary(mode, log)}); wrote {args.output}"
           + (f"\ncompile it with the quantisation it was tuned for: {quant}" if quant else ""))
     return 0
 

@@ -105,8 +105,9 @@ def train_zoo_model(arch: str, data_spec: str, output: Path, *, epochs: int, lr:
     if neft is not None:
         gm, log = _neft_stage(model, example, neft, target, progress)
         lines += log.notes
-        lines.append(f"fine-tuned with NeFT {neft.mode} ({neft.epochs} epochs, "
-                     f"{log.seconds:.1f} s; {loss_summary(neft.mode, log)}): test accuracy "
+        mode = log.mode or neft.mode
+        lines.append(f"fine-tuned with NeFT {mode} ({neft.epochs} epochs, "
+                     f"{log.seconds:.1f} s; {loss_summary(mode, log)}): test accuracy "
                      f"{100 * accuracy(gm, data.test):.2f} %")
         save_program(gm, example, output)
     else:

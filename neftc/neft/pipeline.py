@@ -230,6 +230,7 @@ def run_training_passes(gm: torch.fx.GraphModule, ctx: PassContext, settings: Ne
                    batch_size=settings.batch_size, seed=settings.seed, device=settings.device,
                    progress=progress, temperature=settings.resolved_temperature(),
                    sigma_schedule=settings.sigma_schedule, bn_stats=settings.bn_stats)
+    log.mode = settings.mode
     if on_pass is not None:
         on_pass(f"fine-tune ({settings.mode}, {settings.epochs} epochs, "
                 f"{log.seconds:.1f} s; {loss_summary(settings.mode, log)})", True)

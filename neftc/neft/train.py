@@ -51,6 +51,8 @@ class TrainLog:
     ce_losses: list[float] = field(default_factory=list)
     #: What was decided before training, in words (``--neft auto``'s candidates and choice).
     notes: list[str] = field(default_factory=list)
+    #: The NeFT mode that trained (``--neft auto``: the one it chose); None for plain training.
+    mode: str | None = None
 
 
 #: A batch of inputs: one tensor, or a tuple of tensors (x, then the extras) in the model's order.
