@@ -332,3 +332,21 @@ def test_bn_stats_train_refuses_a_batch_of_one(fefet, small) -> None:
         finetune(gm, odd, sigma=SIGMA, epochs=1, batch_size=32, progress=False, bn_stats="train")
     assert all(torch.equal(a, b) for a, b in zip(before, running_stats(gm)))
     finetune(gm, odd, sigma=SIGMA, epochs=1, batch_size=32, progress=False)  # frozen: fine
+
+
+def test_train_neft_is_from_scratch_unless_fine_tune(tmp_path, capsys) -> None:
+    """Since issue 13 ``train --neft MODE`` trains from scratch (it won on real data);
+    ``--fine-tune`` trains plainly first, then fine-tunes; the two flags exclude each other."""
+    assert main(["train", "mlp", "--data", "digits", "--epochs", "1", "--neft", "nit",
+                 "-o", str(tmp_path / "a.pt2"), "-q"]) == 0
+    out = capsys.readouterr().out
+    assert "from scratch with NeFT nit" in out and "fine-tuned" not in out
+    assert main(["train", "mlp", "--data", "digits", "--epochs", "1", "--neft", "nit",
+                 "--fine-tune", "--neft-epochs", "1", "-o", str(tmp_path / "b.pt2"), "-q"]) == 0
+    out = capsys.readouterr().out
+    assert "fine-tuned with NeFT nit" in out and "from scratch" not in out
+    code = main(["train", "mlp", "--neft", "nit", "--fine-tune", "--from-scratch",
+                 "-o", str(tmp_path / "c.pt2"), "-q"])
+    err = capsys.readouterr().err
+    assert code == 2 and "exclude each other" in err and "Traceback" not in err
+    assert not (tmp_path / "c.pt2").exists()

@@ -34,10 +34,11 @@ def _add_train_parser(sub: argparse._SubParsersAction) -> None:
     tr = sub.add_parser("train", help="train a zoo model on a data set and save it as .pt2",
                         description="Train a built-in architecture (sized from the data's input "
                         "shape and class count) with Adam and a cosine schedule; with --neft, "
-                        "then fine-tune it with NeFT. Saves a torch.export archive. Token "
-                        "data (integer ids [N, T]) trains 'bow', the zoo's text model. With "
-                        "--neft and --from-scratch, the new model is trained with NeFT from the "
-                        "start (for --epochs) instead.")
+                        "the new model is trained with NeFT from the start (for --epochs; "
+                        "measured better than fine-tuning at equal epochs, docs/results.md), or "
+                        "with --fine-tune trained plainly and then fine-tuned with NeFT. Saves a "
+                        "torch.export archive. Token data (integer ids [N, T]) trains 'bow', the "
+                        "zoo's text model.")
     tr.add_argument("arch", help="mlp, lenet, vgg8, resnet18 (images) or bow (token ids)")
     tr.add_argument("-o", "--output", type=Path, required=True, help="model file (.pt2)")
     tr.add_argument("--epochs", type=int, default=20, help="training epochs (default 20)")
@@ -46,10 +47,13 @@ def _add_train_parser(sub: argparse._SubParsersAction) -> None:
     tr.add_argument("--batch-size", type=int, default=128,
                     help="training batch size (default 128)")
     tr.add_argument("--from-scratch", action="store_true",
-                    help="with --neft: train the new model with NeFT's noise and feedback from "
-                    "the start, for --epochs at --lr and --batch-size (the paper's protocol), "
-                    "instead of plain training then --neft-epochs of fine-tuning; BatchNorm "
-                    "learns its statistics under the noise (as --bn-stats train)")
+                    help="with --neft (the default for every mode but auto): train the new "
+                    "model with NeFT's noise and feedback from the start, for --epochs at --lr "
+                    "and --batch-size (the paper's protocol); BatchNorm learns its statistics "
+                    "under the noise (as --bn-stats train)")
+    tr.add_argument("--fine-tune", action="store_true",
+                    help="with --neft: train plainly for --epochs, then fine-tune with NeFT for "
+                    "--neft-epochs (what --neft auto does)")
     add_target_args(tr)
     add_neft_options(tr, required=False)
     tr.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
@@ -92,12 +96,17 @@ def run_train(args: argparse.Namespace) -> int:
     neft = neft_settings(args)
     if args.epochs < 1 or args.batch_size < 1 or args.lr <= 0:
         raise NeftcError("--epochs and --batch-size must be at least 1 and --lr positive")
-    if args.from_scratch and neft is None:
-        raise NeftcError("--from-scratch trains with NeFT from the start; give --neft MODE "
-                         "(ovf, irs, ovf+irs, nit or none) too, or leave --from-scratch out")
+    if (args.from_scratch or args.fine_tune) and neft is None:
+        flag = "--from-scratch" if args.from_scratch else "--fine-tune"
+        raise NeftcError(f"{flag} says how to train with NeFT; give --neft MODE (ovf, irs, "
+                         f"ovf+irs, nit or none) too, or leave {flag} out")
+    if args.from_scratch and args.fine_tune:
+        raise NeftcError("--from-scratch and --fine-tune exclude each other; give one")
+    from_scratch = neft is not None and not args.fine_tune and (
+        args.from_scratch or neft.mode != "auto")
     summary = train_zoo_model(args.arch, args.data, args.output, epochs=args.epochs, lr=args.lr,
                               batch_size=args.batch_size, seed=args.seed, device=args.device,
                               neft=neft, target=target, progress=not args.quiet,
-                              from_scratch=args.from_scratch)
+                              from_scratch=from_scratch)
     print(summary)
     return 0
