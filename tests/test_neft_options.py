@@ -320,18 +320,25 @@ def test_train_from_scratch(tmp_path, capsys) -> None:
     assert code == 2 and "--from-scratch" in err and "Traceback" not in err
 
 
-def test_bn_stats_train_refuses_a_batch_of_one(fefet, small) -> None:
+def test_bn_stats_train_skips_a_batch_of_one(fefet, small) -> None:
     """aten.batch_norm in training mode on one value per channel writes NaN into the running
-    variance without an error: such a split is refused before training, naming the fix."""
+    variance without an error: a last batch of one sample is skipped (the running statistics
+    stay finite), and batches of one sample are refused before training, naming the fix."""
     from neftc.errors import NeftcError
 
     gm, _ = tiny_bn_graph(fefet)
     odd = Split(small.x[:33], small.y[:33])
+    log = finetune(gm, odd, sigma=SIGMA, epochs=2, batch_size=32, progress=False,
+                   bn_stats="train")
+    assert log.steps == 2  # one batch of 32 per epoch; the batch of one is skipped
+    assert all(bool(torch.isfinite(s).all()) for s in running_stats(gm))
     before = running_stats(gm)
-    with pytest.raises(NeftcError, match="--neft-batch-size"):
-        finetune(gm, odd, sigma=SIGMA, epochs=1, batch_size=32, progress=False, bn_stats="train")
+    with pytest.raises(NeftcError, match="--neft-batch-size 2"):
+        finetune(gm, odd, sigma=SIGMA, epochs=1, batch_size=1, progress=False, bn_stats="train")
     assert all(torch.equal(a, b) for a, b in zip(before, running_stats(gm)))
-    finetune(gm, odd, sigma=SIGMA, epochs=1, batch_size=32, progress=False)  # frozen: fine
+    log = finetune(gm, odd, sigma=SIGMA, epochs=1, batch_size=32, progress=False,
+                   bn_stats="frozen")
+    assert log.steps == 2  # frozen statistics: every batch trains
 
 
 def test_train_neft_is_from_scratch_unless_fine_tune(tmp_path, capsys) -> None:

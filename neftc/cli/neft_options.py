@@ -88,10 +88,11 @@ def _add_fine_tuning_options(group: argparse._ArgumentGroup, required: bool) -> 
     group.add_argument("--sigma-schedule", choices=["constant", "ramp"], default="constant",
                        help="training sigma over the steps: constant (default); ramp: linearly "
                        "from 0 to the training sigma over the first half of the steps, then held")
-    group.add_argument("--bn-stats", choices=["frozen", "train"], default="frozen",
-                       help="BatchNorm while fine-tuning: frozen: the deployed statistics "
-                       "(default); train: batch statistics, the running statistics learned "
-                       "under the training noise (the paper's reference code)")
+    group.add_argument("--bn-stats", choices=["frozen", "train"], default="train",
+                       help="BatchNorm while fine-tuning: train (default): batch statistics, "
+                       "the running statistics learned under the training noise (the paper's "
+                       "reference code; better on VGG-8, docs/results.md); frozen: the "
+                       "deployed statistics")
     group.add_argument("--auto-epochs", type=int, default=2, metavar="N",
                        help="--neft auto: fine-tuning epochs per candidate (default 2)")
     group.add_argument("--auto-chips", type=int, default=10, metavar="N",

@@ -2,8 +2,9 @@
 
 The normalised graph holds each BatchNorm as ``aten.batch_norm.default(x, weight, bias,
 running_mean, running_var, training, momentum, eps, cudnn)`` with ``training=False``
-(``passes/normalize.py``): fine-tuning then normalises with the deployed statistics, frozen
-(``frozen``, the default). ``train`` is the protocol of the paper's reference code: BatchNorm in
+(``passes/normalize.py``). ``frozen`` fine-tunes with the deployed statistics. ``train`` (the
+default since issue 13: it won on VGG-8/Fashion-MNIST, ``docs/results.md``) is the protocol of
+the paper's reference code: BatchNorm in
 training mode while fine-tuning, normalising each batch by its own statistics and updating the
 graph's running mean and variance buffers in place (with the graph's momentum), so the deployed
 statistics are those of the activations under the training noise. :func:`batch_norm_mode` flips
@@ -60,16 +61,17 @@ def batch_norm_mode(gm: torch.fx.GraphModule, stats: BnStats) -> Iterator[int]:
         _set_training(gm, nodes, before)
 
 
-def check_batches(gm: torch.fx.GraphModule, stats: BnStats, samples: int,
-                  batch_size: int) -> None:
-    """Refuse ``train`` statistics when a batch would hold one sample: a BatchNorm in training
-    mode that sees one value per channel (after a linear layer) computes no variance, and
-    ``aten.batch_norm`` then writes NaN into the running variance without an error."""
+def min_batch(gm: torch.fx.GraphModule, stats: BnStats, samples: int, batch_size: int) -> int:
+    """The smallest batch fine-tuning may train on: 2 with ``train`` statistics on a graph with
+    BatchNorm (a BatchNorm in training mode that sees one value per channel computes no
+    variance, and ``aten.batch_norm`` then writes NaN into the running variance without an
+    error), so a last batch of one sample is skipped; else 1. Batches of one sample, or a
+    single sample, are refused."""
     if stats != "train" or not batch_norm_nodes(gm):
-        return
-    if batch_size == 1 or samples % batch_size == 1:
+        return 1
+    if batch_size == 1 or samples < 2:
         raise NeftcError(f"--bn-stats train with {samples} training samples in batches of "
-                         f"{batch_size} leaves a batch of one sample, whose BatchNorm "
+                         f"{batch_size} gives batches of one sample, whose BatchNorm "
                          "statistics are undefined (the running variance would become NaN); "
-                         "choose another --neft-batch-size (at least 2, not dividing "
-                         f"{samples - 1}), or --bn-stats frozen")
+                         "use --neft-batch-size 2 or more, or --bn-stats frozen")
+    return 2

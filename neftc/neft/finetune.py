@@ -27,7 +27,7 @@ import torch.fx
 import torch.nn.functional as F
 
 from neftc.datasets.base import Split
-from neftc.neft.batchnorm import BnStats, batch_norm_mode, check_batches
+from neftc.neft.batchnorm import BnStats, batch_norm_mode, min_batch
 from neftc.neft.modules import FeedbackHead, WeightNoise
 from neftc.neft.train import Batch, BatchLoss, TrainLog, feed, train_loop
 from neftc.passes.insert_feedback import PLAN_KEY, FeedbackPlan
@@ -125,7 +125,7 @@ def _batch_loss(plan: FeedbackPlan | None, mode: str, sigma: _Sigma, noise: list
 def finetune(gm: torch.fx.GraphModule, data: Split, *, sigma: float, epochs: int,
              lr: float = DEFAULT_LR, batch_size: int = DEFAULT_BATCH, seed: int = 0,
              device: str = "cpu", progress: bool = True, temperature: float | None = None,
-             sigma_schedule: SigmaSchedule = "constant", bn_stats: BnStats = "frozen",
+             sigma_schedule: SigmaSchedule = "constant", bn_stats: BnStats = "train",
              on_epoch: Callable[[int, float], None] | None = None) -> TrainLog:
     """Fine-tune ``gm`` in place on ``data`` according to its feedback plan (``gm.meta['neft']``;
     without one: plain NIT if noise modules are present, else plain training), through the one
@@ -133,7 +133,7 @@ def finetune(gm: torch.fx.GraphModule, data: Split, *, sigma: float, epochs: int
     ``seed``, the batch order from ``seed + 1``. ``temperature`` None: the mode's default
     (:func:`default_temperature`); ``sigma_schedule``: :func:`scheduled_sigma`; ``bn_stats``:
     ``neftc.neft.batchnorm``. The graph's code is the same afterwards in every case."""
-    check_batches(gm, bn_stats, len(data), batch_size)
+    smallest = min_batch(gm, bn_stats, len(data), batch_size)
     plan: FeedbackPlan | None = gm.meta.get(PLAN_KEY)
     mode = plan.mode if plan is not None else "nit"
     noise = _noise_modules(gm)
@@ -150,7 +150,7 @@ def finetune(gm: torch.fx.GraphModule, data: Split, *, sigma: float, epochs: int
                          order=torch.Generator().manual_seed(seed + 1), device=device,
                          progress=progress, desc=f"neft {mode}",
                          what=f"NeFT {mode} fine-tuning", on_epoch=on_epoch,
-                         before_step=scheduled.before_step)
+                         before_step=scheduled.before_step, min_batch=smallest)
     gm.eval()
     gm.to("cpu")
     return log

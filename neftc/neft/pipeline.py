@@ -79,7 +79,7 @@ class NeftSettings:
     # sigma's schedule over the steps, and BatchNorm's statistics while fine-tuning.
     temperature: float | None = None
     sigma_schedule: SigmaSchedule = "constant"
-    bn_stats: BnStats = "frozen"
+    bn_stats: BnStats = "train"
     # The training noise's std carries the gradient of the chip's quantisation scale
     # (WeightNoise.scale_gradient); False: a constant std, as the NeFT reference code.
     scale_gradient: bool = True

@@ -81,7 +81,8 @@ def train_loop(model: nn.Module, data: Split, loss_of: BatchLoss, *, epochs: int
                batch_size: int, order: torch.Generator, device: str = "cpu",
                progress: bool = True, desc: str = "train", what: str = "training",
                on_epoch: Callable[[int, float], None] | None = None,
-               before_step: Callable[[int, int], None] | None = None) -> TrainLog:
+               before_step: Callable[[int, int], None] | None = None,
+               min_batch: int = 1) -> TrainLog:
     """The one training loop (plain training and NeFT fine-tuning): Adam over the parameters that
     require gradients, a cosine schedule over all steps, batches in the order drawn from ``order``
     each epoch. ``loss_of(model, x, y)`` computes a batch's objective and plain cross-entropy;
@@ -102,6 +103,8 @@ def train_loop(model: nn.Module, data: Split, loss_of: BatchLoss, *, epochs: int
         total, total_ce, count = 0.0, 0.0, 0
         for step, first in enumerate(range(0, len(data), batch_size)):
             idx = permutation[first:first + batch_size]
+            if len(idx) < min_batch:  # e.g. one sample: no BatchNorm statistics (skipped)
+                continue
             if before_step is not None:
                 before_step(log.steps, epochs * per_epoch)
             loss, ce = loss_of(model, batch_of(data, idx, device), data.y[idx].to(device))
