@@ -45,7 +45,8 @@ def test_spec_text_golden() -> None:
     assert spec_text(BitSlice()) == "bit-slice"
     assert spec_text(InjectNoise(sigma=0.1, quantize=Quantize(per_channel=True))) == (
         "inject-noise{sigma=0.1 mode=cell "
-        "quantize=quantize{per-channel=true calibration=max-abs percentile=99.99}}")
+        "quantize=quantize{per-channel=true calibration=max-abs percentile=99.99} "
+        "scale-gradient=true}")
 
 
 ROUND_TRIP = [
