@@ -270,17 +270,24 @@ def _compared(layout: Layout, layout_dir: str | Path, data: Dataset, data_spec: 
                           f"{classes[0]} and {classes[1]} classes; {fix}")
     if not settings.ideal_periphery:
         _set_dac(emu, other, data, data_spec, settings)
-    x, y = data.test.inputs(), data.test.y
-    emu.program_ideal()
-    quantized = evaluate(emu, x, y, settings.batch_size)
-    ideal_quantized = quantized
-    if not settings.ideal_periphery:
-        ideal = Emulator(other, sigma=0.0, ideal_periphery=True, device=settings.device)
-        ideal_quantized = evaluate(ideal, x, y, settings.batch_size)
+    quantized, ideal_quantized = _noise_free(emu, other, data.test.inputs(), data.test.y,
+                                             settings)
     same, note = _draw_note(emulator, emu)
     return _Compared(emu, quantized, CompareRecord(
         layout=str(other_dir), quantized_accuracy_ideal_periphery=ideal_quantized,
         same_draws=same, note=note))
+
+
+def _noise_free(emulator: Emulator, layout: Layout, x: Inputs, y: torch.Tensor,
+                settings: VerifySettings) -> tuple[float, float]:
+    """The noise-free chip's accuracy with ``emulator``'s periphery, and with ideal periphery
+    (the same number when the periphery is ideal). Leaves ``emulator`` programmed ideal."""
+    emulator.program_ideal()
+    quantized = evaluate(emulator, x, y, settings.batch_size)
+    if settings.ideal_periphery:
+        return quantized, quantized
+    ideal = Emulator(layout, sigma=0.0, ideal_periphery=True, device=settings.device)
+    return quantized, evaluate(ideal, x, y, settings.batch_size)
 
 
 def _recalibration_inputs(data: Dataset, data_spec: str, count: int) -> Inputs:
@@ -319,12 +326,7 @@ def verify_layout(layout_dir: str | Path, data_spec: str, settings: VerifySettin
         compared = _compared(layout, layout_dir, data, data_spec, emulator, settings)
     x, y = data.test.inputs(), data.test.y  # in the layout's input order (fitted)
     target = layout.doc.target
-    emulator.program_ideal()
-    quantized = evaluate(emulator, x, y, settings.batch_size)
-    ideal_quantized = quantized
-    if not settings.ideal_periphery:
-        ideal = Emulator(layout, sigma=0.0, ideal_periphery=True, device=settings.device)
-        ideal_quantized = evaluate(ideal, x, y, settings.batch_size)
+    quantized, ideal_quantized = _noise_free(emulator, layout, x, y, settings)
     results = _sweep(emulator, x, y, settings.sigmas or (target.noise.sigma_rel,), quantized,
                      settings, progress, compared, calibration)
     if dac is not None:
