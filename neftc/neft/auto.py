@@ -24,12 +24,12 @@ import torch
 import torch.fx
 from torch.func import functional_call
 
-from neftc.bounds import MAX_SEED
 from neftc.datasets.base import Split
 from neftc.errors import DataError
 from neftc.format.schema import AutoCandidateRecord, AutoRecord
 from neftc.ir.node_info import crossbar_nodes
 from neftc.ir.pass_manager import PassContext
+from neftc.ir.weights import get_weight, weight_attr
 from neftc.neft.modules import DeviceNoise
 from neftc.neft.pipeline import (
     AUTO,
@@ -40,7 +40,7 @@ from neftc.neft.pipeline import (
     training_data,
     training_passes,
 )
-from neftc.neft.train import TrainLog, batch_of, feed
+from neftc.neft.train import TrainLog, accuracy
 from neftc.passes.quantize import Quantize
 
 #: The candidates ``--neft auto`` tries: ``NeftSettings`` overrides, and ``sigma_factor``, the
@@ -115,35 +115,20 @@ def noisy_accuracies(gm: torch.fx.GraphModule, data: Split, noise: DeviceNoise, 
     """Accuracy of the deployable graph ``gm`` on ``data`` for each of ``chips`` simulated chips:
     every crossbar weight ``w`` becomes ``w + weight_std(w, sigma) * z``, ``z`` standard normal
     from a generator seeded by ``(seed, chip)``, fixed for the whole split."""
-    names = sorted({str(node.args[1].target) for node in crossbar_nodes(gm)
-                    if isinstance(node.args[1], torch.fx.Node)
-                    and node.args[1].op == "get_attr"})
-    weights = {name: _attribute(gm, name).detach() for name in names}
+    weights = {weight_attr(node): get_weight(gm, node).detach() for node in crossbar_nodes(gm)}
     stds = {name: noise.weight_std(w, sigma) for name, w in weights.items()}
     results = []
     gm.eval()
-    with torch.no_grad():
-        for chip in range(chips):
-            generator = torch.Generator().manual_seed((seed % MAX_SEED) * 1_000_003 + chip)
-            noisy = {name: w + stds[name] * torch.randn(w.shape, generator=generator)
-                     for name, w in weights.items()}
+    for chip in range(chips):
+        generator = torch.Generator().manual_seed((seed * 1_000_003 + chip) % 2**63)
+        noisy = {name: w + stds[name] * torch.randn(w.shape, generator=generator)
+                 for name, w in weights.items()}
 
-            def forward(*inputs: torch.Tensor, params: dict = noisy) -> torch.Tensor:
-                return functional_call(gm, params, inputs)
+        def forward(*inputs: torch.Tensor, params: dict = noisy) -> torch.Tensor:
+            return functional_call(gm, params, inputs)
 
-            correct = 0
-            for start in range(0, len(data), batch_size):
-                logits = feed(forward, batch_of(data, slice(start, start + batch_size), "cpu"))
-                correct += int((logits.argmax(dim=1) == data.y[start:start + batch_size]).sum())
-            results.append(correct / len(data))
+        results.append(accuracy(forward, data, batch_size))
     return tuple(results)
-
-
-def _attribute(gm: torch.fx.GraphModule, target: str) -> torch.Tensor:
-    owner, _, name = target.rpartition(".")
-    value = getattr(gm.get_submodule(owner) if owner else gm, name)
-    assert isinstance(value, torch.Tensor)
-    return value
 
 
 def candidate_settings(settings: NeftSettings, deploy_sigma: float
