@@ -10,6 +10,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 
+from neftc.distributed import SINGLE, Group
 from neftc.runtime.chip import ChipInstance
 from neftc.runtime.emulator import Emulator
 from neftc.runtime.inputs import Inputs, num_samples, rows
@@ -107,36 +108,74 @@ def evaluate(emulator: Emulator, x: Inputs, y: torch.Tensor, batch_size: int,
 
 
 class Uncertainty:
-    """Streaming epistemic uncertainty over chip instances, per test sample:
+    """Epistemic uncertainty over chip instances, per test sample:
     ``E_i[KL(p_i || p_mean)] = E_i[sum_c p_i log p_i] - sum_c p_mean log p_mean`` (the expected KL
     divergence between each chip's predictive distribution and their mean), and the mean top-1
-    confidence ``E_i[max_c p_i]``."""
+    confidence ``E_i[max_c p_i]``, for chip instances ``0 .. trials - 1``.
 
-    def __init__(self) -> None:
+    Streaming: the per-sample sums are kept, not the chips' outputs. They are kept in fixed point
+    (int64, ``2**-bits`` per chip, ``bits`` <= 52 chosen from ``trials`` so no sum can overflow),
+    so adding is exact and does not depend on the order: the chips can be split over processes
+    (:meth:`reduce`) and the result is the same to the last bit. The rounding is at most
+    ``2**-bits`` per chip and sample (``2**-42`` at a million chips).
+    """
+
+    def __init__(self, trials: int) -> None:
+        self.trials = trials
+        self.bits = min(52, 62 - max(1, trials).bit_length())
         self.count = 0
-        self.sum_p: torch.Tensor | None = None
-        self.sum_neg_entropy: torch.Tensor | None = None
-        self.sum_confidence = 0.0
+        self.sum_p: torch.Tensor | None = None  # int64 (samples, classes), scaled by 2**bits
+        self.sum_neg_entropy: torch.Tensor | None = None  # int64 (samples,), 2**entropy_bits
+        self.confidences = torch.zeros(trials, dtype=torch.float64)  # per chip
 
-    def add(self, logits: torch.Tensor) -> None:
+    def _entropy_bits(self, classes: int) -> int:
+        # |sum_c p log p| <= log(classes): that many more integer bits.
+        return self.bits - max(0, math.ceil(math.log2(math.log(max(classes, 2)) + 1)))
+
+    def add(self, chip: int, logits: torch.Tensor) -> None:
+        """Chip instance ``chip``'s logits (samples, classes) over the test set."""
         log_p = torch.log_softmax(logits.double(), dim=1)
         p = log_p.exp()
         neg_entropy = (p * log_p).sum(dim=1)
-        self.sum_p = p if self.sum_p is None else self.sum_p + p
-        self.sum_neg_entropy = (neg_entropy if self.sum_neg_entropy is None
-                                else self.sum_neg_entropy + neg_entropy)
-        self.sum_confidence += float(p.max(dim=1).values.mean())
+        fixed_p = torch.round(p * 2.0**self.bits).long()
+        fixed_entropy = torch.round(
+            neg_entropy * 2.0**self._entropy_bits(int(p.shape[1]))).long()
+        self.sum_p = fixed_p if self.sum_p is None else self.sum_p + fixed_p
+        self.sum_neg_entropy = (fixed_entropy if self.sum_neg_entropy is None
+                                else self.sum_neg_entropy + fixed_entropy)
+        self.confidences[chip] = float(p.max(dim=1).values.mean())
         self.count += 1
+
+    def reduce(self, group: Group) -> None:
+        """Add up every rank's chips (each rank added its own): afterwards every rank holds the
+        sums over all chips, exactly as one process adding them all would."""
+        if not group.distributed:
+            return
+        shape = torch.tensor([0, 0] if self.sum_p is None else list(self.sum_p.shape))
+        torch.distributed.all_reduce(shape, op=torch.distributed.ReduceOp.MAX)
+        samples, classes = (int(v) for v in shape)
+        if self.sum_p is None or self.sum_neg_entropy is None:  # this rank ran no chip
+            self.sum_p = torch.zeros(samples, classes, dtype=torch.long)
+            self.sum_neg_entropy = torch.zeros(samples, dtype=torch.long)
+        group.sum(self.sum_p)
+        group.sum(self.sum_neg_entropy)
+        group.sum(self.confidences)
+        count = group.sum(torch.tensor([self.count]))
+        self.count = int(count.item())
 
     def expected_kl(self) -> float:
         if self.count == 0 or self.sum_p is None or self.sum_neg_entropy is None:
             return float("nan")
-        mean_p = self.sum_p / self.count
+        mean_p = self.sum_p.double() / (self.count * 2.0**self.bits)
         mean_neg_entropy = (mean_p * torch.log(mean_p.clamp(min=1e-300))).sum(dim=1)
-        return float((self.sum_neg_entropy / self.count - mean_neg_entropy).mean().clamp(min=0))
+        scale = self.count * 2.0**self._entropy_bits(int(self.sum_p.shape[1]))
+        return float((self.sum_neg_entropy.double() / scale - mean_neg_entropy).mean()
+                     .clamp(min=0))
 
     def mean_confidence(self) -> float:
-        return self.sum_confidence / self.count if self.count else float("nan")
+        # Summed in chip order, one chip at a time: the same for any split of the chips.
+        return (sum(float(c) for c in self.confidences) / self.count if self.count
+                else float("nan"))
 
 
 @dataclass(frozen=True)
@@ -152,16 +191,17 @@ class McResult:
         return self.stats.trials / self.seconds if self.seconds > 0 else float("inf")
 
 
-def _chip_groups(trials: int, size: int) -> Iterator[list[int]]:
-    """Chips 0 .. trials-1 in groups of ``size``, one group at a time (memory O(size))."""
-    for first in range(0, trials, size):
-        yield list(range(first, min(first + size, trials)))
+def _chip_groups(chips: list[int], size: int) -> Iterator[list[int]]:
+    """``chips`` in groups of ``size``, one group at a time (memory O(size))."""
+    for first in range(0, len(chips), size):
+        yield chips[first:first + size]
 
 
 def monte_carlo(emulator: Emulator, x: Inputs, y: torch.Tensor, trials: int, *,
                 batch_size: int = 1024, chips_per_pass: int = 1,
                 on_trial: Callable[[int, float], None] | None = None,
-                prepare: Callable[[ChipInstance], ChipInstance] | None = None) -> McResult:
+                prepare: Callable[[ChipInstance], ChipInstance] | None = None,
+                group: Group = SINGLE) -> McResult:
     """Accuracy of ``trials`` chip instances (0 .. trials-1 of the emulator's seed).
 
     Memory is O(trials) for the accuracies (one float per chip) plus O(test set) for one chip's
@@ -172,29 +212,37 @@ def monte_carlo(emulator: Emulator, x: Inputs, y: torch.Tensor, trials: int, *,
     Each chip instance is a value made for its trial and dropped: the emulator's current chip is
     unchanged. ``prepare`` (one chip per pass only) turns each programmed chip into the one
     evaluated (e.g. ``neftc.runtime.recalibration.recalibrate_batch_norm``).
+
+    With ``group`` of several processes, each runs its share of the chips (``Group.shard``:
+    chip i on rank i mod world) and every rank returns the result over all chips: the same
+    accuracies, statistics and uncertainty as one process (the sums are exact); ``seconds`` is
+    the slowest rank's.
     """
     start = time.perf_counter()
-    accuracies = np.empty(trials)
-    uncertainty = Uncertainty()
+    accuracies = torch.zeros(trials, dtype=torch.float64)
+    uncertainty = Uncertainty(trials)
     size = chips_per_pass if emulator.ideal_periphery else 1
     if prepare is not None and size > 1:
         raise ValueError("a prepared chip instance runs one chip per pass (chips_per_pass=1)")
     per_pass = max(1, batch_size // size)
-    for group in _chip_groups(trials, size):
-        if len(group) == 1:
-            chip_instance = emulator.instance(group[0])
+    for chips in _chip_groups(group.shard(range(trials)), size):
+        if len(chips) == 1:
+            chip_instance = emulator.instance(chips[0])
             if prepare is not None:
                 chip_instance = prepare(chip_instance)
             outputs = [predict(emulator, x, batch_size, chip_instance)]
         else:
-            parts = [emulator.forward_chips(group, rows(x, first, first + per_pass))
+            parts = [emulator.forward_chips(chips, rows(x, first, first + per_pass))
                      for first in range(0, num_samples(x), per_pass)]
-            outputs = [torch.cat([part[k].cpu() for part in parts]) for k in range(len(group))]
-        for chip, logits in zip(group, outputs):
+            outputs = [torch.cat([part[k].cpu() for part in parts]) for k in range(len(chips))]
+        for chip, logits in zip(chips, outputs):
             accuracies[chip] = int((logits.argmax(dim=1) == y).sum()) / max(int(y.shape[0]), 1)
-            uncertainty.add(logits)
+            uncertainty.add(chip, logits)
             if on_trial is not None:
                 on_trial(chip, float(accuracies[chip]))
-    seconds = time.perf_counter() - start
-    return McResult(accuracies, summarize(accuracies), seconds, uncertainty.expected_kl(),
+    group.sum(accuracies)  # each chip's accuracy comes from one rank, the others add 0.0
+    uncertainty.reduce(group)
+    seconds = group.max(time.perf_counter() - start)
+    values = accuracies.numpy()
+    return McResult(values, summarize(values), seconds, uncertainty.expected_kl(),
                     uncertainty.mean_confidence())

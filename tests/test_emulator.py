@@ -258,17 +258,17 @@ def test_cell_weight_std_matches_emulator_prediction(tmp_path, encoding) -> None
 def test_uncertainty_expected_kl() -> None:
     from neftc.runtime.montecarlo import Uncertainty
 
-    same = Uncertainty()
-    for _ in range(5):
-        same.add(torch.tensor([[2.0, 0.0, -1.0], [0.0, 0.0, 0.0]]))
+    same = Uncertainty(5)
+    for chip in range(5):
+        same.add(chip, torch.tensor([[2.0, 0.0, -1.0], [0.0, 0.0, 0.0]]))
     assert same.expected_kl() == pytest.approx(0.0, abs=1e-12)  # identical chips: no spread
     # Row 1: softmax([2, 0, -1]) peaks at e^2 / (e^2 + 1 + e^-1); row 2 is uniform (1/3).
     top = math.exp(2) / (math.exp(2) + 1 + math.exp(-1))
     assert same.mean_confidence() == pytest.approx((top + 1 / 3) / 2, rel=1e-6)
-    spread = Uncertainty()
+    spread = Uncertainty(2)
     a, b = torch.tensor([[5.0, 0.0]]), torch.tensor([[0.0, 5.0]])
-    spread.add(a)
-    spread.add(b)
+    spread.add(0, a)
+    spread.add(1, b)
     p = torch.softmax(a.double(), 1)[0]
     mean = torch.tensor([0.5, 0.5], dtype=torch.float64)
     expected = float((p * (p / mean).log()).sum())  # both chips are equally far from the mean

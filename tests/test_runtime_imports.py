@@ -1,6 +1,6 @@
 """The runtime knows only the layout: ``neftc.runtime`` imports, directly or through what it
-imports, nothing but the format package, the device model and target specs, errors and device
-selection (DESIGN.md section 1). The import graph is read from the source (ast), so a lazy import
+imports, nothing but the format package, the device model and target specs, errors, device
+selection and the process group that splits chip instances over processes (DESIGN.md section 1). The import graph is read from the source (ast), so a lazy import
 inside a function counts too."""
 
 from __future__ import annotations
@@ -9,7 +9,8 @@ import ast
 
 from import_graph import ROOT, closure, neftc_imports
 
-ALLOWED = ("neftc.runtime", "neftc.format", "neftc.targets", "neftc.errors", "neftc.devices")
+ALLOWED = ("neftc.runtime", "neftc.format", "neftc.targets", "neftc.errors", "neftc.devices",
+           "neftc.distributed")
 
 
 def runtime_modules() -> list[str]:

@@ -44,11 +44,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # for --workers to run again
     try:
         check_flags(args)
         return args.run(args)
     except NeftcError as exc:
-        print(f"neftc {args.command}: error: {exc}", file=sys.stderr)
+        rank = os.environ.get("RANK", "0") if "WORLD_SIZE" in os.environ else "0"
+        where = "" if rank == "0" else f" (process {rank})"
+        print(f"neftc {args.command}{where}: error: {exc}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         print("neftc: interrupted", file=sys.stderr)

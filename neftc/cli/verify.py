@@ -7,6 +7,8 @@ import argparse
 import json
 from pathlib import Path
 
+from neftc.cli.workers import add_workers_args, check_workers, launch
+from neftc.distributed import process_group
 from neftc.errors import NeftcError
 
 
@@ -61,6 +63,7 @@ def _add_verify_parser(sub: argparse._SubParsersAction) -> None:
     ver.add_argument("--no-report", action="store_true", help="do not save verify.json and "
                      "update report.html in the layout directory")
     ver.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    add_workers_args(ver)
     ver.set_defaults(run=run_verify)
 
 
@@ -92,15 +95,23 @@ def run_verify(args: argparse.Namespace) -> int:
         raise NeftcError(f"--sigma must be >= 0, got {min(args.sigma)}")
     if args.batch_size < 1 or args.calib_samples < 1 or args.chips_per_pass < 1:
         raise NeftcError("--batch-size, --calib-samples and --chips-per-pass must be at least 1")
+    check_workers(args)
     settings = VerifySettings(sigmas=tuple(args.sigma) if args.sigma else None, trials=args.mc,
                               seed=args.seed, noise=args.noise,
                               ideal_periphery=args.ideal_periphery, faults=not args.no_faults,
                               batch_size=args.batch_size, calib_samples=args.calib_samples,
                               chips_per_pass=args.chips_per_pass, device=args.device,
                               compare=args.compare, bn_recalibrate=args.bn_recalibrate)
+    if args.workers > 1:
+        return launch(args.argv, args.workers, "verify")
     verified = layout_identity(args.layout)  # the layout this sign-off is about
-    report = monte_carlo(args.layout, args.data, settings,
-                         progress=not args.quiet and not args.json)
+    with process_group(args.device, args.dist_timeout) as group:
+        # Under torchrun or --workers: every process runs its share of the chips and returns
+        # the whole record; rank 0 writes and prints it.
+        report = monte_carlo(args.layout, args.data, settings,
+                             progress=not args.quiet and not args.json, group=group)
+    if not group.is_main:
+        return 0
     if not args.no_report:
         # verify.json and report.html together or neither, and only into the layout verified.
         write_report(args.layout, load_layout(args.layout).doc, report, expect=verified)

@@ -15,6 +15,7 @@ from neftc.bounds import MAX_BATCH_SIZE, MAX_SEED, check_number
 from neftc.datasets.base import Dataset, check_compatible
 from neftc.datasets.fit import fit_inputs
 from neftc.datasets.spec import load_dataset
+from neftc.distributed import SINGLE, Group
 from neftc.errors import DataError, LayoutError, NeftcError
 from neftc.flow.records import (
     VERIFY_FORMAT,
@@ -161,22 +162,25 @@ def _accuracies(result: McResult) -> list[float]:
 
 def _sweep(emulator: Emulator, x: Inputs, y: torch.Tensor, sigmas: tuple[float, ...],
            quantized: float, settings: VerifySettings, progress: bool,
-           compared: _Compared | None = None, calibration: Inputs | None = None
-           ) -> list[SigmaResult]:
+           compared: _Compared | None = None, calibration: Inputs | None = None,
+           group: Group = SINGLE) -> list[SigmaResult]:
     """Monte Carlo over ``settings.trials`` chip instances at each sigma; with ``compared``,
     layout B on the same chips; with ``calibration``, the same chips with re-calibrated
-    BatchNorms (``recalibrate_batch_norm`` on those inputs)."""
+    BatchNorms (``recalibrate_batch_norm`` on those inputs). With ``group``, the chips are split
+    over its processes and every rank returns the results over all of them."""
     recalibrate = calibration is not None and bool(batch_norms(emulator))
     runs = 1 + (compared is not None) + recalibrate
     results = []
-    bar = tqdm(total=len(sigmas) * settings.trials * runs, desc="chip instances",
-               disable=not progress, leave=False)
+    own = len(group.shard(range(settings.trials)))
+    bar = tqdm(total=len(sigmas) * own * runs, leave=False, disable=not progress,
+               desc="chip instances" + (f" (rank 0 of {group.world})" if group.distributed
+                                        else ""))
 
     def run(emu: Emulator, prepare: Callable[[ChipInstance], ChipInstance] | None = None,
             chips_per_pass: int = settings.chips_per_pass) -> McResult:
         return monte_carlo(emu, x, y, settings.trials, batch_size=settings.batch_size,
                            chips_per_pass=chips_per_pass, prepare=prepare,
-                           on_trial=lambda _chip, _acc: bar.update())
+                           on_trial=lambda _chip, _acc: bar.update(), group=group)
 
     for sigma in sigmas:
         emulator.set_sigma(sigma)  # same network and DAC ranges, new device variation
@@ -306,8 +310,11 @@ def _recalibration_inputs(data: Dataset, data_spec: str, count: int) -> Inputs:
 
 
 def verify_layout(layout_dir: str | Path, data_spec: str, settings: VerifySettings,
-                  progress: bool = False) -> VerifyRecord:
-    """Sign off the layout in ``layout_dir`` on ``data_spec``'s test split."""
+                  progress: bool = False, group: Group = SINGLE) -> VerifyRecord:
+    """Sign off the layout in ``layout_dir`` on ``data_spec``'s test split. With ``group`` (one
+    process of several, ``neftc.distributed``), every process runs its share of the chip
+    instances and returns the same record; the per-chip accuracies do not depend on how many
+    processes share the work."""
     layout = load_layout(layout_dir)
     data = load_dataset(data_spec)  # the split is the data's, never the seed's
     emulator = Emulator(layout, sigma=0.0, seed=settings.seed, noise=settings.noise,
@@ -328,7 +335,7 @@ def verify_layout(layout_dir: str | Path, data_spec: str, settings: VerifySettin
     target = layout.doc.target
     quantized, ideal_quantized = _noise_free(emulator, layout, x, y, settings)
     results = _sweep(emulator, x, y, settings.sigmas or (target.noise.sigma_rel,), quantized,
-                     settings, progress, compared, calibration)
+                     settings, progress and group.is_main, compared, calibration, group)
     if dac is not None:
         periphery = PeripheryUsed(
             input_bits=layout.doc.periphery.input_bits,
@@ -354,10 +361,11 @@ def verify_layout(layout_dir: str | Path, data_spec: str, settings: VerifySettin
 
 
 def run_verify(layout_dir: str | Path, data_spec: str, settings: VerifySettings,
-               progress: bool = False) -> dict[str, Any]:
+               progress: bool = False, group: Group = SINGLE) -> dict[str, Any]:
     """``verify_layout`` as JSON data: what ``neftc verify --json`` prints
     (``docs/verify.schema.json``)."""
-    return verify_layout(layout_dir, data_spec, settings, progress).model_dump(mode="json")
+    return verify_layout(layout_dir, data_spec, settings, progress, group).model_dump(
+        mode="json")
 
 
 def _periphery_lines(record: VerifyRecord) -> list[str]:
