@@ -10,7 +10,7 @@ from collections.abc import Sequence
 
 from neftc import __version__
 from neftc.cli import compile as compile_command
-from neftc.cli import demo, layout_tools, neft, targets, verify
+from neftc.cli import demo, layout_tools, neft, sweep, targets, verify
 from neftc.cli.common import check_flags
 from neftc.errors import NeftcError
 
@@ -26,7 +26,7 @@ EPILOG = """examples:
 """
 
 #: The command families, in the order ``neftc --help`` lists their commands.
-FAMILIES = (compile_command, neft, verify, layout_tools, targets, demo)
+FAMILIES = (compile_command, neft, verify, sweep, layout_tools, targets, demo)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -96,7 +96,7 @@ def _calibration_inputs(data: Dataset, count: int) -> tuple[torch.Tensor, ...]:
     return tuple(rows(split.inputs(), 0, count))
 
 
-def _fit_data(emulator: Emulator, layout: Layout, data: Dataset) -> Dataset:
+def fit_data(emulator: Emulator, layout: Layout, data: Dataset) -> Dataset:
     """The data fitted to the layout's inputs (``fit_inputs``: x feeds the first, the arrays
     named after the others feed them, in order): its samples run, and its labels match the
     outputs."""
@@ -114,7 +114,7 @@ def _fit_data(emulator: Emulator, layout: Layout, data: Dataset) -> Dataset:
     return data
 
 
-def _set_dac(emulator: Emulator, layout: Layout, data: Dataset, data_spec: str,
+def set_dac(emulator: Emulator, layout: Layout, data: Dataset, data_spec: str,
              settings: VerifySettings) -> tuple[str, int, dict[str, DacRecord]]:
     """Set the input DAC ranges: the layout's when stored (``neftc calibrate``), else
     calibrated from ``data``. Returns (where they come from, samples, layer -> setting)."""
@@ -273,8 +273,8 @@ def _compared(layout: Layout, layout_dir: str | Path, data: Dataset, data_spec: 
         raise LayoutError(f"cannot compare {layout_dir} with {other_dir}: they output "
                           f"{classes[0]} and {classes[1]} classes; {fix}")
     if not settings.ideal_periphery:
-        _set_dac(emu, other, data, data_spec, settings)
-    quantized, ideal_quantized = _noise_free(emu, other, data.test.inputs(), data.test.y,
+        set_dac(emu, other, data, data_spec, settings)
+    quantized, ideal_quantized = noise_free(emu, other, data.test.inputs(), data.test.y,
                                              settings)
     same, note = _draw_note(emulator, emu)
     return _Compared(emu, quantized, CompareRecord(
@@ -282,7 +282,7 @@ def _compared(layout: Layout, layout_dir: str | Path, data: Dataset, data_spec: 
         same_draws=same, note=note))
 
 
-def _noise_free(emulator: Emulator, layout: Layout, x: Inputs, y: torch.Tensor,
+def noise_free(emulator: Emulator, layout: Layout, x: Inputs, y: torch.Tensor,
                 settings: VerifySettings) -> tuple[float, float]:
     """The noise-free chip's accuracy with ``emulator``'s periphery, and with ideal periphery
     (the same number when the periphery is ideal). Leaves ``emulator`` programmed ideal."""
@@ -320,20 +320,20 @@ def verify_layout(layout_dir: str | Path, data_spec: str, settings: VerifySettin
     emulator = Emulator(layout, sigma=0.0, seed=settings.seed, noise=settings.noise,
                         ideal_periphery=settings.ideal_periphery, faults=settings.faults,
                         device=settings.device)
-    data = _fit_data(emulator, layout, data)
+    data = fit_data(emulator, layout, data)
     calibration = None
     if settings.bn_recalibrate is not None:
         calibration = _recalibration_inputs(data, data_spec, settings.bn_recalibrate)
     periphery: PeripheryUsed | Literal["ideal"] = "ideal"
     dac = None
     if not settings.ideal_periphery:
-        dac = _set_dac(emulator, layout, data, data_spec, settings)
+        dac = set_dac(emulator, layout, data, data_spec, settings)
     compared = None
     if settings.compare is not None:
         compared = _compared(layout, layout_dir, data, data_spec, emulator, settings)
     x, y = data.test.inputs(), data.test.y  # in the layout's input order (fitted)
     target = layout.doc.target
-    quantized, ideal_quantized = _noise_free(emulator, layout, x, y, settings)
+    quantized, ideal_quantized = noise_free(emulator, layout, x, y, settings)
     results = _sweep(emulator, x, y, settings.sigmas or (target.noise.sigma_rel,), quantized,
                      settings, progress and group.is_main, compared, calibration, group)
     if dac is not None:
