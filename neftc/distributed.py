@@ -48,6 +48,7 @@ class Group:
 
     rank: int = 0
     world: int = 1
+    local_rank: int = 0  # the process's place on its machine (torchrun's LOCAL_RANK)
 
     @property
     def is_main(self) -> bool:
@@ -82,6 +83,11 @@ class Group:
         dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
         return float(tensor.item())
 
+    def device(self, name: str) -> str:
+        """The device this process runs on: a bare ``cuda`` becomes ``cuda:LOCAL_RANK`` (one GPU
+        per process, as torchrun lays them out); ``cpu`` and an explicit ``cuda:N`` stay."""
+        return f"cuda:{self.local_rank}" if name == "cuda" and self.distributed else name
+
     def barrier(self) -> None:
         if self.distributed:
             import torch.distributed as dist
@@ -115,13 +121,21 @@ def group_from_env(env: Mapping[str, str]) -> Group:
     if not 1 <= world <= MAX_WORLD or not 0 <= rank < world:
         raise DistributedError(f"RANK={rank} of WORLD_SIZE={world} is not a valid place in a "
                                f"process group (0 <= RANK < WORLD_SIZE <= {MAX_WORLD})")
-    return Group(rank, world)
+    local = _int_env(env, "LOCAL_RANK")
+    if local is not None and not 0 <= local < world:
+        raise DistributedError(f"LOCAL_RANK={local} is not a valid place among WORLD_SIZE="
+                               f"{world} processes")
+    return Group(rank, world, rank if local is None else local)
 
 
 def _backend(device: str) -> str:
+    """gloo for CPU tensors (the Monte Carlo's sums always are); with a CUDA device, CUDA
+    tensors (DDP's gradients) go through nccl where this torch has it."""
     import torch.distributed as dist
 
-    return "nccl" if device.startswith("cuda") and dist.is_nccl_available() else "gloo"
+    if device.startswith("cuda") and dist.is_nccl_available():
+        return "cpu:gloo,cuda:nccl"
+    return "gloo"
 
 
 def _lost_peer(message: str) -> bool:
@@ -134,8 +148,9 @@ def _lost_peer(message: str) -> bool:
 def process_group(device: str = "cpu", timeout_s: float = DEFAULT_TIMEOUT_S,
                   env: Mapping[str, str] | None = None) -> Iterator[Group]:
     """Join the process group the environment describes for the ``with`` block, and leave it
-    after. ``gloo`` on the CPU, ``nccl`` for ``cuda`` devices; a collective that waits more than
-    ``timeout_s`` seconds for another process fails the run instead of hanging."""
+    after. ``gloo`` for CPU tensors, ``nccl`` for CUDA tensors when ``device`` is a CUDA device;
+    a collective that waits more than ``timeout_s`` seconds for another process fails the run
+    instead of hanging. Use ``group.device(device)`` for the device this process runs on."""
     env = os.environ if env is None else env
     group = group_from_env(env)
     if not group.distributed:

@@ -169,3 +169,12 @@ def test_workers_under_torchrun_is_refused(layout, capsys, monkeypatch) -> None:
     monkeypatch.setenv("WORLD_SIZE", "1")
     assert main(["verify", str(layout), "--workers", "2", "--no-report"]) == 2
     assert "leave out --workers under torchrun" in capsys.readouterr().err
+
+
+def test_each_process_gets_its_own_gpu() -> None:
+    """torchrun's LOCAL_RANK picks the GPU of a bare ``cuda``; an explicit index is kept."""
+    group = group_from_env({"RANK": "5", "WORLD_SIZE": "8", "LOCAL_RANK": "1"})
+    assert (group.rank, group.local_rank) == (5, 1)
+    assert group.device("cuda") == "cuda:1"
+    assert group.device("cuda:0") == "cuda:0" and group.device("cpu") == "cpu"
+    assert group_from_env({}).device("cuda") == "cuda"

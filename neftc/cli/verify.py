@@ -4,6 +4,7 @@ sign-off and programming use): a layout and data in, measurements out."""
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 from pathlib import Path
 
@@ -108,6 +109,8 @@ def run_verify(args: argparse.Namespace) -> int:
     with process_group(args.device, args.dist_timeout) as group:
         # Under torchrun or --workers: every process runs its share of the chips and returns
         # the whole record; rank 0 writes and prints it.
+        if group.device(args.device) != args.device:  # one GPU per process
+            settings = dataclasses.replace(settings, device=group.device(args.device))
         report = monte_carlo(args.layout, args.data, settings,
                              progress=not args.quiet and not args.json, group=group)
     if not group.is_main:
