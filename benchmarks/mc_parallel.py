@@ -113,6 +113,43 @@ def measure(layout: Path, data: Path, trials: int, workers: list[int], repeats: 
     return {"periphery": "ideal" if ideal else "target DAC/ADC", "trials": trials, "rows": rows}
 
 
+def paper_protocol_cost(samples: int, trials: int, target_trials: int) -> dict[str, Any]:
+    """One process's seconds per chip instance for ResNet-18 (11 M weights, untrained, the
+    compiler's default layout) on random 3x32x32 inputs, ideal periphery and target DAC/ADC:
+    timed at ``samples // 4`` and ``samples`` inputs, fitted as ``fixed + per_sample x n`` (the
+    fixed part is programming the chip: drawing every cell's variation) and extrapolated to a
+    CIFAR-10-sized test set (10,000 samples). docs/scale-out.md's estimate of the NeFT paper's
+    protocol (1,000 chips x 8 sigmas) starts from these."""
+    with tempfile.TemporaryDirectory() as name:
+        folder = Path(name)
+        generator = torch.Generator().manual_seed(0)
+        torch.manual_seed(0)
+        model = build("resnet18", (3, 32, 32), 10).eval()
+        x = torch.rand(samples, 3, 32, 32, generator=generator)
+        y = torch.randint(0, 10, (samples,), generator=generator)
+        sizes = (max(1, samples // 4), samples)
+        for n in sizes:
+            np.savez(folder / f"cifar-like-{n}.npz", x_test=x[:n].numpy(), y_test=y[:n].numpy(),
+                     x_train=x[:64].numpy(), y_train=y[:64].numpy())
+        layout = folder / "layout"
+        compile_module(model, x[:1], resolve_target("fefet_128x128"), layout)
+        cost: dict[str, Any] = {"samples": list(sizes)}
+        for ideal, chips in ((True, trials), (False, target_trials)):
+            if not chips:
+                continue
+            runs = [run_once(layout, folder / f"cifar-like-{n}.npz", chips, 1, ideal)
+                    for n in sizes]
+            per_chip = [run["mc"] / chips for run in runs]
+            per_sample = (per_chip[1] - per_chip[0]) / (sizes[1] - sizes[0])
+            fixed = max(0.0, per_chip[0] - per_sample * sizes[0])
+            cost["ideal" if ideal else "target"] = {
+                "chips": chips, "seconds_per_chip": per_chip, "fixed_seconds": fixed,
+                "seconds_per_sample": per_sample,
+                "seconds_per_chip_10k": fixed + per_sample * 10_000,
+                "other": max(run["other"] for run in runs)}
+        return cost
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--mc", type=int, default=400, help="chips per run, ideal periphery")
@@ -123,6 +160,9 @@ def main() -> None:
     parser.add_argument("--workers", default="1,2")
     parser.add_argument("--model", default="lenet", choices=["lenet", "vgg8"])
     parser.add_argument("--json", action="store_true")
+    parser.add_argument("--paper-cost", type=int, default=256, metavar="SAMPLES",
+                        help="also time one process on ResNet-18 with SAMPLES random 3x32x32 "
+                        "inputs (0: skip)")
     args = parser.parse_args()
     workers = [int(k) for k in args.workers.split(",")]
     with tempfile.TemporaryDirectory() as folder:
@@ -131,8 +171,9 @@ def main() -> None:
         if args.target_mc:
             results.append(measure(layout, data, args.target_mc, workers, args.repeats,
                                    ideal=False))
+    cost = paper_protocol_cost(args.paper_cost, 4, 1) if args.paper_cost else None
     if args.json:
-        print(json.dumps(results, indent=1))
+        print(json.dumps({"parallel": results, "resnet18_cost": cost}, indent=1))
         return
     print(f"neftc verify --workers K, one thread per process: {args.model} on fefet_128x128, "
           f"{args.samples} samples, median of {args.repeats} ({platform.machine()}, "
@@ -159,6 +200,20 @@ def main() -> None:
             if row["other"] > 0.2:
                 print(f"WARNING  {result['periphery']} K={row['workers']}: other processes kept "
                       f"{row['other']:.2f} cores busy; the numbers are not clean")
+    if cost is None:
+        return
+    print(f"\nper-chip cost, one process (one thread), ResNet-18 (11 M weights) on fefet_128x128 "
+          f"(default layout), random 3x32x32 inputs, timed at {cost['samples']} samples, fitted "
+          f"as fixed + per sample x n:")
+    for key in ("ideal", "target"):
+        if key in cost:
+            c = cost[key]
+            print(f"  {key:<6}: {c['seconds_per_chip'][0]:.2f} / {c['seconds_per_chip'][1]:.2f} s "
+                  f"per chip ({c['chips']} chips): fixed {c['fixed_seconds']:.2f} s + "
+                  f"{1000 * c['seconds_per_sample']:.2f} ms per sample -> "
+                  f"{c['seconds_per_chip_10k']:.0f} s per chip on 10,000 samples; 1,000 chips x 8 "
+                  f"sigmas = {c['seconds_per_chip_10k'] * 8000 / 3600:.0f} core-hours "
+                  f"(other load {c['other']:.2f})")
 
 
 if __name__ == "__main__":
