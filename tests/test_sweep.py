@@ -120,8 +120,8 @@ def _wait_rows(process: subprocess.Popen, store: Path, count: int) -> None:
     deadline = time.monotonic() + WAIT_S
     while time.monotonic() < deadline:
         assert process.poll() is None, "the sweep ended before it could be killed"
-        try:
-            if len(rows(store)) >= count:
+        try:  # (sqlite3.connect would create the file: wait for the sweep to)
+            if store.exists() and len(rows(store)) >= count:
                 return
         except sqlite3.Error:  # not created yet
             pass
@@ -243,6 +243,9 @@ def test_bad_stores_are_refused(layout, tmp_path, capsys) -> None:
     assert "--noise paper" in _refused(capsys, *sweep[:-1], "--noise", "paper", "--periphery",
                                        "target", "--store", str(tmp_path / "p.db"))
     assert "--mc" in _refused(capsys, *sweep, str(tmp_path / "p.db"), "--mc", "0")
+    assert "drop LAYOUT" in _refused(capsys, "sweep", str(layout), "--report", "--store",
+                                     str(store))
+    assert not (tmp_path / "p.db").exists()  # nothing refused created a store
 
 
 def test_other_dac_ranges_are_refused(layout, tmp_path, capsys) -> None:

@@ -85,9 +85,11 @@ def run_sweep(args: argparse.Namespace) -> int:
 def _report(args: argparse.Namespace) -> int:
     from neftc.flow.sweep import format_report, sweep_report, write_report
 
-    if args.layout:
-        raise NeftcError("--report reads only the store; drop the layouts "
-                         f"({', '.join(map(str, args.layout))})")
+    given = [flag for flag, value in (("LAYOUT", args.layout), ("--data", args.data),
+                                      ("--sigma", args.sigma), ("--noise", args.noise),
+                                      ("--periphery", args.periphery)) if value]
+    if given:
+        raise NeftcError(f"--report reads only the store; drop {', '.join(given)}")
     report = sweep_report(args.store)
     written = write_report(report, args.output or args.store.resolve().parent)
     if args.json:

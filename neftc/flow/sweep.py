@@ -34,7 +34,7 @@ from neftc.atomic import atomic_files
 from neftc.datasets.base import Dataset
 from neftc.datasets.spec import load_dataset
 from neftc.distributed import SINGLE, Group
-from neftc.errors import NeftcError
+from neftc.errors import NeftcError, OutputError
 from neftc.flow.sweep_store import (
     Cell,
     ChipRow,
@@ -356,7 +356,11 @@ def _plot(series: dict[str, Any], path: Path) -> None:
 def write_report(report: dict[str, Any], out_dir: Path) -> list[Path]:
     """Write ``sweep-report.json`` and one accuracy-vs-sigma PNG per series into ``out_dir``,
     all or none (``atomic_files``); without matplotlib only the JSON. Returns the paths."""
-    out_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(f"cannot write the report into '{out_dir}': {exc}; give -o a "
+                          f"folder") from None
     try:
         import matplotlib
 
