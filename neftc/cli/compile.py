@@ -1,4 +1,6 @@
-"""``neftc compile``: a model in, a layout directory out (with ``--neft``, fine-tuned first)."""
+"""``neftc compile``: a model in, a layout directory out (with ``--neft``, fine-tuned first; as
+several processes with ``--workers K`` or under torchrun, DistributedDataParallel fine-tuning,
+and rank 0 compiles, prints and writes the layout)."""
 
 from __future__ import annotations
 
@@ -6,6 +8,7 @@ import argparse
 import dataclasses
 import json
 import operator
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -14,7 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from neftc.cli.common import add_model_args, add_target_args
-from neftc.cli.neft_options import add_neft_options, neft_settings
+from neftc.cli.neft_options import add_neft_options, neft_settings, process_device
+from neftc.cli.workers import check_workers, launch
 from neftc.errors import NeftcError
 
 
@@ -106,6 +110,7 @@ def compile_settings(args: argparse.Namespace):  # -> CompileSettings
 
 
 def run_compile(args: argparse.Namespace) -> int:
+    from neftc.distributed import process_group
     from neftc.driver.compiler import compile_model
     from neftc.flow.summary import format_summary, layout_summary
     from neftc.frontend.loader import parse_input_shape
@@ -115,18 +120,31 @@ def run_compile(args: argparse.Namespace) -> int:
     shape = parse_input_shape(args.input_shape) if args.input_shape else None
     if args.dac_samples < 1:
         raise NeftcError(f"--dac-samples must be at least 1, got {args.dac_samples}")
+    args.device = process_device(args.device, os.environ)
     settings = replace(compile_settings(args), target_overrides=tuple(args.overrides),
                        dac_data=args.dac_data or (args.data if args.neft else None),
                        dac_samples=args.dac_samples)
+    check_workers(args)
+    if args.workers > 1 and not args.neft:
+        raise NeftcError("--workers splits NeFT fine-tuning among processes; a compile without "
+                         "--neft runs in one process: leave out --workers, or give --neft")
+    if args.workers > 1:
+        return launch(args.argv, args.workers, "compile")
     start = time.perf_counter()
+    with process_group(args.device, args.dist_timeout) as group:
+        if not group.is_main:  # the other processes only train: no dumps, no progress lines
+            settings = replace(settings, dump_after_each=None, progress=False)
 
-    def on_pass(name: str, modified: bool) -> None:
-        if not args.quiet and not args.json:
-            print(f"  [{time.perf_counter() - start:6.2f} s] {name}"
-                  f"{'' if modified else ' (no change)'}", file=sys.stderr)
+        def on_pass(name: str, modified: bool) -> None:
+            if not args.quiet and not args.json and group.is_main:
+                print(f"  [{time.perf_counter() - start:6.2f} s] {name}"
+                      f"{'' if modified else ' (no change)'}", file=sys.stderr)
 
-    result = compile_model(args.model, target, args.output, arch=args.arch, input_shape=shape,
-                           trust_model=args.trust_model, settings=settings, on_pass=on_pass)
+        result = compile_model(args.model, target, args.output, arch=args.arch,
+                               input_shape=shape, trust_model=args.trust_model,
+                               settings=settings, on_pass=on_pass, group=group)
+    if not group.is_main:
+        return 0
     summary = layout_summary(result.doc)
     if args.json:
         print(json.dumps({"output": str(args.output), **summary}, indent=1))

@@ -1,13 +1,16 @@
 """``neftc finetune`` (NeFT fine-tuning only) and ``neftc train`` (a zoo model, then optionally
-NeFT): models in, ``.pt2`` archives out."""
+NeFT): models in, ``.pt2`` archives out. Both run as several processes (``--workers K``, or
+under torchrun) with DistributedDataParallel; rank 0 prints and writes the file."""
 
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 
 from neftc.cli.common import add_model_args, add_target_args
-from neftc.cli.neft_options import add_neft_options, neft_settings
+from neftc.cli.neft_options import add_neft_options, neft_settings, process_device
+from neftc.cli.workers import check_workers, launch
 from neftc.errors import NeftcError
 
 
@@ -61,6 +64,7 @@ def _add_train_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run_finetune(args: argparse.Namespace) -> int:
+    from neftc.distributed import process_group
     from neftc.driver.neft_jobs import finetune_file
     from neftc.frontend.loader import parse_input_shape
     from neftc.neft.pipeline import loss_summary
@@ -72,9 +76,17 @@ def run_finetune(args: argparse.Namespace) -> int:
     if args.output.is_dir():
         raise NeftcError(f"output '{args.output}' is a directory; give a file name such as "
                          "tuned.pt2")
-    log = finetune_file(args.model, target, neft_settings(args), args.output, arch=args.arch,
-                        input_shape=shape, trust_model=args.trust_model,
-                        progress=not args.quiet)
+    args.device = process_device(args.device, os.environ)
+    settings = neft_settings(args)
+    check_workers(args)
+    if args.workers > 1:
+        return launch(args.argv, args.workers, "finetune")
+    with process_group(args.device, args.dist_timeout) as group:
+        log = finetune_file(args.model, target, settings, args.output, arch=args.arch,
+                            input_shape=shape, trust_model=args.trust_model,
+                            progress=not args.quiet, group=group)
+    if not group.is_main:
+        return 0
     chip = Quantize()  # the default chip: say how this one differs
     quant = " ".join((["--per-channel"] if args.per_channel != chip.per_channel else [])
                      + (["--calibration", args.calibration]
@@ -89,10 +101,12 @@ def run_finetune(args: argparse.Namespace) -> int:
 
 
 def run_train(args: argparse.Namespace) -> int:
+    from neftc.distributed import process_group
     from neftc.driver.neft_jobs import train_zoo_model
     from neftc.targets import resolve_target
 
     target = resolve_target(args.target, args.overrides)
+    args.device = process_device(args.device, os.environ)
     neft = neft_settings(args)
     if args.epochs < 1 or args.batch_size < 1 or args.lr <= 0:
         raise NeftcError("--epochs and --batch-size must be at least 1 and --lr positive")
@@ -104,9 +118,15 @@ def run_train(args: argparse.Namespace) -> int:
         raise NeftcError("--from-scratch and --fine-tune exclude each other; give one")
     from_scratch = neft is not None and not args.fine_tune and (
         args.from_scratch or neft.mode != "auto")
-    summary = train_zoo_model(args.arch, args.data, args.output, epochs=args.epochs, lr=args.lr,
-                              batch_size=args.batch_size, seed=args.seed, device=args.device,
-                              neft=neft, target=target, progress=not args.quiet,
-                              from_scratch=from_scratch)
-    print(summary)
+    check_workers(args)
+    if args.workers > 1:
+        return launch(args.argv, args.workers, "train")
+    with process_group(args.device, args.dist_timeout) as group:
+        summary = train_zoo_model(args.arch, args.data, args.output, epochs=args.epochs,
+                                  lr=args.lr, batch_size=args.batch_size, seed=args.seed,
+                                  device=args.device, neft=neft, target=target,
+                                  progress=not args.quiet, from_scratch=from_scratch,
+                                  group=group)
+    if group.is_main:
+        print(summary)
     return 0

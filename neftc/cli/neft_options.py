@@ -2,9 +2,10 @@
 same flag names, defaults, bounds (``neftc.cli.common.check_flags``) and help in all three, and
 one function that turns them into ``NeftSettings``.
 
-Three argument groups: the training data and randomness (``train`` trains on them too), the NeFT
-fine-tuning itself, and the chip's weight quantisation (``compile`` quantises with it; NeFT trains
-against the noise of the chip so quantised; their defaults are the quantize pass's). The other
+Four argument groups: the training data and randomness (``train`` trains on them too), the NeFT
+fine-tuning itself, the chip's weight quantisation (``compile`` quantises with it; NeFT trains
+against the noise of the chip so quantised; their defaults are the quantize pass's), and the
+processes that train together (``--workers``, ``--dist-timeout``: ``neftc.cli.workers``). The other
 defaults are those of ``NeftSettings``. Tests check both; the values are written here so that
 building the parser imports no torch.
 """
@@ -12,12 +13,15 @@ building the parser imports no torch.
 from __future__ import annotations
 
 import argparse
+from collections.abc import Mapping
 
+from neftc.cli.workers import add_workers_args
 from neftc.errors import NeftcError
 
 DATA_GROUP = "training data and randomness"
 NEFT_GROUP = "NeFT fine-tuning (Negative Feedback Training)"
 QUANTISATION_GROUP = "chip weight quantisation (the chip NeFT trains against)"
+PROCESSES_GROUP = "several processes (DistributedDataParallel; or run under torchrun)"
 
 #: The NeFT modes (``neftc.neft.pipeline.NEFT_MODES``, checked by a test).
 NEFT_CHOICES = ("ovf", "irs", "ovf+irs", "nit", "none", "auto")
@@ -46,6 +50,7 @@ def add_neft_options(parser: argparse.ArgumentParser, *, required: bool,
     _add_data_options(parser.add_argument_group(DATA_GROUP))
     _add_fine_tuning_options(parser.add_argument_group(NEFT_GROUP), required)
     _add_quantisation_options(parser.add_argument_group(QUANTISATION_GROUP))
+    _add_process_options(parser.add_argument_group(PROCESSES_GROUP))
     if old_names:
         types = {"neft_epochs": int, "neft_lr": float, "neft_batch_size": int}
         for flag, dest in OLD_NAMES.items():
@@ -110,6 +115,23 @@ def _add_fine_tuning_options(group: argparse._ArgumentGroup, required: bool) -> 
                        "comma-separated node names (default 3)")
 
 
+#: ``--workers``' help for training (verify's says the results do not change; training's do).
+WORKERS_HELP = ("train as K local processes with DistributedDataParallel (gloo on the CPU): each "
+                "trains on 1/K of every epoch with its own noise stream, gradients averaged, so "
+                "the effective batch is K x the batch size and the result differs from one "
+                "process (repeatable for a given K; docs/neft.md); each gets cores/K threads "
+                "unless OMP_NUM_THREADS is set. Under torchrun, leave it out (default 1)")
+
+
+def _add_process_options(group: argparse._ArgumentGroup) -> None:
+    """``--workers`` and ``--dist-timeout`` as ``neftc.cli.workers`` declares them (verify's
+    flags), with the help of ``--workers`` saying what several processes change in training."""
+    add_workers_args(group)  # type: ignore[arg-type]  # an argument group takes add_argument
+    for action in group._group_actions:
+        if action.dest == "workers":
+            action.help = WORKERS_HELP
+
+
 def _add_quantisation_options(group: argparse._ArgumentGroup) -> None:
     then = ("; NeFT trains against the noise of a chip so quantised (compile a model tuned by "
             "finetune or train with the same option)")
@@ -120,6 +142,16 @@ def _add_quantisation_options(group: argparse._ArgumentGroup) -> None:
     group.add_argument("--calibration", choices=["max-abs", "percentile"], default="max-abs",
                        help="weight range calibration (default: max-abs; percentile clips at "
                        f"the 99.99th percentile of |W|){then}")
+
+
+def process_device(device: str, env: Mapping[str, str]) -> str:
+    """The device of this process: ``cuda`` without an index means ``cuda:LOCAL_RANK`` when
+    torchrun or ``--workers`` set ``LOCAL_RANK`` (one GPU per process, as nccl needs); any
+    other device as given."""
+    local = env.get("LOCAL_RANK")
+    if device == "cuda" and local is not None and local.isdecimal():
+        return f"cuda:{int(local)}"
+    return device
 
 
 def neft_settings(args: argparse.Namespace):  # -> NeftSettings | None

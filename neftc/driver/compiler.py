@@ -16,6 +16,7 @@ from typing import Any, Literal, TypeVar
 import torch
 from torch import nn
 
+from neftc.distributed import SINGLE, Group
 from neftc.driver.emit import build_layout
 from neftc.errors import NeftcError, PassError, PassOrderError
 from neftc.format.schema import (
@@ -172,9 +173,13 @@ class CompileResult:
 
 
 def _compile_loaded(loaded: LoadedModel, target: TargetSpec, settings: CompileSettings,
-                    out_dir: Path | None, instruments: Sequence[PassInstrument]) -> CompileResult:
+                    out_dir: Path | None, instruments: Sequence[PassInstrument],
+                    group: Group = SINGLE) -> CompileResult:
+    if not group.is_main:  # the other processes of a distributed NeFT train, and write nothing
+        out_dir = None
     dac_data = None
-    if settings.dac_data is not None:  # read the data first: a bad --dac-data fails fast
+    # read the data first: a bad --dac-data fails fast (rank 0 only: it alone sets the ranges)
+    if settings.dac_data is not None and group.is_main:
         from neftc.datasets.spec import load_dataset
 
         dac_data = load_dataset(settings.dac_data)
@@ -185,12 +190,14 @@ def _compile_loaded(loaded: LoadedModel, target: TargetSpec, settings: CompileSe
     if settings.neft is not None:
         on_pass = next((i.callback for i in instruments if isinstance(i, OnPass)), None)
         used, auto = resolve(gm, ctx, settings.neft, settings.quantize,
-                             report=lambda line: on_pass(line, True) if on_pass else None)
+                             report=lambda line: on_pass(line, True) if on_pass else None,
+                             group=group)
         if auto is not None:
             training = training_passes(used, target, num_outputs(gm, ctx.example_inputs),
                                        settings.quantize)
         gm, log = run_training_passes(gm, ctx, used, training, instruments=instruments,
-                                      on_pass=on_pass, progress=settings.progress)
+                                      on_pass=on_pass, progress=settings.progress,
+                                      group=group)
     gm = PassManager(tail, instruments).run(gm, ctx)
     if not crossbar_nodes(gm):
         raise PassError("the model has no crossbar-mappable op (Linear, Conv1d/2d or a matmul "
@@ -236,18 +243,21 @@ def compile_model(
     on_pass: Callable[[str, bool], None] | None = None,
     instruments: Sequence[PassInstrument] = (),
     source_name: str | None = None,
+    group: Group = SINGLE,
 ) -> CompileResult:
     """Compile a model file for ``target``; write the layout to ``out_dir`` when given.
 
     ``on_pass(name, modified)`` is called after each pass (and after NeFT fine-tuning);
     ``instruments`` see every pass (``neftc.ir.instruments``: timings, dumps). ``source_name``
-    replaces the model path recorded in the layout (default: ``path``).
+    replaces the model path recorded in the layout (default: ``path``). ``group``: the
+    processes that fine-tune with NeFT together (torchrun or ``--workers``); only rank 0 sets
+    the DAC ranges and writes the layout.
     """
     loaded = load_model(path, arch=arch, input_shape=input_shape, trust_model=trust_model)
     if source_name is not None:
         loaded = replace(loaded, source=source_name)
     return _compile_loaded(loaded, target, settings, Path(out_dir) if out_dir else None,
-                           _instruments(settings, on_pass, instruments))
+                           _instruments(settings, on_pass, instruments), group)
 
 
 def compile_module(

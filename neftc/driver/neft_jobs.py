@@ -1,4 +1,8 @@
-"""The work behind ``neftc finetune`` and ``neftc train``."""
+"""The work behind ``neftc finetune`` and ``neftc train``.
+
+With several processes (``group``: torchrun or ``--workers``) every rank trains (DDP,
+``neftc.neft.train``) and only rank 0 measures, writes the model file and returns the summary;
+the others write nothing."""
 
 from __future__ import annotations
 
@@ -14,6 +18,7 @@ from neftc.atomic import atomic_file
 from neftc.datasets.base import Dataset
 from neftc.datasets.fit import to_float
 from neftc.datasets.spec import load_dataset
+from neftc.distributed import SINGLE, Group
 from neftc.errors import DataError, NeftcError
 from neftc.frontend.loader import load_model
 from neftc.frontend.trace import export_dynamic_batch, trace_module
@@ -37,12 +42,15 @@ def save_program(module: nn.Module, example: torch.Tensor | Sequence[torch.Tenso
 
 def finetune_file(model: Path, target: TargetSpec, settings: NeftSettings, output: Path, *,
                   arch: str | None = None, input_shape: tuple[int, ...] | None = None,
-                  trust_model: bool = False, progress: bool = True) -> TrainLog:
+                  trust_model: bool = False, progress: bool = True,
+                  group: Group = SINGLE) -> TrainLog:
+    """Fine-tune a model file with NeFT and save the tuned model to ``output`` (rank 0 only)."""
     loaded = load_model(model, arch=arch, input_shape=input_shape, trust_model=trust_model)
     ctx = PassContext(target=target, example=loaded.example_inputs, inputs=loaded.inputs)
     gm = PassManager([Normalize()]).run(loaded.gm, ctx)
-    gm, log, _ = run_neft_resolved(gm, ctx, settings, progress=progress)
-    save_program(gm, loaded.example_inputs, output)
+    gm, log, _ = run_neft_resolved(gm, ctx, settings, progress=progress, group=group)
+    if group.is_main:
+        save_program(gm, loaded.example_inputs, output)
     return log
 
 
@@ -70,11 +78,14 @@ def _zoo_data(arch: str, data: Dataset, spec: str) -> tuple[Dataset, int | None]
 
 def train_zoo_model(arch: str, data_spec: str, output: Path, *, epochs: int, lr: float,
                     batch_size: int, seed: int, device: str, neft: NeftSettings | None,
-                    target: TargetSpec, progress: bool = True, from_scratch: bool = False) -> str:
+                    target: TargetSpec, progress: bool = True, from_scratch: bool = False,
+                    group: Group = SINGLE) -> str:
     """Train a zoo model and save it; with ``neft``, fine-tune it with NeFT after plain training,
     or, with ``from_scratch``, train the new model with NeFT from the start (``epochs``, ``lr``,
     ``batch_size`` replace the settings' fine-tuning ones; BatchNorm statistics learned under the
-    noise: a new model has none to freeze)."""
+    noise: a new model has none to freeze). ``group``: the processes that train together; only
+    rank 0 measures the test accuracy, writes ``output`` and returns the summary (the others
+    return an empty string)."""
     data = load_dataset(data_spec)
     if len(data.train) == 0:
         raise DataError(f"data '{data_spec}' has no training split")
@@ -88,7 +99,9 @@ def train_zoo_model(arch: str, data_spec: str, output: Path, *, epochs: int, lr:
                          "--from-scratch")
     if neft is not None and from_scratch:
         scratch = replace(neft, epochs=epochs, lr=lr, batch_size=batch_size, bn_stats="train")
-        gm, log = _neft_stage(model.to("cpu").eval(), example, scratch, target, progress)
+        gm, log = _neft_stage(model.to("cpu").eval(), example, scratch, target, progress, group)
+        if not group.is_main:
+            return ""
         save_program(gm, example, output)
         return "\n".join([
             f"trained {arch} from scratch with NeFT {neft.mode} on {data.name} "
@@ -99,11 +112,17 @@ def train_zoo_model(arch: str, data_spec: str, output: Path, *, epochs: int, lr:
     if device != "cpu":
         train = type(train)(train.x.to(device), train.y.to(device))
     model = train_classifier(model, train, epochs=epochs, lr=lr, batch_size=batch_size,
-                             seed=seed, progress=progress, desc=f"train {arch}").to("cpu")
-    lines = [f"trained {arch} on {data.name} ({len(data.train)} samples, {epochs} epochs): "
-             f"test accuracy {100 * accuracy(model, data.test):.2f} %"]
+                             seed=seed, progress=progress, desc=f"train {arch}",
+                             group=group).to("cpu")
+    # measured before NeFT, which tunes the model's own weights
+    plain = accuracy(model, data.test) if group.is_main else 0.0
     if neft is not None:
-        gm, log = _neft_stage(model, example, neft, target, progress)
+        gm, log = _neft_stage(model, example, neft, target, progress, group)
+    if not group.is_main:
+        return ""
+    lines = [f"trained {arch} on {data.name} ({len(data.train)} samples, {epochs} epochs): "
+             f"test accuracy {100 * plain:.2f} %"]
+    if neft is not None:
         lines += log.notes
         mode = log.mode or neft.mode
         lines.append(f"fine-tuned with NeFT {mode} ({neft.epochs} epochs, "
@@ -117,10 +136,10 @@ def train_zoo_model(arch: str, data_spec: str, output: Path, *, epochs: int, lr:
 
 
 def _neft_stage(model: nn.Module, example: torch.Tensor, neft: NeftSettings, target: TargetSpec,
-                progress: bool) -> tuple[torch.fx.GraphModule, TrainLog]:
+                progress: bool, group: Group) -> tuple[torch.fx.GraphModule, TrainLog]:
     """NeFT on the normalised graph of an eager ``model`` (in eval form): the deployable graph
     and the training log."""
     ctx = PassContext(target=target, example=example)
     gm = PassManager([Normalize()]).run(trace_module(model, example), ctx)
-    gm, log, _ = run_neft_resolved(gm, ctx, neft, progress=progress)
+    gm, log, _ = run_neft_resolved(gm, ctx, neft, progress=progress, group=group)
     return gm, log

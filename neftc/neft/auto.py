@@ -11,6 +11,12 @@ definition the emulator's ideal-periphery path draws from; pipeline copies and t
 modelled here) from a generator seeded by ``(seed, chip)``, so every candidate meets the same
 chips. The winner (highest mean validation accuracy) is then fine-tuned for the full
 ``NeftSettings.epochs`` on all the training data.
+
+With several processes (``group``): every candidate fine-tunes on all of them
+(``DistributedDataParallel``), the validation split is carved alike on every rank (seeded), and
+the chips are split among the ranks (chip ``i`` on rank ``i mod world``) and put back together
+exactly, so every rank holds the same scores and chooses the same winner, the one a single
+process would choose from those scores.
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ import torch.fx
 from torch.func import functional_call
 
 from neftc.datasets.base import Split
+from neftc.distributed import SINGLE, Group
 from neftc.errors import DataError
 from neftc.format.schema import AutoCandidateRecord, AutoRecord
 from neftc.ir.node_info import crossbar_nodes
@@ -111,15 +118,18 @@ def carve_validation(split: Split, fraction: float, seed: int) -> tuple[Split, S
 
 
 def noisy_accuracies(gm: torch.fx.GraphModule, data: Split, noise: DeviceNoise, sigma: float,
-                     chips: int, seed: int, batch_size: int = 1024) -> tuple[float, ...]:
+                     chips: int, seed: int, batch_size: int = 1024,
+                     group: Group = SINGLE) -> tuple[float, ...]:
     """Accuracy of the deployable graph ``gm`` on ``data`` for each of ``chips`` simulated chips:
     every crossbar weight ``w`` becomes ``w + weight_std(w, sigma) * z``, ``z`` standard normal
-    from a generator seeded by ``(seed, chip)``, fixed for the whole split."""
+    from a generator seeded by ``(seed, chip)``, fixed for the whole split. With several
+    processes each rank scores its share of the chips (``group.shard``; ``gm`` must be the same
+    on all) and every rank gets all the accuracies, equal to one process's."""
     weights = {weight_attr(node): get_weight(gm, node).detach() for node in crossbar_nodes(gm)}
     stds = {name: noise.weight_std(w, sigma) for name, w in weights.items()}
-    results = []
+    results = torch.zeros(chips, dtype=torch.float64)  # each chip's value set on one rank only
     gm.eval()
-    for chip in range(chips):
+    for chip in group.shard(range(chips)):
         generator = torch.Generator().manual_seed((seed * 1_000_003 + chip) % 2**63)
         noisy = {name: w + stds[name] * torch.randn(w.shape, generator=generator)
                  for name, w in weights.items()}
@@ -127,8 +137,8 @@ def noisy_accuracies(gm: torch.fx.GraphModule, data: Split, noise: DeviceNoise, 
         def forward(*inputs: torch.Tensor, params: dict = noisy) -> torch.Tensor:
             return functional_call(gm, params, inputs)
 
-        results.append(accuracy(forward, data, batch_size))
-    return tuple(results)
+        results[chip] = accuracy(forward, data, batch_size)
+    return tuple(float(value) for value in group.sum(results))
 
 
 def candidate_settings(settings: NeftSettings, deploy_sigma: float
@@ -142,12 +152,12 @@ def candidate_settings(settings: NeftSettings, deploy_sigma: float
 
 
 def resolve(gm: torch.fx.GraphModule, ctx: PassContext, settings: NeftSettings,
-            quantize: Quantize | None = None, report: Callable[[str], None] = lambda _: None
-            ) -> tuple[NeftSettings, AutoChoice | None]:
+            quantize: Quantize | None = None, report: Callable[[str], None] = lambda _: None,
+            group: Group = SINGLE) -> tuple[NeftSettings, AutoChoice | None]:
     """``settings`` unchanged unless its mode is ``auto``; then the winning candidate's settings
     (mode, temperature, training sigma; the rest as given) and the scores. ``gm`` is the
     normalised graph (not modified); ``quantize`` the chip's quantize pass (default:
-    ``settings.chip_quantize()``)."""
+    ``settings.chip_quantize()``); ``group``: the processes that choose together."""
     if settings.mode != AUTO:
         return settings, None
     settings.validate()
@@ -165,9 +175,10 @@ def resolve(gm: torch.fx.GraphModule, ctx: PassContext, settings: NeftSettings,
         passes = training_passes(trial, ctx.target, classes, quantize)
         # a copy of the graph and of the facts: the caller's stay as they were
         tuned, _ = run_training_passes(copy.deepcopy(gm), replace(ctx, facts=set(ctx.facts)),
-                                       trial, passes, progress=False, split=fit)
+                                       trial, passes, progress=False, split=fit,
+                                       group=group)
         accuracies = noisy_accuracies(tuned, validation, noise, deploy_sigma, budget.chips,
-                                      settings.seed)
+                                      settings.seed, group=group)
         score = CandidateScore(overrides, train_sigma, accuracies)
         scores.append(score)
         report(f"auto: {score.describe()}: validation {100 * score.mean:.2f} % "
@@ -179,13 +190,14 @@ def resolve(gm: torch.fx.GraphModule, ctx: PassContext, settings: NeftSettings,
 
 
 def run_neft_resolved(gm: torch.fx.GraphModule, ctx: PassContext, settings: NeftSettings, *,
-                      progress: bool = True
+                      progress: bool = True, group: Group = SINGLE
                       ) -> tuple[torch.fx.GraphModule, TrainLog, NeftSettings]:
     """``run_neft`` after ``resolve``: the deployable graph, the training log (its ``notes``
-    hold auto's scores and choice) and the settings used."""
+    hold auto's scores and choice) and the settings used; ``group``: the processes that train
+    together."""
     notes: list[str] = []
-    settings, _ = resolve(gm, ctx, settings, report=notes.append)
-    gm, log = run_neft(gm, ctx, settings, progress=progress)
+    settings, _ = resolve(gm, ctx, settings, report=notes.append, group=group)
+    gm, log = run_neft(gm, ctx, settings, progress=progress, group=group)
     log.notes[:0] = notes
     return gm, log, settings
 

@@ -15,6 +15,11 @@ modes.
 The training sigma follows ``--sigma-schedule`` (:func:`scheduled_sigma`). BatchNorm runs with its
 deployed statistics, frozen (``bn_stats="frozen"``), or in training mode with its running
 statistics updated under the noise (``"train"``, ``neftc.neft.batchnorm``).
+
+With several processes (``group``), every rank draws its training noise from its own generator,
+seeded by :func:`rank_seed` (rank 0: ``seed`` itself, so one process draws what it always has),
+and trains on its share of each epoch through ``DistributedDataParallel``
+(``neftc.neft.train.train_loop``).
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ import torch.fx
 import torch.nn.functional as F
 
 from neftc.datasets.base import Split
+from neftc.distributed import SINGLE, Group
 from neftc.neft.batchnorm import BnStats, batch_norm_mode, min_batch
 from neftc.neft.modules import FeedbackHead, WeightNoise
 from neftc.neft.train import Batch, BatchLoss, TrainLog, feed, train_loop
@@ -41,6 +47,17 @@ DEFAULT_BATCH = 128
 
 SigmaSchedule = Literal["constant", "ramp"]
 SIGMA_SCHEDULES: tuple[SigmaSchedule, ...] = ("constant", "ramp")
+
+
+#: Odd 64-bit constant (2^64 / golden ratio) that spreads the ranks' noise seeds apart.
+_RANK_STRIDE = 0x9E3779B97F4A7C15
+
+
+def rank_seed(seed: int, rank: int) -> int:
+    """The seed of rank ``rank``'s training-noise generator: ``seed`` for rank 0 (a single
+    process keeps its stream), else ``seed + rank * _RANK_STRIDE`` mod 2^63, far from the seeds
+    of the other ranks and from the batch order's ``seed + 1``."""
+    return (seed + rank * _RANK_STRIDE) % 2**63
 
 
 def default_temperature(mode: str, feedback_terms: int) -> float:
@@ -126,19 +143,24 @@ def finetune(gm: torch.fx.GraphModule, data: Split, *, sigma: float, epochs: int
              lr: float = DEFAULT_LR, batch_size: int = DEFAULT_BATCH, seed: int = 0,
              device: str = "cpu", progress: bool = True, temperature: float | None = None,
              sigma_schedule: SigmaSchedule = "constant", bn_stats: BnStats = "train",
-             on_epoch: Callable[[int, float], None] | None = None) -> TrainLog:
+             on_epoch: Callable[[int, float], None] | None = None,
+             group: Group = SINGLE) -> TrainLog:
     """Fine-tune ``gm`` in place on ``data`` according to its feedback plan (``gm.meta['neft']``;
     without one: plain NIT if noise modules are present, else plain training), through the one
     training loop (:func:`neftc.neft.train.train_loop`). The training noise is drawn from
     ``seed``, the batch order from ``seed + 1``. ``temperature`` None: the mode's default
     (:func:`default_temperature`); ``sigma_schedule``: :func:`scheduled_sigma`; ``bn_stats``:
-    ``neftc.neft.batchnorm``. The graph's code is the same afterwards in every case."""
+    ``neftc.neft.batchnorm``. The graph's code is the same afterwards in every case.
+
+    ``group``: the processes that train together (each rank's noise from
+    ``rank_seed(seed, rank)``, the batch order from ``seed + 1`` on all); a run is repeatable
+    for a given number of processes."""
     smallest = min_batch(gm, bn_stats, len(data), batch_size)
     plan: FeedbackPlan | None = gm.meta.get(PLAN_KEY)
     mode = plan.mode if plan is not None else "nit"
     noise = _noise_modules(gm)
     gm.to(device)
-    generator = torch.Generator(device=device).manual_seed(seed)
+    generator = torch.Generator(device=device).manual_seed(rank_seed(seed, group.rank))
     for module in noise:
         module.generator = generator
     heads = [head for head in (gm.get_submodule(name) for name in plan.heads)
@@ -150,7 +172,7 @@ def finetune(gm: torch.fx.GraphModule, data: Split, *, sigma: float, epochs: int
                          order=torch.Generator().manual_seed(seed + 1), device=device,
                          progress=progress, desc=f"neft {mode}",
                          what=f"NeFT {mode} fine-tuning", on_epoch=on_epoch,
-                         before_step=scheduled.before_step, min_batch=smallest)
+                         before_step=scheduled.before_step, min_batch=smallest, group=group)
     gm.eval()
     gm.to("cpu")
     return log

@@ -30,6 +30,7 @@ from neftc.datasets.base import Dataset, Split, check_compatible
 from neftc.datasets.fit import fit_inputs, to_float
 from neftc.datasets.spec import load_dataset
 from neftc.devices import resolve_device
+from neftc.distributed import SINGLE, Group
 from neftc.errors import DataError, NeftcError
 from neftc.ir.pass_manager import PassContext, PassInstrument, PassManager
 from neftc.ir.quantization import Calibration
@@ -196,10 +197,12 @@ def loss_summary(mode: str, log: TrainLog) -> str:
 def run_neft(gm: torch.fx.GraphModule, ctx: PassContext, settings: NeftSettings, *,
              quantize: Quantize | None = None, instruments: Sequence[PassInstrument] = (),
              on_pass: Callable[[str, bool], None] | None = None,
-             progress: bool = True) -> tuple[torch.fx.GraphModule, TrainLog]:
+             progress: bool = True,
+             group: Group = SINGLE) -> tuple[torch.fx.GraphModule, TrainLog]:
     """Fine-tune a normalised graph with NeFT against the noise of the chip ``quantize``
     produces (default: ``settings.chip_quantize()``); returns the deployable graph (noise and
-    heads stripped) and the training log."""
+    heads stripped) and the training log. ``group``: the processes that train together
+    (``neftc.neft.finetune.finetune``)."""
     settings.validate()
     if settings.mode == AUTO:
         raise NeftcError("NeftSettings(mode='auto') must be resolved first "
@@ -207,17 +210,18 @@ def run_neft(gm: torch.fx.GraphModule, ctx: PassContext, settings: NeftSettings,
     classes = num_outputs(gm, ctx.example_inputs)
     passes = training_passes(settings, ctx.target, classes, quantize)
     return run_training_passes(gm, ctx, settings, passes, instruments=instruments,
-                               on_pass=on_pass, progress=progress)
+                               on_pass=on_pass, progress=progress, group=group)
 
 
 def run_training_passes(gm: torch.fx.GraphModule, ctx: PassContext, settings: NeftSettings,
                         passes: Sequence[Any], *, instruments: Sequence[PassInstrument] = (),
                         on_pass: Callable[[str, bool], None] | None = None,
                         progress: bool = True,
-                        split: Split | None = None) -> tuple[torch.fx.GraphModule, TrainLog]:
+                        split: Split | None = None,
+                        group: Group = SINGLE) -> tuple[torch.fx.GraphModule, TrainLog]:
     """Run the training ``passes`` (``training_passes``), fine-tune, strip-training. The
     fine-tuning data is ``settings.data``'s training split, or ``split`` (already fitted to the
-    model) when given."""
+    model) when given; ``group``: the processes that fine-tune together."""
     settings.validate()
     if settings.mode == AUTO:
         raise NeftcError("NeftSettings(mode='auto') must be resolved first "
@@ -229,7 +233,8 @@ def run_training_passes(gm: torch.fx.GraphModule, ctx: PassContext, settings: Ne
     log = finetune(gm, train, sigma=sigma, epochs=settings.epochs, lr=settings.lr,
                    batch_size=settings.batch_size, seed=settings.seed, device=settings.device,
                    progress=progress, temperature=settings.resolved_temperature(),
-                   sigma_schedule=settings.sigma_schedule, bn_stats=settings.bn_stats)
+                   sigma_schedule=settings.sigma_schedule, bn_stats=settings.bn_stats,
+                   group=group)
     log.mode = settings.mode
     if on_pass is not None:
         on_pass(f"fine-tune ({settings.mode}, {settings.epochs} epochs, "
