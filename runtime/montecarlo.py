@@ -100,11 +100,25 @@ def predict(emulator: Emulator, x: Inputs, batch_size: int,
                       for start in range(0, num_samples(x), batch_size)])
 
 
+def top1(logits: torch.Tensor, y: torch.Tensor) -> float:
+    """The fraction of samples whose largest logit is the label: one chip's accuracy."""
+    return int((logits.argmax(dim=1) == y).sum()) / max(int(y.shape[0]), 1)
+
+
+def confidence(probabilities: torch.Tensor) -> float:
+    """The mean over samples of the largest class probability: one chip's mean confidence."""
+    return float(probabilities.max(dim=1).values.mean())
+
+
+def probabilities(logits: torch.Tensor) -> torch.Tensor:
+    """Softmax in float64 (as the uncertainty sums use it)."""
+    return torch.log_softmax(logits.double(), dim=1).exp()
+
+
 def evaluate(emulator: Emulator, x: Inputs, y: torch.Tensor, batch_size: int,
              chip: ChipInstance | None = None) -> float:
     """Top-1 accuracy of chip instance ``chip`` (default: the emulator's current chip)."""
-    logits = predict(emulator, x, batch_size, chip)
-    return int((logits.argmax(dim=1) == y).sum()) / max(int(y.shape[0]), 1)
+    return top1(predict(emulator, x, batch_size, chip), y)
 
 
 class Uncertainty:
@@ -143,7 +157,7 @@ class Uncertainty:
         self.sum_p = fixed_p if self.sum_p is None else self.sum_p + fixed_p
         self.sum_neg_entropy = (fixed_entropy if self.sum_neg_entropy is None
                                 else self.sum_neg_entropy + fixed_entropy)
-        self.confidences[chip] = float(p.max(dim=1).values.mean())
+        self.confidences[chip] = confidence(p)
         self.count += 1
 
     def reduce(self, group: Group) -> None:
@@ -236,7 +250,7 @@ def monte_carlo(emulator: Emulator, x: Inputs, y: torch.Tensor, trials: int, *,
                      for first in range(0, num_samples(x), per_pass)]
             outputs = [torch.cat([part[k].cpu() for part in parts]) for k in range(len(chips))]
         for chip, logits in zip(chips, outputs):
-            accuracies[chip] = int((logits.argmax(dim=1) == y).sum()) / max(int(y.shape[0]), 1)
+            accuracies[chip] = top1(logits, y)
             uncertainty.add(chip, logits)
             if on_trial is not None:
                 on_trial(chip, float(accuracies[chip]))

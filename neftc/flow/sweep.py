@@ -47,7 +47,7 @@ from neftc.flow.verify import VerifySettings, fit_data, noise_free, set_dac
 from neftc.format.reader import Layout, load_layout
 from neftc.runtime.emulator import Emulator
 from neftc.runtime.inputs import Inputs
-from neftc.runtime.montecarlo import predict, summarize
+from neftc.runtime.montecarlo import confidence, predict, probabilities, summarize, top1
 from neftc.runtime.noise import NoiseMode
 
 Periphery = Literal["ideal", "target"]
@@ -131,9 +131,7 @@ def chip_row(emulator: Emulator, x: Inputs, y: torch.Tensor, chip: int,
     """Chip instance ``chip`` of the emulator's seed: its top-1 accuracy (as ``monte_carlo``
     scores it) and mean top-1 softmax probability over the test set."""
     logits = predict(emulator, x, batch_size, emulator.instance(chip))
-    accuracy = int((logits.argmax(dim=1) == y).sum()) / max(int(y.shape[0]), 1)
-    p = torch.log_softmax(logits.double(), dim=1).exp()
-    return ChipRow(chip, accuracy, float(p.max(dim=1).values.mean()))
+    return ChipRow(chip, top1(logits, y), confidence(probabilities(logits)))
 
 
 def _dac_identity(dac: tuple[str, int, dict[str, Any]] | None) -> tuple[str, str]:
