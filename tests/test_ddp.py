@@ -76,6 +76,19 @@ def state(module: nn.Module) -> dict[str, torch.Tensor]:
     return {name: value.detach().clone() for name, value in module.state_dict().items()}
 
 
+def auto_scores(group: Group) -> tuple[float, ...]:
+    """--neft auto's per-chip validation accuracies of a fixed graph (chips split over ranks)."""
+    from neftc.neft.auto import noisy_accuracies
+    from neftc.neft.modules import DeviceNoise
+
+    example = torch.zeros(1, 1, 8, 8)
+    target = resolve_target("fefet_128x128")
+    gm = PassManager([Normalize()]).run(trace_module(plain_model().eval(), example),
+                                        PassContext(target, example))
+    return noisy_accuracies(gm, digits(300), DeviceNoise.of(target), 0.3, chips=5, seed=3,
+                            group=group)
+
+
 def run_rank(out: Path) -> None:
     """One rank's part: plain training, NeFT (ovf+irs, twice from scratch), the samples each
     step of a recording loop drew (written to ``out/rank{r}.pt``), and ``neftc finetune``'s
@@ -116,7 +129,9 @@ def run_rank(out: Path) -> None:
         finetune_file(model, resolve_target("fefet_128x128"),
                       NeftSettings("nit", "digits", epochs=1), written / "tuned.pt2",
                       progress=False, group=group)
-    torch.save({"plain": state(plain), "tuned": tuned, "seen": seen[:SEEN_EPOCHS]},
+        chips = auto_scores(group)
+    torch.save({"plain": state(plain), "tuned": tuned, "seen": seen[:SEEN_EPOCHS],
+                "chips": chips},
                out / f"rank{group.rank}.pt")
 
 
@@ -221,6 +236,12 @@ def test_ranks_end_with_one_model_and_runs_repeat(ranks) -> None:
     alone = state(gm)
     assert alone.keys() == first.keys()
     assert not all(torch.allclose(alone[k].float(), first[k].float()) for k in first)
+
+
+def test_auto_chips_split_over_ranks_score_as_one_process(ranks) -> None:
+    alone = auto_scores(SINGLE)
+    assert len(set(alone)) > 1  # distinct chips
+    assert all(rank["chips"] == alone for rank in ranks)  # exactly, on every rank
 
 
 def test_two_processes_average_gradients(ranks) -> None:
