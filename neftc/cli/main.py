@@ -21,6 +21,8 @@ EPILOG = """examples:
   neftc calibrate out/ --data digits            store the DAC ranges sign-off and programming use
   neftc inspect out/
   neftc verify out/ --data digits --mc 200 --sigma 0.1 --sigma 0.2
+  neftc verify out/ --data digits --mc 1000 --workers 2      the chips split over 2 processes
+  neftc sweep out/ --data digits --store sweep.db --sigma 0.1 --mc 1000   resumable grid
   neftc export-onnx out/ -o model.onnx
   neftc targets --json
 """
