@@ -310,14 +310,9 @@ def test_workers_flags_are_the_same_on_the_training_commands() -> None:
     assert [flags for flags, *_ in declared[0]] == [["--workers"], ["--dist-timeout"]]
 
 
-def test_process_device_and_refusals(capsys, tmp_path, mlp_file) -> None:
+def test_workers_refusals(capsys, tmp_path, mlp_file) -> None:
     from neftc.cli.main import main
-    from neftc.cli.neft_options import process_device
 
-    assert process_device("cuda", {"LOCAL_RANK": "1"}) == "cuda:1"  # one GPU per process
-    assert process_device("cuda", {}) == "cuda"
-    assert process_device("cuda:0", {"LOCAL_RANK": "1"}) == "cuda:0"  # as given
-    assert process_device("cpu", {"LOCAL_RANK": "1"}) == "cpu"
     assert main(["compile", str(mlp_file), "-o", str(tmp_path / "x"), "--workers", "2"]) != 0
     assert "--workers splits NeFT fine-tuning" in capsys.readouterr().err
     assert main(["finetune", str(mlp_file), "--neft", "nit", "-o", str(tmp_path / "t.pt2"),

@@ -8,7 +8,6 @@ import argparse
 import dataclasses
 import json
 import operator
-import os
 import sys
 import time
 from collections.abc import Callable
@@ -17,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from neftc.cli.common import add_model_args, add_target_args
-from neftc.cli.neft_options import add_neft_options, neft_settings, process_device
+from neftc.cli.neft_options import add_neft_options, neft_settings
 from neftc.cli.workers import check_workers, launch
 from neftc.errors import NeftcError
 
@@ -120,7 +119,6 @@ def run_compile(args: argparse.Namespace) -> int:
     shape = parse_input_shape(args.input_shape) if args.input_shape else None
     if args.dac_samples < 1:
         raise NeftcError(f"--dac-samples must be at least 1, got {args.dac_samples}")
-    args.device = process_device(args.device, os.environ)
     settings = replace(compile_settings(args), target_overrides=tuple(args.overrides),
                        dac_data=args.dac_data or (args.data if args.neft else None),
                        dac_samples=args.dac_samples)
@@ -134,6 +132,9 @@ def run_compile(args: argparse.Namespace) -> int:
     with process_group(args.device, args.dist_timeout) as group:
         if not group.is_main:  # the other processes only train: no dumps, no progress lines
             settings = replace(settings, dump_after_each=None, progress=False)
+        if settings.neft is not None:  # a GPU per process
+            settings = replace(settings, neft=replace(settings.neft,
+                                                      device=group.device(settings.neft.device)))
 
         def on_pass(name: str, modified: bool) -> None:
             if not args.quiet and not args.json and group.is_main:

@@ -5,11 +5,11 @@ under torchrun) with DistributedDataParallel; rank 0 prints and writes the file.
 from __future__ import annotations
 
 import argparse
-import os
+from dataclasses import replace
 from pathlib import Path
 
 from neftc.cli.common import add_model_args, add_target_args
-from neftc.cli.neft_options import add_neft_options, neft_settings, process_device
+from neftc.cli.neft_options import add_neft_options, neft_settings
 from neftc.cli.workers import check_workers, launch
 from neftc.errors import NeftcError
 
@@ -76,12 +76,12 @@ def run_finetune(args: argparse.Namespace) -> int:
     if args.output.is_dir():
         raise NeftcError(f"output '{args.output}' is a directory; give a file name such as "
                          "tuned.pt2")
-    args.device = process_device(args.device, os.environ)
     settings = neft_settings(args)
     check_workers(args)
     if args.workers > 1:
         return launch(args.argv, args.workers, "finetune")
     with process_group(args.device, args.dist_timeout) as group:
+        settings = replace(settings, device=group.device(settings.device))  # a GPU per process
         log = finetune_file(args.model, target, settings, args.output, arch=args.arch,
                             input_shape=shape, trust_model=args.trust_model,
                             progress=not args.quiet, group=group)
@@ -106,7 +106,6 @@ def run_train(args: argparse.Namespace) -> int:
     from neftc.targets import resolve_target
 
     target = resolve_target(args.target, args.overrides)
-    args.device = process_device(args.device, os.environ)
     neft = neft_settings(args)
     if args.epochs < 1 or args.batch_size < 1 or args.lr <= 0:
         raise NeftcError("--epochs and --batch-size must be at least 1 and --lr positive")
@@ -122,9 +121,12 @@ def run_train(args: argparse.Namespace) -> int:
     if args.workers > 1:
         return launch(args.argv, args.workers, "train")
     with process_group(args.device, args.dist_timeout) as group:
+        device = group.device(args.device)  # a GPU per process
+        if neft is not None:
+            neft = replace(neft, device=device)
         summary = train_zoo_model(args.arch, args.data, args.output, epochs=args.epochs,
                                   lr=args.lr, batch_size=args.batch_size, seed=args.seed,
-                                  device=args.device, neft=neft, target=target,
+                                  device=device, neft=neft, target=target,
                                   progress=not args.quiet, from_scratch=from_scratch,
                                   group=group)
     if group.is_main:

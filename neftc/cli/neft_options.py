@@ -13,7 +13,6 @@ building the parser imports no torch.
 from __future__ import annotations
 
 import argparse
-from collections.abc import Mapping
 
 from neftc.cli.workers import add_workers_args
 from neftc.errors import NeftcError
@@ -142,16 +141,6 @@ def _add_quantisation_options(group: argparse._ArgumentGroup) -> None:
     group.add_argument("--calibration", choices=["max-abs", "percentile"], default="max-abs",
                        help="weight range calibration (default: max-abs; percentile clips at "
                        f"the 99.99th percentile of |W|){then}")
-
-
-def process_device(device: str, env: Mapping[str, str]) -> str:
-    """The device of this process: ``cuda`` without an index means ``cuda:LOCAL_RANK`` when
-    torchrun or ``--workers`` set ``LOCAL_RANK`` (one GPU per process, as nccl needs); any
-    other device as given."""
-    local = env.get("LOCAL_RANK")
-    if device == "cuda" and local is not None and local.isdecimal():
-        return f"cuda:{int(local)}"
-    return device
 
 
 def neft_settings(args: argparse.Namespace):  # -> NeftSettings | None
