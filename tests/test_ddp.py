@@ -337,6 +337,34 @@ def test_compile_neft_and_train_under_several_processes(tmp_path, mlp_file) -> N
     assert {p.split("/")[0] for p in _files(out)} == {"layout", "m.pt2"}
 
 
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="reads /proc (Linux)")
+def test_a_killed_worker_ends_the_training_and_leaves_no_file(tmp_path, mlp_file) -> None:
+    """finetune --workers 2, worker 1 killed mid-training: rank 0 fails at its next gradient
+    all-reduce (no hang), the command fails naming worker 1, and no model file is written."""
+    import time
+
+    run = subprocess.Popen([sys.executable, "-m", "neftc", "finetune", str(mlp_file), "--neft",
+                            "nit", "--neft-epochs", "1000", "-o", "tuned.pt2", "-q",
+                            "--workers", "2"], cwd=tmp_path, stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, text=True, env=_env())
+    children = Path(f"/proc/{run.pid}/task/{run.pid}/children")
+    try:
+        deadline = time.monotonic() + 120
+        while len(children.read_text().split()) < WORLD:
+            assert time.monotonic() < deadline, "the workers did not start"
+            time.sleep(0.1)
+        workers = [int(pid) for pid in children.read_text().split()]
+        time.sleep(8)  # both training (or still starting: either way the run must end)
+        os.kill(workers[1], 9)
+        _, err = run.communicate(timeout=120)
+    finally:
+        run.kill()
+    assert run.returncode != 0
+    assert "worker process 1 of 2 was killed by signal 9" in err
+    assert not (tmp_path / "tuned.pt2").exists()
+
+
 def _free_port() -> int:
     import socket
 
