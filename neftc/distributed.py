@@ -59,9 +59,10 @@ class Group:
     def distributed(self) -> bool:
         return self.world > 1
 
-    def shard(self, items: Sequence[Item]) -> list[Item]:
-        """This rank's share of ``items``: those at positions ``rank, rank + world, ...``."""
-        return list(items[self.rank::self.world])
+    def shard(self, items: Sequence[Item]) -> Sequence[Item]:
+        """This rank's share of ``items``: those at positions ``rank, rank + world, ...`` (a
+        slice: a ``range`` stays a lazy ``range``)."""
+        return items[self.rank::self.world]
 
     def sum(self, tensor: torch.Tensor) -> torch.Tensor:
         """The element-wise sum of ``tensor`` over all ranks (in place; returned). Exact when

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -205,17 +205,18 @@ class McResult:
         return self.stats.trials / self.seconds if self.seconds > 0 else float("inf")
 
 
-def _chip_groups(chips: list[int], size: int) -> Iterator[list[int]]:
-    """``chips`` in groups of ``size``, one group at a time (memory O(size))."""
+def _chip_groups(chips: Sequence[int], size: int) -> Iterator[list[int]]:
+    """``chips`` in groups of ``size``, one group at a time (memory O(size) for a range)."""
     for first in range(0, len(chips), size):
-        yield chips[first:first + size]
+        yield list(chips[first:first + size])
 
 
 def monte_carlo(emulator: Emulator, x: Inputs, y: torch.Tensor, trials: int, *,
                 batch_size: int = 1024, chips_per_pass: int = 1,
                 on_trial: Callable[[int, float], None] | None = None,
                 prepare: Callable[[ChipInstance], ChipInstance] | None = None,
-                group: Group = SINGLE) -> McResult:
+                group: Group = SINGLE,
+                on_chips: Callable[[int], None] | None = None) -> McResult:
     """Accuracy of ``trials`` chip instances (0 .. trials-1 of the emulator's seed).
 
     Memory is O(trials) for the accuracies (one float per chip) plus O(test set) for one chip's
@@ -230,7 +231,8 @@ def monte_carlo(emulator: Emulator, x: Inputs, y: torch.Tensor, trials: int, *,
     With ``group`` of several processes, each runs its share of the chips (``Group.shard``:
     chip i on rank i mod world) and every rank returns the result over all chips: the same
     accuracies, statistics and uncertainty as one process (the sums are exact); ``seconds`` is
-    the slowest rank's.
+    the slowest rank's. ``on_trial(chip, accuracy)`` is called for this rank's chips,
+    ``on_chips(n)`` after each round with the chips all ranks finished in it.
     """
     start = time.perf_counter()
     accuracies = torch.zeros(trials, dtype=torch.float64)
@@ -239,21 +241,35 @@ def monte_carlo(emulator: Emulator, x: Inputs, y: torch.Tensor, trials: int, *,
     if prepare is not None and size > 1:
         raise ValueError("a prepared chip instance runs one chip per pass (chips_per_pass=1)")
     per_pass = max(1, batch_size // size)
-    for chips in _chip_groups(group.shard(range(trials)), size):
+    own = group.shard(range(trials))
+    # Rounds of one chip group per rank (rank 0 has the most groups; the others may sit a last
+    # round out). After each round the ranks add up how many chips they finished: the progress
+    # of the whole run, and a lost process shows within one round, not at the end.
+    rounds = math.ceil(len(range(trials)[::group.world]) / size)
+    groups = _chip_groups(own, size)
+    for _ in range(rounds):
+        chips = next(groups, [])
         if len(chips) == 1:
             chip_instance = emulator.instance(chips[0])
             if prepare is not None:
                 chip_instance = prepare(chip_instance)
             outputs = [predict(emulator, x, batch_size, chip_instance)]
-        else:
+        elif chips:
             parts = [emulator.forward_chips(chips, rows(x, first, first + per_pass))
                      for first in range(0, num_samples(x), per_pass)]
             outputs = [torch.cat([part[k].cpu() for part in parts]) for k in range(len(chips))]
+        else:
+            outputs = []
         for chip, logits in zip(chips, outputs):
             accuracies[chip] = top1(logits, y)
             uncertainty.add(chip, logits)
             if on_trial is not None:
                 on_trial(chip, float(accuracies[chip]))
+        finished = len(chips)
+        if group.distributed:
+            finished = int(group.sum(torch.tensor([finished])).item())
+        if on_chips is not None:
+            on_chips(finished)
     group.sum(accuracies)  # each chip's accuracy comes from one rank, the others add 0.0
     uncertainty.reduce(group)
     seconds = group.max(time.perf_counter() - start)

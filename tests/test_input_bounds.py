@@ -436,10 +436,11 @@ def test_settings_validate_the_same_bounds() -> None:
 
 
 def test_monte_carlo_chip_groups_are_lazy() -> None:
-    """Memory O(1) in --mc: the chips are produced group by group, never listed up front."""
-    groups = _chip_groups(10**12, 4)
-    assert next(groups) == [0, 1, 2, 3] and next(groups) == [4, 5, 6, 7]
-    assert list(_chip_groups(5, 2)) == [[0, 1], [2, 3], [4]]
+    """Memory O(1) in --mc beyond the rank's chip list: the groups are produced one by one from
+    a lazy range (a rank's share of 10**12 chips is a range, never a list)."""
+    groups = _chip_groups(range(10**12)[1::2], 4)
+    assert next(groups) == [1, 3, 5, 7] and next(groups) == [9, 11, 13, 15]
+    assert list(_chip_groups(range(5), 2)) == [[0, 1], [2, 3], [4]]
 
 
 @pytest.fixture(scope="module")

@@ -14,6 +14,7 @@ from neftc.cli.neft_options import (
     DATA_GROUP,
     NEFT_CHOICES,
     NEFT_GROUP,
+    PROCESSES_GROUP,
     QUANTISATION_GROUP,
     add_neft_options,
     neft_settings,
@@ -22,7 +23,7 @@ from neftc.neft.pipeline import AUTO, NEFT_MODES, NeftSettings
 from neftc.passes.quantize import Quantize
 
 COMMANDS = ("compile", "finetune", "train")
-GROUPS = (DATA_GROUP, NEFT_GROUP, QUANTISATION_GROUP)
+GROUPS = (DATA_GROUP, NEFT_GROUP, QUANTISATION_GROUP, PROCESSES_GROUP)
 #: Each command's argv up to the NeFT options (its positionals and required non-NeFT flags).
 PREFIX = {"compile": ["compile", "m.pt2"], "finetune": ["finetune", "m.pt2", "-o", "t.pt2"],
           "train": ["train", "mlp", "-o", "m.pt2"]}
@@ -75,7 +76,7 @@ def test_neft_options_are_declared_identically() -> None:
     flags = set(neft_options(parsers["compile"]))
     assert {"--neft", "--neft-epochs", "--neft-lr", "--neft-batch-size", "--data", "--seed",
             "--per-channel", "--calibration", "--irs-taps", "--temperature", "--sigma-schedule",
-            "--bn-stats"} <= flags
+            "--bn-stats", "--workers", "--dist-timeout"} <= flags
 
 
 def _modified_train_parser(dest: str, field: str, value: object) -> argparse.ArgumentParser:

@@ -125,10 +125,7 @@ WORKERS_HELP = ("train as K local processes with DistributedDataParallel (gloo o
 def _add_process_options(group: argparse._ArgumentGroup) -> None:
     """``--workers`` and ``--dist-timeout`` as ``neftc.cli.workers`` declares them (verify's
     flags), with the help of ``--workers`` saying what several processes change in training."""
-    add_workers_args(group)  # type: ignore[arg-type]  # an argument group takes add_argument
-    for action in group._group_actions:
-        if action.dest == "workers":
-            action.help = WORKERS_HELP
+    add_workers_args(group, WORKERS_HELP)
 
 
 def _add_quantisation_options(group: argparse._ArgumentGroup) -> None:

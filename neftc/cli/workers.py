@@ -27,12 +27,18 @@ from neftc.errors import NeftcError
 STOP_GRACE_S = 5.0
 
 
-def add_workers_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--workers", type=int, default=1, metavar="K",
-                        help="run as K local processes that split the work (torch.distributed, "
-                        "gloo; the same results as one process); each gets cores/K threads "
-                        "unless OMP_NUM_THREADS is set. Under torchrun, leave it out: the "
-                        "processes come from torchrun (default 1)")
+#: ``--workers``' help where the processes split chip instances (verify, sweep).
+SAME_RESULTS_HELP = ("run as K local processes that split the work (torch.distributed, gloo; the "
+                     "same results as one process); each gets cores/K threads unless "
+                     "OMP_NUM_THREADS is set. Under torchrun, leave it out: the processes come "
+                     "from torchrun (default 1)")
+
+
+def add_workers_args(parser: argparse.ArgumentParser | argparse._ArgumentGroup,
+                     workers_help: str = SAME_RESULTS_HELP) -> None:
+    """``--workers K`` (with ``workers_help``: what K processes do for this command) and
+    ``--dist-timeout S``."""
+    parser.add_argument("--workers", type=int, default=1, metavar="K", help=workers_help)
     parser.add_argument("--dist-timeout", type=float, default=1800.0, metavar="S",
                         help="with several processes, fail the run when one waits more than S "
                         "seconds for another (default 1800)")

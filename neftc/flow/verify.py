@@ -171,16 +171,15 @@ def _sweep(emulator: Emulator, x: Inputs, y: torch.Tensor, sigmas: tuple[float, 
     recalibrate = calibration is not None and bool(batch_norms(emulator))
     runs = 1 + (compared is not None) + recalibrate
     results = []
-    own = len(group.shard(range(settings.trials)))
-    bar = tqdm(total=len(sigmas) * own * runs, leave=False, disable=not progress,
-               desc="chip instances" + (f" (rank 0 of {group.world})" if group.distributed
+    bar = tqdm(total=len(sigmas) * settings.trials * runs, leave=False, disable=not progress,
+               desc="chip instances" + (f" ({group.world} processes)" if group.distributed
                                         else ""))
 
     def run(emu: Emulator, prepare: Callable[[ChipInstance], ChipInstance] | None = None,
             chips_per_pass: int = settings.chips_per_pass) -> McResult:
         return monte_carlo(emu, x, y, settings.trials, batch_size=settings.batch_size,
                            chips_per_pass=chips_per_pass, prepare=prepare,
-                           on_trial=lambda _chip, _acc: bar.update(), group=group)
+                           on_chips=bar.update, group=group)
 
     for sigma in sigmas:
         emulator.set_sigma(sigma)  # same network and DAC ranges, new device variation
