@@ -255,3 +255,26 @@ def test_other_dac_ranges_are_refused(layout, tmp_path, capsys) -> None:
     assert main(argv) == 0
     assert "DAC ranges" in _refused(capsys, *argv, "--calib-samples", "64")
     assert len(rows(store)) == 1
+
+
+@pytest.mark.parametrize("edit, needle", [
+    ("UPDATE chips SET accuracy = 'abc' WHERE chip = 1", "'abc' is not a finite number"),
+    ("UPDATE chips SET accuracy = 1.5 WHERE chip = 0", "'1.5' is not a finite number in 0 .. 1"),
+    ("UPDATE chips SET chip = -7 WHERE chip = 2", "'-7' is not an integer"),
+    ("UPDATE chips SET noise = 'os.system' WHERE chip = 0", "is not one of cell, paper, off"),
+    ("UPDATE chips SET layout_sha256 = 'x' WHERE chip = 0", "is not a SHA-256"),
+    ("UPDATE layouts SET path = zeroblob(10)", "text field holds bytes"),
+    ("UPDATE noise_free SET accuracy = 9e999", "not a finite number"),
+])
+def test_an_edited_store_is_refused(layout, tmp_path, capsys, edit, needle) -> None:
+    """A store is a file like any other: values of the wrong type or out of bounds (written by
+    another program) end the report with one error line, not a traceback or a wrong number."""
+    store = tmp_path / "edited.db"
+    assert main(["sweep", str(layout), "--data", "digits", "--sigma", "0.1", "--mc", "3",
+                 "--periphery", "ideal", "-q", "--store", str(store)]) == 0
+    capsys.readouterr()
+    with sqlite3.connect(store) as db:
+        db.execute(edit)
+    err = _refused(capsys, "sweep", "--report", "--store", str(store), "-o", str(tmp_path))
+    assert "holds an invalid value" in err and needle in err, err
+    assert not list(tmp_path.glob("sweep-report*"))  # nothing written

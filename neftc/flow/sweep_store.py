@@ -17,17 +17,22 @@ Keep the file on a local disk: SQLite's locking is not safe on NFS.
 from __future__ import annotations
 
 import hashlib
+import math
 import sqlite3
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar, get_args
 
 import torch
 
+from neftc.bounds import MAX_SEED
 from neftc.errors import NeftcError
+from neftc.flow.verify import MAX_SAMPLES, MAX_TRIALS
 from neftc.format.schema import CHECKSUMS_FILE
+from neftc.runtime.noise import NoiseMode
+from neftc.targets.spec import SIGMA_REL_MAX
 
 #: ``meta.format`` of a neftc sweep store, and the schema version this code reads and writes.
 STORE_FORMAT = "neftc-sweep-store"
@@ -113,6 +118,44 @@ def data_sha256(inputs: Sequence[torch.Tensor], labels: torch.Tensor) -> str:
     """SHA-256 of a fitted test split: its input tensors (in the layout's input order), then the
     labels."""
     return tensors_sha256([*inputs, labels])
+
+
+Row = TypeVar("Row")
+
+#: Longest text field read back (paths, specs, names, DAC descriptions).
+MAX_TEXT = 4096
+#: Most test samples a stored data set may name (verify's sample bound).
+MAX_TEST_SAMPLES = MAX_SAMPLES
+NOISE_MODES: tuple[str, ...] = get_args(NoiseMode)
+PERIPHERIES = ("ideal", "target")
+
+
+class _Bad(Exception):
+    """A stored value outside its bounds (turned into a StoreError naming the store)."""
+
+
+def _text(value: object, *, choices: Sequence[str] = (), sha: bool = False,
+          empty: bool = True) -> str:
+    if not isinstance(value, str) or len(value) > MAX_TEXT or (not empty and not value):
+        raise _Bad(f"a text field holds {type(value).__name__} {str(value)[:40]!r}")
+    if choices and value not in choices:
+        raise _Bad(f"{value[:40]!r} is not one of {', '.join(choices)}")
+    if sha and (len(value) != 64 or any(c not in "0123456789abcdef" for c in value)):
+        raise _Bad(f"{value[:70]!r} is not a SHA-256 in hex")
+    return value
+
+
+def _integer(value: object, low: int, high: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise _Bad(f"{str(value)[:40]!r} is not an integer in {low} .. {high}")
+    return value
+
+
+def _real(value: object, low: float, high: float) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not (
+            math.isfinite(value) and low <= value <= high):
+        raise _Bad(f"{str(value)[:40]!r} is not a finite number in {low} .. {high}")
+    return float(value)
 
 
 def _not_a_store(path: Path, why: str) -> StoreError:
@@ -274,42 +317,62 @@ class SweepStore:
         except sqlite3.Error as exc:
             raise StoreError(f"cannot read the sweep store '{self.path}': {exc}") from None
 
+    def _rows(self, table: str, sql: str, params: Sequence[object],
+              check: Callable[..., Row]) -> list[Row]:
+        """The rows ``sql`` selects, each checked (types and bounds) by ``check``: a store is a
+        file like any other, and an edited or damaged one is refused, not believed."""
+        out = []
+        for row in self._read(sql, params):
+            try:
+                out.append(check(*row))
+            except _Bad as exc:
+                raise StoreError(f"the sweep store '{self.path}' holds an invalid value in "
+                                 f"table '{table}' ({exc}): it was edited or damaged; start a "
+                                 f"new store (--store NEW_FILE)") from None
+        return out
+
     def stored_chips(self, cell: Cell) -> set[int]:
         """The chip indices of ``cell`` already stored."""
-        return {int(row[0]) for row in self._read(
-            "SELECT chip FROM chips WHERE layout_sha256 = ? AND data_sha256 = ? AND sigma = ? "
-            "AND noise = ? AND periphery = ? AND seed = ?", cell.key())}
+        return set(self._rows(
+            "chips", "SELECT chip FROM chips WHERE layout_sha256 = ? AND data_sha256 = ? AND "
+            "sigma = ? AND noise = ? AND periphery = ? AND seed = ?", cell.key(),
+            lambda c: _integer(c, 0, MAX_TRIALS - 1)))
 
     def chips(self, cell: Cell) -> list[ChipRow]:
         """The stored chips of ``cell``, in chip order."""
-        return [ChipRow(int(c), float(a), float(m))
-                for c, a, m in self._read(
-                    "SELECT chip, accuracy, mean_confidence FROM chips WHERE layout_sha256 = ? "
-                    "AND data_sha256 = ? AND sigma = ? AND noise = ? AND periphery = ? AND "
-                    "seed = ? ORDER BY chip", cell.key())]
+        return self._rows(
+            "chips", "SELECT chip, accuracy, mean_confidence FROM chips WHERE layout_sha256 = ? "
+            "AND data_sha256 = ? AND sigma = ? AND noise = ? AND periphery = ? AND seed = ? "
+            "ORDER BY chip", cell.key(),
+            lambda c, a, m: ChipRow(_integer(c, 0, MAX_TRIALS - 1), _real(a, 0, 1),
+                                    _real(m, 0, 1)))
 
     def cells(self) -> list[Cell]:
         """Every cell with at least one stored chip, in a stable order."""
-        return [Cell(str(a), str(d), float(s), str(n), str(p), int(k))
-                for a, d, s, n, p, k in self._read(
-                    "SELECT DISTINCT layout_sha256, data_sha256, sigma, noise, periphery, seed "
-                    "FROM chips ORDER BY layout_sha256, data_sha256, noise, periphery, seed, "
-                    "sigma")]
+        return self._rows(
+            "chips", "SELECT DISTINCT layout_sha256, data_sha256, sigma, noise, periphery, seed "
+            "FROM chips ORDER BY layout_sha256, data_sha256, noise, periphery, seed, sigma", (),
+            lambda a, d, s, n, p, k: Cell(
+                _text(a, sha=True), _text(d, sha=True), _real(s, 0, SIGMA_REL_MAX),
+                _text(n, choices=NOISE_MODES), _text(p, choices=PERIPHERIES),
+                _integer(k, 0, MAX_SEED)))
 
     def noise_free(self, layout: str, data: str, periphery: str) -> NoiseFree | None:
-        rows = self._read("SELECT accuracy, dac, dac_sha256 FROM noise_free WHERE "
-                          "layout_sha256 = ? AND data_sha256 = ? AND periphery = ?",
-                          (layout, data, periphery))
-        if not rows:
-            return None
-        accuracy, dac, digest = rows[0]
-        return NoiseFree(float(accuracy), str(dac), str(digest))
+        rows = self._rows(
+            "noise_free", "SELECT accuracy, dac, dac_sha256 FROM noise_free WHERE "
+            "layout_sha256 = ? AND data_sha256 = ? AND periphery = ?", (layout, data, periphery),
+            lambda a, d, h: NoiseFree(_real(a, 0, 1), _text(d), _text(h, sha=bool(h))))
+        return rows[0] if rows else None
 
     def layout_names(self) -> dict[str, tuple[str, str]]:
         """Layout SHA-256 -> (path, target)."""
-        return {str(s): (str(p), str(t)) for s, p, t in self._read("SELECT * FROM layouts")}
+        return dict(self._rows(
+            "layouts", "SELECT layout_sha256, path, target FROM layouts", (),
+            lambda s, p, t: (_text(s, sha=True), (_text(p), _text(t)))))
 
     def data_names(self) -> dict[str, tuple[str, str, int]]:
         """Data SHA-256 -> (spec, name, test samples)."""
-        return {str(s): (str(p), str(n), int(k))
-                for s, p, n, k in self._read("SELECT * FROM datasets")}
+        return dict(self._rows(
+            "datasets", "SELECT data_sha256, spec, name, test_samples FROM datasets", (),
+            lambda s, p, n, k: (_text(s, sha=True),
+                                (_text(p), _text(n), _integer(k, 0, MAX_TEST_SAMPLES)))))
