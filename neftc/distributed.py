@@ -175,6 +175,7 @@ def process_group(device: str = "cpu", timeout_s: float = DEFAULT_TIMEOUT_S,
                                f"group ({init}): {exc}") from None
     try:
         yield group
+        dist.barrier()  # every process past its last collective before any tears the group down
     except RuntimeError as exc:  # dist.DistError is one; gloo reports a lost peer as another
         if not isinstance(exc, dist.DistError) and not _lost_peer(str(exc)):
             raise
