@@ -1,7 +1,7 @@
 """The noisy runtime emulator (DESIGN.md section 7). It reads only a layout directory.
 Runtime layer. May import: the base modules, ``format`` and ``targets`` (tests/test_layers.py).
 
-``neftc.runtime.Emulator(layout, sigma=..., seed=..., noise="cell", ideal_periphery=True)``;
+``neftc.runtime.Emulator(layout, sigma=..., seed=..., noise="cell", ideal_periphery=False)``;
 ``neftc.runtime.monte_carlo(emulator, x, y, trials)``; a chip instance is a frozen value,
 ``ChipInstance`` (``Emulator.instance(i)``, ``Emulator.forward(x, chip)``), with its
 ``Periphery`` (DAC ranges, ``InputQuant``, and ADC). Imported lazily: ``import neftc.runtime``

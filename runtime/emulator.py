@@ -1,6 +1,7 @@
 """The emulator: execute a layout on simulated chip instances.
 
-    emu = Emulator("out/", sigma=0.1, seed=0)
+    emu = Emulator("out/", sigma=0.1, seed=0)  # the target's DAC/ADC, as neftc verify
+    emu.calibrate(x_calib)           # DAC ranges (unless stored in the layout: neftc calibrate)
     emu.program_chip(3)              # chip instance 3: every cell programmed once (device model)
     logits = emu.forward(x)
     emu.effective_weights()          # noisy dequantised weights of every layer, this chip
@@ -9,6 +10,10 @@
     chip = emu.instance(5)           # chip instance 5 as a value; the emulator's chip is unchanged
     logits = emu.forward(x, chip)
     logits = emu((input_ids, attention_mask))  # several inputs: a tuple, in the layout's order
+
+The periphery is the target's DAC and ADC by default (``ideal_periphery=False``), the same
+default as ``neftc verify``; ``ideal_periphery=True`` runs the crossbars without DAC/ADC
+quantisation (``neftc verify --ideal-periphery``).
 
 The emulator is a thin holder: the network (``module``, stateless), the noise model's spreads
 (``variation``), the periphery (``periphery``: ideal, or the DAC ranges and the ADC) and the
@@ -40,13 +45,14 @@ from neftc.runtime.variation import chip_generator, draw_cells, program_chip, va
 
 class Emulator:
     def __init__(self, layout: Layout | str | Path, *, sigma: float | None = None, seed: int = 0,
-                 noise: NoiseMode = "cell", ideal_periphery: bool = True,
+                 noise: NoiseMode = "cell", ideal_periphery: bool = False,
                  faults: bool = True, device: str | torch.device = "cpu",
                  adc_shortcut: bool = True) -> None:
         if noise == "paper" and not ideal_periphery:
             raise NeftcError("the paper's noise model is weight-level and has no per-cell form "
-                             "for the DAC/ADC path; use it with ideal periphery "
-                             "(neftc verify --noise paper --ideal-periphery)")
+                             "for the DAC/ADC path (the default periphery); use it with ideal "
+                             "periphery: Emulator(..., noise='paper', ideal_periphery=True), "
+                             "neftc verify --noise paper --ideal-periphery")
         self.layout = layout if isinstance(layout, Layout) else load_layout(layout)
         target = self.layout.doc.target
         self.seed = seed

@@ -37,7 +37,7 @@ def mlp_layout(tmp_path, target_tag: str, overrides=(), per_channel=False):
 
 def test_noise_off_ideal_periphery_equals_fake_quant_model(cnn_layout, cnn_input) -> None:
     result, layout = cnn_layout
-    emulator = Emulator(layout, sigma=0.0)
+    emulator = Emulator(layout, sigma=0.0, ideal_periphery=True)
     emulator.program_ideal()
     x = torch.randn(16, 3, 8, 8, generator=torch.Generator().manual_seed(3))
     # Same float32 weights (integers below 2^24 times the same scales) and the same ATen ops in
@@ -47,7 +47,7 @@ def test_noise_off_ideal_periphery_equals_fake_quant_model(cnn_layout, cnn_input
 
 def test_effective_weights_without_noise_are_the_layout_weights(cnn_layout) -> None:
     _, layout = cnn_layout
-    emulator = Emulator(layout, sigma=0.0)
+    emulator = Emulator(layout, sigma=0.0, ideal_periphery=True)
     emulator.program_chip(0)
     for name, weight in emulator.effective_weights().items():
         assert np.array_equal(weight.numpy(), layout.weights(name))
@@ -64,7 +64,7 @@ def _weight_errors(layout, emulator: Emulator, name: str, chips: int) -> np.ndar
 def test_paper_mode_rram1_std_matches_reference_formula(tmp_path) -> None:
     layout = mlp_layout(tmp_path, "rram1_128x128")
     sigma = 0.2
-    emulator = Emulator(layout, sigma=sigma, noise="paper", seed=1)
+    emulator = Emulator(layout, sigma=sigma, noise="paper", seed=1, ideal_periphery=True)
     errors = _weight_errors(layout, emulator, "0", 300)
     max_w = np.abs(layout.weights("0")).max()
     predicted = 0.7776 * sigma * max_w  # s = 1: sigma' = sigma
@@ -75,7 +75,7 @@ def test_paper_mode_rram1_std_matches_reference_formula(tmp_path) -> None:
 def test_paper_mode_fefet6_state_dependent_split(tmp_path) -> None:
     layout = mlp_layout(tmp_path, "fefet6_128x128")
     sigma, s = 0.1, 6.0
-    emulator = Emulator(layout, sigma=sigma, noise="paper", seed=2)
+    emulator = Emulator(layout, sigma=sigma, noise="paper", seed=2, ideal_periphery=True)
     errors = _weight_errors(layout, emulator, "0", 300)
     weights = layout.weights("0")
     max_w = np.abs(weights).max()
@@ -94,7 +94,7 @@ def test_cell_mode_std_matches_device_model(tmp_path, tag, encoding) -> None:
     layout = mlp_layout(tmp_path, tag, [f"weight.sign_encoding={encoding}"], per_channel=True)
     sigma = 0.15
     spec = layout.doc.target
-    emulator = Emulator(layout, sigma=sigma, seed=3)
+    emulator = Emulator(layout, sigma=sigma, seed=3, ideal_periphery=True)
     errors = _weight_errors(layout, emulator, "0", 300)
     # Predicted per-weight variance from the weight's own cells: sum over polarities and slices
     # of (L^s (L-1) sigma k(l))^2, times scale^2.
@@ -118,7 +118,7 @@ def test_cells_are_independent_with_the_device_models_std(tmp_path) -> None:
     layout = mlp_layout(tmp_path, "fefet6_128x128")
     spec = layout.doc.target
     sigma, n_levels, s = 0.15, 2**spec.cell.bits, spec.noise.state_ratio
-    emulator = Emulator(layout, sigma=sigma, seed=11, faults=False)
+    emulator = Emulator(layout, sigma=sigma, seed=11, faults=False, ideal_periphery=True)
     levels = torch.from_numpy(layout.levels("0").astype(np.float32))  # [P, S, R, C]
     extreme = (levels == 0) | (levels == n_levels - 1)
     std = (n_levels - 1) * sigma * torch.where(extreme, 1.0, s) / normalisation(s)
@@ -139,7 +139,7 @@ def test_cells_are_independent_with_the_device_models_std(tmp_path) -> None:
 @pytest.mark.parametrize("encoding", ["differential", "offset"])
 def test_both_periphery_paths_program_the_same_cells(tmp_path, encoding) -> None:
     layout = mlp_layout(tmp_path, "rram4_128x128", [f"weight.sign_encoding={encoding}"])
-    ideal = Emulator(layout, sigma=0.2, seed=5)
+    ideal = Emulator(layout, sigma=0.2, seed=5, ideal_periphery=True)
     adc = Emulator(layout, sigma=0.2, seed=5, ideal_periphery=False)
     ideal.program_chip(3)
     adc.program_chip(3)
@@ -162,7 +162,7 @@ def test_paper_mode_needs_ideal_periphery(tmp_path) -> None:
 
 def test_same_seed_same_chip_different_seed_different_chip(cnn_layout) -> None:
     _, layout = cnn_layout
-    a, b, c = (Emulator(layout, sigma=0.1, seed=seed) for seed in (5, 5, 6))
+    a, b, c = (Emulator(layout, sigma=0.1, seed=seed, ideal_periphery=True) for seed in (5, 5, 6))
     a.program_chip(7)
     b.program_chip(7)
     c.program_chip(7)
@@ -176,7 +176,7 @@ def test_same_seed_same_chip_different_seed_different_chip(cnn_layout) -> None:
 def test_stuck_at_faults(tmp_path) -> None:
     layout = mlp_layout(tmp_path, "rram1_128x128",
                         ["faults.stuck_at_min_rate=0.1", "faults.stuck_at_max_rate=0.05"])
-    emulator = Emulator(layout, sigma=0.05, seed=0)
+    emulator = Emulator(layout, sigma=0.05, seed=0, ideal_periphery=True)
     emulator.program_chip(0)
     conductance = emulator.cell_conductances()["0"]
     n = conductance.numel()
@@ -225,7 +225,7 @@ def test_target_adc_loses_little_on_a_trained_model(tmp_path, trained_lenet) -> 
 
     data, model = trained_lenet.data, trained_lenet.model()
     compile_module(model, data.test.x[:1], resolve_target("fefet_128x128"), tmp_path / "l")
-    ideal = Emulator(tmp_path / "l", sigma=0.0)
+    ideal = Emulator(tmp_path / "l", sigma=0.0, ideal_periphery=True)
     adc = Emulator(tmp_path / "l", sigma=0.0, ideal_periphery=False)
     adc.calibrate(data.train.x[:512])
     acc_ideal, acc_adc = accuracy(ideal, data.test), accuracy(adc, data.test)
@@ -278,7 +278,7 @@ def test_uncertainty_expected_kl() -> None:
 def test_several_chips_per_pass_equal_one_by_one(cnn_layout) -> None:
     """Batched chip instances (for accelerators) give each chip's own outputs."""
     _, layout = cnn_layout
-    emulator = Emulator(layout, sigma=0.2, seed=9)
+    emulator = Emulator(layout, sigma=0.2, seed=9, ideal_periphery=True)
     x = torch.randn(5, 3, 8, 8, generator=torch.Generator().manual_seed(4))
     together = emulator.forward_chips([0, 1, 2], x)
     for chip, out in zip([0, 1, 2], together):
@@ -337,7 +337,7 @@ def test_both_periphery_paths_program_the_same_cells_on_a_cnn(tmp_path) -> None:
                           nn.Linear(8 * 6 * 6, 10)).eval()
     x = torch.randn(4, 3, 6, 6)
     compile_module(model, x[:1], resolve_target("fefet_128x128"), tmp_path / "g")
-    ideal = Emulator(tmp_path / "g", sigma=0.2, seed=8)
+    ideal = Emulator(tmp_path / "g", sigma=0.2, seed=8, ideal_periphery=True)
     adc = Emulator(tmp_path / "g", sigma=0.2, seed=8, ideal_periphery=False)
     ideal.program_chip(2)
     adc.program_chip(2)

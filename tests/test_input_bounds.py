@@ -457,7 +457,8 @@ def tiny_layout(tmp_path_factory) -> Path:
 def test_verify_at_the_limits_runs(capsys, tiny_layout: Path) -> None:
     """Valid control: the largest seed, sigma 0 and 2, one chip."""
     assert main(["verify", str(tiny_layout), "--mc", "1", "--sigma", "0", "--sigma", "2",
-                 "--seed", str(MAX_SEED), "--chips-per-pass", "1024", "--batch-size", "65536",
+                 "--seed", str(MAX_SEED), "--chips-per-pass", "1024", "--ideal-periphery",
+                 "--batch-size", "65536",
                  "--no-report", "-q", "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["seed"] == MAX_SEED and [r["sigma"] for r in report["results"]] == [0.0, 2.0]

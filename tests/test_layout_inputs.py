@@ -55,8 +55,8 @@ def test_version2_layout_is_converted_and_replays_the_same_outputs() -> None:
         want = expected[key]
         assert np.allclose(got.numpy(), want, rtol=0, atol=1e-6 * np.abs(want).max()), key
 
-    same(Emulator(layout, sigma=0.0)(x), "ideal")
-    noisy = Emulator(layout, sigma=0.1, seed=3)
+    same(Emulator(layout, sigma=0.0, ideal_periphery=True)(x), "ideal")
+    noisy = Emulator(layout, sigma=0.1, seed=3, ideal_periphery=True)
     noisy.program_chip(2)
     same(noisy(x), "chip2")
     adc = Emulator(layout, sigma=0.1, seed=3, ideal_periphery=False)
@@ -155,11 +155,12 @@ def test_emulator_takes_the_inputs_as_a_tuple_in_layout_order(masked) -> None:
     # Noise-free and noisy alike: mask * x through the two-input layout is x * mask through
     # the one-input layout, bit for bit (the same cells, the same chip draws).
     for sigma in (0.0, 0.1):
-        a, b = Emulator(two, sigma=sigma, seed=4), Emulator(one, sigma=sigma, seed=4)
+        a = Emulator(two, sigma=sigma, seed=4, ideal_periphery=True)
+        b = Emulator(one, sigma=sigma, seed=4, ideal_periphery=True)
         a.program_chip(1)
         b.program_chip(1)
         assert torch.equal(a((x, mask)), b(x * mask))
-    emu = Emulator(two, sigma=0.0)
+    emu = Emulator(two, sigma=0.0, ideal_periphery=True)
     with pytest.raises(DataError, match=r"takes 2 input\(s\) \(input_1, mask\) but 1 were given"):
         emu(x)
     with pytest.raises(DataError, match=r"input 'mask' has 3 samples but the first input has 7"):
@@ -200,7 +201,7 @@ def test_onnx_declares_every_input_and_matches_the_emulator(masked) -> None:
     mask = torch.rand(5, 6, generator=torch.Generator().manual_seed(4))
     session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
     [out] = session.run(None, {"input_1": x.numpy(), "mask": mask.numpy()})
-    expected = Emulator(layout, sigma=0.0)((x, mask)).numpy()
+    expected = Emulator(layout, sigma=0.0, ideal_periphery=True)((x, mask)).numpy()
     np.testing.assert_allclose(out, expected, atol=1e-5 * max(1.0, float(abs(expected).max())))
 
 
@@ -234,14 +235,14 @@ def test_token_layout_takes_int64_ids_unquantised(tokens) -> None:
     ids = torch.randint(0, 20, (9, 6), generator=torch.Generator().manual_seed(5))
     with torch.no_grad():
         expected = model(ids)
-    got = Emulator(layout, sigma=0.0)(ids)
+    got = Emulator(layout, sigma=0.0, ideal_periphery=True)(ids)
     # The embedding runs digitally on the exact ids; only the Linear's 8-bit weights differ.
     assert float((got - expected).abs().max()) < 0.02 * float(expected.abs().max())
     with pytest.raises(DataError, match=r"input 'ids' holds values 0\.\.20 outside its valid "
                                         r"range 0\.\.19"):
-        Emulator(layout, sigma=0.0)(torch.cat([ids, torch.full((1, 6), 20)]))
+        Emulator(layout, sigma=0.0, ideal_periphery=True)(torch.cat([ids, torch.full((1, 6), 20)]))
     with pytest.raises(DataError, match=r"'ids' is int64 .* was given float32 values"):
-        Emulator(layout, sigma=0.0)(ids.float())
+        Emulator(layout, sigma=0.0, ideal_periphery=True)(ids.float())
     model_onnx = layout_to_onnx(layout)
     assert model_onnx.graph.input[0].type.tensor_type.elem_type == 7  # INT64
     session = ort.InferenceSession(model_onnx.SerializeToString(),

@@ -235,7 +235,7 @@ def test_compiled_layouts_load_and_replay(compiled, name) -> None:
                     generator=torch.Generator().manual_seed(2))
     with torch.no_grad():
         expected = gm(x)
-        got = Emulator(layout, sigma=0.0)(x)
+        got = Emulator(layout, sigma=0.0, ideal_periphery=True)(x)
     # Noise-free, ideal periphery: the same float32 weights and ATen ops as the compiled graph;
     # the crossbar path accumulates in another order, a few float32 ulps of the largest output.
     scale = float(expected.abs().max())
@@ -422,7 +422,7 @@ def assert_refused(root: Path, capsys: pytest.CaptureFixture[str], *needles: str
     for needle in needles:
         assert needle in message, f"{needle!r} not in {message!r}"
     with pytest.raises(LayoutError):
-        Emulator(root, sigma=0.0)
+        Emulator(root, sigma=0.0, ideal_periphery=True)
     capsys.readouterr()
     assert main(["verify", str(root), "--data", "digits", "--mc", "1"]) == 2
     out, err = capsys.readouterr()
@@ -433,7 +433,8 @@ def assert_refused(root: Path, capsys: pytest.CaptureFixture[str], *needles: str
 def test_untouched_copy_loads(base, tmp_path) -> None:
     """The control: the re-signed base with an allowed node added loads and runs."""
     root = hostile_copy(base, tmp_path, inject(call("r", "aten.relu.default", {"node": "linear"})))
-    assert Emulator(neftc.load_layout(root), sigma=0.0)(torch.randn(2, 1, 8, 8)).shape == (2, 10)
+    emulator = Emulator(neftc.load_layout(root), sigma=0.0, ideal_periphery=True)
+    assert emulator(torch.randn(2, 1, 8, 8)).shape == (2, 10)
 
 
 @pytest.mark.parametrize(("edit", "needles"), [pytest.param(*c[1:], id=c[0]) for c in CASES])

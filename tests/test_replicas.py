@@ -58,7 +58,7 @@ def test_noise_off_results_do_not_change(layouts, ideal) -> None:
 
 
 def test_each_copy_has_its_own_noise(layouts) -> None:
-    emulator = Emulator(layouts[0], sigma=0.2, seed=3)
+    emulator = Emulator(layouts[0], sigma=0.2, seed=3, ideal_periphery=True)
     emulator.program_chip(0)
     first, second = emulator.effective_weights(0), emulator.effective_weights(1)
     assert set(second) == {"0", "2"}  # the layers that have a second copy
@@ -72,7 +72,7 @@ def test_each_copy_has_its_own_noise(layouts) -> None:
     assert 0.8 < float(dev[1].std() / dev[0].std()) < 1.25
     # Copy 0 is the chip it was before copies were programmed: same draw as a layout without
     # replicas (the first copy's random streams are unchanged).
-    single = Emulator(layouts[1], sigma=0.2, seed=3)
+    single = Emulator(layouts[1], sigma=0.2, seed=3, ideal_periphery=True)
     single.program_chip(0)
     torch.testing.assert_close(first["2"], single.effective_weights()["2"])
 
@@ -90,7 +90,7 @@ def _conv_by_position(x: torch.Tensor, weights: list[torch.Tensor], bias: torch.
 
 
 def test_each_position_runs_on_its_copy(layouts) -> None:
-    emulator = Emulator(layouts[0], sigma=0.2, seed=5)
+    emulator = Emulator(layouts[0], sigma=0.2, seed=5, ideal_periphery=True)
     emulator.program_chip(2)
     layer = emulator.layers["2"]
     x = torch.randn(4, 8, 6, 6, generator=torch.Generator().manual_seed(2))
@@ -101,7 +101,7 @@ def test_each_position_runs_on_its_copy(layouts) -> None:
 
 
 def test_forward_chips_equals_one_chip_at_a_time(layouts) -> None:
-    emulator = Emulator(layouts[0], sigma=0.2, seed=5)
+    emulator = Emulator(layouts[0], sigma=0.2, seed=5, ideal_periphery=True)
     x = torch.randn(3, 3, 6, 6, generator=torch.Generator().manual_seed(4))
     stacked = emulator.forward_chips([2, 4], x)
     for chip, out in zip([2, 4], stacked):
@@ -116,7 +116,7 @@ def test_dac_adc_path_runs_each_copy_on_its_cells(layouts) -> None:
     target = resolve_target("fefet_128x128", [*SMALL_CHIP, "periphery.adc_bits=16"])
     path = layouts[0].parent / "exact-adc"
     compile_module(_model(), torch.randn(1, 3, 6, 6), target, path)
-    ideal = Emulator(path, sigma=0.2, seed=7)
+    ideal = Emulator(path, sigma=0.2, seed=7, ideal_periphery=True)
     adc = Emulator(path, sigma=0.2, seed=7, ideal_periphery=False)
     quant = InputQuant(scale=1 / 64, signed=True, bits=8)
     adc.set_input_quant({name: quant for name in adc.layers})

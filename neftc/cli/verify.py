@@ -36,7 +36,8 @@ def _add_verify_parser(sub: argparse._SubParsersAction) -> None:
                      "train/test split, which is fixed by the data")
     ver.add_argument("--noise", choices=["cell", "paper", "off"], default="cell",
                      help="cell: the cell-level device model (default); paper: the NeFT reference "
-                     "weight-level formula (needs --ideal-periphery); off: no variation")
+                     "weight-level formula (needs --ideal-periphery); off: no variation (no "
+                     "sigma: the table shows '-')")
     ver.add_argument("--ideal-periphery", action="store_true",
                      help="no DAC/ADC quantisation (default: the target's DAC and ADC)")
     ver.add_argument("--no-faults", action="store_true", help="ignore the target's stuck-at rates")
@@ -44,9 +45,10 @@ def _add_verify_parser(sub: argparse._SubParsersAction) -> None:
                      help="samples (train split, else test) that set the DAC ranges")
     ver.add_argument("--batch-size", type=int, default=1024)
     ver.add_argument("--chips-per-pass", type=int, default=1, metavar="K",
-                     help="with --ideal-periphery, evaluate K chip instances in one batched pass "
-                     "(same results; meant for accelerators: on 2 CPU cores one chip per pass "
-                     "is fastest)")
+                     help="evaluate K chip instances in one batched pass; needs "
+                     "--ideal-periphery (refused without: the DAC/ADC path runs one chip per "
+                     "pass). Same results; meant for accelerators: on 2 CPU cores one chip per "
+                     "pass is fastest")
     ver.add_argument("--device", default="cpu", help="cpu (default) or cuda[:N]: where the "
                      "network runs; the noise is drawn on the CPU, so a seed gives the same "
                      "chips on either")
@@ -96,6 +98,9 @@ def run_verify(args: argparse.Namespace) -> int:
         raise NeftcError(f"--sigma must be >= 0, got {min(args.sigma)}")
     if args.batch_size < 1 or args.calib_samples < 1 or args.chips_per_pass < 1:
         raise NeftcError("--batch-size, --calib-samples and --chips-per-pass must be at least 1")
+    if args.sigma and args.noise == "off":
+        raise NeftcError("--sigma sets the device variation and --noise off has none; drop "
+                         "--sigma, or use --noise cell (or paper) to sweep it")
     check_workers(args)
     settings = VerifySettings(sigmas=tuple(args.sigma) if args.sigma else None, trials=args.mc,
                               seed=args.seed, noise=args.noise,

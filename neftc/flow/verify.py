@@ -79,10 +79,14 @@ class VerifySettings:
         check_number("--calib-samples", self.calib_samples, 1, MAX_SAMPLES, integer=True)
         check_number("--chips-per-pass", self.chips_per_pass, 1, MAX_CHIPS_PER_PASS,
                      integer=True)
+        if self.chips_per_pass > 1 and not self.ideal_periphery:
+            raise NeftcError(f"--chips-per-pass {self.chips_per_pass} batches chip instances on "
+                             f"the ideal periphery only; the DAC/ADC path (the default) runs one "
+                             f"chip per pass: add --ideal-periphery or drop --chips-per-pass")
         if self.bn_recalibrate is not None:
             check_number("--bn-recalibrate", self.bn_recalibrate, 1, MAX_RECALIBRATION_SAMPLES,
                          integer=True)
-            if self.chips_per_pass > 1 and self.ideal_periphery:
+            if self.chips_per_pass > 1:
                 raise NeftcError("--bn-recalibrate re-calibrates and runs one chip instance at "
                                  "a time; drop --chips-per-pass")
             if self.compare is not None:
@@ -183,7 +187,8 @@ def _sweep(emulator: Emulator, x: Inputs, y: torch.Tensor, sigmas: tuple[float, 
 
     for sigma in sigmas:
         emulator.set_sigma(sigma)  # same network and DAC ranges, new device variation
-        bar.set_postfix(sigma=sigma)
+        if settings.noise != "off":
+            bar.set_postfix(sigma=sigma)
         result = run(emulator)
         extra: dict[str, Any] = {}
         if compared is not None:
@@ -384,11 +389,23 @@ def _periphery_lines(record: VerifyRecord) -> list[str]:
     return lines
 
 
-def _result_line(row: SigmaResult) -> str:
+def _percent(value: float | None, width: int) -> str:
+    """``value`` (0..1) as a percentage ``width`` characters wide with its sign; ``-`` right
+    aligned where there is none (a one-chip interval)."""
+    if value is None or math.isnan(value):
+        return f"{'-':>{width + 1}}"
+    return f"{100 * value:>{width}.2f}%"
+
+
+def _sigma(sigma: float, noise: str) -> str:
+    """The sigma column: ``-`` with ``--noise off`` (no variation, whatever the sigma)."""
+    return f"{'-':>6}" if noise == "off" else f"{sigma:>6.3f}"
+
+
+def _result_line(row: SigmaResult, noise: str) -> str:
     mc = row.mc
-    ci95 = math.nan if mc.ci95 is None else mc.ci95
-    return (f"{row.sigma:>6.3f}  {100 * row.quantized_accuracy:>8.2f}%  "
-            f"{100 * mc.mean:>7.2f}%  {100 * ci95:>6.2f}%  {100 * mc.std:>5.2f}%  "
+    return (f"{_sigma(row.sigma, noise)}  {100 * row.quantized_accuracy:>8.2f}%  "
+            f"{100 * mc.mean:>7.2f}%  {_percent(mc.ci95, 6)}  {100 * mc.std:>5.2f}%  "
             f"{100 * mc.min:>5.1f}%  {100 * mc.p5:>5.1f}%  {100 * mc.max:>5.1f}%  "
             f"{row.uncertainty.expected_kl:>7.4f}  "
             f"{100 * row.uncertainty.mean_confidence:>5.1f}%  "
@@ -404,14 +421,15 @@ def format_verify(report: VerifyRecord | Mapping[str, Any]) -> str:
     header = (f"{'sigma':>6}  {'quantized':>9}  {'MC mean':>8}  {'95% CI':>7}  {'std':>6}  "
               f"{'min':>6}  {'p5':>6}  {'max':>6}  {'E[KL]':>7}  {'conf':>6}  {'trials':>6}  "
               f"{'chips/s':>8}")
-    lines += [header, "-" * len(header), *(_result_line(row) for row in r.results)]
+    lines += [header, "-" * len(header), *(_result_line(row, r.noise) for row in r.results)]
     if r.compare is not None:
         lines += ["", f"paired comparison: B = {r.compare.layout} against A = {r.layout} on the "
                   f"same {r.results[0].mc.trials} chip instances per sigma (noise-free accuracy "
                   f"of B with ideal periphery "
                   f"{100 * r.compare.quantized_accuracy_ideal_periphery:.2f} %)",
                   f"same chips: {r.compare.note}",
-                  *_paired_table("A", "B", [(row.sigma, row.paired) for row in r.results])]
+                  *_paired_table("A", "B", [(row.sigma, row.paired) for row in r.results],
+                                 r.noise)]
     if r.bn_recalibration is not None:
         rec = r.bn_recalibration
         lines.append("")
@@ -426,19 +444,20 @@ def format_verify(report: VerifyRecord | Mapping[str, Any]) -> str:
                          f"and re-calibrated (B)")
         lines += _paired_table("programmed", "re-calibrated", [
             (row.sigma, None if row.recalibrated is None else row.recalibrated.paired)
-            for row in r.results])
+            for row in r.results], r.noise)
     return "\n".join(lines) + "\n"
 
 
-def _paired_table(a: str, b: str, rows: list[tuple[float, PairedRecord | None]]) -> list[str]:
+def _paired_table(a: str, b: str, rows: list[tuple[float, PairedRecord | None]],
+                  noise: str) -> list[str]:
     header = (f"{'sigma':>6}  {a + ' mean':>15}  {b + ' mean':>18}  {'B - A':>7}  "
               f"{'95% CI':>7}  {'B wins/ties/loses':>17}")
     lines = [header, "-" * len(header)]
     for sigma, p in rows:
         if p is None:
             continue
-        ci95 = math.nan if p.ci95 is None else p.ci95
-        lines.append(f"{sigma:>6.3f}  {100 * p.mean_a:>14.2f}%  {100 * p.mean_b:>17.2f}%  "
-                     f"{100 * p.mean_difference:>+6.2f}%  {100 * ci95:>6.2f}%  "
+        lines.append(f"{_sigma(sigma, noise)}  {100 * p.mean_a:>14.2f}%  "
+                     f"{100 * p.mean_b:>17.2f}%  "
+                     f"{100 * p.mean_difference:>+6.2f}%  {_percent(p.ci95, 6)}  "
                      f"{f'{p.wins}/{p.ties}/{p.losses}':>17}")
     return lines

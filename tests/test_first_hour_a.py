@@ -1,0 +1,85 @@
+"""Issue 15 (the user's first hour), part A: one default periphery, what verify prints and
+writes, data without surprises, the report, thread control."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from neftc.cli.main import main
+from neftc.datasets.digits import load_digits
+from neftc.driver.compiler import compile_module
+from neftc.frontend.zoo import build
+from neftc.runtime import Emulator
+from neftc.targets import resolve_target
+
+
+@pytest.fixture(scope="module")
+def mlp_layout(tmp_path_factory) -> Path:
+    """An untrained MLP (seed 0) on the digits' 1x8x8 inputs, compiled for fefet_128x128."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = build("mlp", (1, 8, 8), 10).eval()
+    out = tmp_path_factory.mktemp("first_hour") / "layout"
+    compile_module(model, torch.zeros(1, 1, 8, 8), resolve_target("fefet_128x128"), out)
+    return out
+
+
+def run(capsys, *argv: str) -> tuple[int, str, str]:
+    code = main(list(argv))
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+# ---------------------------------------------------------------- item 2: one default
+
+
+def test_emulator_default_periphery_is_the_targets_dac_adc(mlp_layout) -> None:
+    """``Emulator(...)`` without ``ideal_periphery`` runs the DAC/ADC path, as verify does: it
+    wants DAC ranges, and after calibration it gives the same outputs as an explicit
+    ``ideal_periphery=False``, not the ideal ones."""
+    x = load_digits().test.x[:64]
+    default = Emulator(mlp_layout, sigma=0.0)
+    assert not default.ideal_periphery
+    with pytest.raises(Exception, match="DAC ranges are not set"):
+        default(x)
+    default.calibrate(x)
+    explicit = Emulator(mlp_layout, sigma=0.0, ideal_periphery=False)
+    explicit.calibrate(x)
+    ideal = Emulator(mlp_layout, sigma=0.0, ideal_periphery=True)
+    assert torch.equal(default(x), explicit(x))
+    assert not torch.equal(default(x), ideal(x))  # the converters quantise: not the ideal path
+
+
+def test_chips_per_pass_without_ideal_periphery_is_refused(capsys, mlp_layout) -> None:
+    code, _, err = run(capsys, "verify", str(mlp_layout), "--mc", "2", "--chips-per-pass", "2",
+                       "--no-report", "-q")
+    assert code == 2 and "--chips-per-pass" in err and "--ideal-periphery" in err
+    assert "Traceback" not in err
+
+
+def test_noise_off_prints_no_sigma_and_one_chip_no_nan(capsys, mlp_layout) -> None:
+    code, out, _ = run(capsys, "verify", str(mlp_layout), "--mc", "1", "--noise", "off",
+                       "--no-report", "-q")
+    assert code == 0
+    table = out.split("-----")[-1].strip().splitlines()
+    row = table[-1].split()
+    assert row[0] == "-"  # no sigma: nothing varies
+    assert row[3] == "-"  # one chip: no interval
+    assert "nan" not in out.lower()
+    code, _, err = run(capsys, "verify", str(mlp_layout), "--mc", "1", "--noise", "off",
+                       "--sigma", "0.1", "--no-report", "-q")
+    assert code == 2 and "--sigma" in err and "--noise off" in err
+
+
+def test_one_chip_with_noise_prints_sigma_and_no_nan(capsys, mlp_layout) -> None:
+    code, out, _ = run(capsys, "verify", str(mlp_layout), "--mc", "1", "--sigma", "0.1",
+                       "--no-report", "-q")
+    assert code == 0 and "nan" not in out.lower()
+    row = out.strip().splitlines()[-1].split()
+    assert row[0] == "0.100" and row[3] == "-"
+    code, out, _ = run(capsys, "verify", str(mlp_layout), "--mc", "1", "--json", "--no-report")
+    assert json.loads(out)["results"][0]["mc"]["ci95"] is None
