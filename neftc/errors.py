@@ -57,6 +57,20 @@ class DataError(NeftcError):
 
 
 def did_you_mean(word: str, choices: Iterable[str]) -> str:
-    """Return ' Did you mean 'x'?' for the closest choice, or '' when nothing is close."""
-    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
-    return f" Did you mean '{close[0]}'?" if close else ""
+    """Return ' Did you mean 'x'?' for the most similar choice, or '' when nothing is close.
+
+    Case is ignored (``FEFET_128x128`` finds ``fefet_128x128``); the choices are ranked by
+    ``difflib``'s similarity ratio (at least 0.6), ties broken by the order given."""
+    best = closest(word, choices)
+    return f" Did you mean '{best}'?" if best is not None else ""
+
+
+def closest(word: str, choices: Iterable[str], cutoff: float = 0.6) -> str | None:
+    """The choice most similar to ``word`` ignoring case, or None when none reaches ``cutoff``."""
+    folded = word.casefold()
+    best: tuple[float, str] | None = None
+    for choice in choices:
+        ratio = difflib.SequenceMatcher(None, folded, choice.casefold()).ratio()
+        if ratio >= cutoff and (best is None or ratio > best[0]):
+            best = (ratio, choice)
+    return best[1] if best is not None else None

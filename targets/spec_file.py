@@ -147,6 +147,10 @@ def _read_text(path: Path) -> str:
 def read_spec_file(path: Path) -> dict[str, Any]:
     text = _read_text(path)
     kind = "JSON" if path.suffix == ".json" else "YAML"
+    if not text.strip():
+        raise TargetError(f"target spec file '{path}' is empty; start one from a preset "
+                          "('neftc targets TAG --json > spec.json', then edit it) or pass a "
+                          "built-in tag")
     try:
         raw = _load_json(text) if kind == "JSON" else load_yaml(text)
     except SpecLimitError as exc:

@@ -9,7 +9,7 @@ from import_graph import all_modules, module_file, neftc_imports
 # (rank, layer, module prefixes). Longest prefix wins; equal ranks may not import each other.
 LAYERS: list[tuple[int, str, tuple[str, ...]]] = [
     (0, "base", ("neftc.errors", "neftc.bounds", "neftc.devices", "neftc.atomic",
-               "neftc.distributed")),
+               "neftc.distributed", "neftc.progress")),
     (1, "encoding", ("neftc.format.encoding",)),
     (1, "datasets", ("neftc.datasets",)),
     (2, "targets", ("neftc.targets",)),

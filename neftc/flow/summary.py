@@ -90,9 +90,17 @@ def layout_summary(doc: LayoutDoc) -> dict[str, Any]:
 
 
 def _cores(cores: list[int]) -> str:
+    """The cores a layer uses, listed: ``0,2,5``, a run of three or more consecutive cores
+    written ``3-6`` (every core from 3 to 6 is used), ``-`` for none."""
     if not cores:
         return "-"
-    return str(cores[0]) if len(cores) == 1 else f"{cores[0]}-{cores[-1]}"
+    runs: list[list[int]] = []
+    for core in sorted(cores):
+        if runs and core == runs[-1][-1] + 1:
+            runs[-1].append(core)
+        else:
+            runs.append([core])
+    return ",".join(f"{r[0]}-{r[-1]}" if len(r) >= 3 else ",".join(map(str, r)) for r in runs)
 
 
 def dac_text(dac: DacRecord | None) -> str:

@@ -19,7 +19,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import sys
 from collections.abc import Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass
@@ -45,6 +44,7 @@ from neftc.flow.sweep_store import (
 )
 from neftc.flow.verify import VerifySettings, fit_data, noise_free, set_dac
 from neftc.format.reader import Layout, load_layout
+from neftc.progress import no_bar
 from neftc.runtime.emulator import Emulator
 from neftc.runtime.inputs import Inputs
 from neftc.runtime.montecarlo import confidence, predict, probabilities, summarize, top1
@@ -212,7 +212,7 @@ def run_sweep(layouts: list[Path], data_spec: str, store_path: Path, settings: S
                                      if c < settings.chips]) for cell in cells)
         bar = stack.enter_context(tqdm(
             total=grid, initial=stored_before, desc="chip instances", unit="chip",
-            disable=not (progress and group.is_main and sys.stderr.isatty())))
+            disable=no_bar(progress and group.is_main)))
         run = _Run(settings, group, store, bar)
         for source in sources:
             _run_layout(run, source, data_spec)

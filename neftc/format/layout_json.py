@@ -71,6 +71,9 @@ def _json_float(text: str) -> float:
 def parse_layout(root: Path, raw: bytes) -> LayoutDoc:
     """``layout.json``'s bytes as a :class:`LayoutDoc`: nesting depth, integer digits and float
     range bounded before and while parsing, then format, version and schema checked."""
+    if not raw.strip():
+        raise LayoutError(f"'{root / LAYOUT_FILE}' is empty; the layout was not written to the "
+                          f"end; {FIX}")
     depth = _json_depth(raw, MAX_JSON_DEPTH)
     if depth > MAX_JSON_DEPTH:
         raise LayoutError(f"'{root / LAYOUT_FILE}' nests arrays and objects more than "

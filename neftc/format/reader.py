@@ -190,6 +190,9 @@ def _check_consistency(root: Path, doc: LayoutDoc, levels: bytes, tensors: bytes
 def load_layout(directory: str | Path) -> Layout:
     """Open a layout directory, verifying its schema, its checksums and its internal consistency."""
     root = Path(directory)
+    if root.exists() and not root.is_dir():
+        raise LayoutError(f"'{root}' is a file, not a layout directory; pass the directory "
+                          "'neftc compile ... -o DIR' wrote (the one holding layout.json)")
     if not root.is_dir():
         raise LayoutError(f"layout directory '{root}' does not exist; compile one with "
                           "'neftc compile MODEL --target TAG -o DIR'")

@@ -4,12 +4,15 @@
 from __future__ import annotations
 
 import importlib
+import os
+import sys
 from pathlib import Path
+from types import ModuleType
 
 import torch
 from torch import nn
 
-from neftc.errors import ModelFileError
+from neftc.errors import ModelFileError, did_you_mean
 from neftc.frontend.model_file import first_line
 from neftc.frontend.zoo import InputShape, build, zoo
 
@@ -31,6 +34,10 @@ def build_arch(arch: str, input_shape: InputShape, state: dict[str, torch.Tensor
     if ":" in arch:
         module = _import_class(arch)
     else:
+        if arch not in zoo():
+            raise ModelFileError(f"unknown architecture '{arch}'.{did_you_mean(arch, zoo())} "
+                                 f"Built-in: {', '.join(zoo())}; or pass package.module:Class "
+                                 "(your own nn.Module, built with no arguments)")
         entry = zoo().get(arch)
         head = state.get(entry.head_key) if entry is not None else None
         num_classes = int(head.shape[0]) if head is not None and head.dim() == 2 else 10
@@ -63,9 +70,16 @@ def _some(keys: list[str]) -> str:
 
 
 def _import_class(spec: str) -> nn.Module:
+    """Build ``module:Class`` (the user's own code, run at their explicit request), the module
+    found on the import path or in the current directory."""
     module_name, _, class_name = spec.partition(":")
     try:
-        cls = getattr(importlib.import_module(module_name), class_name)
+        cls = getattr(import_from_cwd(module_name), class_name)
+    except ModuleNotFoundError as exc:
+        raise ModelFileError(f"cannot import architecture '{spec}': {first_line(exc)}; neftc "
+                             f"looked in the current directory ({os.getcwd()}) and on the import "
+                             "path: run neftc where the module's file is, or add its folder to "
+                             "PYTHONPATH") from None
     except (ImportError, AttributeError) as exc:
         raise ModelFileError(f"cannot import architecture '{spec}': {first_line(exc)}") from None
     try:
@@ -76,3 +90,18 @@ def _import_class(spec: str) -> nn.Module:
     if not isinstance(module, nn.Module):
         raise ModelFileError(f"architecture '{spec}' is not an nn.Module")
     return module
+
+
+def import_from_cwd(module_name: str) -> ModuleType:
+    """Import ``module_name`` with the current directory first on the import path for this one
+    import (``python -m`` would put it there; the ``neftc`` script does not); the path is left as
+    it was."""
+    cwd = os.getcwd()
+    added = cwd not in sys.path
+    if added:
+        sys.path.insert(0, cwd)
+    try:
+        return importlib.import_module(module_name)
+    finally:
+        if added and cwd in sys.path:
+            sys.path.remove(cwd)

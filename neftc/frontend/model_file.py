@@ -58,6 +58,9 @@ def read_model_file(path: Path) -> bytes:
         raise ModelFileError(f"model file '{path}' is larger than neftc's budget of "
                              f"{MAX_MODEL_BYTES >> 20} MiB for a model file; check that this is "
                              "the model you meant (one this large fits no target)")
+    if not data:
+        raise ModelFileError(f"model file '{path}' is empty (0 bytes); it may be an interrupted "
+                             "save or copy: save the model again")
     return data
 
 

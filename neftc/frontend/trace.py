@@ -5,9 +5,13 @@ off the terminal meanwhile (``quiet_torch``)."""
 from __future__ import annotations
 
 import contextlib
+import linecache
 import logging
+import traceback
 import warnings
 from collections.abc import Iterator, Sequence
+from pathlib import Path
+from types import FrameType
 
 import torch
 import torch.fx
@@ -62,17 +66,13 @@ def unexported(gm: torch.fx.GraphModule) -> torch.fx.GraphModule:
 
 
 def trace_module(module: nn.Module, example: torch.Tensor) -> torch.fx.GraphModule:
-    """Trace an unmodified module with torch.fx; name the failing op when it cannot be traced."""
+    """Trace an unmodified module with torch.fx; when it cannot be traced, name the failing
+    operation and the model's source line, and say what to change."""
     try:
         with quiet_torch():
             gm = torch.fx.symbolic_trace(module)
     except Exception as exc:
-        raise TraceError(
-            f"{type(module).__name__} cannot be traced by torch.fx: {first_line(exc)}. "
-            "This usually means Python control flow on tensor values or shapes. Export it "
-            "instead: torch.export.save(torch.export.export(model.eval(), (example,)), "
-            "'model.pt2'), then compile the .pt2"
-        ) from None
+        raise TraceError(untraceable_message(type(module).__name__, exc)) from None
     try:
         with torch.no_grad(), quiet_torch():
             gm(example)
@@ -81,6 +81,89 @@ def trace_module(module: nn.Module, example: torch.Tensor) -> torch.fx.GraphModu
                          f"{tuple(example.shape)}: {first_line(exc)}. "
                          "Check --input-shape") from None
     return gm
+
+
+#: The Proxy methods torch.fx calls for Python control flow on a traced value, and what the model
+#: did to get there.
+_CONTROL_FLOW = {"__bool__": "an if/while/assert (or and/or/not) on a traced value",
+                 "to_bool": "an if/while/assert (or and/or/not) on a traced value",
+                 "__iter__": "a loop over (or unpacking of) a traced value",
+                 "iter": "a loop over (or unpacking of) a traced value",
+                 "__len__": "len() of a traced value",
+                 "keys": "** unpacking of a traced value"}
+#: Traced operations whose value depends only on shapes, which torch.export can handle.
+_SHAPE_OPS = {"size", "dim", "numel", "shape", "ndim"}
+
+
+def untraceable_message(name: str, exc: BaseException) -> str:
+    """Why ``name`` cannot be traced: the operation (the traced value used in control flow, or the
+    call that failed), the model's source line, and the change that makes it traceable."""
+    frames = list(traceback.walk_tb(exc.__traceback__))
+    torch_dir = str(Path(torch.__file__).parent)
+    here = str(Path(__file__))
+    user = [(f, line) for f, line in frames
+            if not f.f_code.co_filename.startswith(torch_dir) and f.f_code.co_filename != here]
+    where = ""
+    if user:
+        frame, line = user[-1]
+        code = linecache.getline(frame.f_code.co_filename, line).strip()
+        where = f" at {frame.f_code.co_filename}:{line} ({frame.f_code.co_name}: {code!r})"
+    proxy, construct = _control_flow_proxy(frames)
+    if proxy is None:
+        return (f"{name} cannot be traced by torch.fx: {first_line(exc)}{where}. Rewrite that "
+                "line with torch operations, or export the model instead: "
+                "torch.export.save(torch.export.export(model.eval(), (example,)), 'model.pt2'), "
+                "then compile the .pt2")
+    node = proxy.node
+    op = node.name if node.op == "placeholder" else (
+        f"{_target_name(node.target)}({', '.join(map(str, node.args))})")
+    if construct == _CONTROL_FLOW["to_bool"] and _depends_on_data(node):
+        return (f"{name} cannot be traced by torch.fx: {construct}{where}; the value is {op}, "
+                "computed from the input's values. A compiled model has one fixed graph, so "
+                "torch.export fails on this line too. Make the branch depend on shapes or "
+                "constants (or move it out of forward), or write it as "
+                "torch.cond(pred, true_fn, false_fn, (x,)) (a loop: a fixed number of steps), "
+                "then compile again")
+    return (f"{name} cannot be traced by torch.fx: {construct}{where}; the value is {op}, "
+            "which depends on the input's shape. torch.export handles shape-dependent control "
+            "flow: torch.export.save(torch.export.export(model.eval(), (example,)), "
+            "'model.pt2'), then compile the .pt2")
+
+
+def _control_flow_proxy(frames: list[tuple[FrameType, int]]) -> tuple[torch.fx.Proxy | None, str]:
+    for frame, _ in reversed(frames):
+        construct = _CONTROL_FLOW.get(frame.f_code.co_name)
+        if construct is None:
+            continue
+        for key in ("obj", "self"):
+            value = frame.f_locals.get(key)
+            if isinstance(value, torch.fx.Proxy):
+                return value, construct
+    return None, ""
+
+
+def _target_name(target: object) -> str:
+    return str(target) if isinstance(target, str) else getattr(target, "__name__", str(target))
+
+
+def _depends_on_data(node: torch.fx.Node) -> bool:
+    """Whether a traced value reaches an input's or parameter's values other than through a
+    shape (``size``, ``dim``, ``numel``, ``.shape``)."""
+    seen: set[torch.fx.Node] = set()
+    todo = [node]
+    while todo:
+        current = todo.pop()
+        if current in seen:
+            continue
+        seen.add(current)
+        if current.op in ("placeholder", "get_attr"):
+            return True
+        if _target_name(current.target) in _SHAPE_OPS or (
+                current.op == "call_function" and current.target is getattr
+                and len(current.args) > 1 and current.args[1] in _SHAPE_OPS):
+            continue
+        todo.extend(current.all_input_nodes)
+    return False
 
 
 @contextlib.contextmanager

@@ -188,8 +188,11 @@ def build(arch: str, input_shape: InputShape, num_classes: int,
 
     entries = zoo()
     if arch not in entries:
+        own = (" A class of your own is not sized from the data here: train it in PyTorch, then "
+               "compile its .pt2 (or its state_dict with --arch module:Class)" if ":" in arch
+               else "")
         raise ModelFileError(f"unknown architecture '{arch}'.{did_you_mean(arch, entries)} "
-                             f"Built-in: {', '.join(entries)}; or pass package.module:Class")
+                             f"Built-in: {', '.join(entries)}.{own}")
     entry = entries[arch]
     if entry.vocab_key is not None:
         return entry.build(input_shape, num_classes, vocab or 1000).eval()

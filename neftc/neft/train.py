@@ -26,6 +26,7 @@ from tqdm import tqdm
 from neftc.datasets.base import Split
 from neftc.distributed import SINGLE, Group
 from neftc.errors import NeftcError
+from neftc.progress import no_bar
 
 
 def check_loss(loss: torch.Tensor, epoch: int, epochs: int, step: int, steps: int,
@@ -157,7 +158,7 @@ def train_loop(model: nn.Module, data: Split, loss_of: BatchLoss, *, epochs: int
     trained = _distributed(model, group)
     log = TrainLog(epochs, 0, 0.0)
     start = time.perf_counter()
-    bar = tqdm(total=epochs * per_epoch, desc=desc, disable=not progress or not group.is_main,
+    bar = tqdm(total=epochs * per_epoch, desc=desc, disable=no_bar(progress and group.is_main),
                leave=False)
     for epoch in range(epochs):
         permutation = epoch_share(torch.randperm(len(data), generator=order), group)
