@@ -4,13 +4,16 @@ writes, data without surprises, the report, thread control."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
 from neftc.cli.main import main
 from neftc.datasets.digits import load_digits
+from neftc.datasets.spec import load_dataset
 from neftc.driver.compiler import compile_module
 from neftc.frontend.zoo import build
 from neftc.runtime import Emulator
@@ -83,3 +86,61 @@ def test_one_chip_with_noise_prints_sigma_and_no_nan(capsys, mlp_layout) -> None
     assert row[0] == "0.100" and row[3] == "-"
     code, out, _ = run(capsys, "verify", str(mlp_layout), "--mc", "1", "--json", "--no-report")
     assert json.loads(out)["results"][0]["mc"]["ci95"] is None
+
+
+# ---------------------------------------------------------------- item 5: data
+
+
+@pytest.fixture(scope="module")
+def xy_npz(tmp_path_factory) -> tuple[Path, Path]:
+    """The digits' test samples as an x,y .npz: float in [0, 1], and as raw uint8 0..255."""
+    test = load_digits().test
+    folder = tmp_path_factory.mktemp("xy")
+    floats, raw = folder / "xy.npz", folder / "raw.npz"
+    np.savez(floats, x=test.x.numpy(), y=test.y.numpy())
+    np.savez(raw, x=(test.x.numpy() * 255).round().astype(np.uint8), y=test.y.numpy())
+    return floats, raw
+
+
+def test_verify_takes_an_xy_npz_whole_unless_split(capsys, mlp_layout, xy_npz) -> None:
+    floats, _ = xy_npz
+    n = len(load_digits().test)
+    base = ("verify", str(mlp_layout), "--data", str(floats), "--mc", "1", "--noise", "off",
+            "--json", "--no-report")
+    code, out, err = run(capsys, *base)
+    whole = json.loads(out)
+    assert code == 0 and whole["test_samples"] == n and "none" in whole["split"]
+    assert "warning" not in err
+    code, out, _ = run(capsys, *base, "--split")
+    split = json.loads(out)
+    expected = len(load_dataset(str(floats)).test)  # the shared permutation's test part
+    assert code == 0 and split["test_samples"] == expected < n
+    assert split["split"] == load_dataset(str(floats)).split
+
+
+def test_raw_pixels_get_a_warning(capsys, mlp_layout, xy_npz) -> None:
+    _, raw = xy_npz
+    code, _, err = run(capsys, "verify", str(mlp_layout), "--data", str(raw), "--mc", "1",
+                       "--noise", "off", "--no-report", "-q")
+    assert code == 0 and "warning" in err and "0..255" in err and "x / 255" in err
+
+
+def test_finetune_prints_accuracy_before_and_after(capsys, tmp_path, trained_lenet) -> None:
+    from neftc.driver.neft_jobs import save_program
+    from neftc.neft.train import accuracy
+
+    model = tmp_path / "m.pt2"
+    save_program(trained_lenet.model(), torch.zeros(1, 1, 8, 8), model)
+    code, out, _ = run(capsys, "finetune", str(model), "--target", "fefet_128x128",
+                       "--neft", "nit", "--data", "digits", "--epochs", "1", "-q",
+                       "-o", str(tmp_path / "tuned.pt2"))
+    assert code == 0, out
+    found = re.search(r"test accuracy ([0-9.]+) % before, ([0-9.]+) % after", out)
+    assert found is not None, out
+    before = float(found.group(1))
+    # the model's own accuracy on the digits' test split, measured independently
+    assert before == pytest.approx(100 * accuracy(trained_lenet.model(), load_digits().test),
+                                   abs=0.01)
+    tuned = torch.export.load(tmp_path / "tuned.pt2").module()
+    assert float(found.group(2)) == pytest.approx(
+        100 * accuracy(tuned, load_digits().test), abs=0.01)

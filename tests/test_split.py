@@ -81,9 +81,9 @@ def test_digits_split_is_the_old_default() -> None:
 # ---- through the CLI -------------------------------------------------------------------------
 
 
-def verify_json(capsys, layout: Path, data: str, seed: int) -> dict:
+def verify_json(capsys, layout: Path, data: str, seed: int, *extra: str) -> dict:
     assert main(["verify", str(layout), "--data", data, "--mc", "2", "--seed", str(seed),
-                 "--json", "--no-report"]) == 0
+                 "--json", "--no-report", *extra]) == 0
     return json.loads(capsys.readouterr().out)
 
 
@@ -151,7 +151,8 @@ def test_cli_every_command_sees_one_disjoint_split(capsys, tmp_path, monkeypatch
     reports = {}
     for seed in (0, 5):
         current["seed"] = str(seed)
-        reports[seed] = verify_json(capsys, layout, str(path), seed)
+        # the model was trained on this file: --split scores only its test part
+        reports[seed] = verify_json(capsys, layout, str(path), seed, "--split")
 
     train_rows, test_rows = trained["3"], tested["0"]
     assert trained["7"] == train_rows and tuned["4"] == train_rows  # one training split

@@ -82,11 +82,12 @@ def run_finetune(args: argparse.Namespace) -> int:
         return launch(args.argv, args.workers, "finetune")
     with process_group(args.device, args.dist_timeout) as group:
         settings = replace(settings, device=group.device(settings.device))  # a GPU per process
-        log = finetune_file(args.model, target, settings, args.output, arch=args.arch,
+        result = finetune_file(args.model, target, settings, args.output, arch=args.arch,
                             input_shape=shape, trust_model=args.trust_model,
                             progress=not args.quiet, group=group)
     if not group.is_main:
         return 0
+    log = result.log
     chip = Quantize()  # the default chip: say how this one differs
     quant = " ".join((["--per-channel"] if args.per_channel != chip.per_channel else [])
                      + (["--calibration", args.calibration]
@@ -95,7 +96,9 @@ def run_finetune(args: argparse.Namespace) -> int:
         print(note)
     mode = log.mode or args.neft
     print(f"fine-tuned with NeFT {mode} for {log.epochs} epochs ({log.steps} steps, "
-          f"{log.seconds:.1f} s; {loss_summary(mode, log)}); wrote {args.output}"
+          f"{log.seconds:.1f} s; {loss_summary(mode, log)}): test accuracy "
+          f"{100 * result.accuracy_before:.2f} % before, {100 * result.accuracy_after:.2f} % "
+          f"after (float model, no noise); wrote {args.output}"
           + (f"\ncompile it with the quantisation it was tuned for: {quant}" if quant else ""))
     return 0
 

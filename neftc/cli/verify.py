@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import sys
 from pathlib import Path
 
 from neftc.cli.workers import add_workers_args, check_workers, launch
@@ -24,8 +25,14 @@ def _add_verify_parser(sub: argparse._SubParsersAction) -> None:
                          "programmed once with the target's device variation) over a test set and "
                          "report the accuracy distribution per sigma.")
     ver.add_argument("layout", type=Path)
-    ver.add_argument("--data", default="digits", help="digits (built-in), an .npz (x,y or "
-                     "x_test,y_test; fed as-is), an MNIST IDX folder or a CIFAR-10 batches folder")
+    ver.add_argument("--data", default="digits", help="digits (built-in), an .npz (x,y: all "
+                     "of it is the test set unless --split; or x_test,y_test; fed as-is, "
+                     "integer 0..255 images get a warning), an MNIST IDX folder or a CIFAR-10 "
+                     "batches folder")
+    ver.add_argument("--split", action="store_true",
+                     help="split an x,y .npz into train/test as train, finetune and compile "
+                     "--neft do (a quarter for test, fixed permutation) and score the test part "
+                     "only: use it when the model was trained on the same file")
     ver.add_argument("--mc", type=int, default=100, metavar="N",
                      help="chip instances per sigma (default 100)")
     ver.add_argument("--sigma", type=float, action="append", metavar="S",
@@ -107,7 +114,8 @@ def run_verify(args: argparse.Namespace) -> int:
                               ideal_periphery=args.ideal_periphery, faults=not args.no_faults,
                               batch_size=args.batch_size, calib_samples=args.calib_samples,
                               chips_per_pass=args.chips_per_pass, device=args.device,
-                              compare=args.compare, bn_recalibrate=args.bn_recalibrate)
+                              compare=args.compare, bn_recalibrate=args.bn_recalibrate,
+                              split=args.split)
     if args.workers > 1:
         return launch(args.argv, args.workers, "verify")
     verified = layout_identity(args.layout)  # the layout this sign-off is about
@@ -117,7 +125,8 @@ def run_verify(args: argparse.Namespace) -> int:
         if group.device(args.device) != args.device:  # one GPU per process
             settings = dataclasses.replace(settings, device=group.device(args.device))
         report = monte_carlo(args.layout, args.data, settings,
-                             progress=not args.quiet and not args.json, group=group)
+                             progress=not args.quiet and not args.json, group=group,
+                             warn=lambda message: print(message, file=sys.stderr))
     if not group.is_main:
         return 0
     if not args.no_report:

@@ -138,3 +138,18 @@ def empty_like(test: Split) -> Split:
 
 def count_classes(*splits: Split) -> int:
     return max(int(s.y.max()) + 1 for s in splits if len(s))
+
+
+def raw_pixel_warning(split: Split, name: str) -> str | None:
+    """A warning when ``split``'s ``x`` looks like raw 8-bit pixels (integers in 0..255, some
+    above 1) about to feed a float input as they are; None otherwise."""
+    x = split.x
+    if x.is_floating_point() or x.dtype == torch.bool or not len(split):
+        return None
+    low, high = int(x.min()), int(x.max())
+    if low < 0 or high <= 1 or high > 255:
+        return None
+    return (f"warning: data {name} holds integer inputs in {low}..{high} (raw pixels?), fed to "
+            f"the model as they are; a model trained on inputs in [0, 1] sees them 255x too "
+            f"large. Save x / 255 as float32 (numpy: (x / 255).astype('float32')), or ignore "
+            f"this if the model was trained on 0..255")

@@ -30,10 +30,16 @@ from neftc.datasets.base import (
 from neftc.datasets.files import check_budget, exc_reason, open_regular
 from neftc.errors import DataError
 
+#: How an ``x``,``y`` file is used when it is not split: all of it is the test set.
+WHOLE_AS_TEST = "none: x,y is the test set, all of it (no training split)"
 
-def load_npz(path: Path) -> Dataset:
+
+def load_npz(path: Path, split: bool = True) -> Dataset:
+    """The data of a .npz file. ``split=False``: an ``x``,``y`` file is the test set, all of it
+    (no training split); ``True``: split by the fixed permutation. A file with ``x_test`` keeps
+    its own split either way."""
     with open_regular(path, "data file") as fh:
-        return _load_npz_file(path, fh)
+        return _load_npz_file(path, fh, split)
 
 
 def _open_zip(path: Path, fh: BinaryIO) -> zipfile.ZipFile:
@@ -56,7 +62,7 @@ def _open_zip(path: Path, fh: BinaryIO) -> zipfile.ZipFile:
                         f"with numpy.savez or numpy.savez_compressed") from None
 
 
-def _load_npz_file(path: Path, fh: BinaryIO) -> Dataset:
+def _load_npz_file(path: Path, fh: BinaryIO, split_xy: bool) -> Dataset:
     archive = _open_zip(path, fh)
     try:
         members = {name.removesuffix(".npy"): name for name in archive.namelist()}
@@ -90,8 +96,11 @@ def _load_npz_file(path: Path, fh: BinaryIO) -> Dataset:
         x, y = _check_xy(path, arrays["x"], arrays["y"], "x", "y")
         if len(y) == 0:
             raise DataError(f"'{path}' holds no samples (x and y are empty)")
-        train_idx, test_idx = split_indices(len(y))
         extras = _extras(arrays, "", ())
+        if not split_xy:
+            test = split_from_numpy(x, y, extras)
+            return Dataset(path.name, empty_like(test), test, count_classes(test), WHOLE_AS_TEST)
+        train_idx, test_idx = split_indices(len(y))
         train = split_from_numpy(x[train_idx], y[train_idx],
                                  {name: a[train_idx] for name, a in extras.items()})
         test = split_from_numpy(x[test_idx], y[test_idx],

@@ -21,7 +21,7 @@ _EXPECTED = ("'digits' (the built-in data set), a .npz file with arrays x,y or "
              "data_batch_1..5, as in cifar-10-batches-py)")
 
 
-def load_dataset(spec: str) -> Dataset:
+def load_dataset(spec: str, *, split: bool = True) -> Dataset:
     """Load a data set for calibration and accuracy sign-off.
 
     ``spec`` is one of:
@@ -30,7 +30,8 @@ def load_dataset(spec: str) -> Dataset:
     * a ``.npz`` file (read with ``allow_pickle=False``, so nothing is ever unpickled) holding
       either ``x`` and ``y``, split into train/test by the fixed permutation of
       :data:`SPLIT_SEED` with :data:`TEST_FRACTION` of the samples (at least one) in the test
-      split (as :func:`load_digits` does), or
+      split (as :func:`load_digits` does), or with ``split=False`` used whole as the test set
+      (``neftc verify`` without ``--split``), or
       ``x_test``, ``y_test`` and optionally ``x_train``, ``y_train``. ``x`` is fed to the model
       as it is, only converted to float32: no rescaling, no added channel dimension. ``y``
       must be 1-D integer class labels >= 0.
@@ -58,10 +59,10 @@ def load_dataset(spec: str) -> Dataset:
     if "\0" in spec:
         raise DataError(f"data {spec!r} is not a valid path (it holds a NUL byte); "
                         f"expected {_EXPECTED}")
-    return _load_path(spec, Path(spec).expanduser())
+    return _load_path(spec, Path(spec).expanduser(), split)
 
 
-def _load_path(spec: str, path: Path) -> Dataset:
+def _load_path(spec: str, path: Path, split: bool) -> Dataset:
     """The data set at ``path`` (``spec`` expanded), by the kind of file or folder it is."""
     try:
         exists, is_dir, is_file = path.exists(), path.is_dir(), path.is_file()
@@ -74,7 +75,7 @@ def _load_path(spec: str, path: Path) -> Dataset:
                         f"{did_you_mean(spec, ['digits'])}")
     if is_file:
         if path.suffix.lower() == ".npz":
-            return load_npz(path)
+            return load_npz(path, split)
         raise DataError(f"data file '{path}' is not a .npz file{_file_hint(path)}; "
                         f"expected {_EXPECTED}")
     if is_dir:

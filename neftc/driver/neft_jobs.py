@@ -7,7 +7,7 @@ the others write nothing."""
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -25,7 +25,7 @@ from neftc.frontend.trace import export_dynamic_batch, trace_module
 from neftc.frontend.zoo import build, zoo
 from neftc.ir.pass_manager import PassContext, PassManager
 from neftc.neft.auto import run_neft_resolved
-from neftc.neft.pipeline import AUTO, NeftSettings, loss_summary
+from neftc.neft.pipeline import AUTO, NeftSettings, loss_summary, num_outputs, training_data
 from neftc.neft.train import TrainLog, accuracy, train_classifier
 from neftc.passes import Normalize
 from neftc.targets.spec import TargetSpec
@@ -43,15 +43,34 @@ def save_program(module: nn.Module, example: torch.Tensor | Sequence[torch.Tenso
 def finetune_file(model: Path, target: TargetSpec, settings: NeftSettings, output: Path, *,
                   arch: str | None = None, input_shape: tuple[int, ...] | None = None,
                   trust_model: bool = False, progress: bool = True,
-                  group: Group = SINGLE) -> TrainLog:
-    """Fine-tune a model file with NeFT and save the tuned model to ``output`` (rank 0 only)."""
+                  group: Group = SINGLE) -> FinetuneResult:
+    """Fine-tune a model file with NeFT and save the tuned model to ``output`` (rank 0 only).
+    Rank 0 also measures the model's test accuracy (the data's test split, noise-free float
+    model) before and after, as ``neftc train`` reports it."""
     loaded = load_model(model, arch=arch, input_shape=input_shape, trust_model=trust_model)
     ctx = PassContext(target=target, example=loaded.example_inputs, inputs=loaded.inputs)
     gm = PassManager([Normalize()]).run(loaded.gm, ctx)
+    test = None
+    before = after = 0.0
+    if group.is_main:
+        test = training_data(settings, ctx, num_outputs(gm, ctx.example_inputs)).test
+        before = accuracy(gm, test)  # measured before NeFT, which tunes the weights in place
     gm, log, _ = run_neft_resolved(gm, ctx, settings, progress=progress, group=group)
     if group.is_main:
+        assert test is not None
+        after = accuracy(gm, test)
         save_program(gm, loaded.example_inputs, output)
-    return log
+    return FinetuneResult(log, before, after)
+
+
+@dataclass(frozen=True)
+class FinetuneResult:
+    """What ``finetune_file`` did: the training log and the test accuracy before and after
+    (0 on ranks other than 0)."""
+
+    log: TrainLog
+    accuracy_before: float
+    accuracy_after: float
 
 
 def _zoo_data(arch: str, data: Dataset, spec: str) -> tuple[Dataset, int | None]:

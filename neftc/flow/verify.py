@@ -12,7 +12,7 @@ import torch
 from tqdm import tqdm
 
 from neftc.bounds import MAX_BATCH_SIZE, MAX_SEED, check_number
-from neftc.datasets.base import Dataset, check_compatible
+from neftc.datasets.base import Dataset, check_compatible, raw_pixel_warning
 from neftc.datasets.fit import fit_inputs
 from neftc.datasets.spec import load_dataset
 from neftc.distributed import SINGLE, Group
@@ -64,6 +64,7 @@ class VerifySettings:
     device: str = "cpu"
     compare: str | Path | None = None  # --compare: layout B, on the same chip instances
     bn_recalibrate: int | None = None  # --bn-recalibrate: unlabelled train inputs per chip
+    split: bool = False  # --split: split an x,y .npz like train does (else all of it is test)
 
     def __post_init__(self) -> None:
         self.validate()
@@ -314,13 +315,21 @@ def _recalibration_inputs(data: Dataset, data_spec: str, count: int) -> Inputs:
 
 
 def verify_layout(layout_dir: str | Path, data_spec: str, settings: VerifySettings,
-                  progress: bool = False, group: Group = SINGLE) -> VerifyRecord:
+                  progress: bool = False, group: Group = SINGLE,
+                  warn: Callable[[str], None] | None = None) -> VerifyRecord:
     """Sign off the layout in ``layout_dir`` on ``data_spec``'s test split. With ``group`` (one
     process of several, ``neftc.distributed``), every process runs its share of the chip
     instances and returns the same record; the per-chip accuracies do not depend on how many
-    processes share the work."""
+    processes share the work. An ``x``,``y`` .npz is the test set, all of it, unless
+    ``settings.split``; ``warn`` gets a warning on raw 0..255 integer images fed to a float
+    input."""
     layout = load_layout(layout_dir)
-    data = load_dataset(data_spec)  # the split is the data's, never the seed's
+    data = load_dataset(data_spec, split=settings.split)  # the data's split, never the seed's
+    inputs = layout.doc.graph.inputs
+    if warn is not None and group.is_main and inputs and "float" in str(inputs[0].dtype):
+        message = raw_pixel_warning(data.test, data_spec)
+        if message is not None:
+            warn(message)
     emulator = Emulator(layout, sigma=0.0, seed=settings.seed, noise=settings.noise,
                         ideal_periphery=settings.ideal_periphery, faults=settings.faults,
                         device=settings.device)
@@ -365,10 +374,11 @@ def verify_layout(layout_dir: str | Path, data_spec: str, settings: VerifySettin
 
 
 def run_verify(layout_dir: str | Path, data_spec: str, settings: VerifySettings,
-               progress: bool = False, group: Group = SINGLE) -> dict[str, Any]:
+               progress: bool = False, group: Group = SINGLE,
+               warn: Callable[[str], None] | None = None) -> dict[str, Any]:
     """``verify_layout`` as JSON data: what ``neftc verify --json`` prints
     (``docs/verify.schema.json``)."""
-    return verify_layout(layout_dir, data_spec, settings, progress, group).model_dump(
+    return verify_layout(layout_dir, data_spec, settings, progress, group, warn).model_dump(
         mode="json")
 
 
