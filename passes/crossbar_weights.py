@@ -11,6 +11,7 @@ from typing import Any
 import torch
 import torch.fx
 
+from neftc.format.schema import CROSSBAR_COPY_SUFFIX
 from neftc.passes.lowering import param as _param
 from neftc.passes.lowering import static_matrix
 
@@ -20,7 +21,6 @@ _CONVS = {aten.conv1d.default: "conv1d", aten.conv2d.default: "conv2d"}
 
 LAYER_KEY = "neftc_layer"  # get_attr meta: the layer name of a weight made by canonicalisation
 COPY_KEY = "neftc_copy_of"  # get_attr meta: the digital tensor a crossbar copy was made from
-CROSSBAR_COPY_SUFFIX = "_crossbar"  # a tied weight's crossbar copy: '<tensor target>_crossbar'
 ROOT_KEY = "neftc_root"  # get_attr meta: the parameter a canonical weight was derived from
 
 

@@ -178,3 +178,22 @@ def test_a_closed_pipe_ends_quietly(args, lenet_layout) -> None:
     proc.wait(timeout=120)
     assert proc.returncode in (0, 141)
     assert "Traceback" not in err and "BrokenPipe" not in err and "Exception ignored" not in err
+
+
+# ------------------------------------------------------------------ item 7: start-up
+
+
+def imported_modules(*args: str) -> set[str]:
+    """The modules ``python -X importtime -m neftc ARGS`` imports (its stderr's import lines)."""
+    proc = subprocess.run([sys.executable, "-X", "importtime", "-m", "neftc", *args], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120, check=True)
+    return {line.rsplit("|", 1)[1].strip() for line in proc.stderr.splitlines()
+            if line.startswith("import time:") and "|" in line}
+
+
+@pytest.mark.parametrize("args", [["--help"], ["targets"], ["targets", "fefet_128x128"],
+                                  ["targets", "--json"], ["compile", "--help"]])
+def test_start_up_does_not_import_torch(args) -> None:
+    modules = imported_modules(*args)
+    assert "neftc.cli.main" in modules  # the import lines were read
+    assert "torch" not in modules

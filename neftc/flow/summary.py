@@ -13,8 +13,13 @@ from neftc.flow.records import (
     LayoutSummary,
     TiedWeight,
 )
-from neftc.format.schema import DacCalibrationRecord, DacRecord, LayerRecord, LayoutDoc
-from neftc.passes.crossbar_weights import CROSSBAR_COPY_SUFFIX
+from neftc.format.schema import (
+    CROSSBAR_COPY_SUFFIX,
+    DacCalibrationRecord,
+    DacRecord,
+    LayerRecord,
+    LayoutDoc,
+)
 
 ACTIVATION_MATMUL = "matmul (activation x activation)"
 

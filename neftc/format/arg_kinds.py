@@ -45,7 +45,7 @@ _window_entry = int_in(1, MAX_WINDOW)
 _padding_entry = int_in(0, MAX_WINDOW)
 _dims = _list_of(_dim, 0, MAX_RANK)
 DTYPE_NAMES = ("float32", "float64", "float16", "bfloat16", "int64", "int32", "int16", "int8",
-               "uint8", "bool")  # graph_codec.DTYPES
+               "uint8", "bool")  # torch.<name>: graph_codec.dtypes()
 
 # kind -> (what it accepts, in words; the check of its JSON value)
 ARG_KINDS: dict[str, tuple[str, Callable[[Any], bool]]] = {

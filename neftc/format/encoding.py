@@ -27,13 +27,15 @@ The functions take and return torch tensors; ``slice_levels``, ``fold``, ``to_ph
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal, TypeVar
+from typing import TYPE_CHECKING, Literal, TypeVar
 
 import numpy as np
-import torch
+
+if TYPE_CHECKING:  # torch is imported where a function needs it: `neftc targets` starts fast
+    import torch
 
 SignEncoding = Literal["differential", "offset"]
-ArrayT = TypeVar("ArrayT", np.ndarray, torch.Tensor)
+ArrayT = TypeVar("ArrayT", np.ndarray, "torch.Tensor")
 
 
 def n_levels(cell_bits: int) -> int:
@@ -57,6 +59,8 @@ def sign_offset(bits: int, encoding: SignEncoding) -> int:
 
 
 def _torch(x: np.ndarray | torch.Tensor) -> tuple[torch.Tensor, bool]:
+    import torch
+
     if isinstance(x, np.ndarray):
         return torch.from_numpy(np.ascontiguousarray(x)), True
     return x, False
@@ -64,6 +68,8 @@ def _torch(x: np.ndarray | torch.Tensor) -> tuple[torch.Tensor, bool]:
 
 def slice_levels(q: ArrayT, bits: int, cell_bits: int, encoding: SignEncoding) -> ArrayT:
     """Cell levels ``uint8 [P, S, *q.shape]`` of integer weights ``q`` (|q| <= qmax)."""
+    import torch
+
     values, was_numpy = _torch(q)
     values = values.to(torch.int64)
     offset = sign_offset(bits, encoding)
@@ -78,18 +84,23 @@ def slice_levels(q: ArrayT, bits: int, cell_bits: int, encoding: SignEncoding) -
 
 
 def fold_coefficients(polarities: int, slices: int, cell_bits: int,
-                      dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """``sign_p * L**s`` as ``[P, S]``: each cell's weight in its integer weight."""
+                      dtype: torch.dtype | None = None) -> torch.Tensor:
+    """``sign_p * L**s`` as ``[P, S]``: each cell's weight in its integer weight (``dtype``
+    default float32)."""
+    import torch
+
     signs = torch.tensor([1.0, -1.0][:polarities], dtype=torch.float64)
     powers = torch.tensor([float(n_levels(cell_bits) ** s) for s in range(slices)],
                           dtype=torch.float64)
-    return (signs[:, None] * powers[None, :]).to(dtype)
+    return (signs[:, None] * powers[None, :]).to(torch.float32 if dtype is None else dtype)
 
 
 def fold(cells: ArrayT, cell_bits: int, offset: int) -> ArrayT:
     """``sum_{p,s} sign_p L**s cells[p, s] - offset`` over the two leading axes of ``cells``:
     integer weights from levels (int64 out for integer input), or a chip's effective integer
     weights from noisy conductances in level units (float)."""
+    import torch
+
     values, was_numpy = _torch(cells)
     floating = values.is_floating_point()
     dtype = values.dtype if floating else torch.int64
@@ -204,6 +215,8 @@ def split_by_copy(rows: torch.Tensor, positions: int, replication: int) -> torch
     ``[replication, B, ceil(positions / replication), D]``, position ``m`` at
     ``[m % replication, :, m // replication]`` (``copy_of_position``); missing positions of the
     last round are zero."""
+    import torch
+
     per_copy = -(-positions // replication)
     padded = torch.nn.functional.pad(rows, (0, 0, 0, per_copy * replication - positions))
     return padded.reshape(rows.shape[0], per_copy, replication, rows.shape[-1]).permute(2, 0, 1, 3)

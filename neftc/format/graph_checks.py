@@ -9,16 +9,17 @@ import math
 from typing import Any
 
 from neftc.format import ops
+from neftc.format.arg_kinds import DTYPE_NAMES
 from neftc.format.consistency import Consistency
-from neftc.format.graph_codec import DTYPES, MEMORY_FORMATS, node_refs
+from neftc.format.graph_codec import MEMORY_FORMAT_NAMES, node_refs
 from neftc.format.schema import GraphNode
 
 _ARG_TAGS = {
     "node": None,  # any node name; checked against the graph separately
-    "dtype": set(DTYPES),
+    "dtype": set(DTYPE_NAMES),
     "device": {"cpu"},
     "float": {"inf", "-inf", "nan"},
-    "memory_format": set(MEMORY_FORMATS),
+    "memory_format": set(MEMORY_FORMAT_NAMES),
     "layout": {"strided"},
 }
 

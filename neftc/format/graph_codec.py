@@ -9,19 +9,40 @@ from __future__ import annotations
 
 import math
 import operator
-from typing import Any
-
-import torch
-import torch.fx
+from typing import TYPE_CHECKING, Any
 
 from neftc.errors import LayoutError
+from neftc.format.arg_kinds import DTYPE_NAMES
 
-DTYPES = {str(d).removeprefix("torch."): d for d in (
-    torch.float32, torch.float64, torch.float16, torch.bfloat16, torch.int64, torch.int32,
-    torch.int16, torch.int8, torch.uint8, torch.bool)}
-MEMORY_FORMATS = {"contiguous_format": torch.contiguous_format,
-                   "channels_last": torch.channels_last,
-                   "preserve_format": torch.preserve_format}
+if TYPE_CHECKING:  # torch is imported where a function needs it (`neftc inspect` starts fast)
+    import torch
+    import torch.fx
+
+#: The memory formats a layout may name (``torch.<name>``).
+MEMORY_FORMAT_NAMES = ("contiguous_format", "channels_last", "preserve_format")
+
+
+def dtypes() -> dict[str, torch.dtype]:
+    """The dtypes a layout may name: ``"float32"`` -> ``torch.float32`` (``DTYPE_NAMES``)."""
+    import torch
+
+    return {name: getattr(torch, name) for name in DTYPE_NAMES}
+
+
+def memory_formats() -> dict[str, torch.memory_format]:
+    """The memory formats a layout may name: ``"channels_last"`` -> ``torch.channels_last``."""
+    import torch
+
+    return {name: getattr(torch, name) for name in MEMORY_FORMAT_NAMES}
+
+
+def __getattr__(name: str) -> Any:
+    """``DTYPES`` and ``MEMORY_FORMATS``, the dicts above, made when asked for (not at import)."""
+    if name == "DTYPES":
+        return dtypes()
+    if name == "MEMORY_FORMATS":
+        return memory_formats()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 # Integer arithmetic on symbolic sizes (a dynamic batch times a constant, in a reshape's size:
@@ -47,6 +68,9 @@ class UnencodableArgument(TypeError):
 
 def encode_arg(value: Any) -> Any:
     """The JSON form of an fx node argument (``UnencodableArgument`` if it has none)."""
+    import torch
+    import torch.fx
+
     if isinstance(value, torch.fx.Node):
         return {"node": value.name}
     if isinstance(value, bool) or value is None or isinstance(value, (int, str)):
@@ -69,19 +93,21 @@ def encode_arg(value: Any) -> Any:
 
 def decode_arg(value: Any, env: dict[str, Any]) -> Any:
     """Inverse of ``encode_arg``; node references are looked up in ``env``."""
+    import torch
+
     if isinstance(value, list):
         return [decode_arg(v, env) for v in value]
     if isinstance(value, dict):
         if "node" in value:
             return env[value["node"]]
         if "dtype" in value:
-            return DTYPES[value["dtype"]]
+            return dtypes()[value["dtype"]]
         if "device" in value:
             return torch.device("cpu")
         if "float" in value:
             return float(value["float"])
         if "memory_format" in value:
-            return MEMORY_FORMATS[value["memory_format"]]
+            return memory_formats()[value["memory_format"]]
         if "layout" in value:
             return torch.strided
     return value
@@ -104,7 +130,9 @@ def resolve_op(name: str) -> Any:
     ``torch.ops.aten.relu.default``, ``'getitem'`` -> ``operator.getitem``. Any other name (an op
     outside the allow-list, ``prims.*``, a dunder) is a ``LayoutError``; nothing else is looked up.
     """
-    from neftc.format.ops import OPS  # ops reads this module's DTYPES and decode_arg
+    import torch
+
+    from neftc.format.ops import OPS  # ops reads this module's dtypes and decode_arg
 
     if not isinstance(name, str) or name not in OPS:
         raise LayoutError(f"the layout's graph calls {name!r}, which is not supported by the "

@@ -183,7 +183,7 @@ def _propagate(graph: GraphInput, batch: int) -> _Propagation:
     indexed: dict[int, tuple[int, int] | None] = {}
     work, heaviest, heaviest_work = 0.0, 0, -1.0
     made, largest, largest_made = 0.0, 0, -1.0
-    from neftc.format.graph_codec import DTYPES
+    from neftc.format.graph_codec import dtypes
 
     inputs = graph.input_list()
     placeholders = 0
@@ -196,7 +196,7 @@ def _propagate(graph: GraphInput, batch: int) -> _Propagation:
                 raise OpError("op", f"placeholder {placeholders}: the layout has "
                               f"{len(inputs)} input(s), one per placeholder", k)
             dtype, shape = inputs[placeholders - 1]
-            out = torch.empty((batch, *shape[1:]), dtype=DTYPES[dtype], device=meta)
+            out = torch.empty((batch, *shape[1:]), dtype=dtypes()[dtype], device=meta)
         elif node.op == "get_attr":
             out = _constant_value(graph, node, k)
         elif node.op == "call_function":
@@ -222,7 +222,7 @@ def _constant_value(graph: GraphInput, node: Any, k: int) -> Any:
     """A get_attr node's tensor (a crossbar weight or a tensor record) on the meta device."""
     import torch
 
-    from neftc.format.graph_codec import DTYPES
+    from neftc.format.graph_codec import dtypes
 
     meta = torch.device("meta")
     shape, dtype = ((graph.weights[node.layer], "float32") if node.layer is not None
@@ -231,7 +231,7 @@ def _constant_value(graph: GraphInput, node: Any, k: int) -> Any:
         raise OpError("target", f"the tensor has shape {short(list(shape))}; a tensor "
                       f"has at most {MAX_RANK} dimensions of 0..{MAX_INT}", k)
     try:
-        out = torch.empty(tuple(shape), dtype=DTYPES[dtype], device=meta)
+        out = torch.empty(tuple(shape), dtype=dtypes()[dtype], device=meta)
     except RuntimeError as exc:  # e.g. a shape whose element count overflows
         raise OpError("target", f"the tensor of shape {short(list(shape))} cannot "
                       f"exist: {str(exc).strip().splitlines()[0][:200]}", k) from None

@@ -22,6 +22,9 @@ LEVELS_FILE = "levels.bin"
 TENSORS_FILE = "tensors.bin"
 CHECKSUMS_FILE = "SHA256SUMS"
 REPORT_FILE = "report.txt"
+#: A tied weight's crossbar copy is the tensor '<digital tensor's graph target>_crossbar'
+#: (``passes/crossbar_weights.py`` names it, ``neftc inspect`` pairs the two).
+CROSSBAR_COPY_SUFFIX = "_crossbar"
 
 
 class _Strict(BaseModel):
