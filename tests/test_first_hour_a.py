@@ -144,3 +144,71 @@ def test_finetune_prints_accuracy_before_and_after(capsys, tmp_path, trained_len
     tuned = torch.export.load(tmp_path / "tuned.pt2").module()
     assert float(found.group(2)) == pytest.approx(
         100 * accuracy(tuned, load_digits().test), abs=0.01)
+
+
+# ---------------------------------------------------------------- item 3: outputs
+
+
+def _tree(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*"))
+            if p.is_file()}
+
+
+def test_verify_output_goes_where_asked(capsys, tmp_path, mlp_layout) -> None:
+    import shutil
+
+    layout = tmp_path / "layout"
+    shutil.copytree(mlp_layout, layout)
+    before = _tree(layout)
+    out = tmp_path / "runs" / "first.json"
+    out.parent.mkdir()
+    argv = ("verify", str(layout), "--mc", "2", "--sigma", "0.1", "-q")
+    code, stdout, _ = run(capsys, *argv, "-o", str(out))
+    assert code == 0 and str(out) in stdout
+    assert json.loads(out.read_text())["results"][0]["mc"]["trials"] == 2
+    assert "<html" in out.with_suffix(".html").read_text().lower()
+    assert _tree(layout) == before  # the layout directory untouched
+    code, _, err = run(capsys, *argv, "-o", str(out))  # never overwritten: refused up front
+    assert code == 2 and "already exists" in err and out.read_bytes()
+    code, _, err = run(capsys, *argv, "-o", str(tmp_path / "run.txt"))
+    assert code == 2 and ".json" in err
+
+
+def test_default_outputs_keep_every_run_and_leave_the_checksummed_files(capsys, tmp_path,
+                                                                        mlp_layout) -> None:
+    import shutil
+
+    layout = tmp_path / "layout"
+    shutil.copytree(mlp_layout, layout)
+    sums = (layout / "SHA256SUMS").read_text()
+    covered = {line.split()[-1].lstrip("*"): (layout / line.split()[-1].lstrip("*")).read_bytes()
+               for line in sums.splitlines()}
+    assert set(covered) == {"layout.json", "levels.bin", "tensors.bin"}  # README's claim
+    for sigma in ("0.1", "0.2"):
+        assert run(capsys, "verify", str(layout), "--mc", "2", "--sigma", sigma, "-q")[0] == 0
+    runs = sorted((layout / "verify").glob("verify-*.json"))
+    assert len(runs) == 2  # different settings: different names, both kept
+    sigmas = sorted(json.loads(p.read_text())["results"][0]["sigma"] for p in runs)
+    assert sigmas == [0.1, 0.2]
+    assert json.loads((layout / "verify.json").read_text())["results"][0]["sigma"] == 0.2
+    assert (layout / "SHA256SUMS").read_text() == sums
+    assert all((layout / name).read_bytes() == data for name, data in covered.items())
+    neftc_load = __import__("neftc").load_layout
+    neftc_load(layout)  # still a valid, signed layout
+
+
+def test_finetune_output_must_be_a_new_pt2(capsys, tmp_path) -> None:
+    from neftc.driver.neft_jobs import save_program
+
+    model = tmp_path / "m.pt2"
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        save_program(build("mlp", (1, 8, 8), 10).eval(), torch.zeros(1, 1, 8, 8), model)
+    base = ("finetune", str(model), "--neft", "nit", "--epochs", "1", "-q", "-o")
+    existing = tmp_path / "old.pt2"
+    existing.write_bytes(b"keep me")
+    for output, words in ((existing, "already exists"), (tmp_path / "t.pt", ".pt2"),
+                          (tmp_path, "directory"), (tmp_path / "no" / "t.pt2", "does not exist")):
+        code, _, err = run(capsys, *base, str(output))
+        assert code == 2 and words in err and "Traceback" not in err, (output, err)
+    assert existing.read_bytes() == b"keep me"

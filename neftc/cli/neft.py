@@ -11,7 +11,7 @@ from pathlib import Path
 from neftc.cli.common import add_model_args, add_target_args
 from neftc.cli.neft_options import add_neft_options, neft_settings
 from neftc.cli.workers import check_workers, launch
-from neftc.errors import NeftcError
+from neftc.errors import NeftcError, OutputError
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -26,7 +26,8 @@ def _add_finetune_parser(sub: argparse._SubParsersAction) -> None:
                          "noise removed); compile it later, or use 'neftc compile --neft'.")
     fin.add_argument("model", type=Path, help="a .pt2, or a .pt state_dict with --arch")
     add_target_args(fin)
-    fin.add_argument("-o", "--output", type=Path, required=True, help="tuned model (.pt2)")
+    fin.add_argument("-o", "--output", type=Path, required=True,
+                     help="tuned model: a new .pt2 file (an existing file is never overwritten)")
     add_model_args(fin)
     add_neft_options(fin, required=True, old_names=True)
     fin.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
@@ -73,9 +74,7 @@ def run_finetune(args: argparse.Namespace) -> int:
 
     target = resolve_target(args.target, args.overrides)
     shape = parse_input_shape(args.input_shape) if args.input_shape else None
-    if args.output.is_dir():
-        raise NeftcError(f"output '{args.output}' is a directory; give a file name such as "
-                         "tuned.pt2")
+    _check_model_output(args.output)
     settings = neft_settings(args)
     check_workers(args)
     if args.workers > 1:
@@ -101,6 +100,23 @@ def run_finetune(args: argparse.Namespace) -> int:
           f"after (float model, no noise); wrote {args.output}"
           + (f"\ncompile it with the quantisation it was tuned for: {quant}" if quant else ""))
     return 0
+
+
+def _check_model_output(output: Path) -> None:
+    """Refuse a ``finetune -o`` before the run: a new ``.pt2`` file in an existing folder
+    (a torch.export archive; nothing is overwritten, as compile and program refuse to)."""
+    if output.is_dir():
+        raise OutputError(f"output '{output}' is a directory; give a file name such as "
+                          f"{output / 'tuned.pt2'}")
+    if output.suffix != ".pt2":
+        raise OutputError(f"output '{output}': the tuned model is a torch.export archive; give "
+                          f"a .pt2 name, e.g. {output.with_suffix('.pt2')}")
+    if output.exists() or output.is_symlink():
+        raise OutputError(f"output '{output}' already exists and is never overwritten; remove "
+                          f"it or choose another name")
+    if not output.parent.is_dir():
+        raise OutputError(f"output '{output}': folder '{output.parent}' does not exist; create "
+                          f"it first")
 
 
 def run_train(args: argparse.Namespace) -> int:

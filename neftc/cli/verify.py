@@ -7,6 +7,7 @@ import argparse
 import dataclasses
 import json
 import sys
+from datetime import datetime, timezone
 from pathlib import Path
 
 from neftc.cli.workers import add_workers_args, check_workers, launch
@@ -70,8 +71,13 @@ def _add_verify_parser(sub: argparse._SubParsersAction) -> None:
                      "of the data's training split run through it (labels unused; default off)")
     ver.add_argument("--json", action="store_true", help="print the report as JSON "
                      "(per-chip accuracies included)")
-    ver.add_argument("--no-report", action="store_true", help="do not save verify.json and "
-                     "update report.html in the layout directory")
+    ver.add_argument("-o", "--output", type=Path, metavar="PATH.json",
+                     help="write the record here (a new .json file, never overwritten) and its "
+                     "report beside it (.html); the layout directory is left untouched "
+                     "(default: the layout directory: verify.json and report.html, the latest "
+                     "run, and verify/verify-<UTC time>-<settings hash>.json, every run; none of "
+                     "them is covered by the layout's SHA256SUMS)")
+    ver.add_argument("--no-report", action="store_true", help="write no files (print only)")
     ver.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     add_workers_args(ver)
     ver.set_defaults(run=run_verify)
@@ -94,7 +100,15 @@ def _add_calibrate_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run_verify(args: argparse.Namespace) -> int:
-    from neftc.flow.report import layout_identity, write_report
+    from neftc.flow.report import (
+        VERIFY_JSON,
+        check_verify_output,
+        layout_identity,
+        run_name,
+        write_report,
+        write_run_record,
+        write_verify_output,
+    )
     from neftc.flow.verify import VerifySettings, format_verify
     from neftc.flow.verify import run_verify as monte_carlo
     from neftc.format.reader import load_layout
@@ -116,8 +130,14 @@ def run_verify(args: argparse.Namespace) -> int:
                               chips_per_pass=args.chips_per_pass, device=args.device,
                               compare=args.compare, bn_recalibrate=args.bn_recalibrate,
                               split=args.split)
+    if args.output is not None:
+        if args.no_report:
+            raise NeftcError("-o says where to write the record and --no-report writes none; "
+                             "give one of them")
+        check_verify_output(args.output)  # before the run, not after it
     if args.workers > 1:
         return launch(args.argv, args.workers, "verify")
+    started = datetime.now(timezone.utc)
     verified = layout_identity(args.layout)  # the layout this sign-off is about
     with process_group(args.device, args.dist_timeout) as group:
         # Under torchrun or --workers: every process runs its share of the chips and returns
@@ -129,11 +149,20 @@ def run_verify(args: argparse.Namespace) -> int:
                              warn=lambda message: print(message, file=sys.stderr))
     if not group.is_main:
         return 0
-    if not args.no_report:
-        # verify.json and report.html together or neither, and only into the layout verified.
-        write_report(args.layout, load_layout(args.layout).doc, report, expect=verified)
+    written: list[Path] = []
+    if args.output is not None:
+        written += write_verify_output(args.output, load_layout(args.layout).doc, report)
+    elif not args.no_report:
+        # verify.json and report.html together or neither, and only into the layout verified;
+        # then this run's own record, which later runs never replace.
+        html = write_report(args.layout, load_layout(args.layout).doc, report, expect=verified)
+        written += [args.layout / VERIFY_JSON, html]
+        name = run_name({"data": args.data, **dataclasses.asdict(settings)}, started)
+        written.append(write_run_record(args.layout, report, name))
     print(json.dumps(report, indent=1) if args.json else format_verify(report), end="\n"
           if args.json else "")
+    if written and not args.json:
+        print("wrote " + ", ".join(str(path) for path in written))
     return 0
 
 

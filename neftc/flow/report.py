@@ -10,8 +10,11 @@ report has the same tables and says how to get the plots.
 
 from __future__ import annotations
 
+import hashlib
 import html
+import json
 from collections.abc import Mapping
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +36,9 @@ from neftc.format.writer import document_bytes
 
 REPORT_HTML = "report.html"
 VERIFY_JSON = "verify.json"
+#: The folder of a layout directory that keeps every sign-off, one file per run
+#: (``verify-<UTC time>-<settings hash>.json``); outside the layout's checksums.
+VERIFY_RUNS = "verify"
 
 _STYLE = """body{font-family:system-ui,sans-serif;margin:2em;max-width:70em;color:#222}
 table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:.25em .6em;
@@ -213,6 +219,61 @@ def write_report(layout_dir: Path, doc: LayoutDoc,
             for tmp, text in zip(temps, texts):
                 tmp.write_text(text, encoding="utf-8")
     return path
+
+
+def run_name(settings: Mapping[str, Any], when: datetime) -> str:
+    """The file name of one sign-off: ``verify-<UTC time>-<8 hex of the settings' SHA-256>``
+    (no suffix), so that runs at different times or with different settings never collide."""
+    digest = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode())
+    return f"verify-{when.astimezone(timezone.utc):%Y%m%dT%H%M%SZ}-{digest.hexdigest()[:8]}"
+
+
+def write_run_record(layout_dir: Path, verify: VerifyRecord | Mapping[str, Any],
+                     name: str) -> Path:
+    """Keep one sign-off as ``layout_dir/verify/<name>.json`` (``run_name``), beside the latest
+    one (``verify.json``): earlier runs stay. A record is never replaced: the same settings in
+    the same second get ``-2``, ``-3``, ... appended."""
+    folder = Path(layout_dir) / VERIFY_RUNS
+    folder.mkdir(exist_ok=True)
+    text = parse_verify(verify).model_dump_json(indent=1) + "\n"
+    for count in range(1, 1000):
+        path = folder / (f"{name}.json" if count == 1 else f"{name}-{count}.json")
+        try:
+            with path.open("x", encoding="utf-8") as fh:  # exclusive: never an earlier run's
+                fh.write(text)
+            return path
+        except FileExistsError:
+            continue
+    raise OutputError(f"'{folder}' holds 999 runs named {name}; remove some")
+
+
+def write_verify_output(output: Path, doc: LayoutDoc,
+                        verify: VerifyRecord | Mapping[str, Any]) -> tuple[Path, Path]:
+    """``neftc verify -o OUTPUT``: the record as ``OUTPUT`` (a ``.json`` name, checked by
+    ``check_verify_output``) and its report as ``OUTPUT`` with ``.html``, together
+    (``atomic_files``); the layout directory is not touched."""
+    record = parse_verify(verify)
+    html = output.with_suffix(".html")
+    texts = (record.model_dump_json(indent=1) + "\n", render_report(doc, record))
+    with atomic_files(output, html) as temps:
+        for tmp, text in zip(temps, texts):
+            tmp.write_text(text, encoding="utf-8")
+    return output, html
+
+
+def check_verify_output(output: Path) -> None:
+    """Refuse a ``verify -o`` path before the run: it must be a new ``.json`` file in an
+    existing folder (its report goes beside it, as ``.html``); nothing is overwritten."""
+    if output.suffix.lower() != ".json":
+        raise OutputError(f"verify -o '{output}': give a .json file name (its report is written "
+                          f"beside it as .html), e.g. {output.with_suffix('.json').name}")
+    if not output.parent.is_dir():
+        raise OutputError(f"verify -o '{output}': folder '{output.parent}' does not exist; "
+                          "create it first")
+    for path in (output, output.with_suffix(".html")):
+        if path.exists() or path.is_symlink():
+            raise OutputError(f"verify -o '{output}': '{path}' already exists and is never "
+                              "overwritten; remove it or choose another name")
 
 
 def write_layout_reports(layout_dir: Path, doc: LayoutDoc) -> None:
