@@ -1,7 +1,7 @@
 """The runtime knows only the layout: ``neftc.runtime`` imports, directly or through what it
 imports, nothing but the format package, the device model and target specs, errors, device
-selection and the process group that splits chip instances over processes (DESIGN.md section 1). The import graph is read from the source (ast), so a lazy import
-inside a function counts too."""
+selection and the process group that splits chip instances over processes (DESIGN.md section 1).
+The import graph is read from the source (ast), so a lazy import inside a function counts too."""
 
 from __future__ import annotations
 
