@@ -60,8 +60,9 @@ def one_error(code: int, err: str, *needles: str) -> None:
 
 def test_data_dependent_branch_from_the_current_directory(capsys, tmp_path, monkeypatch) -> None:
     """``--arch user_branchy:Branchy`` is found in the current directory (the path is restored
-    afterwards); its ``if x.sum() > 0`` is named with the file, line and the change to make, not
-    a pointer to torch.export (which fails on the same line)."""
+    afterwards); its ``if x.sum() > 0`` is named with the file, line and the change to make
+    (``torch.where``, which neftc compiles), not a pointer to torch.export (which fails on the
+    same line)."""
     (tmp_path / "user_branchy.py").write_text(USER_MODEL)
     monkeypatch.chdir(tmp_path)
     monkeypatch.delitem(sys.modules, "user_branchy", raising=False)
@@ -75,10 +76,40 @@ def test_data_dependent_branch_from_the_current_directory(capsys, tmp_path, monk
     assert sys.path == path_before
     line = USER_MODEL.splitlines().index("        if x.sum() > 0:") + 1
     one_error(code, err, "cannot be traced", f"user_branchy.py:{line}", "if x.sum() > 0:",
-              "gt(sum_1, 0)", "torch.export fails on this line too", "torch.cond",
+              "gt(sum_1, 0)", "torch.export fails on this line too", "torch.where(",
               "depend on shapes or constants")
     assert "torch.export.save" not in err  # not sent to export, which would fail the same way
     assert not (tmp_path / "out").exists()
+
+
+class Selected(nn.Module):
+    """``Branchy`` rewritten as the error says: both branches, one selected per sample."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(4, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.fc(x)
+        return torch.where(x.sum(-1, keepdim=True) > 0, y, -y)
+
+
+def test_the_suggested_rewrite_compiles(tmp_path) -> None:
+    from neftc.driver.compiler import compile_module
+    from neftc.runtime import Emulator
+    from neftc.targets import resolve_target
+
+    torch.manual_seed(0)
+    model = Selected().eval()
+    compile_module(model, torch.zeros(1, 4), resolve_target("fefet_128x128"), tmp_path / "out")
+    x = torch.randn(16, 4)
+    with torch.no_grad():
+        want = model(x)
+        got = Emulator(tmp_path / "out", ideal_periphery=True)(x)
+    # both signs of the condition occur; the 8-bit weights keep the outputs within 5% of the
+    # largest float output
+    assert (x.sum(-1) > 0).any() and (x.sum(-1) <= 0).any()
+    assert (got - want).abs().max() <= 0.05 * want.abs().max()
 
 
 class ShapeBranch(nn.Module):
@@ -94,7 +125,7 @@ def test_shape_branch_points_to_export() -> None:
     message = str(info.value)
     assert "test_first_hour_b.py:" in message and "if x.shape[1] > 2:" in message
     assert "depends on the input's shape" in message and "torch.export.export" in message
-    assert "torch.cond" not in message
+    assert "torch.where" not in message
 
 
 def test_missing_arch_module_names_cwd_and_pythonpath(capsys, tmp_path, monkeypatch) -> None:

@@ -120,10 +120,10 @@ def untraceable_message(name: str, exc: BaseException) -> str:
     if construct == _CONTROL_FLOW["to_bool"] and _depends_on_data(node):
         return (f"{name} cannot be traced by torch.fx: {construct}{where}; the value is {op}, "
                 "computed from the input's values. A compiled model has one fixed graph, so "
-                "torch.export fails on this line too. Make the branch depend on shapes or "
-                "constants (or move it out of forward), or write it as "
-                "torch.cond(pred, true_fn, false_fn, (x,)) (a loop: a fixed number of steps), "
-                "then compile again")
+                "torch.export fails on this line too. Compute both branches and select per "
+                "sample with torch.where(condition, a, b) (e.g. torch.where(x.sum(-1, "
+                "keepdim=True) > 0, a, b)), or make the branch depend on shapes or constants; "
+                "a loop: a fixed number of steps (torch.cond is not compiled by neftc)")
     return (f"{name} cannot be traced by torch.fx: {construct}{where}; the value is {op}, "
             "which depends on the input's shape. torch.export handles shape-dependent control "
             "flow: torch.export.save(torch.export.export(model.eval(), (example,)), "
