@@ -212,3 +212,54 @@ def test_finetune_output_must_be_a_new_pt2(capsys, tmp_path) -> None:
         code, _, err = run(capsys, *base, str(output))
         assert code == 2 and words in err and "Traceback" not in err, (output, err)
     assert existing.read_bytes() == b"keep me"
+
+
+# ---------------------------------------------------------------- item 1: threads
+
+
+def test_default_threads_never_exceed_the_free_cores(monkeypatch) -> None:
+    from neftc.cli import workers
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(workers.os, "sched_getaffinity", lambda _pid: set(range(8)))
+    for load, alone, per_two in ((0.2, 8, 4), (3.4, 5, 2), (7.6, 1, 1), (40.0, 1, 1)):
+        monkeypatch.setattr(workers.os, "getloadavg", lambda load=load: (load, 0.0, 0.0))
+        assert workers.default_threads(1) == alone, load
+        assert workers.default_threads(2) == per_two, load
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")  # the user's choice wins over the estimate
+    assert workers.default_threads(1) == 3
+
+
+def test_threads_flag_is_bounded_and_used(capsys, mlp_layout) -> None:
+    before = torch.get_num_threads()
+    try:
+        for bad in ("0", "100000"):
+            code, _, err = run(capsys, "verify", str(mlp_layout), "--mc", "1", "--threads", bad,
+                               "--no-report", "-q")
+            assert code == 2 and "--threads" in err and "Traceback" not in err
+        code, _, _ = run(capsys, "verify", str(mlp_layout), "--mc", "1", "--threads", "2",
+                         "--noise", "off", "--no-report", "-q")
+        assert code == 0 and torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_workers_get_the_threads_asked_for(monkeypatch) -> None:
+    """``--workers 2 --threads 3``: each process is started with OMP_NUM_THREADS=3 and keeps
+    --threads 3 in its arguments."""
+    from neftc.cli import workers
+
+    started: list[tuple[list[str], dict[str, str]]] = []
+
+    class Done:
+        def __init__(self, argv, env, stdout=None) -> None:
+            started.append((argv, env))
+
+        def poll(self) -> int:
+            return 0
+
+    monkeypatch.setattr(workers.subprocess, "Popen", Done)
+    argv = ["verify", "L", "--workers", "2", "--threads", "3"]
+    assert workers.launch(argv, 2, "verify", 3) == 0
+    assert [env["OMP_NUM_THREADS"] for _, env in started] == ["3", "3"]
+    assert all(a[-2:] == ["--threads", "3"] and "--workers" not in a for a, _ in started)

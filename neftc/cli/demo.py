@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from neftc.cli.common import add_target_args
+from neftc.cli.workers import add_threads_arg, use_threads
 from neftc.errors import NeftcError
 
 
@@ -33,6 +34,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     demo.add_argument("--seed", type=int, default=0, help="randomness of training, "
                       "fine-tuning and the simulated chips (default 0); the digits train/test "
                       "split is fixed")
+    add_threads_arg(demo)
     demo.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     demo.set_defaults(run=run_demo)
 
@@ -43,6 +45,7 @@ def run_demo(args: argparse.Namespace) -> int:
     from neftc.targets import resolve_target
 
     target = resolve_target(args.target, args.overrides)
+    use_threads(args)
     if min(args.epochs, args.neft_epochs, args.mc) < 1:
         raise NeftcError("--epochs, --neft-epochs and --mc must be at least 1")
     if (args.sigma and min(args.sigma) < 0) or args.train_sigma < 0:

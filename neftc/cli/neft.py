@@ -78,7 +78,7 @@ def run_finetune(args: argparse.Namespace) -> int:
     settings = neft_settings(args)
     check_workers(args)
     if args.workers > 1:
-        return launch(args.argv, args.workers, "finetune")
+        return launch(args.argv, args.workers, "finetune", args.threads)
     with process_group(args.device, args.dist_timeout) as group:
         settings = replace(settings, device=group.device(settings.device))  # a GPU per process
         result = finetune_file(args.model, target, settings, args.output, arch=args.arch,
@@ -138,7 +138,7 @@ def run_train(args: argparse.Namespace) -> int:
         args.from_scratch or neft.mode != "auto")
     check_workers(args)
     if args.workers > 1:
-        return launch(args.argv, args.workers, "train")
+        return launch(args.argv, args.workers, "train", args.threads)
     with process_group(args.device, args.dist_timeout) as group:
         device = group.device(args.device)  # a GPU per process
         if neft is not None:

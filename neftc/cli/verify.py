@@ -136,7 +136,7 @@ def run_verify(args: argparse.Namespace) -> int:
                              "give one of them")
         check_verify_output(args.output)  # before the run, not after it
     if args.workers > 1:
-        return launch(args.argv, args.workers, "verify")
+        return launch(args.argv, args.workers, "verify", args.threads)
     started = datetime.now(timezone.utc)
     verified = layout_identity(args.layout)  # the layout this sign-off is about
     with process_group(args.device, args.dist_timeout) as group:

@@ -20,18 +20,28 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from neftc.bounds import check_number
 from neftc.distributed import INIT_ENV, MAX_WORLD, DistributedError
 from neftc.errors import NeftcError
 
 #: Seconds the other processes get to stop after one failed, before they are killed.
 STOP_GRACE_S = 5.0
+#: Most intra-op threads ``--threads`` may ask for.
+MAX_THREADS = 1024
+
+#: ``--threads``' help: the default rule, in one place.
+THREADS_HELP = ("intra-op threads of each process (default: OMP_NUM_THREADS when set, else the "
+                "free cores: the cores this process may use minus the 1-minute load average, "
+                "rounded, at least 1, divided among --workers processes). On a busy machine "
+                "fewer threads than cores is faster: threads waiting for a busy core stall "
+                "every small op")
 
 
 #: ``--workers``' help where the processes split chip instances (verify, sweep).
 SAME_RESULTS_HELP = ("run as K local processes that split the work (torch.distributed, gloo; the "
-                     "same results as one process); each gets cores/K threads unless "
-                     "OMP_NUM_THREADS is set. Under torchrun, leave it out: the processes come "
-                     "from torchrun (default 1)")
+                     "same results as one process); each gets --threads threads (default: "
+                     "OMP_NUM_THREADS, else the free cores / K). Under torchrun, leave it out: "
+                     "the processes come from torchrun (default 1)")
 
 
 def add_workers_args(parser: argparse.ArgumentParser | argparse._ArgumentGroup,
@@ -42,9 +52,53 @@ def add_workers_args(parser: argparse.ArgumentParser | argparse._ArgumentGroup,
     parser.add_argument("--dist-timeout", type=float, default=1800.0, metavar="S",
                         help="with several processes, fail the run when one waits more than S "
                         "seconds for another (default 1800)")
+    add_threads_arg(parser)
+
+
+def add_threads_arg(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+    """``--threads N`` (``THREADS_HELP``; applied by ``use_threads``)."""
+    parser.add_argument("--threads", type=int, metavar="N", help=THREADS_HELP)
+
+
+def free_cores() -> int:
+    """The cores this process may run on (its affinity) minus the 1-minute load average
+    (rounded), at least 1: never more threads than cores other processes leave free."""
+    cores = len(os.sched_getaffinity(0))
+    try:
+        busy = os.getloadavg()[0]
+    except OSError:  # no load average on this system: assume idle
+        busy = 0.0
+    return max(1, min(cores, cores - round(busy)))
+
+
+def default_threads(workers: int) -> int:
+    """The threads of each of ``workers`` processes when ``--threads`` is not given:
+    ``OMP_NUM_THREADS`` when set to a positive integer, else ``free_cores() // workers``
+    (at least 1)."""
+    env = os.environ.get("OMP_NUM_THREADS", "")
+    if env.isdigit() and int(env) > 0:
+        return min(int(env), MAX_THREADS)
+    return max(1, free_cores() // workers)
+
+
+def use_threads(args: argparse.Namespace) -> int:
+    """Check ``--threads`` and set torch's intra-op threads for this process: the flag, else
+    ``default_threads`` for the processes of this run (``--workers``, or ``WORLD_SIZE`` under
+    torchrun or in a worker). Returns the number used."""
+    threads = args.threads
+    if threads is None:
+        world = os.environ.get("WORLD_SIZE", "")
+        workers = int(world) if world.isdigit() and int(world) > 0 else 1
+        threads = default_threads(max(workers, getattr(args, "workers", 1)))
+    check_number("--threads", threads, 1, MAX_THREADS, integer=True)
+    import torch
+
+    torch.set_num_threads(threads)
+    return threads
 
 
 def check_workers(args: argparse.Namespace) -> None:
+    """Check ``--workers`` and ``--dist-timeout``, and apply ``--threads`` (``use_threads``)."""
     if not 1 <= args.workers <= MAX_WORLD:
         raise NeftcError(f"--workers must be between 1 and {MAX_WORLD}, got {args.workers}")
     if not 1 <= args.dist_timeout <= 7 * 24 * 3600:
@@ -54,6 +108,8 @@ def check_workers(args: argparse.Namespace) -> None:
         raise NeftcError("--workers starts its own processes, but this one is already part of "
                          "a process group (WORLD_SIZE is set, e.g. by torchrun); leave out "
                          "--workers under torchrun")
+    if hasattr(args, "threads"):
+        use_threads(args)
 
 
 def _without_workers(argv: Sequence[str]) -> list[str]:
@@ -70,10 +126,6 @@ def _without_workers(argv: Sequence[str]) -> list[str]:
     return out
 
 
-def _threads_per_worker(workers: int) -> int:
-    return max(1, len(os.sched_getaffinity(0)) // workers)
-
-
 def _stop(processes: list[subprocess.Popen[bytes]]) -> None:
     for process in processes:
         if process.poll() is None:
@@ -87,13 +139,15 @@ def _stop(processes: list[subprocess.Popen[bytes]]) -> None:
             process.wait()
 
 
-def launch(argv: Sequence[str], workers: int, command: str) -> int:
+def launch(argv: Sequence[str], workers: int, command: str, threads: int | None = None) -> int:
     """Run ``neftc argv`` (``--workers`` removed) as ``workers`` processes; return the exit code
-    (0 when all succeed, else the first failure's)."""
+    (0 when all succeed, else the first failure's). Each process gets ``threads`` intra-op
+    threads (``--threads``), else ``default_threads(workers)``, as ``OMP_NUM_THREADS``."""
     with tempfile.TemporaryDirectory(prefix="neftc-workers-") as folder:
         rendezvous = Path(folder) / "rendezvous"
         env = dict(os.environ)
-        env.setdefault("OMP_NUM_THREADS", str(_threads_per_worker(workers)))
+        env["OMP_NUM_THREADS"] = str(threads if threads is not None else
+                                     default_threads(workers))
         env[INIT_ENV] = rendezvous.as_uri()
         env["WORLD_SIZE"] = str(workers)
         processes: list[subprocess.Popen[bytes]] = []
