@@ -263,3 +263,35 @@ def test_workers_get_the_threads_asked_for(monkeypatch) -> None:
     assert workers.launch(argv, 2, "verify", 3) == 0
     assert [env["OMP_NUM_THREADS"] for _, env in started] == ["3", "3"]
     assert all(a[-2:] == ["--threads", "3"] and "--workers" not in a for a, _ in started)
+
+
+# ---------------------------------------------------------------- item 6: the report
+
+
+def test_report_placement_legend_and_sign_off_settings(capsys, tmp_path, mlp_layout,
+                                                       monkeypatch) -> None:
+    import shutil
+
+    pytest.importorskip("matplotlib")
+    from matplotlib.axes import Axes
+
+    legends: list[list[str]] = []
+    real_legend = Axes.legend
+
+    def spy(self, *args, **kwargs):  # observe the legends drawn, change nothing
+        legend = real_legend(self, *args, **kwargs)
+        legends.append([text.get_text() for text in legend.get_texts()])
+        return legend
+
+    monkeypatch.setattr(Axes, "legend", spy)
+    layout = tmp_path / "layout"
+    shutil.copytree(mlp_layout, layout)
+    assert run(capsys, "verify", str(layout), "--mc", "2", "--sigma", "0.1", "--seed", "7",
+               "-q")[0] == 0
+    names = [layer.name for layer in __import__("neftc").load_layout(layout).doc.layers]
+    assert [*names, "free"] in legends  # the placement picture names every layer
+    page = (layout / "report.html").read_text()
+    settings = page.split("Accuracy on simulated chips", 1)[1]
+    for words in ("noise model cell-level device model", "periphery the target's DAC and ADC",
+                  "seed 7", "2 chip instance(s) per sigma", "data digits", "449 test samples"):
+        assert words.replace("'", "&#x27;") in settings, words

@@ -60,6 +60,47 @@ def _accuracy_plot(verify: VerifyRecord) -> str:
     return _png(fig)
 
 
+#: Most layers the placement legend names one by one (the rest are counted).
+LEGEND_LAYERS = 40
+
+
+def layer_colours(count: int) -> list[tuple[float, float, float]]:
+    """The colour of layer ``i`` in the placement picture and its legend (tab20, repeating)."""
+    import matplotlib
+
+    palette = matplotlib.colormaps["tab20"]
+    return [tuple(palette(i % 20)[:3]) for i in range(count)]  # type: ignore[misc]
+
+
+def _placement_plot(doc: LayoutDoc, owner: Any) -> str:
+    """Which layer owns each array (white: free), with a legend naming the layers."""
+    import matplotlib.pyplot as plt
+    import numpy as np
+    from matplotlib.patches import Patch
+    from matplotlib.ticker import MaxNLocator
+
+    colours = layer_colours(len(doc.layers))
+    image = np.ones((*owner.shape, 3))
+    for index, colour in enumerate(colours):
+        image[owner == index] = colour
+    fig, ax = plt.subplots(figsize=(12, max(2.5, owner.shape[0] * 0.12 + 1)))
+    ax.imshow(image, aspect="auto", interpolation="nearest")
+    ax.set_xlabel("array in core")
+    ax.set_ylabel("core")
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_title(f"placement ({doc.placement.strategy}): colour = layer, white = free array")
+    handles = [Patch(facecolor=colour, edgecolor="black", linewidth=0.3, label=layer.name)
+               for layer, colour in zip(doc.layers[:LEGEND_LAYERS], colours)]
+    hidden = len(doc.layers) - len(handles)
+    if hidden > 0:
+        handles.append(Patch(facecolor="none", edgecolor="none",
+                             label=f"... and {hidden} more layers"))
+    handles.append(Patch(facecolor="white", edgecolor="black", linewidth=0.3, label="free"))
+    ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=7,
+              title="layer", ncol=1 + len(handles) // 25, frameon=False)
+    return _png(fig)
+
+
 def report_plots(doc: LayoutDoc, summary: LayoutSummary,
            verify: VerifyRecord | None) -> dict[str, str]:
     """The embedded PNG plots by name; none without matplotlib."""
@@ -68,7 +109,6 @@ def report_plots(doc: LayoutDoc, summary: LayoutSummary,
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
-        import numpy as np
     except ImportError:
         return {}
     utilisation, owner = _array_maps(doc)
@@ -81,12 +121,7 @@ def report_plots(doc: LayoutDoc, summary: LayoutSummary,
     ax.set_title("cell utilisation of each array (blank: free)")
     fig.colorbar(image, ax=ax)
     plots["heatmap"] = _png(fig)
-    fig, ax = plt.subplots(figsize=(10, max(2.0, owner.shape[0] * 0.12 + 1)))
-    ax.imshow(np.ma.masked_less(owner, 0), aspect="auto", cmap="tab20", interpolation="nearest")
-    ax.set_xlabel("array in core")
-    ax.set_ylabel("core")
-    ax.set_title(f"placement ({doc.placement.strategy}): colour = layer")
-    plots["placement"] = _png(fig)
+    plots["placement"] = _placement_plot(doc, owner)
     energy = {k.removesuffix("_pj"): v for k, v in summary.cost.energy_pj.model_dump().items()
               if k != "total_pj"}
     fig, ax = plt.subplots(figsize=(6, 3))

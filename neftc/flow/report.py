@@ -113,16 +113,41 @@ def _accuracy_section(verify: VerifyRecord | None, plots: dict[str, str]) -> lis
     if verify is None:
         return ["<h2>Accuracy on simulated chips</h2><p class='note'>Run <code>neftc verify"
                 "</code> on this layout to add accuracy-vs-sigma curves.</p>"]
-    rows = [[r.sigma, _percent(r.quantized_accuracy, 2), _percent(r.mc.mean, 2),
-             f"± {_percent(r.mc.ci95, 2)}", _percent(r.mc.std, 2), _percent(r.mc.min, 1),
+    rows = [["-" if verify.noise == "off" else r.sigma, _percent(r.quantized_accuracy, 2),
+             _percent(r.mc.mean, 2), "-" if r.mc.ci95 is None else f"± {_percent(r.mc.ci95, 2)}",
+             _percent(r.mc.std, 2), _percent(r.mc.min, 1),
              _percent(r.mc.p5, 1), _percent(r.mc.max, 1), f"{r.uncertainty.expected_kl:.4f}",
              r.mc.trials] for r in verify.results]
     table = _table(["sigma", "noise-free", "MC mean", "95 % CI", "std", "min", "p5", "max",
                     "E[KL]", "trials"], rows)
     periphery = verify.periphery
     dac = "none (ideal periphery)" if periphery == "ideal" else periphery.dac
-    return ["<h2>Accuracy on simulated chips</h2>" + table + plots.get("accuracy", ""),
+    return ["<h2>Accuracy on simulated chips</h2>",
+            f"<p class='note'>{html.escape(sign_off_settings(verify))}</p>",
+            table + plots.get("accuracy", ""),
             f"<p class='note'>input DAC ranges of this sign-off: {html.escape(dac)}.</p>"]
+
+
+def sign_off_settings(verify: VerifyRecord) -> str:
+    """One sentence of what a sign-off ran: noise model, periphery, seed, chips and data."""
+    noise = {"cell": "cell-level device model (state-dependent variation, s = "
+                     f"{verify.state_ratio:g})",
+             "paper": "the NeFT paper's weight-level formula",
+             "off": "off (no device variation)"}.get(verify.noise, verify.noise)
+    periphery = verify.periphery
+    if periphery == "ideal":
+        converters = "ideal (no DAC/ADC quantisation)"
+    else:
+        converters = (f"the target's DAC and ADC ({periphery.input_bits}-bit inputs, "
+                      f"{periphery.dac_bits_per_cycle} bit(s) per cycle, {periphery.adc_bits}-bit "
+                      f"ADC)")
+    chips = sorted({r.mc.trials for r in verify.results})
+    return (f"Settings: noise model {noise}; stuck-at faults "
+            f"{'on' if verify.faults else 'off'}; periphery {converters}; seed {verify.seed} "
+            f"(chip instance i of a seed is always the same chip); "
+            f"{'/'.join(map(str, chips))} chip instance(s) per sigma; data {verify.data}, "
+            f"{verify.test_samples} test samples (split: {verify.split}); device "
+            f"{verify.device}.")
 
 
 def render_report(doc: LayoutDoc, verify: VerifyRecord | None = None) -> str:
