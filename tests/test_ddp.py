@@ -307,7 +307,8 @@ def test_workers_flags_are_the_same_on_the_training_commands() -> None:
         declared.append([(a.option_strings, a.default, a.help, a.type)
                          for a in group._group_actions])
     assert declared[0] == declared[1] == declared[2]
-    assert [flags for flags, *_ in declared[0]] == [["--workers"], ["--dist-timeout"]]
+    assert [flags for flags, *_ in declared[0]] == [["--workers"], ["--dist-timeout"],
+                                                   ["--threads"]]
 
 
 def test_workers_refusals(capsys, tmp_path, mlp_file) -> None:
