@@ -128,3 +128,16 @@ def trained_lenet() -> TrainedLeNet:
     for value in state.values():
         value.requires_grad_(False)
     return TrainedLeNet(data, state, accuracy(model, data.test))
+
+
+@pytest.fixture(scope="session")
+def trained_lenet_layout(tmp_path_factory, trained_lenet: TrainedLeNet) -> Path:
+    """``trained_lenet`` compiled for fefet_128x128 with the defaults, once per session; for tests
+    that only read the layout (verify --no-report, sweep)."""
+    from neftc.driver.compiler import compile_module
+    from neftc.targets import resolve_target
+
+    data, model = trained_lenet.data, trained_lenet.model()
+    out = tmp_path_factory.mktemp("trained-lenet") / "layout"
+    compile_module(model, data.test.x[:1], resolve_target("fefet_128x128"), out)
+    return out

@@ -21,23 +21,18 @@ import numpy as np
 import pytest
 
 from neftc.cli.main import main
-from neftc.driver.compiler import compile_module
 from neftc.flow.sweep import SweepSettings, run_sweep
 from neftc.flow.sweep_store import STORE_VERSION, StoreError, SweepStore
 from neftc.runtime.emulator import Emulator
 from neftc.runtime.montecarlo import summarize
-from neftc.targets import resolve_target
 
 #: A safety limit for waiting on a subprocess (never an assertion about speed).
 WAIT_S = 300
 
 
-@pytest.fixture(scope="module")
-def layout(tmp_path_factory, trained_lenet) -> Path:
-    data, model = trained_lenet.data, trained_lenet.model()
-    out = tmp_path_factory.mktemp("sweep") / "layout"
-    compile_module(model, data.test.x[:1], resolve_target("fefet_128x128"), out)
-    return out
+@pytest.fixture
+def layout(trained_lenet_layout: Path) -> Path:
+    return trained_lenet_layout  # read only: --no-report, and sweeps write their own store
 
 
 def rows(store: Path) -> list[tuple]:

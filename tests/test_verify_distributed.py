@@ -17,19 +17,14 @@ import pytest
 import torch
 
 from neftc.distributed import DistributedError, Group, group_from_env
-from neftc.driver.compiler import compile_module
-from neftc.targets import resolve_target
 
 #: A run that fails must end within this many seconds of the failure (it would hang otherwise).
 ENDS_WITHIN_S = 120
 
 
-@pytest.fixture(scope="module")
-def layout(tmp_path_factory, trained_lenet) -> Path:
-    data, model = trained_lenet.data, trained_lenet.model()
-    out = tmp_path_factory.mktemp("distributed") / "layout"
-    compile_module(model, data.test.x[:1], resolve_target("fefet_128x128"), out)
-    return out
+@pytest.fixture
+def layout(trained_lenet_layout: Path) -> Path:
+    return trained_lenet_layout  # read only: --no-report, and sweeps write their own store
 
 
 def _env(**extra: str) -> dict[str, str]:
@@ -179,3 +174,15 @@ def test_each_process_gets_its_own_gpu() -> None:
     assert group.device("cuda") == "cuda:1"
     assert group.device("cuda:0") == "cuda:0" and group.device("cpu") == "cpu"
     assert group_from_env({}).device("cuda") == "cuda"
+
+
+@pytest.mark.parametrize("codes, cause", [
+    ([3, -9], (1, -9)),  # rank 0 lost its peer; rank 1 was killed: name the killed one
+    ([3, None], (0, 3)),
+    ([2, 3, 0], (0, 2)),  # rank 0's own error (a bad input), rank 1 lost it
+    ([3, 3], (0, 3)),
+])
+def test_the_launcher_names_the_cause(codes, cause) -> None:
+    from neftc.cli.workers import _cause
+
+    assert _cause(codes) == cause

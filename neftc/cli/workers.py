@@ -166,14 +166,35 @@ def launch(argv: Sequence[str], workers: int, command: str, threads: int | None 
             raise DistributedError(f"could not start the worker processes: {exc}") from None
 
 
+#: Seconds the launcher lets the other processes fail on their own after the first failure, so
+#: that it names the cause (a killed process) rather than a process that lost it as a peer.
+SETTLE_S = 1.0
+#: The exit code of a process that lost a peer (``DistributedError``): a consequence, not a cause.
+LOST_PEER_CODE = 3
+
+
+def _cause(codes: list[int | None]) -> tuple[int, int]:
+    """(rank, exit code) of the failure to report: a process killed by a signal, else one that
+    failed for its own reason, else the first failed one."""
+    failed = [(rank, code) for rank, code in enumerate(codes) if code not in (None, 0)]
+    for wanted in (lambda c: c < 0, lambda c: c != LOST_PEER_CODE, lambda c: True):
+        for rank, code in failed:
+            assert code is not None
+            if wanted(code):
+                return rank, code
+    raise AssertionError("no process failed")
+
+
 def _wait(processes: list[subprocess.Popen[bytes]], command: str) -> int:
     while True:
         codes = [process.poll() for process in processes]
-        failed = [(rank, code) for rank, code in enumerate(codes) if code not in (None, 0)]
-        if failed:
-            rank, code = failed[0]
+        if any(code not in (None, 0) for code in codes):
+            deadline = time.monotonic() + SETTLE_S
+            while time.monotonic() < deadline and any(code is None for code in codes):
+                time.sleep(0.05)
+                codes = [process.poll() for process in processes]
+            rank, code = _cause(codes)
             _stop(processes)
-            assert code is not None
             reason = (f"was killed by signal {-code}" if code < 0 else
                       f"exited with code {code}")
             print(f"neftc {command}: error: worker process {rank} of {len(processes)} {reason}; "
