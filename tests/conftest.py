@@ -87,11 +87,12 @@ def lenet_layout(tmp_path: Path, fefet: TargetSpec) -> Path:
     return out
 
 
-@pytest.fixture(autouse=True, scope="session")
+@pytest.fixture(autouse=True)
 def _one_intra_op_thread():
     """The test models are tiny: one intra-op thread is as fast, and it keeps the suite's run time
     steady when other processes share the two cores (OpenMP worker threads otherwise spin-wait
-    for a busy core and small ops slow down by orders of magnitude)."""
+    for a busy core and small ops slow down by orders of magnitude). Set before every test: an
+    in-process ``neftc`` command sets the thread count of the whole process (``--threads``)."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     yield

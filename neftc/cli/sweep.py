@@ -38,6 +38,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                     help="chip instances 0..N-1 per cell (default 100)")
     sw.add_argument("--seed", type=int, default=0,
                     help="randomness of the simulated chips, as verify's --seed (default 0)")
+    sw.add_argument("--split", action="store_true",
+                    help="split an x,y .npz into train/test as verify --split does (default: "
+                    "all of it is the test set, as verify)")
     sw.add_argument("--batch-size", type=int, default=1024)
     sw.add_argument("--calib-samples", type=int, default=512,
                     help="samples (train split, else test) that set the DAC ranges when the "
@@ -71,7 +74,7 @@ def run_sweep(args: argparse.Namespace) -> int:
             args.noise or ["cell"])), peripheries=tuple(dict.fromkeys(args.periphery or
                                                                        ["target"])),
         chips=args.mc, seed=args.seed, batch_size=args.batch_size,
-        calib_samples=args.calib_samples)
+        calib_samples=args.calib_samples, split=args.split)
     if args.workers > 1:
         return launch(args.argv, args.workers, "sweep")
     with process_group("cpu", args.dist_timeout) as group:

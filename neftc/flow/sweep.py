@@ -71,6 +71,7 @@ class SweepSettings:
     seed: int = 0
     batch_size: int = 1024
     calib_samples: int = 512
+    split: bool = False  # an x,y .npz: whole as the test set (as verify), or split (--split)
 
     def __post_init__(self) -> None:
         if not self.sigmas:
@@ -196,7 +197,7 @@ def run_sweep(layouts: list[Path], data_spec: str, store_path: Path, settings: S
     """Run the grid of ``settings`` over ``layouts`` on ``data_spec``'s test split, adding every
     chip the store at ``store_path`` lacks (created when missing). Every process of ``group``
     calls this; rank 0 alone opens and writes the store and returns the counts."""
-    data = load_dataset(data_spec)
+    data = load_dataset(data_spec, split=settings.split)  # as verify reads it
     sources = [_source(Path(path), data) for path in layouts]
     with ExitStack() as stack:
         store = stack.enter_context(SweepStore(store_path)) if group.is_main else None

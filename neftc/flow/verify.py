@@ -32,6 +32,7 @@ from neftc.flow.records import (
 )
 from neftc.format.reader import Layout, load_layout
 from neftc.format.schema import DacRecord
+from neftc.progress import no_bar
 from neftc.runtime.chip import ChipInstance
 from neftc.runtime.emulator import Emulator
 from neftc.runtime.inputs import Inputs, rows
@@ -176,7 +177,7 @@ def _sweep(emulator: Emulator, x: Inputs, y: torch.Tensor, sigmas: tuple[float, 
     recalibrate = calibration is not None and bool(batch_norms(emulator))
     runs = 1 + (compared is not None) + recalibrate
     results = []
-    bar = tqdm(total=len(sigmas) * settings.trials * runs, leave=False, disable=not progress,
+    bar = tqdm(total=len(sigmas) * settings.trials * runs, leave=False, disable=no_bar(progress),
                desc="chip instances" + (f" ({group.world} processes)" if group.distributed
                                         else ""))
 
