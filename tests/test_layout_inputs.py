@@ -259,7 +259,10 @@ def test_token_datasets_load_as_ints_and_are_checked(tokens, tmp_path: Path) -> 
     data = load_dataset(good)
     assert data.test.x.dtype == torch.int64 and data.train.x.dtype == torch.int64
     record = verify_layout(root, good, VerifySettings(trials=2, sigmas=(0.05,), calib_samples=8))
-    assert record.test_samples == 8 and record.periphery != "ideal"
+    assert record.test_samples == 30 and record.periphery != "ideal"  # an x,y file is a test set
+    split = verify_layout(root, good, VerifySettings(trials=2, sigmas=(0.05,), calib_samples=8,
+                                                     split=True))
+    assert split.test_samples == 8  # --split: the shared permutation's quarter
     floats = _save(tmp_path / "floats.npz", x=ids.astype(np.float32), y=rng.integers(0, 3, 30))
     with pytest.raises(DataError, match=r"array 'x' holds float values but the model's input "
                                         r"'ids' takes int64.*astype\(numpy\.int64\)"):
