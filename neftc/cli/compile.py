@@ -127,7 +127,7 @@ def run_compile(args: argparse.Namespace) -> int:
         raise NeftcError("--workers splits NeFT fine-tuning among processes; a compile without "
                          "--neft runs in one process: leave out --workers, or give --neft")
     if args.workers > 1:
-        return launch(args.argv, args.workers, "compile")
+        return launch(args.argv, args.workers, "compile", args.threads)
     start = time.perf_counter()
     with process_group(args.device, args.dist_timeout) as group:
         if not group.is_main:  # the other processes only train: no dumps, no progress lines

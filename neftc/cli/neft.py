@@ -82,8 +82,8 @@ def run_finetune(args: argparse.Namespace) -> int:
     with process_group(args.device, args.dist_timeout) as group:
         settings = replace(settings, device=group.device(settings.device))  # a GPU per process
         result = finetune_file(args.model, target, settings, args.output, arch=args.arch,
-                            input_shape=shape, trust_model=args.trust_model,
-                            progress=not args.quiet, group=group)
+                               input_shape=shape, trust_model=args.trust_model,
+                               progress=not args.quiet, group=group)
     if not group.is_main:
         return 0
     log = result.log

@@ -118,8 +118,9 @@ def _add_fine_tuning_options(group: argparse._ArgumentGroup, required: bool) -> 
 WORKERS_HELP = ("train as K local processes with DistributedDataParallel (gloo on the CPU): each "
                 "trains on 1/K of every epoch with its own noise stream, gradients averaged, so "
                 "the effective batch is K x the batch size and the result differs from one "
-                "process (repeatable for a given K; docs/neft.md); each gets cores/K threads "
-                "unless OMP_NUM_THREADS is set. Under torchrun, leave it out (default 1)")
+                "process (repeatable for a given K; docs/neft.md); each gets --threads threads "
+                "(default: OMP_NUM_THREADS, else the free cores / K). Under torchrun, leave it "
+                "out (default 1)")
 
 
 def _add_process_options(group: argparse._ArgumentGroup) -> None:

@@ -76,7 +76,7 @@ def run_sweep(args: argparse.Namespace) -> int:
         chips=args.mc, seed=args.seed, batch_size=args.batch_size,
         calib_samples=args.calib_samples, split=args.split)
     if args.workers > 1:
-        return launch(args.argv, args.workers, "sweep")
+        return launch(args.argv, args.workers, "sweep", args.threads)
     with process_group("cpu", args.dist_timeout) as group:
         outcome = sweep(args.layout, args.data, args.store, settings,
                         progress=not args.quiet, group=group)

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 from collections.abc import Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass
@@ -42,7 +41,7 @@ from neftc.flow.sweep_store import (
     data_sha256,
     layout_sha256,
 )
-from neftc.flow.verify import VerifySettings, fit_data, noise_free, set_dac
+from neftc.flow.verify import VerifySettings, fit_data, mc_record, noise_free, set_dac
 from neftc.format.reader import Layout, load_layout
 from neftc.progress import no_bar
 from neftc.runtime.emulator import Emulator
@@ -256,10 +255,7 @@ def format_outcome(outcome: SweepOutcome, store: Path) -> str:
 
 
 def _mc(accuracies: np.ndarray) -> dict[str, Any]:
-    stats = summarize(accuracies).as_dict()
-    ci95 = float(stats["ci95"])
-    stats["ci95"] = None if math.isnan(ci95) else ci95
-    return stats
+    return mc_record(summarize(accuracies)).model_dump(mode="json")  # verify's fields
 
 
 def sweep_report(store_path: Path) -> dict[str, Any]:

@@ -141,7 +141,8 @@ def set_dac(emulator: Emulator, layout: Layout, data: Dataset, data_spec: str,
                               for name, q in quant.items()}
 
 
-def _mc_record(stats: McStats) -> McRecord:
+def mc_record(stats: McStats) -> McRecord:
+    """``stats`` as the record verify and sweep report (``ci95`` null for one chip)."""
     values = stats.as_dict()
     ci95 = values.pop("ci95")
     return McRecord(**values, ci95=None if math.isnan(ci95) else ci95)  # type: ignore[arg-type]
@@ -197,7 +198,7 @@ def _sweep(emulator: Emulator, x: Inputs, y: torch.Tensor, sigmas: tuple[float, 
             compared.emulator.set_sigma(sigma)
             other = run(compared.emulator)
             extra["compared"] = ComparedResult(quantized_accuracy=compared.quantized,
-                                               mc=_mc_record(other.stats),
+                                               mc=mc_record(other.stats),
                                                chip_accuracies=_accuracies(other))
             extra["paired"] = _paired_record(paired(result.accuracies, other.accuracies))
         if calibration is not None:
@@ -206,10 +207,10 @@ def _sweep(emulator: Emulator, x: Inputs, y: torch.Tensor, sigmas: tuple[float, 
                 recalibrated = run(emulator, lambda chip: recalibrate_batch_norm(
                     emulator, chip, calibration), chips_per_pass=1)
             extra["recalibrated"] = RecalibratedResult(
-                mc=_mc_record(recalibrated.stats), chip_accuracies=_accuracies(recalibrated),
+                mc=mc_record(recalibrated.stats), chip_accuracies=_accuracies(recalibrated),
                 paired=_paired_record(paired(result.accuracies, recalibrated.accuracies)))
         results.append(SigmaResult(
-            sigma=sigma, quantized_accuracy=quantized, mc=_mc_record(result.stats),
+            sigma=sigma, quantized_accuracy=quantized, mc=mc_record(result.stats),
             uncertainty=UncertaintyRecord(expected_kl=result.expected_kl,
                                           mean_confidence=result.mean_confidence),
             seconds=result.seconds, trials_per_second=result.trials_per_second,

@@ -170,18 +170,14 @@ def train_loop(model: nn.Module, data: Split, loss_of: BatchLoss, *, epochs: int
             if before_step is not None:
                 before_step(log.steps, epochs * per_epoch)
             loss, ce = loss_of(trained, batch_of(data, idx, device), data.y[idx].to(device))
-            if group.distributed:  # the step's loss over all ranks' samples, on every rank
-                sums = group.sum(torch.tensor([float(loss.detach()) * len(idx),
-                                               float(ce.detach()) * len(idx), len(idx)],
-                                              dtype=torch.float64))
-                check_loss(sums[0] / sums[2], epoch, epochs, step, per_epoch, what=what)
-                total, total_ce, count = (total + float(sums[0]), total_ce + float(sums[1]),
-                                          count + int(sums[2]))
-            else:
-                check_loss(loss, epoch, epochs, step, per_epoch, what=what)
-                total += float(loss.detach()) * len(idx)
-                total_ce += float(ce.detach()) * len(idx)
-                count += len(idx)
+            # The step's loss over all ranks' samples, the same on every rank (one process:
+            # its own): a diverged loss anywhere stops every rank at this step.
+            sums = group.sum(torch.tensor([float(loss.detach()) * len(idx),
+                                           float(ce.detach()) * len(idx), len(idx)],
+                                          dtype=torch.float64))
+            check_loss(sums[0] / sums[2], epoch, epochs, step, per_epoch, what=what)
+            total, total_ce, count = (total + float(sums[0]), total_ce + float(sums[1]),
+                                      count + int(sums[2]))
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
