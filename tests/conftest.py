@@ -17,6 +17,20 @@ from neftc.neft.train import accuracy, train_classifier
 from neftc.targets import TargetSpec, resolve_target
 
 
+class SmallBnCNN(nn.Module):
+    """Conv + BatchNorm + Linear on 1x8x8 digits: the smallest graph with BatchNorm buffers, for
+    the NeFT BatchNorm tests."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(1, 4, 3, padding=1)
+        self.bn = nn.BatchNorm2d(4)
+        self.fc = nn.Linear(4 * 8 * 8, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(torch.flatten(torch.relu(self.bn(self.conv(x))), 1))
+
+
 class ResidualCNN(nn.Module):
     """Conv + BN + residual add + pooling + flatten + functional linear: nothing neftc-specific."""
 

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import SmallBnCNN
 from torch import nn
 
 from neftc.datasets.base import Split
@@ -40,19 +41,6 @@ SEEN_SAMPLES, SEEN_BATCH, SEEN_EPOCHS = 101, 16, 2
 # ------------------------------------------------------------------ what each process runs
 
 
-class SmallBnNet(nn.Module):
-    """Conv + BatchNorm + Linear on 8x8 digits: a graph with BatchNorm buffers for NeFT."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.conv = nn.Conv2d(1, 4, 3, padding=1)
-        self.bn = nn.BatchNorm2d(4)
-        self.fc = nn.Linear(4 * 8 * 8, 10)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc(torch.relu(self.bn(self.conv(x))).flatten(1))
-
-
 def digits(count: int) -> Split:
     data = load_digits().train
     return Split(data.x[:count], data.y[:count])
@@ -67,7 +55,7 @@ def neft_graph(mode: str):
     torch.manual_seed(0)
     example = torch.randn(1, 1, 8, 8)
     ctx = PassContext(resolve_target("fefet_128x128"), example)
-    gm = PassManager([Normalize()]).run(trace_module(SmallBnNet().eval(), example), ctx)
+    gm = PassManager([Normalize()]).run(trace_module(SmallBnCNN().eval(), example), ctx)
     return PassManager([InjectNoise(sigma=0.1), InsertFeedback(mode, 1e-2, 0.1, 10, taps=1)]).run(
         gm, ctx)
 

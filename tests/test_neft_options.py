@@ -16,6 +16,7 @@ import json
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import SmallBnCNN
 from torch import nn
 
 from neftc.cli.main import main
@@ -198,20 +199,9 @@ def test_ramp_schedule_in_fine_tuning(fefet, small, mode, expected) -> None:
     assert seen == pytest.approx(expected)
 
 
-class TinyBn(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.conv = nn.Conv2d(1, 4, 3, padding=1)
-        self.bn = nn.BatchNorm2d(4)
-        self.fc = nn.Linear(4 * 8 * 8, 10)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc(torch.flatten(torch.relu(self.bn(self.conv(x))), 1))
-
-
 def tiny_bn_graph(target) -> tuple[torch.fx.GraphModule, PassContext]:
     torch.manual_seed(0)
-    model = TinyBn().eval()
+    model = SmallBnCNN().eval()
     example = torch.randn(1, 1, 8, 8)
     ctx = PassContext(target, example)
     gm = PassManager([Normalize()]).run(trace_module(model, example), ctx)
