@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import html
 import json
+import os
 from collections.abc import Mapping
 from datetime import datetime, timezone
 from pathlib import Path
@@ -260,15 +261,20 @@ def write_run_record(layout_dir: Path, verify: VerifyRecord | Mapping[str, Any],
     the same second get ``-2``, ``-3``, ... appended."""
     folder = Path(layout_dir) / VERIFY_RUNS
     folder.mkdir(exist_ok=True)
-    text = parse_verify(verify).model_dump_json(indent=1) + "\n"
-    for count in range(1, 1000):
-        path = folder / (f"{name}.json" if count == 1 else f"{name}-{count}.json")
-        try:
-            with path.open("x", encoding="utf-8") as fh:  # exclusive: never an earlier run's
-                fh.write(text)
-            return path
-        except FileExistsError:
-            continue
+    # Written whole to a private temporary file, then linked to its name: a run interrupted
+    # while writing leaves no half record, and os.link never replaces an earlier run's file.
+    temp = folder / f".{name}.{os.getpid()}.tmp"
+    temp.write_text(parse_verify(verify).model_dump_json(indent=1) + "\n", encoding="utf-8")
+    try:
+        for count in range(1, 1000):
+            path = folder / (f"{name}.json" if count == 1 else f"{name}-{count}.json")
+            try:
+                os.link(temp, path)
+                return path
+            except FileExistsError:
+                continue
+    finally:
+        temp.unlink()
     raise OutputError(f"'{folder}' holds 999 runs named {name}; remove some")
 
 
