@@ -228,3 +228,13 @@ def test_start_up_does_not_import_torch(args) -> None:
     modules = imported_modules(*args)
     assert "neftc.cli.main" in modules  # the import lines were read
     assert "torch" not in modules
+
+
+def test_inspect_does_not_import_torch(lenet_layout) -> None:
+    """``neftc inspect`` reads and checks the layout (all but the value bounds) without torch;
+    ``--full`` adds the value bounds, which propagate shapes with torch."""
+    modules = imported_modules("inspect", str(lenet_layout))
+    assert {"neftc.format.reader", "neftc.flow.summary"} <= modules
+    assert "torch" not in modules
+    assert "torch" in imported_modules("inspect", "--full", str(lenet_layout))
+

@@ -444,6 +444,25 @@ def test_hostile_graph_is_refused(base, tmp_path, capsys, edit, needles) -> None
     assert not (tmp_path / "written-by-layout").exists()
 
 
+@pytest.mark.parametrize("case", ["ones-huge", "view-fixed-batch"])
+def test_inspect_checks_value_bounds_only_with_full(base, tmp_path, capsys, case) -> None:
+    """``read_layout_doc`` (``neftc inspect``) runs every check but the value bounds, which need
+    torch; ``inspect --full`` and every loader of a runnable ``Layout`` refuse the graph."""
+    edit = next(c[1] for c in CASES if c[0] == case)
+    root = hostile_copy(base, tmp_path, edit)
+    with pytest.raises(LayoutError):
+        neftc.load_layout(root)
+    doc = reader.read_layout_doc(root)
+    assert any(node.name == "o" or node.name == "v" for node in doc.graph.nodes)
+    capsys.readouterr()
+    assert main(["inspect", str(root)]) == 0
+    out, _ = capsys.readouterr()
+    assert "value bounds are checked by the commands that run it, or here with --full" in out
+    assert main(["inspect", "--full", str(root)]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err.startswith("neftc inspect: error: ") and err.count("\n") == 1, err
+
+
 def test_from_file_payload_writes_nothing(base, tmp_path, capsys) -> None:
     """The issue's payload: nothing is created by loading, verifying or emulating it."""
     root = hostile_copy(base, tmp_path, from_file)

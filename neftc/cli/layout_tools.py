@@ -12,13 +12,18 @@ from neftc.errors import NeftcError
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     insp = sub.add_parser("inspect", help="summarise a layout directory",
-                          description="Validate a layout (schema and checksums) and print per "
+                          description="Validate a layout (schema, checksums, tiles and graph "
+                          "structure; with --full also the graph's value bounds, which loads "
+                          "torch and takes a few seconds) and print per "
                           "layer: name, op, matrix rows x cols, bits, slices, tiles, arrays; the "
                           "totals; what stays digital, counted per op kind (activation x "
                           "activation matmuls, embeddings, layer norms, softmax, ...); and the "
                           "weights tied between crossbar layers (programmed once per layer).")
     insp.add_argument("layout", type=Path)
     insp.add_argument("--json", action="store_true", help="print as JSON")
+    insp.add_argument("--full", action="store_true",
+                      help="also propagate the graph's shapes to check its value bounds, as "
+                      "every command that runs the layout (verify, export-onnx, ...) does")
     insp.set_defaults(run=run_inspect)
 
     onx = sub.add_parser("export-onnx", help="write a layout's deployed network as ONNX",
@@ -55,11 +60,17 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run_inspect(args: argparse.Namespace) -> int:
     from neftc.flow.summary import format_summary, layout_summary
-    from neftc.format.reader import load_layout
+    from neftc.format.reader import load_layout, read_layout_doc
 
-    summary = layout_summary(load_layout(args.layout).doc)
-    print(json.dumps(summary, indent=1) if args.json else format_summary(summary), end="\n"
-          if args.json else "")
+    doc = load_layout(args.layout).doc if args.full else read_layout_doc(args.layout)
+    summary = layout_summary(doc)
+    if args.json:
+        print(json.dumps(summary, indent=1))
+        return 0
+    print(format_summary(summary), end="")
+    print("checked: schema, checksums, tiles, graph structure" + (
+        " and value bounds" if args.full else "; the graph's value bounds are checked by "
+        "the commands that run it, or here with --full"))
     return 0
 
 

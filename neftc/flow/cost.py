@@ -57,7 +57,7 @@ def _hops(doc: LayoutDoc) -> Any:
     """Core-to-core hop counts of the target chip (the placement's core graph)."""
     import networkx as nx
 
-    from neftc.passes.place import core_graph
+    from neftc.targets.topology import core_graph
 
     return dict(nx.all_pairs_shortest_path_length(core_graph(doc.target.chip)))
 

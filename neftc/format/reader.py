@@ -173,8 +173,10 @@ def _check_sums(root: Path, files: dict[str, bytes]) -> None:
                               f"mismatch with {CHECKSUMS_FILE}); {FIX}")
 
 
-def _check_consistency(root: Path, doc: LayoutDoc, levels: bytes, tensors: bytes) -> None:
-    """The semantic checks of docs/layout.md section 10 on a schema-valid document, in order."""
+def _check_consistency(root: Path, doc: LayoutDoc, levels: bytes, tensors: bytes, *,
+                       values: bool = True) -> None:
+    """The semantic checks of docs/layout.md section 10 on a schema-valid document, in order;
+    without ``values``, all but the graph's value bounds (the only check that needs torch)."""
     ctx = Consistency(root, doc, levels, tensors)
     check_files(ctx)
     check_periphery(ctx)
@@ -184,11 +186,10 @@ def _check_consistency(root: Path, doc: LayoutDoc, levels: bytes, tensors: bytes
     for i, layer in enumerate(doc.layers):
         check_layer(ctx, i, layer)
         check_tiles(ctx, i, layer, all_levels)
-    check_graph(ctx)
+    check_graph(ctx, value_bounds=values)
 
 
-def load_layout(directory: str | Path) -> Layout:
-    """Open a layout directory, verifying its schema, its checksums and its internal consistency."""
+def _read_checked(directory: str | Path, *, values: bool) -> tuple[Path, LayoutDoc, bytes, bytes]:
     root = Path(directory)
     if root.exists() and not root.is_dir():
         raise LayoutError(f"'{root}' is a file, not a layout directory; pass the directory "
@@ -209,8 +210,20 @@ def load_layout(directory: str | Path) -> Layout:
     tensors = _read(root, doc.files["tensors"].path)
     _check_sums(root, {LAYOUT_FILE: raw, doc.files["levels"].path: levels,
                        doc.files["tensors"].path: tensors})
-    _check_consistency(root, doc, levels, tensors)
-    return Layout(root, doc, levels, tensors)
+    _check_consistency(root, doc, levels, tensors, values=values)
+    return root, doc, levels, tensors
 
 
-__all__ = ["CellOrigin", "Layout", "TensorRecord", "load_layout"]
+def load_layout(directory: str | Path) -> Layout:
+    """Open a layout directory, verifying its schema, its checksums and its internal consistency."""
+    return Layout(*_read_checked(directory, values=True))
+
+
+def read_layout_doc(directory: str | Path) -> LayoutDoc:
+    """A layout's document, for readers that only summarise it (``neftc inspect``): every check
+    of ``load_layout`` except the graph's value bounds, which propagate shapes with torch and
+    guard running the graph. It returns no ``Layout``, so nothing can run what it read."""
+    return _read_checked(directory, values=False)[1]
+
+
+__all__ = ["CellOrigin", "Layout", "TensorRecord", "load_layout", "read_layout_doc"]
