@@ -197,6 +197,31 @@ def test_default_outputs_keep_every_run_and_leave_the_checksummed_files(capsys, 
     neftc_load(layout)  # still a valid, signed layout
 
 
+def test_recompiling_into_a_signed_off_layout_says_its_runs_went(capsys, tmp_path) -> None:
+    """``compile -o DIR`` over a layout with ``verify/`` records replaces the folder as a whole
+    (the records signed off the old layout) and says so, naming how many; a first compile and a
+    recompile without records print no such note."""
+    from neftc.driver.neft_jobs import save_program
+
+    model = tmp_path / "m.pt2"
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        save_program(build("mlp", (1, 8, 8), 10).eval(), torch.zeros(1, 1, 8, 8), model)
+    out = tmp_path / "out"
+    argv = ("compile", str(model), "--target", "fefet_128x128", "-q", "-o", str(out))
+    code, stdout, _ = run(capsys, *argv)
+    assert code == 0 and "verify run record" not in stdout
+    code, stdout, _ = run(capsys, *argv)
+    assert code == 0 and "verify run record" not in stdout
+    for sigma in ("0.1", "0.2"):
+        assert run(capsys, "verify", str(out), "--mc", "1", "--sigma", sigma, "-q",
+                   "--ideal-periphery")[0] == 0
+    assert len(list((out / "verify").glob("*.json"))) == 2
+    code, stdout, _ = run(capsys, *argv)
+    assert code == 0 and "its 2 verify run record(s)" in stdout and "-o PATH.json" in stdout
+    assert not (out / "verify").exists() and (out / "layout.json").is_file()
+
+
 def test_finetune_output_must_be_a_new_pt2(capsys, tmp_path) -> None:
     from neftc.driver.neft_jobs import save_program
 

@@ -111,6 +111,7 @@ def compile_settings(args: argparse.Namespace):  # -> CompileSettings
 def run_compile(args: argparse.Namespace) -> int:
     from neftc.distributed import process_group
     from neftc.driver.compiler import compile_model
+    from neftc.flow.report import verify_run_count
     from neftc.flow.summary import format_summary, layout_summary
     from neftc.frontend.loader import parse_input_shape
     from neftc.targets import resolve_target
@@ -129,6 +130,7 @@ def run_compile(args: argparse.Namespace) -> int:
     if args.workers > 1:
         return launch(args.argv, args.workers, "compile", args.threads)
     start = time.perf_counter()
+    earlier_runs = verify_run_count(args.output)
     with process_group(args.device, args.dist_timeout) as group:
         if not group.is_main:  # the other processes only train: no dumps, no progress lines
             settings = replace(settings, dump_after_each=None, progress=False)
@@ -154,4 +156,9 @@ def run_compile(args: argparse.Namespace) -> int:
             print(f"note: {note}")
         print(format_summary(summary), end="")
         print(f"\nwrote {args.output}/ in {time.perf_counter() - start:.1f} s")
+    if earlier_runs:  # the folder is one layout: its sign-offs went with the layout they signed
+        print(f"note: {args.output}/ held an earlier layout; its {earlier_runs} verify run "
+              f"record(s) ({args.output}/verify/) signed off that layout and were replaced with "
+              "it. Keep sign-offs apart from the layout with 'neftc verify LAYOUT -o PATH.json'",
+              file=sys.stderr if args.json else sys.stdout)
     return 0

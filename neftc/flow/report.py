@@ -254,6 +254,14 @@ def run_name(settings: Mapping[str, Any], when: datetime) -> str:
     return f"verify-{when.astimezone(timezone.utc):%Y%m%dT%H%M%SZ}-{digest.hexdigest()[:8]}"
 
 
+def verify_run_count(layout_dir: Path) -> int:
+    """How many sign-off records ``layout_dir/verify/`` holds (0 when it is not a layout)."""
+    folder = Path(layout_dir) / VERIFY_RUNS
+    if not (Path(layout_dir) / LAYOUT_FILE).is_file() or not folder.is_dir():
+        return 0
+    return sum(1 for path in folder.glob("*.json") if path.is_file())
+
+
 def write_run_record(layout_dir: Path, verify: VerifyRecord | Mapping[str, Any],
                      name: str) -> Path:
     """Keep one sign-off as ``layout_dir/verify/<name>.json`` (``run_name``), beside the latest
