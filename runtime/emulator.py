@@ -13,7 +13,11 @@
 
 The periphery is the target's DAC and ADC by default (``ideal_periphery=False``), the same
 default as ``neftc verify``; ``ideal_periphery=True`` runs the crossbars without DAC/ADC
-quantisation (``neftc verify --ideal-periphery``).
+quantisation (``neftc verify --ideal-periphery``). The target's device effects besides
+programming variation (``target.effects``: read noise, drift, wire resistance, converter errors,
+write-verify, clipping) are on as the target states them, like ``neftc verify``;
+``ideal_effects=("read-noise", ...)`` or ``("all",)`` switches them off (``--ideal``) and
+``t_inference_s`` is the time after programming the chip is read at (``--t-inference``).
 
 The emulator is a thin holder: the network (``module``, stateless), the noise model's spreads
 (``variation``), the periphery (``periphery``: ideal, or the DAC ranges and the ADC) and the
@@ -25,7 +29,7 @@ layout of several inputs): ``neftc.runtime.inputs``.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Collection, Iterator, Mapping
 from dataclasses import replace
 from pathlib import Path
 
@@ -36,6 +40,7 @@ from neftc.errors import DataError, NeftcError
 from neftc.format import encoding
 from neftc.format.reader import Layout, load_layout
 from neftc.runtime.chip import ChipInstance, ideal_chip, stack_chips
+from neftc.runtime.effects import effects_for
 from neftc.runtime.graph import build_module
 from neftc.runtime.inputs import Inputs, as_tuple, prepare, repeat
 from neftc.runtime.noise import NoiseMode, NoiseModel
@@ -47,7 +52,8 @@ class Emulator:
     def __init__(self, layout: Layout | str | Path, *, sigma: float | None = None, seed: int = 0,
                  noise: NoiseMode = "cell", ideal_periphery: bool = False,
                  faults: bool = True, device: str | torch.device = "cpu",
-                 adc_shortcut: bool = True) -> None:
+                 adc_shortcut: bool = True, ideal_effects: Collection[str] = (),
+                 t_inference_s: float | None = None) -> None:
         if noise == "paper" and not ideal_periphery:
             raise NeftcError("the paper's noise model is weight-level and has no per-cell form "
                              "for the DAC/ADC path (the default periphery); use it with ideal "
@@ -60,7 +66,8 @@ class Emulator:
             sigma=target.noise.sigma_rel if sigma is None else float(sigma),
             state_ratio=target.noise.state_ratio, mode=noise,
             stuck_at_min_rate=target.faults.stuck_at_min_rate if faults else 0.0,
-            stuck_at_max_rate=target.faults.stuck_at_max_rate if faults else 0.0)
+            stuck_at_max_rate=target.faults.stuck_at_max_rate if faults else 0.0,
+            effects=effects_for(target.effects, ideal=ideal_effects, t_inference_s=t_inference_s))
         self.ideal_periphery = ideal_periphery
         self.adc_shortcut = adc_shortcut
         # The network runs on ``device``; every random draw is made on the CPU from the chip's

@@ -4,8 +4,10 @@ model itself (cell std per level, its per-weight fold, the paper formula) is def
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
+
+from neftc.runtime.effects import Effects
 
 NoiseMode = Literal["cell", "paper", "off"]
 
@@ -19,10 +21,13 @@ class NoiseModel:
     mode: NoiseMode = "cell"
     stuck_at_min_rate: float = 0.0
     stuck_at_max_rate: float = 0.0
+    effects: Effects = field(default_factory=Effects)  # besides programming variation
 
     @property
     def active(self) -> bool:
-        return self.mode != "off" and (self.sigma > 0 or self.has_faults)
+        """True when a chip instance differs from the ideal chip at programming time."""
+        return (self.mode != "off" and (self.sigma > 0 or self.has_faults)) or \
+            self.effects.cell_level
 
     @property
     def has_faults(self) -> bool:

@@ -31,6 +31,10 @@ from neftc.targets.device_model import cell_std_levels, folded_std, paper_weight
 AGGREGATE_STREAM = 0  # per weight: the folded noise of its cells (and paper mode's draws)
 CELL_STREAM = 1  # per cell: how that folded noise splits over the weight's cells
 FAULT_STREAM = 2  # per cell: stuck-at faults
+WRITE_STREAM = 3  # per cell: the pulses of write-verify programming
+DRIFT_STREAM = 4  # per cell: its drift exponent
+READ_STREAM = 5  # per read: read noise (advanced by every MVM, in the order the reads happen)
+CONVERTER_STREAM = 6  # per DAC and ADC: offset and gain errors
 
 
 def chip_generator(seed: int, chip: int, stream: int, copy: int = 0) -> torch.Generator:

@@ -59,6 +59,30 @@ _COMMON_SOURCES: dict[str, str] = {
     " (order of magnitude for RRAM/FeFET program-and-verify)",
 }
 
+# Device effects besides programming variation (``neftc.targets.physics``): off in the paper's
+# device models, which model programming variation only; docs/emulator.md, "Device effects",
+# says how each acts and how to switch it on (--set effects.FIELD=VALUE).
+_OFF = f"off: {NEFT} models programming variation only"
+_EFFECT_SOURCES: dict[str, str] = {
+    "effects.clip": f"{_OFF} (its Gaussian cells may leave the conductance range)",
+    "effects.read_noise.std_rel": _OFF,
+    "effects.drift.nu": f"{_OFF} (read right after programming)",
+    "effects.drift.nu_std": _OFF,
+    "effects.drift.t0_s": "reference read 1 s after programming (assumption; used only with"
+    " drift on)",
+    "effects.drift.compensation": "global drift compensation, the usual choice (e.g. IBM"
+    " aihwkit's GlobalDriftCompensation); used only with drift on",
+    "effects.wire.r_segment_ohm": f"{_OFF} (ideal wires)",
+    "effects.adc.offset_lsb_std": f"{_OFF} (ideal ADC)",
+    "effects.adc.gain_rel_std": f"{_OFF} (ideal ADC)",
+    "effects.adc.inl_lsb": f"{_OFF} (ideal ADC)",
+    "effects.dac.offset_lsb_std": f"{_OFF} (ideal DAC)",
+    "effects.dac.gain_rel_std": f"{_OFF} (ideal DAC)",
+    "effects.dac.inl_lsb": f"{_OFF} (ideal DAC)",
+    "effects.write_verify.max_pulses": f"{_OFF}: the variation is what one programming pulse"
+    " leaves",
+}
+
 # Device models: the state-dependence ratio s of each of the paper's four devices, and the
 # conductance range and write-verify band of the technology.
 _DEVICES: dict[str, dict[str, Any]] = {
@@ -131,6 +155,7 @@ def _preset(tag: str, device: str, size: int, description: str) -> dict[str, Any
     spec["chip"].update(cores=size_info["cores"], arrays_per_core=size_info["arrays_per_core"])
     spec["cost"]["array_area_um2"] = size_info["area_um2"]
     sources = dict(_COMMON_SOURCES)
+    sources.update(_EFFECT_SOURCES)
     sources.update(family["sources"])
     sources.update(_SIZE_SOURCES[size])
     sources["noise.state_ratio"] = f"{NEFT}: device model {device.upper()}, s = {dev['s']:g}"

@@ -15,6 +15,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from neftc.format import encoding
+from neftc.targets.physics import EffectsSpec
 
 #: Largest device variation (``noise.sigma_rel``, ``--sigma``, ``--train-sigma``): twice the cell's
 #: full conductance range, far beyond any device worth compiling for.
@@ -178,6 +179,7 @@ class TargetSpec(_Frozen):
     periphery: PeripherySpec
     noise: NoiseSpec
     faults: FaultSpec = FaultSpec()
+    effects: EffectsSpec = EffectsSpec()
     chip: ChipSpec
     cost: CostSpec
     sources: dict[str, str] = Field(

@@ -60,8 +60,8 @@ class LayoutReference:
                 raise ValueError(f"{name}: SHA-256 {actual} does not match SHA256SUMS {digest}")
         # Section 2: format identification.
         doc = json.loads((root / "layout.json").read_text(encoding="utf-8"))
-        if doc.get("format") != "neftc-layout" or doc.get("version") not in (2, 3):
-            raise ValueError(f"not a version 2 or 3 neftc layout: {doc.get('format')!r} "
+        if doc.get("format") != "neftc-layout" or doc.get("version") not in (2, 3, 4):
+            raise ValueError(f"not a version 2, 3 or 4 neftc layout: {doc.get('format')!r} "
                              f"version {doc.get('version')!r}")
         # Section 3.5: the binary files, with their recorded size and SHA-256.
         blobs = {}

@@ -54,7 +54,7 @@ def read_layout_by_the_docs(root: Path) -> tuple[dict[str, Any], dict[str, dict[
 
     # Section 2: format identification.
     doc = json.loads((root / "layout.json").read_text(encoding="utf-8"))
-    assert doc["format"] == "neftc-layout" and doc["version"] == 3
+    assert doc["format"] == "neftc-layout" and doc["version"] == 4
 
     # Section 3.5: the binary sidecars, with their recorded size and SHA-256.
     blobs: dict[str, bytes] = {}

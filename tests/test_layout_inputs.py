@@ -44,7 +44,7 @@ def test_version2_layout_is_converted_and_replays_the_same_outputs() -> None:
     raw = json.loads((V2 / "layout" / "layout.json").read_text())
     assert raw["version"] == 2 and raw["graph"]["input_shape"] == [1, 1, 4, 4]
     layout = load_layout(V2 / "layout")
-    assert layout.doc.version == 3
+    assert layout.doc.version == 4
     [record] = layout.doc.graph.inputs
     first = next(n.name for n in layout.doc.graph.nodes if n.op == "placeholder")
     assert (record.name, record.dtype, record.shape, record.low, record.high) == (
@@ -74,7 +74,7 @@ def test_other_versions_are_refused(tmp_path: Path) -> None:
     doc["version"] = 1
     (root / "layout.json").write_text(json.dumps(doc, indent=1) + "\n")
     resign(root)
-    with pytest.raises(LayoutError, match=r"version 1; this neftc reads versions 2, 3"):
+    with pytest.raises(LayoutError, match=r"version 1; this neftc reads versions 2, 3, 4"):
         load_layout(root)
 
 

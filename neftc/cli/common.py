@@ -79,3 +79,23 @@ def check_flags(args: argparse.Namespace) -> None:
                 check_beta(flag, item)  # the same bounds, and what 0 means
             check_number(flag, item, low, high, integer=integer,
                          low_open=dest.endswith("lr") or dest == "temperature")
+
+
+_SECONDS = {"s": 1.0, "min": 60.0, "h": 3600.0, "d": 86400.0, "y": 365.25 * 86400.0}
+
+
+def duration_s(text: str) -> float:
+    """A time span as seconds: ``3600``, ``90s``, ``5min``, ``1h``, ``2d``, ``1y`` (argparse
+    type; a bad value is a usage error naming the forms)."""
+    value = text.strip()
+    unit = next((u for u in sorted(_SECONDS, key=len, reverse=True) if value.endswith(u)), "")
+    number = value[:len(value) - len(unit)].strip() if unit else value
+    try:
+        seconds = float(number) * _SECONDS[unit or "s"]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"'{text}' is not a time: give seconds (3600) or a number with s, min, h, d or y "
+            "(1h, 2d, 10y)") from None
+    if not seconds > 0 or seconds == float("inf"):
+        raise argparse.ArgumentTypeError(f"'{text}': the time must be more than 0")
+    return seconds

@@ -48,8 +48,16 @@ def _target_text(spec: object) -> str:
     for section, values in data.items():
         if not isinstance(values, dict) or section == "sources":
             continue
-        for key, value in values.items():
-            path = f"{section}.{key}"
+        for path, value in _leaves(values, section):
             source = spec.sources.get(path, "")
             lines.append(f"  {path:<36} {value!s:<14} {source}")
     return "\n".join(lines)
+
+
+def _leaves(values: dict, prefix: str) -> list[tuple[str, object]]:
+    """``(dotted path, value)`` of every field under ``prefix``, nested records flattened."""
+    out: list[tuple[str, object]] = []
+    for key, value in values.items():
+        path = f"{prefix}.{key}"
+        out.extend(_leaves(value, path) if isinstance(value, dict) else [(path, value)])
+    return out

@@ -10,6 +10,7 @@ import sys
 from datetime import datetime, timezone
 from pathlib import Path
 
+from neftc.cli.common import duration_s
 from neftc.cli.workers import add_workers_args, check_workers, launch
 from neftc.distributed import process_group
 from neftc.errors import NeftcError
@@ -49,6 +50,15 @@ def _add_verify_parser(sub: argparse._SubParsersAction) -> None:
     ver.add_argument("--ideal-periphery", action="store_true",
                      help="no DAC/ADC quantisation (default: the target's DAC and ADC)")
     ver.add_argument("--no-faults", action="store_true", help="ignore the target's stuck-at rates")
+    ver.add_argument("--ideal", dest="ideal_effects", action="append", default=[],
+                     metavar="EFFECT[,EFFECT]",
+                     help="switch off device effects of the target (target.effects, 'neftc "
+                     "targets TAG'): write-verify, clip, drift, ir-drop, read-noise, dac, adc, or "
+                     "all; repeatable (default: every effect the target states is on)")
+    ver.add_argument("--t-inference", dest="t_inference", type=duration_s, metavar="TIME",
+                     help="read the chips TIME after programming, for drift: seconds, or a "
+                     "number with s, min, h, d or y (1d = 86400 s; default: the target's "
+                     "effects.drift.t0_s, before any drift)")
     ver.add_argument("--calib-samples", type=int, default=512,
                      help="samples (train split, else test) that set the DAC ranges")
     ver.add_argument("--batch-size", type=int, default=1024)
@@ -129,7 +139,10 @@ def run_verify(args: argparse.Namespace) -> int:
                               batch_size=args.batch_size, calib_samples=args.calib_samples,
                               chips_per_pass=args.chips_per_pass, device=args.device,
                               compare=args.compare, bn_recalibrate=args.bn_recalibrate,
-                              split=args.split)
+                              split=args.split, ideal_effects=tuple(
+                                  name.strip() for names in args.ideal_effects
+                                  for name in names.split(",") if name.strip()),
+                              t_inference_s=args.t_inference)
     if args.output is not None:
         if args.no_report:
             raise NeftcError("-o says where to write the record and --no-report writes none; "

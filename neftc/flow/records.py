@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from neftc.format.schema import DacCalibrationRecord, DacRecord, PlacementRecord, SummaryRecord
 from neftc.runtime.noise import NoiseMode
+from neftc.targets.physics import EffectsSpec
 
 VERIFY_FORMAT = "neftc-verify"
 PROGRAMMING_FORMAT = "neftc-programming"
@@ -150,6 +151,18 @@ class PeripheryUsed(Record):
         "polarities; 1 where the ADC lets them fold)")
 
 
+class EffectsRecord(Record):
+    """The device effects besides programming variation a sign-off's chips showed."""
+
+    active: list[str] = Field(description="the effects that changed what the chips computed, "
+                              "in the order they act (empty: programming variation only)")
+    ideal: list[str] = Field(description="the effects switched off with --ideal")
+    t_inference_s: float = Field(description="seconds after programming at which the chips "
+                                 "were read (drift)")
+    spec: EffectsSpec = Field(description="the target's effects as applied (those switched off "
+                              "at their defaults)")
+
+
 class VerifyRecord(Record):
     """``neftc verify --json`` and the ``verify.json`` it saves in the layout directory."""
 
@@ -164,7 +177,8 @@ class VerifyRecord(Record):
     noise: NoiseMode
     device: str = Field(description="torch device of the simulation")
     chips_per_pass: int
-    state_ratio: float = Field(description="the target's g_max / g_min")
+    state_ratio: float = Field(description="the target's state-dependence ratio s (its "
+                               "intermediate levels vary s times more than the extreme ones)")
     periphery: Literal["ideal"] | PeripheryUsed
     quantized_accuracy_ideal_periphery: float
     faults: bool = Field(description="stuck-at faults were drawn")
@@ -172,6 +186,9 @@ class VerifyRecord(Record):
     compare: CompareRecord | None = Field(default=None, description="--compare, else null")
     bn_recalibration: BnRecalibrationRecord | None = Field(
         default=None, description="--bn-recalibrate, else null")
+    effects: EffectsRecord | None = Field(
+        default=None, description="device effects besides programming variation (null in "
+        "records written before they existed: none)")
 
 
 # ------------------------------------------------------------------------------ cost estimate

@@ -22,6 +22,7 @@ from neftc.flow.records import (
     BnRecalibrationRecord,
     ComparedResult,
     CompareRecord,
+    EffectsRecord,
     McRecord,
     PairedRecord,
     PeripheryUsed,
@@ -34,12 +35,14 @@ from neftc.format.reader import Layout, load_layout
 from neftc.format.schema import DacRecord
 from neftc.progress import no_bar
 from neftc.runtime.chip import ChipInstance
+from neftc.runtime.effects import effects_for
 from neftc.runtime.emulator import Emulator
 from neftc.runtime.inputs import Inputs, rows
 from neftc.runtime.montecarlo import McResult, McStats, PairedStats, evaluate, monte_carlo, paired
 from neftc.runtime.noise import NoiseMode
 from neftc.runtime.periphery import InputQuant
 from neftc.runtime.recalibration import batch_norms, recalibrate_batch_norm
+from neftc.targets.physics import EffectsSpec
 from neftc.targets.spec import SIGMA_REL_MAX
 
 #: Most chip instances per sigma: the run keeps one accuracy per chip, nothing more.
@@ -66,6 +69,8 @@ class VerifySettings:
     compare: str | Path | None = None  # --compare: layout B, on the same chip instances
     bn_recalibrate: int | None = None  # --bn-recalibrate: unlabelled train inputs per chip
     split: bool = False  # --split: split an x,y .npz like train does (else all of it is test)
+    ideal_effects: tuple[str, ...] = ()  # --ideal: device effects switched off ("all": every one)
+    t_inference_s: float | None = None  # --t-inference: seconds after programming (drift)
 
     def __post_init__(self) -> None:
         self.validate()
@@ -81,6 +86,7 @@ class VerifySettings:
         check_number("--calib-samples", self.calib_samples, 1, MAX_SAMPLES, integer=True)
         check_number("--chips-per-pass", self.chips_per_pass, 1, MAX_CHIPS_PER_PASS,
                      integer=True)
+        effects_for(EffectsSpec(), ideal=self.ideal_effects, t_inference_s=self.t_inference_s)
         if self.chips_per_pass > 1 and not self.ideal_periphery:
             raise NeftcError(f"--chips-per-pass {self.chips_per_pass} batches chip instances on "
                              f"the ideal periphery only; the DAC/ADC path (the default) runs one "
@@ -272,7 +278,8 @@ def _compared(layout: Layout, layout_dir: str | Path, data: Dataset, data_spec: 
                           f"({_input_signature(layout)} vs {_input_signature(other)}); {fix}")
     emu = Emulator(other, sigma=0.0, seed=settings.seed, noise=settings.noise,
                    ideal_periphery=settings.ideal_periphery, faults=settings.faults,
-                   device=settings.device)
+                   device=settings.device, ideal_effects=settings.ideal_effects,
+                   t_inference_s=settings.t_inference_s)
     probe = emulator._inputs(rows(data.test.inputs(), 0, 1))
     with torch.no_grad():
         classes = (int(emulator._run(probe).shape[-1]), int(emu._run(probe).shape[-1]))
@@ -334,7 +341,8 @@ def verify_layout(layout_dir: str | Path, data_spec: str, settings: VerifySettin
             warn(message)
     emulator = Emulator(layout, sigma=0.0, seed=settings.seed, noise=settings.noise,
                         ideal_periphery=settings.ideal_periphery, faults=settings.faults,
-                        device=settings.device)
+                        device=settings.device, ideal_effects=settings.ideal_effects,
+                        t_inference_s=settings.t_inference_s)
     data = fit_data(emulator, layout, data)
     calibration = None
     if settings.bn_recalibrate is not None:
@@ -372,7 +380,14 @@ def verify_layout(layout_dir: str | Path, data_spec: str, settings: VerifySettin
         faults=settings.faults and (target.faults.stuck_at_min_rate > 0
                                     or target.faults.stuck_at_max_rate > 0),
         results=results, compare=None if compared is None else compared.record,
-        bn_recalibration=recalibration)
+        bn_recalibration=recalibration, effects=effects_record(emulator, settings))
+
+
+def effects_record(emulator: Emulator, settings: VerifySettings) -> EffectsRecord:
+    """What the sign-off's chips showed besides programming variation."""
+    effects = emulator.noise.effects
+    return EffectsRecord(active=list(effects.active), ideal=list(settings.ideal_effects),
+                         t_inference_s=effects.time_s, spec=effects.spec)
 
 
 def run_verify(layout_dir: str | Path, data_spec: str, settings: VerifySettings,

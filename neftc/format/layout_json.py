@@ -21,7 +21,7 @@ from neftc.format.schema import (
     READABLE_VERSIONS,
     LayoutDoc,
 )
-from neftc.format.upgrade import upgrade_v2
+from neftc.format.upgrade import upgrade_v2, upgrade_v3
 
 MAX_JSON_DEPTH = 64  # arrays/objects inside each other: a layout nests about 6 + 32 (arguments)
 MAX_INT_DIGITS = 24  # digits of a JSON integer: layout integers fit in 64 bits (20 digits);
@@ -97,6 +97,8 @@ def parse_layout(root: Path, raw: bytes) -> LayoutDoc:
                           f"reads versions {readable} (writes {LAYOUT_VERSION}); {FIX}")
     if version == 2:
         data = upgrade_v2(data)
+    if data.get("version") == 3:
+        data = upgrade_v3(data)
     try:
         return LayoutDoc.model_validate(data)
     except ValidationError as exc:

@@ -13,9 +13,9 @@ from pydantic import BaseModel, ConfigDict, Field
 from neftc.targets.spec import TargetSpec
 
 LAYOUT_FORMAT = "neftc-layout"
-LAYOUT_VERSION = 3
+LAYOUT_VERSION = 4
 #: Older versions ``load_layout`` still reads, converting them (``neftc.format.upgrade``).
-READABLE_VERSIONS = (2, 3)
+READABLE_VERSIONS = (2, 3, 4)
 
 LAYOUT_FILE = "layout.json"
 LEVELS_FILE = "levels.bin"
@@ -283,7 +283,7 @@ class LayoutDoc(_Strict):
     """The whole ``layout.json`` document."""
 
     format: Literal["neftc-layout"]
-    version: Literal[3]
+    version: Literal[4]
     neftc_version: str
     source: SourceRecord
     target: TargetSpec

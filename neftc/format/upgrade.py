@@ -4,8 +4,12 @@ Version 2 (before several and integer inputs) recorded one float32 input as
 ``graph.input_shape``; version 3 records ``graph.inputs``. The conversion is the one change
 between them: ``graph.input_shape`` becomes one ``float32`` input named after the graph's first
 placeholder node. Everything else, and the sidecars, are read as written; the checksums are of
-the file as it is on disk. A converted document is a version 3 document (``neftc calibrate``
-writes it back as version 3).
+the file as it is on disk.
+
+Version 4 added the target's device effects (``target.effects``, ``neftc.targets.physics``), all
+off when absent: a version 3 document is a version 4 document whose target has no effects, so its
+conversion changes only the version. A converted document is a current one (``neftc calibrate``
+writes it back as such).
 """
 
 from __future__ import annotations
@@ -27,3 +31,9 @@ def upgrade_v2(data: dict[str, Any]) -> dict[str, Any]:
     record = {"name": names[0] if names and isinstance(names[0], str) else "x",
               "dtype": "float32", "shape": graph["input_shape"], "low": None, "high": None}
     return {**data, "version": 3, "graph": {"inputs": [record], **rest}}
+
+
+def upgrade_v3(data: dict[str, Any]) -> dict[str, Any]:
+    """A version 3 ``layout.json`` document as version 4: the same document (its target has no
+    ``effects``, which version 4 reads as all off)."""
+    return {**data, "version": 4}

@@ -1,0 +1,109 @@
+"""Issue 16, the contract of the device effects (``target.effects``): the switches, the time
+flag, the verify record, and layouts written before the effects existed (version 3)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from test_layout_reader import resign
+
+from neftc.cli.common import duration_s
+from neftc.cli.main import main
+from neftc.driver.compiler import compile_module
+from neftc.errors import NeftcError
+from neftc.format.reader import load_layout
+from neftc.frontend.zoo import build
+from neftc.runtime.effects import EFFECT_NAMES, Effects, effects_for
+from neftc.runtime.emulator import Emulator
+from neftc.targets import resolve_target
+from neftc.targets.physics import EffectsSpec
+
+ON = ["effects.clip=true", "effects.read_noise.std_rel=0.02", "effects.drift.nu=0.05",
+      "effects.wire.r_segment_ohm=1", "effects.adc.offset_lsb_std=0.5",
+      "effects.dac.gain_rel_std=0.01", "effects.write_verify.max_pulses=4"]
+
+
+@pytest.fixture(scope="module")
+def mlp_layout(tmp_path_factory) -> Path:
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = build("mlp", (1, 8, 8), 10).eval()
+    out = tmp_path_factory.mktemp("effects") / "layout"
+    compile_module(model, torch.zeros(1, 1, 8, 8), resolve_target("fefet_128x128"), out)
+    return out
+
+
+def test_presets_have_every_effect_off() -> None:
+    spec = resolve_target("fefet_128x128")
+    assert spec.effects == EffectsSpec()
+    assert effects_for(spec.effects) == Effects() and Effects().active == ()
+
+
+def test_switches_turn_each_effect_off_and_all_turns_off_every_one() -> None:
+    spec = resolve_target("fefet_128x128", ON).effects
+    every = effects_for(spec, t_inference_s=86400.0)
+    assert every.active == EFFECT_NAMES  # each one on, in the order they act
+    for name in EFFECT_NAMES:
+        assert name not in effects_for(spec, ideal=[name], t_inference_s=86400.0).active
+    assert effects_for(spec, ideal=["all"]).spec == EffectsSpec()
+    # drift needs time: at the reference read nothing has drifted yet
+    assert "drift" not in effects_for(spec).active
+
+
+@pytest.mark.parametrize(("kwargs", "words"), [({"ideal": ["read_noise"]}, "read-noise"),
+                                              ({"t_inference_s": 0.0}, "--t-inference"),
+                                              ({"t_inference_s": 1e12}, "--t-inference")])
+def test_bad_switches_are_refused(kwargs, words) -> None:
+    with pytest.raises(NeftcError, match=words):
+        effects_for(EffectsSpec(), **kwargs)
+
+
+@pytest.mark.parametrize(("text", "seconds"), [("3600", 3600.0), ("90s", 90.0), ("5min", 300.0),
+                                               ("1h", 3600.0), ("2d", 172800.0),
+                                               ("1y", 365.25 * 86400)])
+def test_durations(text, seconds) -> None:
+    assert duration_s(text) == seconds
+
+
+@pytest.mark.parametrize("text", ["", "h", "1 week", "-1h", "0", "nan", "inf"])
+def test_bad_durations(text) -> None:
+    with pytest.raises(argparse.ArgumentTypeError):
+        duration_s(text)
+
+
+def test_verify_records_the_effects_and_refuses_unknown_names(capsys, mlp_layout,
+                                                              tmp_path) -> None:
+    out = tmp_path / "run.json"
+    assert main(["verify", str(mlp_layout), "--mc", "2", "--ideal-periphery", "-q",
+                 "--ideal", "clip,drift", "--t-inference", "1d", "-o", str(out)]) == 0
+    record = json.loads(out.read_text())
+    assert record["effects"]["active"] == [] and record["effects"]["ideal"] == ["clip", "drift"]
+    assert record["effects"]["t_inference_s"] == 86400.0
+    capsys.readouterr()
+    assert main(["verify", str(mlp_layout), "--mc", "2", "--ideal", "readnoise"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown device effect" in err and "read-noise" in err and "Traceback" not in err
+
+
+def test_a_version_3_layout_reads_with_every_effect_off(mlp_layout, tmp_path) -> None:
+    """A layout written before the effects (version 3, no ``target.effects``) loads as a version
+    4 one whose effects are off, and replays the same outputs."""
+    old = tmp_path / "v3"
+    shutil.copytree(mlp_layout, old)
+    doc = json.loads((old / "layout.json").read_text())
+    doc["version"] = 3
+    del doc["target"]["effects"]
+    (old / "layout.json").write_text(json.dumps(doc, indent=1) + "\n")
+    resign(old)
+    layout = load_layout(old)
+    assert layout.doc.version == 4 and layout.doc.target.effects == EffectsSpec()
+    x = torch.rand(16, 1, 8, 8, generator=torch.Generator().manual_seed(1))
+    a, b = (Emulator(root, sigma=0.2, seed=3, ideal_periphery=True) for root in (old, mlp_layout))
+    a.program_chip(2)
+    b.program_chip(2)
+    assert torch.equal(a(x), b(x))
