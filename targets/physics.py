@@ -89,8 +89,9 @@ class WriteVerifySpec(_Frozen):
 class EffectsSpec(_Frozen):
     """The device effects a chip shows besides programming variation; all off by default."""
 
-    clip: bool = Field(default=False, description="cells stay in the physical conductance range "
-                       "[g_min, g_max] (a programmed or drifted value outside is clipped)")
+    clip: bool = Field(default=False, description="cells are programmed inside the device's "
+                       "conductance window [g_min, g_max]: a programmed value outside it is "
+                       "clipped to it (drift afterwards scales that value, never below 0)")
     read_noise: ReadNoiseSpec = ReadNoiseSpec()
     drift: DriftSpec = DriftSpec()
     wire: WireSpec = WireSpec()
