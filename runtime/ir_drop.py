@@ -1,0 +1,95 @@
+"""Wire resistance (IR drop): a first-order model of each array's parasitic wordline and bitline
+resistance, as effective cell conductances (docs/emulator.md, "Device effects", "ir-drop").
+
+Each tile of a layer is one array: ``R`` wordlines (the tile's rows) driven at their left end,
+``C`` bitlines (the tile's physical columns, in the format's physical column order) summed into
+a sense amplifier at 0 V at their bottom end; one segment of resistance ``r`` between adjacent
+cells, from the driver to the first cell and from the last cell to the sense amplifier (right
+after the tile's last row: rows and columns of the array the tile leaves unused are taken as
+absent). The circuit is linear, so its bitline currents are ``I = V @ G_eff`` for one
+input-independent matrix ``G_eff``, as long as an idle wordline is driven at 0 V (an input bit
+0 is 0 V, not floating). To first order in ``r G``, ``G_eff = G (1 - d)`` with
+
+    d[i, j] = r (sum_j' G[i, j'] (min(j, j') + 1) + sum_i' G[i', j] (R - max(i, i')))
+
+from the ideal-wire currents: the first sum is the wordline's drop at cell ``(i, j)`` over the
+drive ``V[i]`` (its own row's current), the second the bitline's rise at cell ``(i, j)`` over
+``V[i]`` when every row is driven. Because that sum is symmetric in ``i, i'`` it is also, for
+any input, the first-order current row ``i`` loses on bitline ``j`` (idle rows' reverse
+currents included), so no input activity is assumed. The model uses the form ``G / (1 + d)``,
+equal to first order (a cell in series with its wires' resistance): never negative, and about
+ten times closer to the nodal solve than ``G (1 - d)`` (benchmarks/ir_drop_accuracy.py,
+docs/benchmarks.md).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from neftc.errors import NeftcError
+from neftc.format import encoding
+from neftc.runtime.crossbar import CrossbarLayer
+from neftc.targets.physics import WIRE_OHM_MAX
+from neftc.targets.spec import CellSpec
+
+#: Siemens per microsiemens.
+_SIEMENS_PER_US = 1e-6
+
+
+def relative_drop(g: torch.Tensor, r_segment_ohm: float) -> torch.Tensor:
+    """``d`` [..., R, C] (module docstring) of arrays of conductances ``g`` [..., R, C]
+    (siemens), ``r_segment_ohm`` ohms per wire segment: each cell's wordline drop plus bitline
+    rise, to first order, relative to its drive voltage."""
+    rows, cols = g.shape[-2:]
+    j = torch.arange(cols, dtype=g.dtype, device=g.device)
+    i = torch.arange(rows, dtype=g.dtype, device=g.device)
+    # Wordline: the driver segment and segments 1..j lie between the driver and cell j; the one
+    # before column k carries the currents of columns j' >= k: min(j, j') + 1 of them carry j'.
+    wordline = g @ (torch.minimum(j[:, None], j[None, :]) + 1)
+    # Bitline: segments i..R-1 (the last into the sense amplifier) lie below cell i; the one
+    # below row k carries the currents of rows i' <= k: R - max(i, i') of them carry i'.
+    bitline = (rows - torch.maximum(i[:, None], i[None, :])) @ g
+    return (wordline + bitline) * r_segment_ohm
+
+
+def effective_conductance(g: torch.Tensor, r_segment_ohm: float) -> torch.Tensor:
+    """The first-order effective conductances ``G / (1 + d)`` of arrays ``g`` [..., R, C]
+    (siemens)."""
+    return g / (1.0 + relative_drop(g, r_segment_ohm))
+
+
+def ir_drop_cells(cells: torch.Tensor, layer: CrossbarLayer, cell: CellSpec,
+                  r_segment_ohm: float) -> torch.Tensor:
+    """The effective cells of one pipeline copy of ``layer`` with wire resistance
+    ``r_segment_ohm`` (ohms per segment): ``cells`` [P, S, R, C] in level units (level ``l`` is
+    the conductance ``g_min + (g_max - g_min) l / (L - 1)``) in, the same shape and units out.
+    Each tile of the layer is one array (``effective_conductance``); ``r_segment_ohm`` 0 returns
+    ``cells`` unchanged."""
+    if not (math.isfinite(r_segment_ohm) and 0 <= r_segment_ohm <= WIRE_OHM_MAX):
+        raise NeftcError(f"effects.wire.r_segment_ohm must be a finite number >= 0 and <= "
+                         f"{WIRE_OHM_MAX:g} ohms, got {r_segment_ohm!r}")
+    slicing = layer.record.slicing
+    if tuple(cells.shape) != tuple(layer.levels.shape):
+        raise NeftcError(f"ir_drop_cells: cells of layer {layer.record.name!r} must have its "
+                         f"levels' shape [P, S, R, C] {list(layer.levels.shape)}, got "
+                         f"{list(cells.shape)}; pass one pipeline copy's cells")
+    if cell.levels != layer.n_levels:
+        raise NeftcError(f"ir_drop_cells: the cell spec has {cell.levels} levels but layer "
+                         f"{layer.record.name!r} was compiled for {layer.n_levels}; pass the "
+                         "layout's own target.cell")
+    if r_segment_ohm == 0:
+        return cells
+    top = float(layer.n_levels - 1)
+    g_min = cell.g_min_us * _SIEMENS_PER_US
+    step = (cell.g_max_us - cell.g_min_us) * _SIEMENS_PER_US / top  # siemens per level
+    physical = encoding.to_physical(cells.to(torch.float64))  # [R, C*P*S]
+    out = physical.clone()
+    for tile in layer.tiles:
+        rows = slice(tile.row_start, tile.row_start + tile.row_count)
+        cols = slice(tile.col_start, tile.col_start + tile.col_count)
+        g = g_min + step * physical[rows, cols]
+        out[rows, cols] = (effective_conductance(g, r_segment_ohm) - g_min) / step
+    levels = encoding.from_physical(out, slicing.polarities, slicing.slices)
+    return levels.to(cells.dtype).contiguous()
