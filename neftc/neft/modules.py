@@ -6,6 +6,9 @@
   per-layer/per-channel and calibration options, ``neftc.passes.quantize.quantize_matrix``),
   or the NeFT reference formula (``mode="paper"``), with
   fresh draws every forward from an explicit ``torch.Generator``. In eval mode it is the identity.
+  When the target's programming-time cell effects are on (write-verify, clip, drift at the
+  deployment time ``DeviceNoise.t_inference_s``) it adds their per-weight mean shift and std
+  instead (``cell_weight_moments``, from the same device model as the emulator's cells).
 - ``FeedbackHead`` (IRS) passes its input through unchanged and, in training mode, computes
   snapshot logits ``AdaptiveAvgPool -> flatten -> Linear(., hidden) -> ReLU -> Linear(hidden, K)``
   with noisy weights, kept in ``self.logits`` for the negative-feedback loss (unless
@@ -14,13 +17,14 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from neftc.errors import NeftcError
 from neftc.format import encoding as cell_encoding
 from neftc.ir.quantization import (
     DEFAULT_PERCENTILE,
@@ -29,8 +33,14 @@ from neftc.ir.quantization import (
     scale_gradient,
 )
 from neftc.ir.weights import weight_matrix
-from neftc.targets.device_model import paper_weight_std, weight_std_levels
-from neftc.targets.spec import TargetSpec
+from neftc.targets.device_model import (
+    cell_effect_moments,
+    paper_weight_std,
+    weight_effect_moments,
+    weight_std_levels,
+)
+from neftc.targets.physics import EffectsSpec
+from neftc.targets.spec import CellSpec, TargetSpec
 
 TrainNoiseMode = Literal["cell", "paper"]
 
@@ -51,14 +61,41 @@ class DeviceNoise:
     mode: TrainNoiseMode = "cell"
     calibration: Calibration = "max-abs"
     percentile: float = DEFAULT_PERCENTILE
+    # The target's programming-time cell effects (write-verify, clip, drift with its
+    # compensation) and the time after programming training stands for (None: the drift's
+    # reference time t0, no drift); ``cell``: the target's cell (tolerance, conductance range).
+    effects: EffectsSpec = field(default_factory=EffectsSpec)
+    t_inference_s: float | None = None
+    cell: CellSpec | None = None
 
     @classmethod
     def of(cls, target: TargetSpec, per_channel: bool = False,
            mode: TrainNoiseMode = "cell", *, calibration: Calibration = "max-abs",
-           percentile: float = DEFAULT_PERCENTILE) -> DeviceNoise:
-        return cls(target.weight.bits, target.cell.bits, target.weight.sign_encoding,
-                   target.qmax, target.noise.state_ratio, per_channel, mode, calibration,
-                   percentile)
+           percentile: float = DEFAULT_PERCENTILE,
+           t_inference_s: float | None = None) -> DeviceNoise:
+        noise = cls(target.weight.bits, target.cell.bits, target.weight.sign_encoding,
+                    target.qmax, target.noise.state_ratio, per_channel, mode, calibration,
+                    percentile, target.effects, t_inference_s, target.cell)
+        if mode == "paper" and noise.cell_effects:
+            raise NeftcError("the paper's training noise is weight-level: it cannot include the "
+                             "target's cell effects (write-verify, clip, drift); train with "
+                             "--train-noise cell, or switch them off with --set "
+                             "effects.write_verify.max_pulses=0, effects.clip=false, "
+                             "effects.drift.nu=0, effects.drift.nu_std=0")
+        return noise
+
+    @property
+    def time_s(self) -> float:
+        """Seconds after programming the training noise stands for."""
+        return self.effects.drift.t0_s if self.t_inference_s is None else self.t_inference_s
+
+    @property
+    def cell_effects(self) -> bool:
+        """True when a cell effect with a per-weight equivalent is on (as the emulator's
+        ``Effects``: write-verify, clip, drift after ``t0``); IR drop has none."""
+        drift = self.effects.drift
+        return (self.effects.write_verify.max_pulses > 0 or self.effects.clip
+                or ((drift.nu > 0 or drift.nu_std > 0) and self.time_s > drift.t0_s))
 
     def quantize(self, weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(q, scales)`` of a weight [C_out, ...] as the ``quantize`` pass computes them:
@@ -74,11 +111,34 @@ class DeviceNoise:
             return paper_weight_std(matrix, self.qmax, 2**self.cell_bits,
                                     -(-self.bits // self.cell_bits), sigma,
                                     self.state_ratio).reshape(w.shape)
+        if self.cell_effects:
+            return self.weight_noise(weight, sigma)[1]
         q, scales = self.quantize(w)
         std = cell_weight_std(q, bits=self.bits, cell_bits=self.cell_bits,
                               encoding=self.encoding,  # type: ignore[arg-type]
                               sigma=sigma, state_ratio=self.state_ratio)
         return (std * scales).t().reshape(w.shape).to(w.dtype)
+
+    def weight_noise(self, weight: torch.Tensor,
+                     sigma: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per weight of a weight tensor [C_out, ...] (detached, ``weight``'s dtype): the mean
+        shift and the std of the chip's effective weight at ``sigma``. With the target's cell
+        effects on (``cell_effects``) they are the moments of the cells after write-verify,
+        clip and drift at ``time_s`` (``cell_weight_moments``); otherwise the shift is 0 and the
+        std is ``weight_std``."""
+        if not self.cell_effects:
+            std = self.weight_std(weight, sigma)
+            return torch.zeros_like(std), std
+        assert self.cell is not None, "DeviceNoise.of sets the cell with the effects"
+        w = weight.detach()
+        q, scales = self.quantize(w)
+        shift, std = cell_weight_moments(
+            q, bits=self.bits, cell_bits=self.cell_bits,
+            encoding=self.encoding,  # type: ignore[arg-type]
+            sigma=sigma, state_ratio=self.state_ratio, cell=self.cell, effects=self.effects,
+            time_s=self.time_s)
+        return ((shift * scales).t().reshape(w.shape).to(w.dtype),
+                (std * scales).t().reshape(w.shape).to(w.dtype))
 
     def scale_factor(self, weight: torch.Tensor) -> torch.Tensor:
         """A factor equal to 1, broadcastable to ``weight`` [C_out, ...], that carries the
@@ -107,6 +167,21 @@ def cell_weight_std(q: torch.Tensor, *, bits: int, cell_bits: int,
     return weight_std_levels(levels, coefficients, 2**cell_bits, sigma, state_ratio)
 
 
+def cell_weight_moments(q: torch.Tensor, *, bits: int, cell_bits: int,
+                        encoding: cell_encoding.SignEncoding, sigma: float, state_ratio: float,
+                        cell: CellSpec, effects: EffectsSpec,
+                        time_s: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per weight, in integer-weight units: the mean shift and std of the effective weight of
+    integer weights ``q`` whose cells are programmed at ``sigma`` and then write-verified,
+    clipped and drifted to ``time_s`` as the target's ``effects`` state (the per-level moments
+    of ``neftc.targets.device_model.cell_effect_moments``, folded over the weight's own cells;
+    float64)."""
+    levels = cell_encoding.slice_levels(q.round().to(torch.int64), bits, cell_bits, encoding)
+    coefficients = cell_encoding.fold_coefficients(levels.shape[0], levels.shape[1], cell_bits)
+    table = cell_effect_moments(2**cell_bits, sigma, state_ratio, cell, effects, time_s)
+    return weight_effect_moments(levels, coefficients, table)
+
+
 class WeightNoise(nn.Module):
     """``weight + std * z`` in training mode. With ``scale_gradient`` (the default) the std
     carries the gradient of the quantisation scale (``DeviceNoise.scale_factor``): on the chip
@@ -127,6 +202,13 @@ class WeightNoise(nn.Module):
             return weight
         if self.generator is None:
             raise RuntimeError("WeightNoise needs a torch.Generator; the NeFT trainer sets it")
+        if self.device_noise.cell_effects:  # the cells' mean shift, and their spread
+            shift, std = self.device_noise.weight_noise(weight, self.sigma)
+            if self.scale_gradient:
+                factor = self.device_noise.scale_factor(weight)
+                shift, std = shift * factor, std * factor
+            noise = torch.randn(weight.shape, generator=self.generator, device=weight.device)
+            return weight + shift.to(weight.device) + std.to(weight.device) * noise
         std = self.device_noise.weight_std(weight, self.sigma)
         if self.scale_gradient:
             std = std * self.device_noise.scale_factor(weight)
