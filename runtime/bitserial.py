@@ -6,7 +6,9 @@ digitised by the ADC (full scale set by the tile's own row count), then row tile
 accumulated, and shift-and-add over cycles and slices, polarity subtraction and dequantisation
 follow. When every tile's ADC resolves its largest noise-free sum at one level unit per code, the
 planes, slices and polarities fold and one matmul on the DAC-quantised input remains
-(``Periphery.foldable``; exact without noise).
+(``Periphery.foldable``; exact without noise on the reads, so not with a chip's read noise or
+converter errors, ``neftc.runtime.read_effects``: those run bit-serially, each tile's DACs
+driving its wordlines, each bitline read adding its noise before its own ADC).
 """
 
 from __future__ import annotations
@@ -18,15 +20,18 @@ import torch
 
 from neftc.format import encoding
 from neftc.runtime.periphery import AdcConfig, InputQuant, Periphery
+from neftc.runtime.reads import ReadEffects, adc_codes, apply_dac
 
 if TYPE_CHECKING:
     from neftc.runtime.crossbar import CrossbarLayer
 
 
 def periphery_forward(layer: CrossbarLayer, x: torch.Tensor, conductances: tuple[torch.Tensor, ...],
-                      quant: InputQuant, periphery: Periphery) -> torch.Tensor:
+                      quant: InputQuant, periphery: Periphery,
+                      reads: ReadEffects | None = None) -> torch.Tensor:
     """The layer's outputs for inputs ``x`` on cells ``conductances`` (one ``[P, S, R, C]`` per
-    pipeline copy, level units) through the DAC ``quant`` and ``periphery``'s ADC."""
+    pipeline copy, level units) through the DAC ``quant`` and ``periphery``'s ADC, with the
+    chip's read-time effects ``reads`` (None: exact reads)."""
     rows, prefix = layer.unfold(x)
     x_int = quant.quantize(rows)
     positions = layer.record.positions
@@ -35,7 +40,7 @@ def periphery_forward(layer: CrossbarLayer, x: torch.Tensor, conductances: tuple
                                      positions, layer.copies)
     stacked = conductances[0][None] if layer.copies == 1 else torch.stack(conductances)
     q_out = crossbar_mvm(layer, by_copy.reshape(layer.copies, -1, x_int.shape[-1]), stacked,
-                         quant, periphery)
+                         quant, periphery, reads)
     q_out = encoding.merge_copies(q_out.reshape(*by_copy.shape[:3], -1), positions)
     out = q_out.reshape(-1, layer.record.matrix_cols) * (quant.scale * layer.scales)
     if layer.bias is not None:
@@ -44,12 +49,15 @@ def periphery_forward(layer: CrossbarLayer, x: torch.Tensor, conductances: tuple
 
 
 def crossbar_mvm(layer: CrossbarLayer, x_int: torch.Tensor, conductance: torch.Tensor,
-                 quant: InputQuant, periphery: Periphery) -> torch.Tensor:
+                 quant: InputQuant, periphery: Periphery,
+                 reads: ReadEffects | None = None) -> torch.Tensor:
     """Integer-domain outputs [B, M, C] of B crossbars (the copies of a layer), integer
     inputs [B, M, G*R] and conductances [B, P, S, R, C]."""
     adc = periphery.adc
     assert adc is not None
-    if periphery.foldable(layer.tiles, layer.n_levels):
+    if reads is not None and reads.exact_reads:
+        reads = None
+    if reads is None and periphery.foldable(layer.tiles, layer.n_levels):
         # x_int @ q, q each copy's folded integer weights [B, R, C]
         q = encoding.fold(conductance.movedim(0, 2), layer.record.slicing.cell_bits,
                           layer.offset)
@@ -67,7 +75,7 @@ def crossbar_mvm(layer: CrossbarLayer, x_int: torch.Tensor, conductance: torch.T
     q_phys = torch.empty(copies, count, physical.shape[-1], device=x_int.device)
     for m0 in range(0, count, block):
         _bit_serial_block(layer, adc, x_int[:, m0:m0 + block], physical, cycles, quant.signed,
-                          (partial, total), q_phys[:, m0:m0 + block])
+                          (partial, total), q_phys[:, m0:m0 + block], reads)
     # Shift-and-added bitline values back to (polarity, slice, input, column), folded with
     # the cell encoding's signs and slice weights; the offset applies per input (below).
     slicing = layer.record.slicing
@@ -96,12 +104,14 @@ def _bit_planes(x_tile: torch.Tensor, shifts: torch.Tensor, small: torch.dtype, 
 
 def _bit_serial_block(layer: CrossbarLayer, adc: AdcConfig, x_int: torch.Tensor,
                       physical: torch.Tensor, cycles: int, signed: bool,
-                      scratch: tuple[torch.Tensor, torch.Tensor], out: torch.Tensor) -> None:
+                      scratch: tuple[torch.Tensor, torch.Tensor], out: torch.Tensor,
+                      reads: ReadEffects | None = None) -> None:
     """Shift-and-added ADC outputs for a block of integer inputs [B, M, G*R] into ``out``
     [B, M, C*P*S]: for each column segment (a group's columns inside the layout's tiles),
     every phase and cycle's bit plane of each covering tile's input rows in one batched
     matmul, each tile's bitline sums through the ADC, row tiles accumulated. ``scratch``:
-    two buffers (partial, total) of at least [B, planes * M, widest segment]."""
+    two buffers (partial, total) of at least [B, planes * M, widest segment]. ``reads``: the
+    chip's read noise and converter errors (None: exact reads), see ``_read``."""
     partial, total = scratch
     bits = adc.dac_bits_per_cycle
     shifts = torch.arange(cycles, dtype=torch.int32, device=x_int.device) * bits
@@ -112,22 +122,31 @@ def _bit_serial_block(layer: CrossbarLayer, adc: AdcConfig, x_int: torch.Tensor,
                                for sign in (1.0, -1.0)[:n_planes // cycles]])
     codes_max = float(adc.codes)
     rows = n_planes * x_int.shape[1]
-    planes: dict[tuple[int, int, int], torch.Tensor] = {}
-    for segment in layer.segments:
+    planes: dict[tuple[int, int, int, int], torch.Tensor] = {}
+    for segment, tiles in zip(layer.segments, layer.segment_tiles):
         c0, cols = segment.col_start, segment.col_count
         bitline = partial[:copies * rows * cols].view(copies, rows, cols)
         acc = total[:copies * rows * cols].view(copies, rows, cols)
-        for index, (r0, rc) in enumerate(segment.row_ranges):
-            key = (segment.group, r0, rc)
+        for index, ((r0, rc), tile) in enumerate(zip(segment.row_ranges, tiles)):
+            # The applied levels of the tile's wordlines: the same for every tile of these
+            # rows unless the tile's own DACs have errors.
+            key = (segment.group, r0, rc, tile if reads is not None and reads.dac else -1)
             if key not in planes:
                 first = encoding.input_row_start(segment.group, layer.record.matrix_rows, r0)
                 planes[key] = _bit_planes(x_int[:, :, first:first + rc], shifts, small,
                                           2**bits - 1, signed)
+                if key[3] >= 0:
+                    assert reads is not None
+                    planes[key] = apply_dac(planes[key], reads.converters[layer.record.name][tile],
+                                            reads.dac_inl, 2**bits - 1)
             # Bitline sums of one tile (exact integers when noise-free), digitised: the
             # ADC code (rounded, clipped) times its step; row tiles accumulated.
             torch.bmm(planes[key], physical[:, r0:r0 + rc, c0:c0 + cols], out=bitline)
             step = adc.step(rc, layer.n_levels)
-            bitline.div_(step).round_().clamp_(0.0, codes_max)
+            if reads is None:
+                bitline.div_(step).round_().clamp_(0.0, codes_max)
+            else:
+                _read(layer, reads, planes[key], bitline, tile, c0, step, adc.codes)
             if index == 0:
                 torch.mul(bitline, step, out=acc)
             else:
@@ -135,3 +154,23 @@ def _bit_serial_block(layer: CrossbarLayer, adc: AdcConfig, x_int: torch.Tensor,
         # Shift-and-add over cycles, minus the negative phase.
         out[:, :, c0:c0 + cols] = torch.matmul(
             plane_weights, acc.view(copies, n_planes, -1)).view(copies, -1, cols)
+
+
+def _read(layer: CrossbarLayer, reads: ReadEffects, applied: torch.Tensor, bitline: torch.Tensor,
+          tile: int, c0: int, step: float, codes: int) -> None:
+    """One read of tile ``tile``'s bitlines ``bitline`` [B, planes * M, cols] (physical
+    columns from ``c0``) for its applied wordline levels ``applied`` [B, planes * M, rows], in
+    place: the read noise of its cells added to each sum (variance ``sum_r applied_r^2`` times
+    the read variance of one cell: the count of active rows for 1-bit cycles), then the
+    bitline's own ADC (``adc_codes``, or the ideal round and clamp)."""
+    if reads.noisy:
+        std = applied.square().sum(dim=-1, keepdim=True).sqrt_().mul_(reads.read_std)
+        bitline.addcmul_(reads.normal(tuple(bitline.shape), bitline.device), std)
+    if not reads.adc:
+        bitline.div_(step).round_().clamp_(0.0, float(codes))
+        return
+    converters = reads.converters[layer.record.name][tile]
+    first = c0 - layer.tiles[tile].col_start
+    lines = slice(first, first + bitline.shape[-1])
+    bitline.copy_(adc_codes(bitline, step, codes, converters.adc_gain[:, None, lines],
+                            converters.adc_offset[:, None, lines], reads.adc_inl))

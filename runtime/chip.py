@@ -20,7 +20,9 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from neftc.errors import NeftcError
 from neftc.runtime.periphery import Periphery
+from neftc.runtime.reads import ReadEffects
 
 if TYPE_CHECKING:
     from neftc.runtime.crossbar import CrossbarLayer
@@ -61,7 +63,10 @@ class ChipInstance:
     indices of a stacked value, whose input batch holds K chip-major copies of the samples
     (empty: one chip). ``batch_norm``: per BatchNorm node of the layout graph (by node name),
     the ``BnStats`` this chip's digital BatchNorm uses instead of the layout's running
-    statistics (empty: the layout's, as programmed)."""
+    statistics (empty: the layout's, as programmed). ``reads``: the read-time effects of a chip
+    drawn by ``program_chip`` (read noise, converter errors: ``neftc.runtime.read_effects``; None:
+    every read exact). Its read stream is the one piece of a chip that changes: each noisy read
+    advances it, and the values derived with ``with_periphery`` / ``with_batch_norm`` share it."""
 
     index: int | None
     seed: int
@@ -69,6 +74,7 @@ class ChipInstance:
     periphery: Periphery
     stacked: tuple[int, ...] = ()
     batch_norm: Mapping[str, BnStats] = field(default_factory=dict)
+    reads: ReadEffects | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.layers, MappingProxyType):
@@ -99,6 +105,10 @@ def stack_chips(chips: list[ChipInstance]) -> ChipInstance:
     first = chips[0]
     if not first.periphery.ideal:
         raise ValueError("stacked chip instances need ideal periphery")
+    if any(chip.reads is not None and chip.reads.noisy for chip in chips):
+        raise NeftcError("read noise is drawn per chip in the order of its own reads, which a "
+                         "stacked pass does not keep: run one chip per pass (drop "
+                         "--chips-per-pass) or switch it off (--ideal read-noise)")
     layers = {name: LayerChip(tuple(torch.stack([chip.layers[name].weights[copy]
                                                  for chip in chips])
                                     for copy in range(len(state.weights))))

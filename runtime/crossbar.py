@@ -10,7 +10,8 @@ which output position are read from ``neftc.format.encoding``. Three execution p
 
 - ideal periphery: each copy's effective weight ``W = (sum_{p,s} sign_p * L^s * G[p, s] -
   offset) * scale``; one float conv/linear (a matmul per copy on its output positions when the
-  layer has pipeline copies);
+  layer has pipeline copies); with read noise, one more on the squared inputs and the weights'
+  read variances, and one standard normal per output (``read_noise``);
 - K stacked chip instances (ideal periphery): one batched matmul or grouped conv;
 - target periphery: the DAC/ADC path of ``neftc.runtime.bitserial`` on the chip's cells.
 """
@@ -25,6 +26,7 @@ from neftc.format import encoding
 from neftc.format.schema import LayerRecord, TileRecord
 from neftc.runtime.bitserial import periphery_forward
 from neftc.runtime.chip import ChipInstance
+from neftc.runtime.reads import ReadEffects
 from neftc.runtime.segments import column_segments
 
 
@@ -40,6 +42,12 @@ class CrossbarLayer(nn.Module):
         self.offset = record.slicing.offset
         self.tiles: tuple[TileRecord, ...] = tuple(record.tiles)
         self.segments = column_segments(record)
+        # Per segment and row range, the index of the layout tile (array) that holds it.
+        self.segment_tiles = tuple(
+            tuple(next(i for i, t in enumerate(self.tiles) if t.row_start == r0
+                       and t.col_start <= segment.col_start < t.col_start + t.col_count)
+                  for r0, _ in segment.row_ranges)
+            for segment in self.segments)
         # Which copy computes each output position of a sample (the format's assignment).
         self.position_copy: torch.Tensor
         self.register_buffer("position_copy", torch.tensor(
@@ -79,12 +87,32 @@ class CrossbarLayer(nn.Module):
         if chip.stacked:
             return self._stacked_op(x, list(state.weights))
         quant = chip.periphery.quant(self.record.name)
+        reads = chip.reads
         if quant is None:
             if self.copies == 1:
-                return self._float_op(x, state.weights[0])
-            return self._copies_op(x, [w[None] for w in state.weights])
+                out = self._float_op(x, state.weights[0])
+            else:
+                out = self._copies_op(x, [w[None] for w in state.weights])
+            if reads is not None and reads.noisy:
+                out = out + self.read_noise(x, reads)
+            return out
         assert state.conductances is not None, "a chip on the target periphery has its cells"
-        return periphery_forward(self, x, state.conductances, quant, chip.periphery)
+        return periphery_forward(self, x, state.conductances, quant, chip.periphery, reads)
+
+    def read_noise(self, x: torch.Tensor, reads: ReadEffects) -> torch.Tensor:
+        """The read noise of one pass on the ideal periphery: every output is one read of its
+        weights' cells, so its noise is exactly Gaussian with variance ``sum_i x_i^2 S2_i``
+        (``S2`` each weight's read variance, ``reads.weight_var``; every copy's cells alike):
+        the layer's op on ``x^2`` with ``S2`` as weights, times one standard normal per
+        output from the chip's read stream."""
+        var = reads.weight_var[self.record.name]
+        squared = x * x
+        if self.copies == 1:
+            variance = self._float_op(squared, var, bias=False)
+        else:
+            variance = self._copies_op(squared, [var[None]] * self.copies, bias=False)
+        noise = reads.normal(tuple(variance.shape), variance.device)
+        return noise.mul_(variance.clamp_(min=0.0).sqrt_())
 
     def _stacked_op(self, x: torch.Tensor, weights: list[torch.Tensor]) -> torch.Tensor:
         """The layer for K chips in one call: a batched matmul (linear) or a grouped conv."""
@@ -109,16 +137,19 @@ class CrossbarLayer(nn.Module):
         out = out.reshape(n, k, -1, *out.shape[2:]).transpose(0, 1)
         return out.reshape(k * n, *out.shape[2:])
 
-    def _float_op(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    def _float_op(self, x: torch.Tensor, weight: torch.Tensor, bias: bool = True
+                  ) -> torch.Tensor:
         rec = self.record
+        b = self.bias if bias else None
         if rec.op == "linear":
-            return F.linear(x, weight, self.bias)
+            return F.linear(x, weight, b)
         conv = rec.conv
         assert conv is not None
         fn = F.conv2d if rec.op == "conv2d" else F.conv1d
-        return fn(x, weight, self.bias, conv.stride, conv.padding, conv.dilation, conv.groups)
+        return fn(x, weight, b, conv.stride, conv.padding, conv.dilation, conv.groups)
 
-    def _copies_op(self, x: torch.Tensor, weights: list[torch.Tensor]) -> torch.Tensor:
+    def _copies_op(self, x: torch.Tensor, weights: list[torch.Tensor], bias: bool = True
+                   ) -> torch.Tensor:
         """A layer with pipeline copies, for K chips (``weights[copy]`` [K, *weight_shape], the
         batch K chip-major copies of the samples): output position ``m`` of each sample is
         computed with copy ``encoding.copy_of_position(m)``'s weights, one matmul per position,
@@ -136,7 +167,7 @@ class CrossbarLayer(nn.Module):
             rows = patches.permute(2, 3, 0, 1, 4, 5).reshape(positions, k, -1,
                                                                rec.matrix_rows * self.groups)
         out = self.grouped_matmul(rows, per_position)  # [positions, K, N, C]
-        if self.bias is not None:
+        if bias and self.bias is not None:
             out = out + self.bias
         if rec.op == "linear":
             return out.permute(1, 2, 0, 3).reshape(*x.shape[:-1], rec.matrix_cols)

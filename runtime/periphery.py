@@ -109,10 +109,12 @@ class Periphery:
         return self.shortcut and all(adc.exact(t.row_count, n_levels) for t in tiles)
 
     def partial_mvms(self, layer: str, tiles: tuple[TileRecord, ...], n_levels: int,
-                     slices: int, polarities: int) -> int:
+                     slices: int, polarities: int, exact_reads: bool = True) -> int:
         """Crossbar partial MVMs per weight of ``layer``: input cycles x phases x slices x
-        polarities; 1 on the ideal path or where the ADC lets them fold."""
+        polarities; 1 on the ideal path or where the ADC lets them fold (never when the chip's
+        reads are not exact, ``exact_reads`` False: read noise or converter errors,
+        ``neftc.runtime.reads.ReadEffects.exact_reads``)."""
         quant = self.quant(layer)
-        if quant is None or self.adc is None or self.foldable(tiles, n_levels):
+        if quant is None or self.adc is None or (exact_reads and self.foldable(tiles, n_levels)):
             return 1
         return self.adc.cycles(quant) * (2 if quant.signed else 1) * slices * polarities
