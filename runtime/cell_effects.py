@@ -13,7 +13,8 @@ from dataclasses import dataclass
 
 import torch
 
-from neftc.targets.device_model import g_min_levels, tolerance_levels
+from neftc.targets.cell_model import tolerance_levels
+from neftc.targets.device_model import g_min_levels
 from neftc.targets.physics import DriftSpec
 from neftc.targets.spec import CellSpec
 

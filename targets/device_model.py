@@ -25,13 +25,14 @@ import math
 
 import torch
 
+from neftc.targets.cell_model import (
+    acceptance,
+    normal_cdf,
+    normalisation,
+    tolerance_levels,
+)
 from neftc.targets.physics import DriftSpec, EffectsSpec
 from neftc.targets.spec import CellSpec
-
-
-def normalisation(state_ratio: float) -> float:
-    """``sqrt(0.4 s^2 + 0.6)``: keeps the average cell variance at sigma^2 (reference code)."""
-    return math.sqrt(0.4 * state_ratio**2 + 0.6)
 
 
 def cell_std_levels(levels: torch.Tensor, n_levels: int, sigma: float,
@@ -84,43 +85,14 @@ def level_conductances_us(g_min_us: float, g_max_us: float, n_levels: int) -> li
 # to ``v + r`` with ``r = g_min (L-1) / (g_max - g_min)`` (``g_min_levels``).
 
 
-def tolerance_levels(tolerance_rel: float, n_levels: int) -> float:
-    """The write-verify acceptance band ``+-(L-1) tol`` in level units, for the tolerance
-    relative to the full range (``cell.write_verify_tolerance_rel``, as ``neftc program``)."""
-    return (n_levels - 1) * tolerance_rel
-
-
 def g_min_levels(g_min_us: float, g_max_us: float, n_levels: int) -> float:
     """``r = g_min (L-1) / (g_max - g_min)``: the physical conductance of a cell at level value
     ``v`` is proportional to ``v + r``."""
     return g_min_us * (n_levels - 1) / (g_max_us - g_min_us)
 
 
-def _cdf(x: float) -> float:
-    return 0.5 * math.erfc(-x / math.sqrt(2.0))
-
-
 def _pdf(x: float) -> float:
     return 0.0 if math.isinf(x) else math.exp(-0.5 * x * x) / math.sqrt(2.0 * math.pi)
-
-
-def acceptance(std: float, tolerance: float) -> float:
-    """Probability that one programming pulse lands within ``+-tolerance`` of its level for a
-    cell of Gaussian deviation std ``std`` (level units)."""
-    if std <= 0:
-        return 1.0
-    return 2.0 * _cdf(tolerance / std) - 1.0
-
-
-def expected_pulses(p: float, max_pulses: int) -> float:
-    """Expected pulses per cell with write-verify of at most ``max_pulses`` pulses and per-pulse
-    acceptance ``p``: ``sum_{k<N} (1-p)^k = (1 - (1-p)^N) / p`` (1 when write-verify is off,
-    ``max_pulses`` 0)."""
-    if max_pulses <= 1:
-        return 1.0
-    if p <= 0:
-        return float(max_pulses)
-    return (1.0 - (1.0 - p) ** max_pulses) / p
 
 
 def drift_moments(drift: DriftSpec, time_s: float, order: int) -> float:
@@ -135,7 +107,7 @@ def drift_moments(drift: DriftSpec, time_s: float, order: int) -> float:
     # P(nu <= 0) + int_0^inf exp(-k_t x) N(x; mu, sd^2) dx, the second in log space
     log_tail = float(torch.special.log_ndtr(torch.tensor((mu - sd * sd * k_t) / sd,
                                                          dtype=torch.float64)))
-    return _cdf(-mu / sd) + math.exp(-k_t * mu + 0.5 * (sd * k_t) ** 2 + log_tail)
+    return normal_cdf(-mu / sd) + math.exp(-k_t * mu + 0.5 * (sd * k_t) ** 2 + log_tail)
 
 
 def _clipped_moments(level: int, std: float, tolerance: float | None, max_pulses: int,
@@ -162,7 +134,7 @@ def _clipped_moments(level: int, std: float, tolerance: float | None, max_pulses
         mid = (b - 1.0 if a == -inf else a + 1.0 if b == inf else 0.5 * (a + b))
         w = w_in if tolerance is not None and abs(mid) <= tolerance else w_out
         za, zb = a / std, b / std
-        m0 = _cdf(zb) - _cdf(za)
+        m0 = normal_cdf(zb) - normal_cdf(za)
         m1 = std * (_pdf(za) - _pdf(zb))
         m2 = std * std * (m0 + (0.0 if math.isinf(za) else za * _pdf(za))
                           - (0.0 if math.isinf(zb) else zb * _pdf(zb)))

@@ -291,3 +291,34 @@ def test_ir_drop_acts_last_on_the_programmed_cells(tmp_path) -> None:
         expected = ir_drop_cells(cells, bare.layers[name], cell, 2.0)
         assert not torch.equal(expected, cells)
         assert torch.equal(wired.cell_conductances()[name], expected)
+
+
+def test_programming_energy_counts_the_expected_pulses(tmp_path, plain) -> None:
+    from neftc.flow.cost import cost_estimate
+
+    pulses = 5
+    doc = load_layout(_compile(tmp_path / "wv5", [f"effects.write_verify.max_pulses={pulses}"])).doc
+    target = doc.target
+    n_levels, s = target.cell.levels, target.noise.state_ratio
+    std = float(_cell_std(np.array([1]), target.noise.sigma_rel, s, n_levels)[0])
+    tol = (n_levels - 1) * target.cell.write_verify_tolerance_rel
+    p = 2 * float(_normal_cdf(tol / std)) - 1
+    expected = (1 - (1 - p) ** pulses) / p
+    programming = cost_estimate(doc).programming
+    assert programming.pulses_per_cell == pytest.approx(expected, rel=1e-9) and expected > 1.5
+    assert programming.energy_pj == pytest.approx(
+        programming.cells * expected * target.cost.cell_write_energy_pj, rel=1e-12)
+    # without write-verify one pulse per cell: the energy of before
+    off = cost_estimate(load_layout(plain).doc).programming
+    assert off.pulses_per_cell == 1.0
+    assert off.energy_pj == off.cells * target.cost.cell_write_energy_pj
+
+
+def test_the_scalar_cell_model_is_the_tensor_one() -> None:
+    from neftc.targets.cell_model import level_std
+    from neftc.targets.device_model import cell_std_levels
+
+    for n_levels, s in ((2, 1.0), (4, 6.0), (16, 3.5)):
+        stds = cell_std_levels(torch.arange(n_levels), n_levels, 0.13, s)
+        assert [level_std(level, n_levels, 0.13, s) for level in range(n_levels)] == \
+            pytest.approx(stds.tolist(), rel=1e-6)

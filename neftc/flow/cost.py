@@ -19,7 +19,8 @@ Counts per inference (one input sample):
   traffic to the next layer stay those of the placement. Byte-hops multiply each transfer by the
   core-to-core hops between the original's core and the copy's (0 on the same core);
 - programming (once, not per inference): every programmed cell, copies included, written with
-  write-verify.
+  write-verify: ``cells x pulses_per_cell x cost.cell_write_energy_pj``, the pulses the
+  analytic expectation of the target's write-verify model (1 when it is off).
 
 Energy uses ``cost.*_pj`` (interconnect: byte-hops x ``link_energy_pj_per_byte``); latency uses
 ``cost.array_read_latency_ns`` per read cycle: without pipelining the layers run one after the
@@ -43,6 +44,7 @@ from neftc.flow.records import (
 )
 from neftc.format import encoding
 from neftc.format.schema import LayerRecord, LayoutDoc
+from neftc.targets.cell_model import pulses_per_cell
 
 
 def positions_per_copy(positions: int, replication: int) -> list[int]:
@@ -145,6 +147,19 @@ def _energy(doc: LayoutDoc, counts: PerInference) -> EnergyRecord:
     return EnergyRecord(**parts, total_pj=sum(parts.values()))
 
 
+def programming_cost(doc: LayoutDoc, cells: int, original_cells: int) -> ProgrammingCost:
+    """Programming every cell once: ``cells`` x the expected write-verify pulses per cell
+    (``neftc.targets.cell_model.pulses_per_cell``, at the target's sigma and tolerance; 1
+    without write-verify) x ``cost.cell_write_energy_pj``."""
+    target = doc.target
+    pulses = pulses_per_cell(target.cell.levels, target.noise.sigma_rel,
+                             target.noise.state_ratio, target.cell.write_verify_tolerance_rel,
+                             target.effects.write_verify.max_pulses)
+    return ProgrammingCost(cells=cells, replica_cells=cells - original_cells,
+                           pulses_per_cell=pulses,
+                           energy_pj=cells * pulses * target.cost.cell_write_energy_pj)
+
+
 def cost_estimate(doc: LayoutDoc) -> CostEstimate:
     """The layout's cost per inference, and of programming it once."""
     cost = doc.target.cost
@@ -161,8 +176,7 @@ def cost_estimate(doc: LayoutDoc) -> CostEstimate:
         latency_ns=LatencyRecord(sequential=sum(times), pipelined_interval=max(times, default=0.0)),
         area_um2=AreaRecord(used_arrays=doc.summary.arrays_used * cost.array_area_um2,
                             chip=doc.target.chip.arrays * cost.array_area_um2),
-        programming=ProgrammingCost(cells=cells, replica_cells=cells - original_cells,
-                                    energy_pj=cells * cost.cell_write_energy_pj),
+        programming=programming_cost(doc, cells, original_cells),
         layers=layers,
         assumptions=ASSUMPTIONS)
 

@@ -236,7 +236,13 @@ class ProgrammingCost(Record):
 
     cells: int = Field(description="programmed cells, copies included")
     replica_cells: int = Field(description="of which in pipeline copies")
-    energy_pj: float = Field(description="write-verify energy of all cells")
+    pulses_per_cell: float = Field(
+        description="expected programming pulses per cell: 1 without write-verify "
+        "(target.effects.write_verify.max_pulses 0); with it, the analytic expectation "
+        "(1 - (1-p)^N) / p at the target's sigma for the level with the largest programming "
+        "spread (an upper bound on the mean over the levels)")
+    energy_pj: float = Field(description="write-verify energy of all cells: cells x "
+                             "pulses_per_cell x cost.cell_write_energy_pj")
 
 
 class LayerCost(Record):
