@@ -93,6 +93,23 @@ def test_accuracy_against_the_nodal_solve(size, r_gmax, bound) -> None:
     assert worst < worst_ideal / 10
 
 
+def test_idle_rows_below_a_short_tile_lengthen_its_bitlines() -> None:
+    """An 8-row tile at the top of a 32-row array: with ``bitline_rows`` 32 the model follows
+    the nodal solve of the whole array (idle rows non-conducting, at 0 V) within 5e-3 at
+    r G_max 1e-3, at least ten times closer than the model of the tile alone."""
+    rng = np.random.default_rng(7)
+    g = random_array(rng, 8, 12)
+    r = 1e-3 / G_MAX
+    v = rng.integers(0, 2, (24, 8)).astype(float)
+    v = v[v.sum(axis=1) > 0]
+    exact = nodal.bitline_currents(np.concatenate([g, np.zeros((24, 12))]),
+                                   np.pad(v, ((0, 0), (0, 24))), r)
+    tall = effective_conductance(torch.from_numpy(g), r, bitline_rows=32).numpy()
+    short = effective_conductance(torch.from_numpy(g), r).numpy()
+    assert relative_error(v @ tall, exact).max() < 5e-3
+    assert relative_error(v @ tall, exact).max() < relative_error(v @ short, exact).min() / 10
+
+
 @pytest.fixture(scope="module")
 def tiled_layer(tmp_path_factory) -> tuple[object, object]:
     """A linear layer 40 -> 6 on 16 x 24 arrays: differential, four 2-bit slices (48 physical
@@ -122,16 +139,18 @@ def tile_conductances(cells: torch.Tensor, tile, slicing, cell) -> np.ndarray:
     return g
 
 
-def test_each_tile_of_a_layer_matches_its_nodal_solve(tiled_layer) -> None:
+@pytest.mark.parametrize("array_rows", [None, 16, 20])
+def test_each_tile_of_a_layer_matches_its_nodal_solve(tiled_layer, array_rows) -> None:
     """The layer's effective cells, tile by tile, give the bitline currents of that tile's
-    nodal solve (its own rows and physical columns, g_min included) within the 16 x 24 bound,
+    nodal solve (its own rows and physical columns, g_min included; with ``array_rows``, the
+    array's idle rows below the tile as non-conducting cells at 0 V) within the 16 x 24 bound,
     for programmed cells with noise (level units, some below 0)."""
     layer, cell = tiled_layer
     slicing = layer.record.slicing
     noise = torch.randn(layer.levels.shape, generator=torch.Generator().manual_seed(4)) * 0.1
     cells = layer.levels + noise
     r = 1e-3 / (cell.g_max_us * 1e-6)
-    effective = ir_drop_cells(cells, layer, cell, r)
+    effective = ir_drop_cells(cells, layer, cell, r, array_rows=array_rows)
     assert effective.shape == cells.shape and effective.dtype == cells.dtype
     rng = np.random.default_rng(5)
     for tile in layer.tiles:
@@ -139,7 +158,9 @@ def test_each_tile_of_a_layer_matches_its_nodal_solve(tiled_layer) -> None:
         g_eff = tile_conductances(effective, tile, slicing, cell)
         v = rng.integers(0, 2, (16, tile.row_count)).astype(float)
         v = v[v.sum(axis=1) > 0]
-        exact = nodal.bitline_currents(g, v, r)
+        idle = (array_rows or tile.row_count) - tile.row_count
+        array = np.concatenate([g, np.zeros((idle, g.shape[1]))])
+        exact = nodal.bitline_currents(array, np.pad(v, ((0, 0), (0, idle))), r)
         assert relative_error(v @ g_eff, exact).max() < 3e-3
         assert relative_error(v @ g_eff, exact).max() < relative_error(v @ g, exact).min() / 10
 
@@ -155,6 +176,8 @@ def test_no_wire_resistance_leaves_the_cells_and_bad_input_is_refused(tiled_laye
         ir_drop_cells(layer.levels[None], layer, cell, 1.0)
     with pytest.raises(NeftcError, match="levels"):
         ir_drop_cells(layer.levels, layer, cell.model_copy(update={"bits": 3}), 1.0)
+    with pytest.raises(NeftcError, match="array_rows"):
+        ir_drop_cells(layer.levels, layer, cell, 1.0, array_rows=8)
 
 
 def test_the_output_error_grows_with_the_wire_resistance(tiled_layer) -> None:
