@@ -123,7 +123,12 @@ def _bit_serial_block(layer: CrossbarLayer, adc: AdcConfig, x_int: torch.Tensor,
     codes_max = float(adc.codes)
     rows = n_planes * x_int.shape[1]
     planes: dict[tuple[int, int, int, int], torch.Tensor] = {}
-    for segment, tiles in zip(layer.segments, layer.segment_tiles):
+    # Exact reads: the widest segments; reads with converter errors or noise: the segments
+    # cut at the arrays (each piece read by one array's DACs and ADCs).
+    segments = layer.segments if reads is None else layer.array_segments
+    tile_of = layer.segment_tiles if reads is not None else [(-1,) * len(s.row_ranges)
+                                                             for s in segments]
+    for segment, tiles in zip(segments, tile_of):
         c0, cols = segment.col_start, segment.col_count
         bitline = partial[:copies * rows * cols].view(copies, rows, cols)
         acc = total[:copies * rows * cols].view(copies, rows, cols)

@@ -18,6 +18,8 @@ which output position are read from ``neftc.format.encoding``. Three execution p
 
 from __future__ import annotations
 
+import itertools
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -27,7 +29,7 @@ from neftc.format.schema import LayerRecord, TileRecord
 from neftc.runtime.bitserial import periphery_forward
 from neftc.runtime.chip import ChipInstance
 from neftc.runtime.reads import ReadEffects
-from neftc.runtime.segments import column_segments
+from neftc.runtime.segments import Segment, column_segments
 
 
 class CrossbarLayer(nn.Module):
@@ -42,12 +44,15 @@ class CrossbarLayer(nn.Module):
         self.offset = record.slicing.offset
         self.tiles: tuple[TileRecord, ...] = tuple(record.tiles)
         self.segments = column_segments(record)
-        # Per segment and row range, the index of the layout tile (array) that holds it.
+        # The segments cut at every tile's columns (each piece inside one array per row range:
+        # the path whose reads have per-array converters), with the index of the tile that
+        # holds each of its row ranges.
+        self.array_segments = tuple(_cut_at_tiles(self.segments, self.tiles))
         self.segment_tiles = tuple(
             tuple(next(i for i, t in enumerate(self.tiles) if t.row_start == r0
                        and t.col_start <= segment.col_start < t.col_start + t.col_count)
                   for r0, _ in segment.row_ranges)
-            for segment in self.segments)
+            for segment in self.array_segments)
         # Which copy computes each output position of a sample (the format's assignment).
         self.position_copy: torch.Tensor
         self.register_buffer("position_copy", torch.tensor(
@@ -222,3 +227,16 @@ class CrossbarLayer(nn.Module):
             return out.reshape(*prefix, c_out)
         n, *spatial = prefix
         return out.reshape(n, *spatial, c_out).movedim(-1, 1).contiguous()
+
+
+def _cut_at_tiles(segments: list[Segment], tiles: tuple[TileRecord, ...]) -> list[Segment]:
+    """``segments`` cut at every tile's first and last column: each piece lies inside one tile
+    per row range (``column_segments`` joins neighbouring tiles' columns)."""
+    bounds = sorted({t.col_start for t in tiles} | {t.col_start + t.col_count for t in tiles})
+    pieces: list[Segment] = []
+    for segment in segments:
+        stop = segment.col_start + segment.col_count
+        cuts = [segment.col_start, *(b for b in bounds if segment.col_start < b < stop), stop]
+        pieces.extend(Segment(segment.group, a, b - a, segment.row_ranges)
+                      for a, b in itertools.pairwise(cuts))
+    return pieces
