@@ -80,13 +80,15 @@ def apply_dac(planes: torch.Tensor, converters: TileConverters, inl: float,
     """The levels a tile's DACs apply for cycle codes ``planes`` ``[B, M, rows]`` (0 ..
     ``codes``, ``B`` the pipeline copies): ``v (1 + gain_r) + offset_r + inl_bow(v / codes)``
     for a row with code ``v`` > 0, and 0 for an idle row (a DAC at code 0 drives nothing, so its
-    offset applies only to active cycles)."""
+    offset applies only to active cycles; the bow is 0 at both ends)."""
     gain = converters.dac_gain[:, None, :]
     offset = converters.dac_offset[:, None, :]
-    applied = planes * (1 + gain) + offset
+    if codes == 1:  # 1-bit cycles: v is 0 or 1
+        return planes * (1 + gain + offset)
+    applied = planes * (1 + gain) + planes.sign() * offset
     if inl:
         applied = applied + inl_bow(planes / codes, inl)
-    return torch.where(planes > 0, applied, 0.0)
+    return applied
 
 
 def adc_codes(value: torch.Tensor, step: float, codes: int, gain: torch.Tensor,
