@@ -11,7 +11,7 @@ tests/ir_nodal_reference.py (dense numpy). Prints the table (mean and max over e
 vector), then for each size the largest ``r * g_max`` of the grid where the model's max error
 stays under 1 % and 5 %, and the model's time per 128 x 128 array.
 
-    python benchmarks/ir_drop_accuracy.py                    # ~1 min on one core
+    python benchmarks/ir_drop_accuracy.py                    # ~15 s on one core
     python benchmarks/ir_drop_accuracy.py --sizes 8 16 --trials 2 --json
 """
 
