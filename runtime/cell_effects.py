@@ -43,14 +43,16 @@ def write_verify(e: torch.Tensor, std: torch.Tensor, tolerance: float, max_pulse
     failing cell per pulse, in the cells' C order."""
     e = e.clone()
     pulses = torch.ones(e.shape, dtype=torch.int32, device=e.device)
+    flat, spread, counts = e.view(-1), std.reshape(-1), pulses.view(-1)
+    failing = (flat.abs() > tolerance).nonzero().squeeze(1)  # ascending: C order
     for _ in range(max_pulses - 1):
-        failing = e.abs() > tolerance
-        count = int(failing.sum())
-        if count == 0:
+        if failing.numel() == 0:
             break
-        fresh = torch.randn(count, generator=generator).to(e.device)
-        e[failing] = fresh * std[failing]
-        pulses[failing] += 1
+        fresh = torch.randn(failing.numel(), generator=generator).to(e.device)
+        fresh = fresh * spread[failing]
+        flat[failing] = fresh
+        counts[failing] += 1
+        failing = failing[fresh.abs() > tolerance]
     return e, pulses
 
 
