@@ -52,7 +52,11 @@ def with_read_effects(chip: ChipInstance, layers: Mapping[str, CrossbarLayer], e
     """Chip instance ``chip`` (drawn by ``program_chip``) with its read-time effects: a fresh read
     stream and its converters, drawn from ``(chip.seed, chip.index)``. The ideal chip
     (``index`` None), and a chip when the effects are all off, are returned as they are."""
-    if chip.index is None or not (effects.read_noise or effects.dac or effects.adc):
+    # The ideal periphery has no converters (none are drawn; a chip's converters are the same
+    # whenever they are, from their own stream); its reads need each weight's read variance.
+    ideal = chip.periphery.ideal
+    dac, adc = (False, False) if ideal else (effects.dac, effects.adc)
+    if chip.index is None or not (effects.read_noise or dac or adc):
         return chip
     if chip.stacked:
         raise NeftcError("read-time effects attach to one chip instance, not a stacked value")
@@ -61,13 +65,12 @@ def with_read_effects(chip: ChipInstance, layers: Mapping[str, CrossbarLayer], e
     generator = None
     if effects.read_noise:
         generator = chip_generator(chip.seed, chip.index, READ_STREAM)
-        for name, layer in layers.items():
+        for name, layer in layers.items() if ideal else ():
             # sum_{p,s} (L^s * r (L-1))^2 per weight, the fold of the programming noise
             std = folded_std(torch.full_like(layer.levels, read_std), layer.coefficients)
             weight_var[name] = layer.to_weight_layout((std * layer.scales) ** 2)
-    converters = (_draw_converters(chip, layers, effects) if effects.dac or effects.adc
-                  else {})
-    reads = ReadEffects(read_std, generator, weight_var, converters, effects.dac, effects.adc,
+    drawn = _draw_converters(chip, layers, effects) if dac or adc else {}
+    reads = ReadEffects(read_std, generator, weight_var, drawn, dac, adc,
                         effects.spec.dac.inl_lsb, effects.spec.adc.inl_lsb)
     return replace(chip, reads=reads)
 
