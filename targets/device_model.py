@@ -180,9 +180,10 @@ def weight_effect_moments(levels: torch.Tensor, coefficients: torch.Tensor,
     """Per weight (integer-weight units): the mean shift and std of ``sum_{p,s} sign_p L^s
     (v''[p,s] - level[p,s])`` for independent cells holding integer ``levels[p, s, ...]``, from
     the per-level ``table`` of ``cell_effect_moments`` (folded like ``weight_std_levels``)."""
-    shift_l, var_l = table
+    shift_l, var_l = (x.to(levels.device) for x in table)
     index = levels.to(torch.int64)
-    c = coefficients.reshape(*coefficients.shape, *([1] * (levels.dim() - 2))).to(torch.float64)
+    c = coefficients.reshape(*coefficients.shape, *([1] * (levels.dim() - 2)))
+    c = c.to(device=levels.device, dtype=torch.float64)
     shift = (shift_l[index] * c).sum(dim=(0, 1))
     var = (var_l[index] * c * c).sum(dim=(0, 1))
     return shift, var.sqrt()

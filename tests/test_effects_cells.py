@@ -322,3 +322,42 @@ def test_the_scalar_cell_model_is_the_tensor_one() -> None:
         stds = cell_std_levels(torch.arange(n_levels), n_levels, 0.13, s)
         assert [level_std(level, n_levels, 0.13, s) for level in range(n_levels)] == \
             pytest.approx(stds.tolist(), rel=1e-6)
+
+
+def test_clip_and_drift_keep_their_tensors_on_the_emulators_device(monkeypatch, tmp_path) -> None:
+    """On the meta device (shapes only) an op that mixes in a CPU tensor raises: the cell
+    effects' draws are made on the CPU and moved (write-verify and the compensation read data,
+    which meta tensors have not: they are checked on CUDA below, where present)."""
+    import neftc.runtime.emulator as emulator_module
+
+    monkeypatch.setattr(emulator_module, "resolve_device", torch.device)
+    root = _compile(tmp_path / "meta", ["effects.clip=true", "effects.drift.nu=0.05",
+                                        "effects.drift.compensation=none"])
+    emulator = Emulator(root, sigma=0.1, ideal_periphery=True, device="meta",
+                        t_inference_s=T_INFERENCE)
+    emulator.program_chip(3)
+    assert emulator(torch.randn(4, 64)).device.type == "meta"
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cell_effects_are_the_same_chip_on_cuda(tmp_path) -> None:
+    from neftc.neft.modules import DeviceNoise
+
+    overrides = ["effects.clip=true", "effects.write_verify.max_pulses=4",
+                 "effects.drift.nu=0.05", "effects.drift.nu_std=0.02"]
+    root = _compile(tmp_path / "cuda", overrides)
+    cells = []
+    for device in ("cpu", "cuda"):
+        emulator = Emulator(root, sigma=0.2, seed=1, ideal_periphery=True, device=device,
+                            t_inference_s=T_INFERENCE)
+        emulator.program_chip(2)
+        cells.append({name: c.cpu() for name, c in emulator.cell_conductances().items()})
+    for name, c in cells[0].items():
+        torch.testing.assert_close(cells[1][name], c, rtol=1e-5, atol=1e-5)
+    noise = DeviceNoise.of(resolve_target("fefet_128x128", overrides),
+                           t_inference_s=T_INFERENCE)
+    weight = torch.randn(16, 64, generator=torch.Generator().manual_seed(0))
+    on_cpu = noise.weight_noise(weight, 0.2)
+    on_gpu = noise.weight_noise(weight.cuda(), 0.2)
+    for a, b in zip(on_cpu, on_gpu, strict=True):
+        torch.testing.assert_close(b.cpu(), a)
