@@ -49,8 +49,7 @@ class Effects:
     @property
     def drift(self) -> bool:
         """True when the cells have drifted at the inference time."""
-        d = self.spec.drift
-        return (d.nu > 0 or d.nu_std > 0) and self.time_s > d.t0_s
+        return self.spec.drifts_at(self.t_inference_s)
 
     @property
     def ir_drop(self) -> bool:
@@ -86,7 +85,7 @@ class Effects:
     def cell_level(self) -> bool:
         """True when a chip's cells must be drawn one by one (not only each weight's folded
         noise): an effect acts on single cells at programming time."""
-        return self.write_verify or self.clip or self.drift or self.ir_drop
+        return self.spec.cell_level_at(self.t_inference_s)
 
 
 def _converter_on(spec: ConverterErrorSpec) -> bool:

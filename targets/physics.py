@@ -98,3 +98,19 @@ class EffectsSpec(_Frozen):
     adc: ConverterErrorSpec = ConverterErrorSpec()
     dac: ConverterErrorSpec = ConverterErrorSpec()
     write_verify: WriteVerifySpec = WriteVerifySpec()
+
+    def drifts_at(self, time_s: float | None) -> bool:
+        """True when the cells have drifted ``time_s`` seconds after programming (None: at the
+        reference read ``drift.t0_s``, before any drift)."""
+        d = self.drift
+        return (d.nu > 0 or d.nu_std > 0) and (d.t0_s if time_s is None else time_s) > d.t0_s
+
+    def per_weight_at(self, time_s: float | None) -> bool:
+        """True when an effect with a per-weight equivalent (what training can include) acts
+        on the cells: write-verify, clip, drift at ``time_s``."""
+        return self.write_verify.max_pulses > 0 or self.clip or self.drifts_at(time_s)
+
+    def cell_level_at(self, time_s: float | None) -> bool:
+        """True when an effect acts on single cells at programming time (the cells must be
+        drawn one by one): those of ``per_weight_at``, and IR drop."""
+        return self.per_weight_at(time_s) or self.wire.r_segment_ohm > 0

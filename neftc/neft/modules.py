@@ -91,11 +91,9 @@ class DeviceNoise:
 
     @property
     def cell_effects(self) -> bool:
-        """True when a cell effect with a per-weight equivalent is on (as the emulator's
-        ``Effects``: write-verify, clip, drift after ``t0``); IR drop has none."""
-        drift = self.effects.drift
-        return (self.effects.write_verify.max_pulses > 0 or self.effects.clip
-                or ((drift.nu > 0 or drift.nu_std > 0) and self.time_s > drift.t0_s))
+        """True when a cell effect with a per-weight equivalent is on (write-verify, clip,
+        drift after ``t0``; ``EffectsSpec.per_weight_at``); IR drop has none."""
+        return self.effects.per_weight_at(self.t_inference_s)
 
     def quantize(self, weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(q, scales)`` of a weight [C_out, ...] as the ``quantize`` pass computes them:
