@@ -123,6 +123,30 @@ def test_bit_serial_read_noise_is_per_read_with_the_active_rows(pm_layout) -> No
         _weight_read_var(pm_layout, R).max()
 
 
+def test_bit_serial_read_noise_with_multi_bit_cycles_and_signed_inputs(tmp_path) -> None:
+    signs = torch.tensor([1.0, -1.0]).repeat(8)
+    layout = _compile(_linear(signs[None].repeat(3, 1)), torch.zeros(1, 16), tmp_path / "pm2",
+                      [f"effects.read_noise.std_rel={R}", "periphery.dac_bits_per_cycle=2"])
+    emu = Emulator(layout, sigma=0.0)
+    pairs = np.array([127, -127, 90, -33, 5, 64, -2, 17])  # 8-bit signed: |x_int| <= 127
+    x = torch.tensor(np.repeat(pairs, 2), dtype=torch.float32)[None]
+    emu.calibrate(x)  # max |x| 127: one DAC step per unit
+    out = emu.forward(x.repeat(SAMPLES, 1), _chip(emu, 1)).double()
+    record = load_layout(layout).doc.layers[0]
+    s, levels = record.slicing, 2**record.slicing.cell_bits
+    # two phases (positive and negative parts), 4 cycles of 2 bits each (weight 4^k, variance
+    # 16^k): a read adds sum_r v_r^2 (r (L-1))^2 and, when any row is on, the ADC's 1/12
+    var_read = 0.0
+    for part in (np.clip(pairs, 0, None), np.clip(-pairs, 0, None)):
+        for k in range(4):
+            v = (part >> (2 * k)) & 3
+            if v.any():
+                var_read += 16.0**k * (2 * (v**2).sum() * (R * (levels - 1)) ** 2 + 1 / 12)
+    var_q = s.polarities * sum(levels ** (2 * j) for j in range(s.slices)) * var_read
+    expected = var_q * np.asarray(record.quant.scales) ** 2
+    np.testing.assert_allclose(out.var(dim=0).numpy(), expected, rtol=VAR_TOL)
+
+
 def test_read_stream_advances_and_a_chip_is_the_same_chip(pm_layout) -> None:
     for ideal in (True, False):
         emu = Emulator(pm_layout, sigma=0.05, ideal_periphery=ideal)
