@@ -66,9 +66,12 @@ def with_read_effects(chip: ChipInstance, layers: Mapping[str, CrossbarLayer], e
     if effects.read_noise:
         generator = chip_generator(chip.seed, chip.index, READ_STREAM)
         for name, layer in layers.items() if ideal else ():
-            # sum_{p,s} (L^s * r (L-1))^2 per weight, the fold of the programming noise
-            std = folded_std(torch.full_like(layer.levels, read_std), layer.coefficients)
-            weight_var[name] = layer.to_weight_layout((std * layer.scales) ** 2)
+            # sum_{p,s} (L^s * r (L-1))^2 per weight, the fold of the programming noise (the
+            # same for every weight of a column: one std per cell, whatever its level)
+            std = folded_std(torch.full_like(layer.coefficients, read_std), layer.coefficients)
+            per_column = (std * layer.scales) ** 2  # [C]
+            weight_var[name] = layer.to_weight_layout(
+                per_column.expand(layer.record.matrix_rows, -1))
     drawn = _draw_converters(chip, layers, effects) if dac or adc else {}
     reads = ReadEffects(read_std, generator, weight_var, drawn, dac, adc,
                         effects.spec.dac.inl_lsb, effects.spec.adc.inl_lsb)
