@@ -7,6 +7,7 @@ from __future__ import annotations
 import itertools
 from pathlib import Path
 
+import layout_reference
 import numpy as np
 import pytest
 import torch
@@ -259,7 +260,14 @@ def test_adc_transfer_is_the_formula() -> None:
     assert np.abs(got - want).max() <= 1
 
 
-def test_dac_and_adc_errors_end_to_end_match_a_numpy_model(tmp_path) -> None:
+def _band_cuts(layer: dict, rows: int, cols: int, array: dict) -> list:
+    """Row bands 0-40-100-140, each cut at its own columns (another tool's tiling)."""
+    assert (rows, cols) == (140, 160)
+    return [(0, 40, [0, 17, 90, 160]), (40, 100, [0, 50, 160]), (100, 140, [0, 33, 128, 160])]
+
+
+@pytest.mark.parametrize("retiled", [False, True])
+def test_dac_and_adc_errors_end_to_end_match_a_numpy_model(tmp_path, retiled) -> None:
     torch.manual_seed(1)
     weight = torch.randn(20, 140)  # 140 x 160 physical: 2 x 2 tiles of 128 x 128 arrays
     on = ["periphery.dac_bits_per_cycle=2", "periphery.adc_bits=6",
@@ -267,6 +275,9 @@ def test_dac_and_adc_errors_end_to_end_match_a_numpy_model(tmp_path) -> None:
           "effects.dac.inl_lsb=0.3", "effects.adc.offset_lsb_std=0.6",
           "effects.adc.gain_rel_std=0.04", "effects.adc.inl_lsb=1.5"]
     layout = _compile(_linear(weight), torch.zeros(1, 140), tmp_path / "conv", on)
+    if retiled:  # 8 tiles whose column cuts differ from band to band
+        layout_reference.write_retiled(layout, tmp_path / "retiled", _band_cuts)
+        layout = tmp_path / "retiled"
     emu = Emulator(layout, sigma=0.0)
     x = torch.rand(64, 140) * 255
     x[0] = 255.0
@@ -279,7 +290,7 @@ def test_dac_and_adc_errors_end_to_end_match_a_numpy_model(tmp_path) -> None:
     # 63) (u = clamp(t / 63, 0, 1)); row tiles and cycles (x 4^k) added, the polarities and
     # slices folded, dequantised.
     record = load_layout(layout).doc.layers[0]
-    assert len(record.tiles) == 4
+    assert len(record.tiles) == (8 if retiled else 4)
     s, levels = record.slicing, 2**record.slicing.cell_bits
     physical = encoding.to_physical(load_layout(layout).levels(record.name)).astype(np.float64)
     quant = chip.periphery.quant(record.name)
