@@ -34,6 +34,8 @@ class InjectNoise:
     quantize: Quantize = field(default_factory=Quantize)
     # The noise std carries the gradient of the quantisation scale (WeightNoise.scale_gradient).
     scale_gradient: bool = True
+    # Seconds after programming the chip is read at (drift of the target's effects; None: t0).
+    t_inference_s: float | None = None
 
     name: ClassVar[str] = "inject-noise"
     requires: ClassVar[frozenset[Fact]] = frozenset({Fact.NORMALIZED})
@@ -42,7 +44,7 @@ class InjectNoise:
 
     def device_noise(self, target: TargetSpec) -> DeviceNoise:
         """The noise every inserted ``WeightNoise`` computes, for ``target``."""
-        return self.quantize.device_noise(target, self.mode)
+        return self.quantize.device_noise(target, self.mode, self.t_inference_s)
 
     def run(self, gm: torch.fx.GraphModule, ctx: PassContext) -> PassResult:
         device_noise = self.device_noise(ctx.target)

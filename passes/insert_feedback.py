@@ -83,6 +83,7 @@ class InsertFeedback:
     # The chip's quantize pass: the heads' weight noise uses its scales (as inject-noise's).
     quantize: Quantize = field(default_factory=Quantize)
     seed: int = 0  # initialisation of the IRS heads (an explicit generator, never global state)
+    t_inference_s: float | None = None  # as inject-noise's: the heads' noise at that time
 
     name: ClassVar[str] = "insert-feedback"
     requires: ClassVar[frozenset[Fact]] = frozenset({Fact.NORMALIZED, Fact.NOISY_WEIGHTS})
@@ -96,7 +97,7 @@ class InsertFeedback:
             plan = FeedbackPlan(self.mode, self.beta, offsets)
             gm.meta[PLAN_KEY] = plan
             return PassResult(gm, previous != plan)
-        device_noise = self.quantize.device_noise(ctx.target, self.noise_mode)
+        device_noise = self.quantize.device_noise(ctx.target, self.noise_mode, self.t_inference_s)
         if previous is not None and previous.heads:
             # Heads already there: their weight noise (sigma, quantisation), the mode (irs or
             # ovf+irs), beta and the offsets can change.

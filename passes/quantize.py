@@ -40,11 +40,14 @@ class Quantize:
     provides: ClassVar[frozenset[Fact]] = frozenset({Fact.QUANTIZED})
     forbids: ClassVar[frozenset[Fact]] = frozenset({Fact.NOISY_WEIGHTS, Fact.FEEDBACK})
 
-    def device_noise(self, target: TargetSpec, mode: TrainNoiseMode = "cell") -> DeviceNoise:
-        """The training noise of the chip this pass produces for ``target``: computed from the
-        integer weights and scales of this pass's options (NeFT reads them here, never a copy)."""
+    def device_noise(self, target: TargetSpec, mode: TrainNoiseMode = "cell",
+                     t_inference_s: float | None = None) -> DeviceNoise:
+        """The training noise of the chip this pass produces for ``target``, read
+        ``t_inference_s`` seconds after programming (None: at the drift model's reference read):
+        computed from the integer weights and scales of this pass's options (NeFT reads them
+        here, never a copy)."""
         return DeviceNoise.of(target, self.per_channel, mode, calibration=self.calibration,
-                              percentile=self.percentile)
+                              percentile=self.percentile, t_inference_s=t_inference_s)
 
     def run(self, gm: torch.fx.GraphModule, ctx: PassContext) -> PassResult:
         qmax = ctx.target.qmax

@@ -107,3 +107,25 @@ def test_a_version_3_layout_reads_with_every_effect_off(mlp_layout, tmp_path) ->
     a.program_chip(2)
     b.program_chip(2)
     assert torch.equal(a(x), b(x))
+
+
+def test_training_deployment_time_reaches_the_noise_and_the_layout() -> None:
+    """``--t-inference`` of NeFT training: the settings hand it to both training passes, whose
+    device noise then stands for that time, and the layout records it."""
+    from neftc.driver.compiler import CompileSettings
+    from neftc.neft.pipeline import NeftSettings, training_passes
+    from neftc.neft.train import TrainLog
+
+    target = resolve_target("fefet_128x128", ["effects.drift.nu=0.05"])
+    settings = NeftSettings(mode="ovf", data="digits", t_inference_s=86400.0)
+    inject, feedback = training_passes(settings, target, classes=10)
+    for noise in (inject.device_noise(target),
+                  feedback.quantize.device_noise(target, "cell", feedback.t_inference_s)):
+        assert noise.time_s == 86400.0 and noise.cell_effects
+    assert not training_passes(NeftSettings(mode="ovf", data="digits"), target, 10)[0] \
+        .device_noise(target).cell_effects  # by default: the reference read, no drift
+    log = TrainLog(epochs=1, steps=1, seconds=0.0, losses=[1.0], ce_losses=[1.0])
+    options = CompileSettings(neft=settings).options(target, log)
+    assert options.neft is not None and options.neft.t_inference_s == 86400.0
+    with pytest.raises(NeftcError, match="--t-inference"):
+        NeftSettings(mode="nit", data="digits", t_inference_s=0.0).validate()

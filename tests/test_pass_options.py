@@ -46,14 +46,15 @@ def test_spec_text_golden() -> None:
     assert spec_text(InjectNoise(sigma=0.1, quantize=Quantize(per_channel=True))) == (
         "inject-noise{sigma=0.1 mode=cell "
         "quantize=quantize{per-channel=true calibration=max-abs percentile=99.99} "
-        "scale-gradient=true}")
+        "scale-gradient=true t-inference-s=none}")
 
 
 ROUND_TRIP = [
     default_pipeline(),
     default_pipeline(fold_bn=True, per_channel=True, calibration="percentile",
                      placement="in-order", replicate=False),
-    [Normalize(), InjectNoise(sigma=0.25, mode="paper", quantize=Quantize(percentile=99.5)),
+    [Normalize(), InjectNoise(sigma=0.25, mode="paper", quantize=Quantize(percentile=99.5),
+                              t_inference_s=86400.0),
      InsertFeedback("irs", beta=0.01, sigma=0.25, num_classes=7, sigma_offsets=(),
                     taps=("relu_1", "a b,c{d}"), quantize=Quantize(per_channel=True), seed=3),
      InsertFeedback("ovf", beta=1e-3, sigma=0.1, num_classes=10, taps=4),

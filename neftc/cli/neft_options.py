@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 
+from neftc.cli.common import duration_s
 from neftc.cli.workers import add_workers_args
 from neftc.errors import NeftcError
 
@@ -89,6 +90,10 @@ def _add_fine_tuning_options(group: argparse._ArgumentGroup, required: bool) -> 
     group.add_argument("--temperature", type=float, metavar="T", help="the loss divides the "
                        "(combined) logits by T > 0 (default: N + 1 for ovf, irs, ovf+irs with N "
                        "feedback terms, as the paper's loss; 1 for nit and none)")
+    group.add_argument("--t-inference", dest="t_inference", type=duration_s, metavar="TIME",
+                       help="train for a chip read TIME after programming: the training noise "
+                       "includes the target's drift at that time (seconds, or with s, min, h, "
+                       "d or y; default: the drift model's reference read, no drift)")
     group.add_argument("--sigma-schedule", choices=["constant", "ramp"], default="constant",
                        help="training sigma over the steps: constant (default); ramp: linearly "
                        "from 0 to the training sigma over the first half of the steps, then held")
@@ -163,6 +168,6 @@ def neft_settings(args: argparse.Namespace):  # -> NeftSettings | None
                             calibration=args.calibration, temperature=args.temperature,
                             sigma_schedule=args.sigma_schedule, bn_stats=args.bn_stats,
                             scale_gradient=args.scale_gradient, auto_epochs=args.auto_epochs,
-                            auto_chips=args.auto_chips)
+                            auto_chips=args.auto_chips, t_inference_s=args.t_inference)
     settings.validate()
     return settings

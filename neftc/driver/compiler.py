@@ -108,7 +108,7 @@ class CompileSettings:
                 temperature=n.resolved_temperature(), sigma_schedule=n.sigma_schedule,
                 bn_stats=n.bn_stats, scale_gradient=n.scale_gradient,
                 final_ce=log.ce_losses[-1] if log.ce_losses else float("nan"),
-                auto=None if auto is None else auto_record(auto))
+                auto=None if auto is None else auto_record(auto), t_inference_s=n.t_inference_s)
         normalize, place = _only(self.pipeline, Normalize), _only(self.pipeline, Place)
         return CompileOptions(per_channel=self.quantize.per_channel,
                               calibration=self.quantize.calibration, fold_bn=normalize.fold_bn,

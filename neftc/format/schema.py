@@ -119,6 +119,10 @@ class NeftRecord(_Strict):
     final_ce: float | None = Field(
         default=None, description="plain cross-entropy of the noisy backbone's logits at "
         "temperature 1, mean over the last epoch: comparable across modes")
+    t_inference_s: float | None = Field(
+        default=None, gt=0, description="--t-inference: the training noise included the "
+        "target's device effects at this time after programming; absent: at the drift model's "
+        "reference read")
 
 
 class TensorRecord(_Strict):

@@ -49,6 +49,7 @@ from neftc.passes.inject_noise import InjectNoise
 from neftc.passes.insert_feedback import InsertFeedback, NeftMode
 from neftc.passes.quantize import Quantize
 from neftc.passes.strip_training import StripTraining
+from neftc.targets.physics import TIME_MAX_S
 from neftc.targets.spec import SIGMA_REL_MAX, TargetSpec
 
 NEFT_MODES: tuple[NeftMode, ...] = ("ovf", "irs", "ovf+irs", "nit", "none")
@@ -87,6 +88,9 @@ class NeftSettings:
     # --neft auto's budget (neftc.neft.auto): epochs per candidate, chips per candidate.
     auto_epochs: int = 2
     auto_chips: int = 10
+    # Seconds after programming the chip will be read at: the training noise includes the
+    # target's drift at that time (None: the drift model's reference read, no drift).
+    t_inference_s: float | None = None
 
     def resolved_beta(self) -> float:
         """The feedback strength used: ``beta``, or the mode's default."""
@@ -123,6 +127,8 @@ class NeftSettings:
             check_beta("--beta", self.beta)
         check_number("--auto-epochs", self.auto_epochs, 1, MAX_EPOCHS, integer=True)
         check_number("--auto-chips", self.auto_chips, 1, MAX_AUTO_CHIPS, integer=True)
+        if self.t_inference_s is not None:
+            check_number("--t-inference", self.t_inference_s, 0, TIME_MAX_S, low_open=True)
         if self.temperature is not None:
             check_number("--temperature", self.temperature, 0, MAX_TEMPERATURE, low_open=True)
         if self.sigma_schedule not in SIGMA_SCHEDULES:
@@ -179,10 +185,12 @@ def training_passes(settings: NeftSettings, target: TargetSpec, classes: int,
     sigma = target.noise.sigma_rel if settings.sigma is None else settings.sigma
     beta = settings.resolved_beta()
     return [InjectNoise(sigma=sigma, mode=settings.noise, quantize=quantize,
-                        scale_gradient=settings.scale_gradient),
+                        scale_gradient=settings.scale_gradient,
+                        t_inference_s=settings.t_inference_s),
             InsertFeedback(mode=settings.mode, beta=beta, sigma=sigma, num_classes=classes,
                            sigma_offsets=settings.sigma_offsets, taps=settings.taps,
-                           noise_mode=settings.noise, seed=settings.seed, quantize=quantize)]
+                           noise_mode=settings.noise, seed=settings.seed, quantize=quantize,
+                           t_inference_s=settings.t_inference_s)]
 
 
 def loss_summary(mode: str, log: TrainLog) -> str:
