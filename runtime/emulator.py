@@ -97,8 +97,9 @@ class Emulator:
         """Use device variation ``sigma`` from the next chip instance on (the network, its
         calibration and its periphery stay); the chip is reset to the ideal levels."""
         self.noise = replace(self.noise, sigma=float(sigma))
-        self.variation = variation(self.layers, self.noise, self.n_levels,
-                                   self.layout.doc.target.cell)
+        target = self.layout.doc.target
+        self.variation = variation(self.layers, self.noise, self.n_levels, target.cell,
+                                   target.array.rows)
         self.program_ideal()
 
     # ------------------------------------------------------------------ chip instances

@@ -82,13 +82,16 @@ class Variation:
     n_levels: int
     layers: Mapping[str, LayerVariation]
     cell: CellSpec | None = None  # the layout's target.cell (the cell effects need it)
+    array_rows: int | None = None  # the target's wordlines per array (IR drop: idle rows)
 
 
 def variation(layers: Mapping[str, CrossbarLayer], noise: NoiseModel, n_levels: int,
-              cell: CellSpec | None = None) -> Variation:
+              cell: CellSpec | None = None, array_rows: int | None = None) -> Variation:
     """The per-layer spreads of ``noise`` on ``layers`` (cell levels, weights, scales).
     ``cell``: the layout's ``target.cell``, needed when a cell-level effect is on (write-verify's
-    tolerance, the conductance range). Paper mode with a cell-level effect is refused."""
+    tolerance, the conductance range); ``array_rows``: the target's ``array.rows`` (IR drop: a
+    tile shorter than its array has its bitlines run on through the idle rows). Paper mode with
+    a cell-level effect is refused."""
     effects = noise.effects
     if effects.cell_level:
         cell_effects_on = [name for name in effects.active
@@ -115,7 +118,7 @@ def variation(layers: Mapping[str, CrossbarLayer], noise: NoiseModel, n_levels: 
             draw_std = layer.to_weight_layout(weight_std * layer.scales)
         tables[name] = LayerVariation(cell_std, weight_std, draw_std,
                                       layer.coefficients[:, :, None, None])
-    return Variation(noise, n_levels, tables, cell)
+    return Variation(noise, n_levels, tables, cell, array_rows)
 
 
 def program_chip(layers: Mapping[str, CrossbarLayer], model: Variation, seed: int, index: int,
@@ -205,6 +208,7 @@ def program_cells(layers: Mapping[str, CrossbarLayer], model: Variation, seed: i
         if effects.ir_drop:
             assert model.cell is not None
             conductance = ir_drop_cells(conductance, layer, model.cell,
-                                        effects.spec.wire.r_segment_ohm)
+                                        effects.spec.wire.r_segment_ohm,
+                                        array_rows=model.array_rows)
         out[name] = conductance
     return out, pulses

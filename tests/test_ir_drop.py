@@ -197,8 +197,9 @@ def test_the_output_error_grows_with_the_wire_resistance(tiled_layer) -> None:
 
 def test_a_chip_with_wire_resistance_has_the_models_weights(tmp_path) -> None:
     """Through the emulator (programming, noise off): chip 0's effective weights are its levels
-    through ``ir_drop_cells`` with the layout's own cell spec and resistance, on the tiled
-    layer; the ideal chip (no effects) keeps the programmed weights."""
+    through ``ir_drop_cells`` with the layout's own cell spec, resistance and array rows (the
+    8-row last row tile's bitlines run on through the array's idle rows), on the tiled layer;
+    the ideal chip (no effects) keeps the programmed weights."""
     target = resolve_target("fefet_128x128", ["array.rows=16", "array.cols=24",
                                               "effects.wire.r_segment_ohm=300"])
     with torch.random.fork_rng(devices=[]):
@@ -208,7 +209,8 @@ def test_a_chip_with_wire_resistance_has_the_models_weights(tmp_path) -> None:
     emulator = Emulator(tmp_path / "layout", noise="off", ideal_periphery=True)
     (layer,) = emulator.layers.values()
     emulator.program_chip(0)
-    expected = layer.weight_of(ir_drop_cells(layer.levels, layer, target.cell, 300.0))
+    expected = layer.weight_of(ir_drop_cells(layer.levels, layer, target.cell, 300.0,
+                                             array_rows=16))
     torch.testing.assert_close(emulator.effective_weights()["0"], expected)
     assert not torch.allclose(expected, layer.ideal_weight, rtol=1e-3, atol=0)
     emulator.program_ideal()
@@ -218,7 +220,7 @@ def test_a_chip_with_wire_resistance_has_the_models_weights(tmp_path) -> None:
 def test_lenet_accuracy_falls_with_the_wire_resistance(trained_lenet, tmp_path) -> None:
     """The trained LeNet on fefet_128x128 (ideal periphery, no programming variation: the chip
     is its levels plus the IR drop, deterministic) with segments of 0, 20, 50 and 100 ohms
-    (r g_max 0 .. 1e-3; measured 95.5, 93.5, 83.7, 58.8 %): the accuracy falls at each step by
+    (r g_max 0 .. 1e-3; measured 95.5, 92.4, 78.8, 34.5 %): the accuracy falls at each step by
     more than 1 point."""
     data, model = trained_lenet.data, trained_lenet.model()
     x, y = data.test.x, data.test.y
