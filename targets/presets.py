@@ -55,8 +55,9 @@ _COMMON_SOURCES: dict[str, str] = {
     " ~0.04 pJ per operation",
     "cost.link_energy_pj_per_byte": f"{ISAAC}: router 42 mW per 4 tiles at 1.2 GHz x 4 B ->"
     " ~8.75 pJ/B (approximate)",
-    "cost.cell_write_energy_pj": "assumption: a write-verify of a few ~1-3 pJ pulses per cell"
-    " (order of magnitude for RRAM/FeFET program-and-verify)",
+    "cost.cell_write_energy_pj": "assumption: one program-and-verify pulse of a RRAM/FeFET cell,"
+    " order of magnitude (a few pJ per pulse plus the verify read); without write-verify"
+    " (effects.write_verify.max_pulses 0) one pulse per cell",
 }
 
 # Device effects besides programming variation (``neftc.targets.physics``): off in the paper's

@@ -165,7 +165,9 @@ class CostSpec(_Frozen):
     array_area_um2: float = Field(ge=0, le=COST_MAX,
                                   description="area of one array with its periphery")
     cell_write_energy_pj: float = Field(ge=0, le=COST_MAX,
-                                        description="programming one cell (write-verify)")
+                                        description="one programming pulse of one cell, its "
+                                        "verify read included (write-verify: times the "
+                                        "expected pulses)")
 
 
 class TargetSpec(_Frozen):

@@ -45,6 +45,7 @@ from neftc.flow.records import (
 from neftc.format import encoding
 from neftc.format.schema import LayerRecord, LayoutDoc
 from neftc.targets.cell_model import pulses_per_cell
+from neftc.targets.spec import TargetSpec
 
 
 def positions_per_copy(positions: int, replication: int) -> list[int]:
@@ -147,14 +148,20 @@ def _energy(doc: LayoutDoc, counts: PerInference) -> EnergyRecord:
     return EnergyRecord(**parts, total_pj=sum(parts.values()))
 
 
-def programming_cost(doc: LayoutDoc, cells: int, original_cells: int) -> ProgrammingCost:
-    """Programming every cell once: ``cells`` x the expected write-verify pulses per cell
+def target_pulses_per_cell(target: TargetSpec) -> float:
+    """The expected write-verify pulses per programmed cell of ``target``
     (``neftc.targets.cell_model.pulses_per_cell``, at the target's sigma and tolerance; 1
-    without write-verify) x ``cost.cell_write_energy_pj``."""
+    without write-verify)."""
+    return pulses_per_cell(target.cell.levels, target.noise.sigma_rel,
+                           target.noise.state_ratio, target.cell.write_verify_tolerance_rel,
+                           target.effects.write_verify.max_pulses)
+
+
+def programming_cost(doc: LayoutDoc, cells: int, original_cells: int) -> ProgrammingCost:
+    """Programming every cell once: ``cells`` x the expected pulses per cell
+    (``target_pulses_per_cell``) x ``cost.cell_write_energy_pj``."""
     target = doc.target
-    pulses = pulses_per_cell(target.cell.levels, target.noise.sigma_rel,
-                             target.noise.state_ratio, target.cell.write_verify_tolerance_rel,
-                             target.effects.write_verify.max_pulses)
+    pulses = target_pulses_per_cell(target)
     return ProgrammingCost(cells=cells, replica_cells=cells - original_cells,
                            pulses_per_cell=pulses,
                            energy_pj=cells * pulses * target.cost.cell_write_energy_pj)

@@ -12,6 +12,7 @@ import numpy as np
 
 from neftc.atomic import atomic_directory
 from neftc.errors import LayoutError
+from neftc.flow.cost import target_pulses_per_cell
 from neftc.flow.records import (
     PROGRAMMING_FORMAT,
     ArrayShape,
@@ -212,5 +213,7 @@ def diff_layouts(old: Layout, new: Layout, keep_cells: int = 1_000_000) -> Layou
                 cells.append((key[0], key[1], int(row), int(col), int(levels_old[row, col]),
                               int(levels_new[row, col])))
         changed += count
-    energy = changed * new.doc.target.cost.cell_write_energy_pj
+    # each changed cell is programmed again: its expected write-verify pulses, as compile's cost
+    energy = changed * target_pulses_per_cell(new.doc.target) * \
+        new.doc.target.cost.cell_write_energy_pj
     return LayoutDiff(changed, compared, per_layer, per_array, energy, cells, keep_cells)

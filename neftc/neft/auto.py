@@ -121,18 +121,19 @@ def noisy_accuracies(gm: torch.fx.GraphModule, data: Split, noise: DeviceNoise, 
                      chips: int, seed: int, batch_size: int = 1024,
                      group: Group = SINGLE) -> tuple[float, ...]:
     """Accuracy of the deployable graph ``gm`` on ``data`` for each of ``chips`` simulated chips:
-    every crossbar weight ``w`` becomes ``w + weight_std(w, sigma) * z``, ``z`` standard normal
+    every crossbar weight ``w`` becomes ``w + shift + std * z`` (``DeviceNoise.weight_noise``:
+    the shift of the target's cell effects, 0 without them), ``z`` standard normal
     from a generator seeded by ``(seed, chip)``, fixed for the whole split. With several
     processes each rank scores its share of the chips (``group.shard``; ``gm`` must be the same
     on all) and every rank gets all the accuracies, equal to one process's."""
     weights = {weight_attr(node): get_weight(gm, node).detach() for node in crossbar_nodes(gm)}
-    stds = {name: noise.weight_std(w, sigma) for name, w in weights.items()}
+    moments = {name: noise.weight_noise(w, sigma) for name, w in weights.items()}
     results = torch.zeros(chips, dtype=torch.float64)  # each chip's value set on one rank only
     gm.eval()
     for chip in group.shard(range(chips)):
         generator = torch.Generator().manual_seed((seed * 1_000_003 + chip) % 2**63)
-        noisy = {name: w + stds[name] * torch.randn(w.shape, generator=generator)
-                 for name, w in weights.items()}
+        noisy = {name: w + moments[name][0] + moments[name][1] * torch.randn(
+                     w.shape, generator=generator) for name, w in weights.items()}
 
         def forward(*inputs: torch.Tensor, params: dict = noisy) -> torch.Tensor:
             return functional_call(gm, params, inputs)
@@ -167,7 +168,7 @@ def resolve(gm: torch.fx.GraphModule, ctx: PassContext, settings: NeftSettings,
     classes = num_outputs(gm, ctx.example_inputs)
     fit, validation = carve_validation(training_data(settings, ctx, classes).train,
                                        budget.validation, settings.seed)
-    noise = quantize.device_noise(ctx.target, settings.noise)
+    noise = quantize.device_noise(ctx.target, settings.noise, settings.t_inference_s)
     report(f"auto: {budget.describe(settings)}; deployment sigma {deploy_sigma:g}")
     scores = []
     for overrides, train_sigma in candidate_settings(settings, deploy_sigma):
