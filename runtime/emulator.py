@@ -45,6 +45,7 @@ from neftc.runtime.graph import build_module
 from neftc.runtime.inputs import Inputs, as_tuple, prepare, repeat
 from neftc.runtime.noise import NoiseMode, NoiseModel
 from neftc.runtime.periphery import AdcConfig, InputQuant, Periphery
+from neftc.runtime.read_effects import read_effects_active, with_read_effects
 from neftc.runtime.variation import chip_generator, draw_cells, program_chip, variation
 
 
@@ -111,7 +112,14 @@ class Emulator:
     def instance(self, chip: int) -> ChipInstance:
         """Chip instance ``chip`` of the emulator's seed, noise and periphery, as a value (the
         emulator's current chip is unchanged)."""
-        return program_chip(self.layers, self.variation, self.seed, chip, self.periphery)
+        programmed = program_chip(self.layers, self.variation, self.seed, chip, self.periphery)
+        return with_read_effects(programmed, self.layers, self.noise.effects, self.n_levels)
+
+    @property
+    def active_effects(self) -> tuple[str, ...]:
+        """The device effects besides programming variation that change what this emulator's
+        chips compute (the converters' errors count on the target periphery only)."""
+        return read_effects_active(self.noise.effects, self.ideal_periphery)
 
     def program_ideal(self) -> None:
         """Program every cell exactly (no variation)."""
@@ -230,9 +238,13 @@ class Emulator:
     def partial_mvms_per_weight(self) -> dict[str, int]:
         """How many crossbar partial MVMs each weight needs on the target's periphery
         (input cycles x phases x slices x polarities; 1 where the ADC lets them fold)."""
+        effects = self.noise.effects
+        exact = not (effects.read_noise or (not self.ideal_periphery and (effects.dac
+                                                                          or effects.adc)))
         return {name: self.periphery.partial_mvms(name, layer.tiles, self.n_levels,
                                                   layer.record.slicing.slices,
-                                                  layer.record.slicing.polarities)
+                                                  layer.record.slicing.polarities,
+                                                  exact_reads=exact)
                 for name, layer in self.layers.items()}
 
 

@@ -288,7 +288,8 @@ def test_ir_drop_acts_last_on_the_programmed_cells(tmp_path) -> None:
     bare.program_chip(1)
     cell = wired.layout.doc.target.cell
     for name, cells in bare.cell_conductances().items():
-        expected = ir_drop_cells(cells, bare.layers[name], cell, 2.0)
+        expected = ir_drop_cells(cells, bare.layers[name], cell, 2.0,
+                                 array_rows=bare.layout.doc.target.array.rows)
         assert not torch.equal(expected, cells)
         assert torch.equal(wired.cell_conductances()[name], expected)
 

@@ -129,3 +129,34 @@ def test_training_deployment_time_reaches_the_noise_and_the_layout() -> None:
     assert options.neft is not None and options.neft.t_inference_s == 86400.0
     with pytest.raises(NeftcError, match="--t-inference"):
         NeftSettings(mode="nit", data="digits", t_inference_s=0.0).validate()
+
+
+def test_verify_applies_the_targets_effects_and_lists_the_ones_that_acted(capsys,
+                                                                            tmp_path) -> None:
+    """A layout whose target states read noise and ADC errors: ``verify`` runs its chips with
+    them (the accuracy differs from ``--ideal all``'s), lists them, drops the converters on the
+    ideal periphery, and refuses batched chips with read noise."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = build("mlp", (1, 8, 8), 10).eval()
+    target = resolve_target("fefet_128x128", ["effects.read_noise.std_rel=0.3",
+                                              "effects.adc.offset_lsb_std=2"])
+    layout = tmp_path / "layout"
+    compile_module(model, torch.zeros(1, 1, 8, 8), target, layout)
+    records = {}
+    for name, extra in (("target", []), ("ideal", ["--ideal-periphery"]),
+                        ("off", ["--ideal-periphery", "--ideal", "all"])):
+        out = tmp_path / f"{name}.json"
+        assert main(["verify", str(layout), "--mc", "2", "-q", "--sigma", "0.05", *extra,
+                     "-o", str(out)]) == 0
+        records[name] = json.loads(out.read_text())
+    assert records["target"]["effects"]["active"] == ["read-noise", "adc"]
+    assert records["ideal"]["effects"]["active"] == ["read-noise"]
+    assert records["off"]["effects"]["active"] == []
+    chips = [records[name]["results"][0]["chip_accuracies"] for name in ("ideal", "off")]
+    assert chips[0] != chips[1]  # the read noise changed the chips' answers
+    capsys.readouterr()
+    assert main(["verify", str(layout), "--mc", "2", "--ideal-periphery",
+                 "--chips-per-pass", "2"]) == 2
+    err = capsys.readouterr().err
+    assert "--ideal read-noise" in err and "Traceback" not in err

@@ -343,6 +343,11 @@ def verify_layout(layout_dir: str | Path, data_spec: str, settings: VerifySettin
                         ideal_periphery=settings.ideal_periphery, faults=settings.faults,
                         device=settings.device, ideal_effects=settings.ideal_effects,
                         t_inference_s=settings.t_inference_s)
+    if settings.chips_per_pass > 1 and emulator.noise.effects.read_noise:
+        raise NeftcError(f"--chips-per-pass {settings.chips_per_pass} batches chip instances, "
+                         "and the target's read noise draws fresh noise per chip and read: run "
+                         "one chip per pass (drop --chips-per-pass) or switch it off with "
+                         "--ideal read-noise")
     data = fit_data(emulator, layout, data)
     calibration = None
     if settings.bn_recalibrate is not None:
@@ -386,7 +391,8 @@ def verify_layout(layout_dir: str | Path, data_spec: str, settings: VerifySettin
 def effects_record(emulator: Emulator, settings: VerifySettings) -> EffectsRecord:
     """What the sign-off's chips showed besides programming variation."""
     effects = emulator.noise.effects
-    return EffectsRecord(active=list(effects.active), ideal=list(settings.ideal_effects),
+    return EffectsRecord(active=list(emulator.active_effects),
+                         ideal=list(settings.ideal_effects),
                          t_inference_s=effects.time_s, spec=effects.spec)
 
 
