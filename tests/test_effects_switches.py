@@ -153,6 +153,12 @@ def test_verify_applies_the_targets_effects_and_lists_the_ones_that_acted(capsys
     assert records["target"]["effects"]["active"] == ["read-noise", "adc"]
     assert records["ideal"]["effects"]["active"] == ["read-noise"]
     assert records["off"]["effects"]["active"] == []
+    from neftc.flow.records import VerifyRecord
+    from neftc.flow.verify import format_verify
+    texts = {name: format_verify(VerifyRecord.model_validate(record))
+             for name, record in records.items()}
+    assert "device effects: read-noise, adc\n" in texts["target"]
+    assert "device effects: none besides programming variation; switched off: all" in texts["off"]
     chips = [records[name]["results"][0]["chip_accuracies"] for name in ("ideal", "off")]
     assert chips[0] != chips[1]  # the read noise changed the chips' answers
     capsys.readouterr()

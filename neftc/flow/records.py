@@ -163,6 +163,20 @@ class EffectsRecord(Record):
                               "at their defaults)")
 
 
+def effects_text(effects: EffectsRecord | None, target: str) -> str:
+    """What a sign-off's chips showed besides programming variation, in one line (the text and
+    HTML reports)."""
+    if effects is None:
+        return "device effects: not recorded (a record from before device effects existed)"
+    switched = f"; switched off: {', '.join(effects.ideal)}" if effects.ideal else ""
+    if not effects.active:
+        return (f"device effects: none besides programming variation{switched} ('neftc targets "
+                f"{target}' lists the target's)")
+    hours = effects.t_inference_s / 3600
+    when = f", read {hours:.3g} h after programming" if "drift" in effects.active else ""
+    return f"device effects: {', '.join(effects.active)}{when}{switched}"
+
+
 class VerifyRecord(Record):
     """``neftc verify --json`` and the ``verify.json`` it saves in the layout directory."""
 

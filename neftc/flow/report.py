@@ -24,7 +24,7 @@ from pydantic import ValidationError
 from neftc.atomic import atomic_file, atomic_files, directory_lock
 from neftc.errors import OutputError
 from neftc.flow.plots import report_plots
-from neftc.flow.records import CostEstimate, LayoutSummary, VerifyRecord
+from neftc.flow.records import CostEstimate, LayoutSummary, VerifyRecord, effects_text
 from neftc.flow.summary import (
     dac_calibration_text,
     dac_text,
@@ -148,7 +148,7 @@ def sign_off_settings(verify: VerifyRecord) -> str:
             f"(chip instance i of a seed is always the same chip); "
             f"{'/'.join(map(str, chips))} chip instance(s) per sigma; data {verify.data}, "
             f"{verify.test_samples} test samples (split: {verify.split}); device "
-            f"{verify.device}.")
+            f"{verify.device}; {effects_text(verify.effects, verify.target)}.")
 
 
 def render_report(doc: LayoutDoc, verify: VerifyRecord | None = None) -> str:

@@ -30,6 +30,7 @@ from neftc.flow.records import (
     SigmaResult,
     UncertaintyRecord,
     VerifyRecord,
+    effects_text,
 )
 from neftc.format.reader import Layout, load_layout
 from neftc.format.schema import DacRecord
@@ -450,7 +451,8 @@ def format_verify(report: VerifyRecord | Mapping[str, Any]) -> str:
     r = report if isinstance(report, VerifyRecord) else VerifyRecord.model_validate(report)
     lines = [f"layout {r.layout} on target {r.target} (s = {r.state_ratio:g}), data {r.data} "
              f"({r.test_samples} test samples), noise model '{r.noise}', seed {r.seed}",
-             f"train/test split: {r.split}", *_periphery_lines(r), ""]
+             f"train/test split: {r.split}", *_periphery_lines(r),
+             effects_text(r.effects, r.target), ""]
     header = (f"{'sigma':>6}  {'quantized':>9}  {'MC mean':>8}  {'95% CI':>7}  {'std':>6}  "
               f"{'min':>6}  {'p5':>6}  {'max':>6}  {'E[KL]':>7}  {'conf':>6}  {'trials':>6}  "
               f"{'chips/s':>8}")
