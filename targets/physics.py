@@ -25,11 +25,13 @@ CONVERTER_LSB_MAX = 1e3
 WRITE_PULSES_MAX = 1000
 
 
-class _Frozen(BaseModel):
+class SpecRecord(BaseModel):
+    """The base of every target spec record: frozen, no unknown keys, finite floats only."""
+
     model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
 
-class ReadNoiseSpec(_Frozen):
+class ReadNoiseSpec(SpecRecord):
     """Cycle-to-cycle (read) noise: every read of a cell adds fresh noise."""
 
     std_rel: float = Field(
@@ -38,7 +40,7 @@ class ReadNoiseSpec(_Frozen):
         "range; independent per cell and per read (0: off)")
 
 
-class DriftSpec(_Frozen):
+class DriftSpec(SpecRecord):
     """Conductance drift after programming: ``g(t) = g(t0) (t / t0)^-nu`` per cell."""
 
     nu: float = Field(default=0.0, ge=0, le=1,
@@ -55,7 +57,7 @@ class DriftSpec(_Frozen):
         "compensation); 'none': outputs shrink with the drift")
 
 
-class WireSpec(_Frozen):
+class WireSpec(SpecRecord):
     """Parasitic wire resistance of the wordlines and bitlines (IR drop)."""
 
     r_segment_ohm: float = Field(default=0.0, ge=0, le=WIRE_OHM_MAX,
@@ -63,7 +65,7 @@ class WireSpec(_Frozen):
                                  "between two adjacent cells, ohms (0: off)")
 
 
-class ConverterErrorSpec(_Frozen):
+class ConverterErrorSpec(SpecRecord):
     """Static errors of each DAC (one per wordline) or ADC (one per bitline), drawn once per
     chip, plus a non-linearity common to all."""
 
@@ -76,7 +78,7 @@ class ConverterErrorSpec(_Frozen):
                            "at both ends of the range, in steps")
 
 
-class WriteVerifySpec(_Frozen):
+class WriteVerifySpec(SpecRecord):
     """Program-and-verify: a cell read back outside the tolerance band is programmed again."""
 
     max_pulses: int = Field(default=0, ge=0, le=WRITE_PULSES_MAX,
@@ -86,7 +88,7 @@ class WriteVerifySpec(_Frozen):
                             "pulses in all")
 
 
-class EffectsSpec(_Frozen):
+class EffectsSpec(SpecRecord):
     """The device effects a chip shows besides programming variation; all off by default."""
 
     clip: bool = Field(default=False, description="cells are programmed inside the device's "

@@ -12,10 +12,10 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 
 from neftc.format import encoding
-from neftc.targets.physics import EffectsSpec
+from neftc.targets.physics import EffectsSpec, SpecRecord
 
 #: Largest device variation (``noise.sigma_rel``, ``--sigma``, ``--train-sigma``): twice the cell's
 #: full conductance range, far beyond any device worth compiling for.
@@ -34,18 +34,14 @@ CONDUCTANCE_MAX_US = 1e6
 COST_MAX = 1e12
 
 
-class _Frozen(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
-
-
-class ArraySpec(_Frozen):
+class ArraySpec(SpecRecord):
     """One crossbar array: wordlines (rows) x bitlines (columns)."""
 
     rows: int = Field(ge=1, le=ARRAY_SIDE_MAX, description="wordlines per array")
     cols: int = Field(ge=1, le=ARRAY_SIDE_MAX, description="bitlines per array")
 
 
-class CellSpec(_Frozen):
+class CellSpec(SpecRecord):
     """One memory cell."""
 
     bits: int = Field(ge=1, le=8, description="bits per cell; a cell holds 2**bits levels")
@@ -69,7 +65,7 @@ class CellSpec(_Frozen):
         return self
 
 
-class WeightSpec(_Frozen):
+class WeightSpec(SpecRecord):
     """How a weight is quantised and encoded in cells."""
 
     bits: int = Field(
@@ -88,7 +84,7 @@ class WeightSpec(_Frozen):
     )
 
 
-class PeripherySpec(_Frozen):
+class PeripherySpec(SpecRecord):
     """Converters at the array edges."""
 
     input_bits: int = Field(ge=1, le=16, description="DAC resolution of the input activations")
@@ -100,7 +96,7 @@ class PeripherySpec(_Frozen):
                                 description="ADCs shared by the columns of one array")
 
 
-class NoiseSpec(_Frozen):
+class NoiseSpec(SpecRecord):
     """Device-to-device programming variation (DESIGN.md section 4)."""
 
     sigma_rel: float = Field(
@@ -113,7 +109,7 @@ class NoiseSpec(_Frozen):
     )
 
 
-class FaultSpec(_Frozen):
+class FaultSpec(SpecRecord):
     """Optional stuck-at faults, as fractions of all cells."""
 
     stuck_at_min_rate: float = Field(default=0.0, ge=0, le=1)
@@ -128,7 +124,7 @@ class FaultSpec(_Frozen):
         return self
 
 
-class ChipSpec(_Frozen):
+class ChipSpec(SpecRecord):
     """Chip organisation."""
 
     cores: int = Field(ge=1, le=CORES_MAX, description="compute cores")
@@ -150,7 +146,7 @@ class ChipSpec(_Frozen):
         return self
 
 
-class CostSpec(_Frozen):
+class CostSpec(SpecRecord):
     """Per-operation cost constants for estimates."""
 
     array_read_energy_pj: float = Field(ge=0, le=COST_MAX, description="one read of a whole array")
@@ -170,7 +166,7 @@ class CostSpec(_Frozen):
                                         "expected pulses)")
 
 
-class TargetSpec(_Frozen):
+class TargetSpec(SpecRecord):
     """Everything neftc needs to know about a CIM chip."""
 
     name: str = Field(min_length=1, max_length=200)

@@ -88,6 +88,20 @@ def fefet() -> TargetSpec:
     return resolve_target("fefet_128x128")
 
 
+@pytest.fixture(scope="module")
+def mlp_layout(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An untrained MLP (seed 0) on the digits' 1x8x8 inputs, compiled for fefet_128x128 (one
+    per test module; tests copy it before changing it)."""
+    from neftc.driver.compiler import compile_module
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = build("mlp", (1, 8, 8), 10).eval()
+    out = tmp_path_factory.mktemp("mlp") / "layout"
+    compile_module(model, torch.zeros(1, 1, 8, 8), resolve_target("fefet_128x128"), out)
+    return out
+
+
 @pytest.fixture
 def lenet_layout(tmp_path: Path, fefet: TargetSpec) -> Path:
     """An untrained LeNet (seed 0) for 1x8x8 inputs compiled for fefet_128x128 into

@@ -6,7 +6,6 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-from pathlib import Path
 
 import pytest
 import torch
@@ -26,16 +25,6 @@ from neftc.targets.physics import EffectsSpec
 ON = ["effects.clip=true", "effects.read_noise.std_rel=0.02", "effects.drift.nu=0.05",
       "effects.wire.r_segment_ohm=1", "effects.adc.offset_lsb_std=0.5",
       "effects.dac.gain_rel_std=0.01", "effects.write_verify.max_pulses=4"]
-
-
-@pytest.fixture(scope="module")
-def mlp_layout(tmp_path_factory) -> Path:
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        model = build("mlp", (1, 8, 8), 10).eval()
-    out = tmp_path_factory.mktemp("effects") / "layout"
-    compile_module(model, torch.zeros(1, 1, 8, 8), resolve_target("fefet_128x128"), out)
-    return out
 
 
 def test_presets_have_every_effect_off() -> None:

@@ -14,21 +14,8 @@ import torch
 from neftc.cli.main import main
 from neftc.datasets.digits import load_digits
 from neftc.datasets.spec import load_dataset
-from neftc.driver.compiler import compile_module
 from neftc.frontend.zoo import build
 from neftc.runtime import Emulator
-from neftc.targets import resolve_target
-
-
-@pytest.fixture(scope="module")
-def mlp_layout(tmp_path_factory) -> Path:
-    """An untrained MLP (seed 0) on the digits' 1x8x8 inputs, compiled for fefet_128x128."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        model = build("mlp", (1, 8, 8), 10).eval()
-    out = tmp_path_factory.mktemp("first_hour") / "layout"
-    compile_module(model, torch.zeros(1, 1, 8, 8), resolve_target("fefet_128x128"), out)
-    return out
 
 
 def run(capsys, *argv: str) -> tuple[int, str, str]:
