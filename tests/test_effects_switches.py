@@ -27,6 +27,18 @@ ON = ["effects.clip=true", "effects.read_noise.std_rel=0.02", "effects.drift.nu=
       "effects.dac.gain_rel_std=0.01", "effects.write_verify.max_pulses=4"]
 
 
+def test_the_report_says_when_stated_drift_was_not_read() -> None:
+    from neftc.flow.records import EffectsRecord, effects_text
+
+    spec = resolve_target("fefet_128x128", ["effects.drift.nu=0.05"]).effects
+    for time_s, words in ((None, "drift stated but read at its reference time t0 = 1 s"),
+                          (86400.0, "device effects: drift, read 24 h after programming")):
+        effects = effects_for(spec, t_inference_s=time_s)
+        record = EffectsRecord(active=list(effects.active), ideal=[],
+                               t_inference_s=effects.time_s, spec=effects.spec)
+        assert words in effects_text(record, "fefet_128x128")
+
+
 def test_presets_have_every_effect_off() -> None:
     spec = resolve_target("fefet_128x128")
     assert spec.effects == EffectsSpec()

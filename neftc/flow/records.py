@@ -169,12 +169,16 @@ def effects_text(effects: EffectsRecord | None, target: str) -> str:
     if effects is None:
         return "device effects: not recorded (a record from before device effects existed)"
     switched = f"; switched off: {', '.join(effects.ideal)}" if effects.ideal else ""
+    drift = effects.spec.drift
+    unread = (f"; drift stated but read at its reference time t0 = {drift.t0_s:g} s, before any "
+              "drift (give --t-inference)" if "drift" not in effects.active
+              and (drift.nu > 0 or drift.nu_std > 0) else "")
     if not effects.active:
-        return (f"device effects: none besides programming variation{switched} ('neftc targets "
-                f"{target}' lists the target's)")
+        return (f"device effects: none besides programming variation{switched}{unread} ('neftc "
+                f"targets {target}' lists the target's)")
     hours = effects.t_inference_s / 3600
     when = f", read {hours:.3g} h after programming" if "drift" in effects.active else ""
-    return f"device effects: {', '.join(effects.active)}{when}{switched}"
+    return f"device effects: {', '.join(effects.active)}{when}{switched}{unread}"
 
 
 class VerifyRecord(Record):
