@@ -84,6 +84,44 @@ _EFFECT_SOURCES: dict[str, str] = {
     " leaves",
 }
 
+# The "_effects" presets: the paper's device models with one set of typical device effects on
+# (docs/emulator.md, "Device effects"; measured in docs/results.md). Write-verify stays off: the
+# device model's sigma is the variation programming leaves.
+_AIHWKIT_RRAM = ("IBM aihwkit ReRamWan2022NoiseModel docs: short-term read noise about 1 %"
+                 " (Wan et al., Nature 608, 504 (2022))")
+_SAR_ADC = "assumption: an uncalibrated 8-bit SAR ADC"
+_TYPICAL_EFFECTS: dict[str, Any] = {
+    "clip": True,
+    "read_noise": {"std_rel": 0.01},
+    "drift": {"nu": 0.01, "nu_std": 0.005, "t0_s": 1.0, "compensation": "global"},
+    "wire": {"r_segment_ohm": 2.5},
+    "adc": {"offset_lsb_std": 0.5, "gain_rel_std": 0.005, "inl_lsb": 0.5},
+    "dac": {"offset_lsb_std": 0.0, "gain_rel_std": 0.01, "inl_lsb": 0.0},
+    "write_verify": {"max_pulses": 0},
+}
+_TYPICAL_SOURCES: dict[str, str] = {
+    "effects.clip": "conductances cannot leave the device's window (aihwkit clamps programmed"
+    " conductances at 0)",
+    "effects.read_noise.std_rel": _AIHWKIT_RRAM,
+    "effects.drift.nu": "assumption: RRAM/FeFET conductance relaxation of a few % per decade of"
+    " time (PCM's nu ~ 0.05 for scale); read the chip later with --t-inference",
+    "effects.drift.nu_std": "assumption (half of nu)",
+    "effects.drift.t0_s": "reference read 1 s after programming (assumption)",
+    "effects.drift.compensation": "global drift compensation, the usual choice (e.g. IBM"
+    " aihwkit's GlobalDriftCompensation)",
+    "effects.wire.r_segment_ohm": "assumption: Cu interconnect at a ~22 nm node, order of"
+    " magnitude",
+    "effects.adc.offset_lsb_std": _SAR_ADC,
+    "effects.adc.gain_rel_std": _SAR_ADC,
+    "effects.adc.inl_lsb": _SAR_ADC,
+    "effects.dac.offset_lsb_std": "1-bit wordline drivers: no offset modelled (a 0 input drives 0"
+    " V)",
+    "effects.dac.gain_rel_std": "assumption: 1-bit wordline drivers' voltage mismatch",
+    "effects.dac.inl_lsb": "1-bit DACs have no non-linearity",
+    "effects.write_verify.max_pulses": "off: the device model's sigma is the variation"
+    " programming leaves (set it to add a verify loop on top)",
+}
+
 # Device models: the state-dependence ratio s of each of the paper's four devices, and the
 # conductance range and write-verify band of the technology.
 _DEVICES: dict[str, dict[str, Any]] = {
@@ -183,4 +221,11 @@ def preset_dicts() -> dict[str, dict[str, Any]]:
                 f"{device.upper()} device model of the NeFT paper, {size}x{size} arrays, "
                 "2-bit cells",
             )
+            effects = _preset(
+                f"{tag}_effects", device, size,
+                f"{device.upper()} device model of the NeFT paper with typical device effects, "
+                f"{size}x{size} arrays, 2-bit cells")
+            effects["effects"] = deepcopy(_TYPICAL_EFFECTS)
+            effects["sources"].update(_TYPICAL_SOURCES)
+            presets[f"{tag}_effects"] = effects
     return presets

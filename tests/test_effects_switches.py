@@ -27,6 +27,19 @@ ON = ["effects.clip=true", "effects.read_noise.std_rel=0.02", "effects.drift.nu=
       "effects.dac.gain_rel_std=0.01", "effects.write_verify.max_pulses=4"]
 
 
+@pytest.mark.parametrize("device", ["rram1", "fefet2", "rram4", "fefet6"])
+def test_effects_presets_are_the_paper_models_with_typical_effects(device) -> None:
+    """``<device>_128x128_effects``: the paper's device model, every field equal, with the
+    typical effects on (write-verify off: the model's sigma is what programming leaves)."""
+    paper = resolve_target(f"{device}_128x128")
+    typical = resolve_target(f"{device}_128x128_effects")
+    same = {"name", "description", "sources", "effects"}
+    assert typical.model_dump(exclude=same) == paper.model_dump(exclude=same)
+    assert paper.effects == EffectsSpec()
+    assert effects_for(typical.effects, t_inference_s=86400.0).active == tuple(
+        name for name in EFFECT_NAMES if name != "write-verify")
+
+
 def test_the_report_says_when_stated_drift_was_not_read() -> None:
     from neftc.flow.records import EffectsRecord, effects_text
 

@@ -29,12 +29,14 @@ def run_targets(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps({tag: t.model_dump(mode="json") for tag, t in targets.items()}, indent=1))
         return 0
-    print(f"{'tag':<16} {'array':>9} {'cell':>6} {'weight':>7} {'encoding':<12} {'s':>4} "
-          f"{'sigma':>6} {'arrays':>7}  description")
+    width = max(len(tag) for tag in targets)
+    print(f"{'tag':<{width}} {'array':>9} {'cell':>6} {'weight':>7} {'encoding':<12} {'s':>4} "
+          f"{'sigma':>6} {'arrays':>7} {'effects':>7}  description")
     for tag, t in targets.items():
-        print(f"{tag:<16} {t.array.rows:>4}x{t.array.cols:<4} {t.cell.bits:>4} b "
+        effects = "on" if t.effects != type(t.effects)() else "off"
+        print(f"{tag:<{width}} {t.array.rows:>4}x{t.array.cols:<4} {t.cell.bits:>4} b "
               f"{t.weight.bits:>5} b {t.weight.sign_encoding:<12} {t.noise.state_ratio:>4g} "
-              f"{t.noise.sigma_rel:>6g} {t.chip.arrays:>7}  {t.description}")
+              f"{t.noise.sigma_rel:>6g} {t.chip.arrays:>7} {effects:>7}  {t.description}")
     print("\n'neftc targets TAG' shows every field with its source; --json prints all as JSON.")
     return 0
 
