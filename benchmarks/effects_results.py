@@ -24,8 +24,9 @@ compiled for the target with the effects, so the three layouts differ only in th
 Within a dataset every layout meets the same chips (``(seed, chip)`` draws; each effect has its
 own stream), so differences between rows are paired per chip.
 
-Resumable: every (dataset, target, model, row, periphery) run is one line of a JSON-lines store;
-``--report-only`` prints the tables from it.
+Resumable: every (dataset, target, model, row, periphery) run is one line of a JSON-lines store,
+one file per dataset (``--store-dir``/effects-DATASET-lenet.jsonl); ``--report-only`` prints the
+tables from them.
 
     OMP_NUM_THREADS=1 python benchmarks/effects_results.py            # digits + fashion
 """
@@ -51,6 +52,7 @@ from neftc.frontend.zoo import build
 from neftc.neft.pipeline import NeftSettings
 from neftc.neft.train import accuracy, train_classifier
 from neftc.targets import resolve_target
+from neftc.targets.device_model import cell_effect_moments
 
 # One set of typical values: (``--set`` override, source). Sources are the literature or an
 # explicit assumption; docs/emulator.md "Device effects (issue 16)" repeats them.
@@ -111,11 +113,22 @@ def dataset_spec(name: str, args: argparse.Namespace, work: Path) -> str:
     return str(path)
 
 
+def store_path(store_dir: Path, dataset: str) -> Path:
+    return store_dir / f"effects-{dataset}-lenet.jsonl"
+
+
 def load_store(path: Path) -> dict[str, dict]:
     if not path.exists():
         return {}
     records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
     return {r["key"]: r for r in records}
+
+
+def load_stores(args: argparse.Namespace) -> dict[str, dict]:
+    records: dict[str, dict] = {}
+    for name in args.datasets:
+        records.update(load_store(store_path(args.store_dir, name)))
+    return records
 
 
 def _log(text: str) -> None:
@@ -162,7 +175,7 @@ def build_models(name: str, spec: str, tag: str, args: argparse.Namespace,
 def run(args: argparse.Namespace) -> None:
     work = args.work
     work.mkdir(parents=True, exist_ok=True)
-    store = load_store(args.store)
+    store = load_stores(args)
     overrides = [o for o, _ in TYPICAL]
     for name in args.datasets:
         spec = dataset_spec(name, args, work)
@@ -176,13 +189,14 @@ def run(args: argparse.Namespace) -> None:
                                   settings=CompileSettings.with_options(per_channel=True))
                 for periphery in args.periphery:
                     chips = args.chips if periphery == "ideal" else args.target_chips
+                    sigmas = args.sigmas if periphery == "ideal" else args.target_sigmas
                     for row, ideal in rows(periphery):
                         key = f"{name}|{tag}|{model_name}|{row}|{periphery}"
                         if key in store:
                             continue
                         start = time.perf_counter()
                         report = run_verify(layout, spec, VerifySettings(
-                            sigmas=tuple(args.sigmas), trials=chips, seed=args.seed,
+                            sigmas=tuple(sigmas), trials=chips, seed=args.seed,
                             ideal_periphery=periphery == "ideal", noise="cell",
                             ideal_effects=ideal, t_inference_s=T_INFERENCE_S))
                         record = {
@@ -196,7 +210,7 @@ def run(args: argparse.Namespace) -> None:
                                                          "chips": r["chip_accuracies"]}
                                        for r in report["results"]}}
                         store[key] = record
-                        with args.store.open("a") as handle:
+                        with store_path(args.store_dir, name).open("a") as handle:
                             handle.write(json.dumps(record) + "\n")
                         _log(f"{key}: " + ", ".join(
                             f"{s}: {100 * m['mean']:.1f}" for s, m in record["sigmas"].items())
@@ -222,7 +236,6 @@ def markdown(records: list[dict], args: argparse.Namespace) -> str:
     """Per dataset, target and periphery: accuracy (mean ± 95 % CI over chips) per row and model,
     and each row's cost against the same model's "none" (paired per chip)."""
     by_key = {r["key"]: r for r in records}
-    sigmas = [str(s) for s in args.sigmas]
     lines: list[str] = []
     for name in args.datasets:
         for tag in args.targets:
@@ -231,14 +244,17 @@ def markdown(records: list[dict], args: argparse.Namespace) -> str:
                          and r["periphery"] == periphery]
                 if not table:
                     continue
-                chips = sorted({len(r["sigmas"][sigmas[0]]["chips"]) for r in table})
+                sigmas = [str(s) for s in (args.sigmas if periphery == "ideal"
+                                           else args.target_sigmas)]
+                deltas = [s for s in map(str, args.delta_sigmas) if s in sigmas]
+                chips = sorted({len(next(iter(r["sigmas"].values()))["chips"]) for r in table})
                 where = "ideal periphery" if periphery == "ideal" else "the target's DAC/ADC"
                 lines += [f"#### {name}, {tag}, {where} ({'/'.join(map(str, chips))} chips "
                           f"per point)", "",
                           "| effects on | model | noise-free | " + " | ".join(
                               f"σ={s}" for s in sigmas) + " | " + " | ".join(
-                              f"Δ vs none σ={s}" for s in args.delta_sigmas) + " |",
-                          "|---|---|---|" + "---|" * (len(sigmas) + len(args.delta_sigmas))]
+                              f"Δ vs none σ={s}" for s in deltas) + " |",
+                          "|---|---|---|" + "---|" * (len(sigmas) + len(deltas))]
                 for row, _ in rows(periphery):
                     for model_name in MODELS:
                         record = by_key.get(f"{name}|{tag}|{model_name}|{row}|{periphery}")
@@ -246,9 +262,10 @@ def markdown(records: list[dict], args: argparse.Namespace) -> str:
                             continue
                         base = by_key.get(f"{name}|{tag}|{model_name}|none|{periphery}")
                         cells = [f"{100 * record['quantized']:.1f}"]
-                        cells += [_pm(interval(record["sigmas"][s]["chips"])) for s in sigmas]
-                        for s in map(str, args.delta_sigmas):
-                            if base is None or row == "none":
+                        cells += [_pm(interval(record["sigmas"][s]["chips"]))
+                                  if s in record["sigmas"] else "" for s in sigmas]
+                        for s in deltas:
+                            if base is None or row == "none" or s not in record["sigmas"]:
                                 cells.append("")
                                 continue
                             pairs = [a - b for a, b in zip(record["sigmas"][s]["chips"],
@@ -256,9 +273,63 @@ def markdown(records: list[dict], args: argparse.Namespace) -> str:
                             cells.append(_pm(interval(pairs), signed=True))
                         lines.append(f"| {row} | {model_name} | " + " | ".join(cells) + " |")
                 lines.append("")
+                lines += compare_models(by_key, name, tag, periphery, deltas)
                 seconds = sum(r["verify_seconds"] for r in table)
                 lines += [f"Sign-off time for this table: {seconds:.0f} s.", ""]
     return "\n".join(lines)
+
+
+def mechanism(args: argparse.Namespace) -> str:
+    """What training can include (docs/neft.md): per cell level, the std of a cell after
+    write-verify, clip and compensated drift at ``T_INFERENCE_S`` relative to the programming
+    draw alone, and its mean shift (level units): the per-weight noise NeFT trains with."""
+    lines: list[str] = []
+    for tag in args.targets:
+        plain = resolve_target(tag)
+        target = resolve_target(tag, [o for o, _ in TYPICAL])
+        levels = 2**target.cell.bits
+        lines += [f"#### What training includes: {tag}, per cell level (std after / std "
+                  f"before the cell effects; mean shift, level units)", "",
+                  "| σ | " + " | ".join(f"level {level}" for level in range(levels)) + " |",
+                  "|---|" + "---|" * levels]
+        for sigma in args.sigmas:
+            if sigma <= 0:
+                continue
+            shift, var = cell_effect_moments(levels, sigma, target.noise.state_ratio,
+                                             target.cell, target.effects, T_INFERENCE_S)
+            _, var0 = cell_effect_moments(levels, sigma, plain.noise.state_ratio, plain.cell,
+                                          plain.effects, T_INFERENCE_S)
+            ratio = (var / var0).sqrt()
+            lines.append(f"| {sigma:g} | " + " | ".join(
+                f"{float(r):.2f} ({float(m):+.3f})" for r, m in zip(ratio, shift)) + " |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+COMPARISONS = (("neft-fx", "neft-plain"), ("neft-fx", "untuned"), ("neft-plain", "untuned"))
+
+
+def compare_models(by_key: dict[str, dict], name: str, tag: str, periphery: str,
+                   sigmas: list[str]) -> list[str]:
+    """Per row: the accuracy difference between two models on the same chips (paired per chip,
+    mean ± 95 % CI)."""
+    lines = ["| effects on | " + " | ".join(f"{a} − {b} σ={s}" for a, b in COMPARISONS
+                                          for s in sigmas) + " |",
+             "|---|" + "---|" * (len(COMPARISONS) * len(sigmas))]
+    for row, _ in rows(periphery):
+        records = {m: by_key.get(f"{name}|{tag}|{m}|{row}|{periphery}") for m in MODELS}
+        cells = []
+        for a, b in COMPARISONS:
+            for s in sigmas:
+                ra, rb = records[a], records[b]
+                if ra is None or rb is None or s not in ra["sigmas"] or s not in rb["sigmas"]:
+                    cells.append("")
+                    continue
+                pairs = [x - y for x, y in zip(ra["sigmas"][s]["chips"],
+                                               rb["sigmas"][s]["chips"])]
+                cells.append(_pm(interval(pairs), signed=True))
+        lines.append(f"| {row} | " + " | ".join(cells) + " |")
+    return [*lines, ""]
 
 
 def main() -> None:
@@ -276,6 +347,8 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--targets", nargs="+", default=["fefet6_128x128"])
     parser.add_argument("--sigmas", type=float, nargs="+", default=[0.0, 0.1, 0.2, 0.3, 0.4])
+    parser.add_argument("--target-sigmas", type=float, nargs="+",
+                        help="sigmas on the target's DAC/ADC (default: --sigmas)")
     parser.add_argument("--delta-sigmas", type=float, nargs="*", default=[0.0, 0.3])
     parser.add_argument("--periphery", nargs="+", choices=["ideal", "target"],
                         default=["ideal", "target"])
@@ -283,15 +356,18 @@ def main() -> None:
     parser.add_argument("--target-chips", type=int, default=3,
                         help="chips per point on the target's DAC/ADC")
     parser.add_argument("--work", type=Path, default=Path("effects-results-work"))
-    parser.add_argument("--store", type=Path, default=Path("docs/results-data/effects-lenet.jsonl"))
+    parser.add_argument("--store-dir", type=Path, default=Path("docs/results-data"),
+                        help="where the JSON-lines stores are (effects-DATASET-lenet.jsonl)")
     parser.add_argument("--report-only", action="store_true")
     args = parser.parse_args()
-    args.store.parent.mkdir(parents=True, exist_ok=True)
+    args.target_sigmas = args.target_sigmas or args.sigmas
+    args.store_dir.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     if not args.report_only:
         run(args)
         _log(f"total {time.perf_counter() - start:.0f} s")
-    print(markdown(list(load_store(args.store).values()), args))
+    print(markdown(list(load_stores(args).values()), args))
+    print(mechanism(args))
 
 
 if __name__ == "__main__":
