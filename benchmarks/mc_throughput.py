@@ -39,11 +39,23 @@ beside it), so that a slow spell of the machine during the long (d) trials hits 
 (each layer weighted by its MACs per sample: rows x cols, times the output positions of a conv,
 read from one forward pass).
 
+Per-effect section (``--effects``; issue 16): on LeNet (the demo's model, untrained) compiled
+without copies for ``fefet_128x128`` with the typical device effects of
+``benchmarks/effects_results.py`` (``TYPICAL``, read at ``T_INFERENCE_S``), the time per chip
+instance (``program_chip`` + ``evaluate`` over the same 10,000 samples) with no effect
+(``ideal_effects=("all",)``), each effect alone and all together; on the ideal periphery
+(write-verify, clip, drift, ir-drop, read-noise; ``--trials`` x ``--repeats``, the settings
+taking turns trial by trial) and on the target's DAC/ADC (dac, adc and all seven;
+``--effects-periphery-trials`` each, taking turns). Ratios are paired against "no effect" on the
+same periphery (median over turns of the ratio of the two times in the same turn).
+``--effects-only`` skips (a)-(d).
+
 Targets (from the issue), printed as PASS/MISS lines, never asserted, on the 10,000-sample set:
 (c) <= 1.2 x (b); (c) <= (a); (d) <= 1.5 x (b) x (MAC-weighted partial MVMs per weight).
 
     python benchmarks/mc_throughput.py [--trials N] [--repeats N] [--periphery-trials N]
         [--periphery-repeats N] [--models a,b,c] [--threads N] [--json]
+        [--effects] [--effects-only] [--effects-periphery-trials N]
 """
 
 from __future__ import annotations
@@ -64,6 +76,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from _machine import busy_cpu_seconds  # benchmarks/_machine.py, beside this script
+from effects_results import T_INFERENCE_S, TYPICAL  # benchmarks/effects_results.py
 from torch import nn
 
 from neftc.datasets.digits import load_digits
@@ -376,6 +389,99 @@ def run_model(key: str, root: Path, data, x10k, y10k, args, log) -> dict:
     }
 
 
+# ------------------------------------------------------------------------------ device effects
+
+IDEAL_EFFECTS = ("write-verify", "clip", "drift", "ir-drop", "read-noise")
+CONVERTER_EFFECTS = ("dac", "adc")
+
+
+def effect_settings(periphery_effects: tuple[str, ...]) -> dict[str, tuple[str, ...]]:
+    """Row name -> the effects switched off (``ideal_effects``): none, each alone, all."""
+    every = IDEAL_EFFECTS + CONVERTER_EFFECTS
+    rows = {"no effect": ("all",)}
+    rows.update({name: tuple(e for e in every if e != name) for name in periphery_effects})
+    rows["all"] = ()
+    return rows
+
+
+def run_effects(root: Path, data, x10k, y10k, args, log) -> dict:
+    """Seconds per chip instance on LeNet with no effect, each effect alone and all together,
+    on the ideal periphery and on the target's DAC/ADC (same layout, same chips)."""
+    torch.manual_seed(0)
+    model = LeNet(INPUT_SHAPE, CLASSES).eval()
+    target = resolve_target(TARGET, [override for override, _ in TYPICAL])
+    out_dir = root / "lenet-effects"
+    compile_module(model, data.test.x[:1], target, out_dir,
+                   settings=CompileSettings.with_options(replicate=False))
+    layout = load_layout(out_dir)
+    sets = {"10k": (x10k, y10k)}
+    result: dict = {"overrides": [o for o, _ in TYPICAL], "t_inference_s": T_INFERENCE_S}
+
+    ideal_rows = effect_settings(IDEAL_EFFECTS)
+    emulators = {name: Emulator(layout, sigma=SIGMA, seed=0, ideal_periphery=True,
+                                ideal_effects=off, t_inference_s=T_INFERENCE_S)
+                 for name, off in ideal_rows.items()}
+    log("  effects, ideal periphery: " + ", ".join(
+        f"{name} {list(emu.active_effects)}" for name, emu in emulators.items()))
+    times = time_rounds({name: (chip_trial(emu), "10k") for name, emu in emulators.items()},
+                        sets, args.trials, args.repeats, log)
+    result["ideal"] = {name: {"median_s": t["median_s"], "trials": t["trials"],
+                              "mean_accuracy": t["mean_accuracy"],
+                              "ratio": paired_ratio(times, name, "no effect"),
+                              "active": list(emulators[name].active_effects)}
+                       for name, t in times.items()}
+
+    target_rows = effect_settings(CONVERTER_EFFECTS)
+    emulators = {}
+    for name, off in target_rows.items():
+        emu = Emulator(layout, sigma=SIGMA, seed=0, ideal_periphery=False, ideal_effects=off,
+                       t_inference_s=T_INFERENCE_S)
+        emu.calibrate(data.train.x[:CALIB_SAMPLES])
+        emu.program_chip(10**6)  # warm-up: one batch
+        with torch.no_grad():
+            emu.forward(x10k[:BATCH])
+        emulators[name] = emu
+    per_trial: dict[str, list[float]] = {name: [] for name in emulators}
+    meter = LoadMeter()
+    for t in range(args.effects_periphery_trials):
+        for name, emu in emulators.items():
+            start = time.perf_counter()
+            chip_trial(emu)(t, x10k, y10k)
+            per_trial[name].append(time.perf_counter() - start)
+        log(f"    (d) effects turn {t + 1}/{args.effects_periphery_trials}: " + ", ".join(
+            f"{name} {per_trial[name][-1]:.2f} s" for name in emulators))
+    result["target"] = {
+        name: {"median_s": statistics.median(v), "trials": len(v),
+               "ratio": statistics.median(a / b for a, b in zip(v, per_trial["no effect"])),
+               "active": list(emulators[name].active_effects)}
+        for name, v in per_trial.items()}
+    result["other_cores"] = meter.other_cores()
+    return result
+
+
+def format_effects(effects: dict) -> str:
+    lines = ["", "Device effects (issue 16): LeNet, time per chip instance on 10,000 samples, "
+             f"sigma {SIGMA}, read at t = {effects['t_inference_s']:g} s; typical values: "
+             + ", ".join(effects["overrides"])]
+    head = f"{'effects on':<14} {'ideal ms':>9} {'x none':>7}   {'DAC/ADC ms':>10} {'x none':>7}"
+    lines += [head, "-" * len(head)]
+    names = [n for n in effects["ideal"] if n != "all"]
+    names += [n for n in effects["target"] if n not in effects["ideal"]] + ["all"]
+    for name in names:
+        ideal, target = effects["ideal"].get(name), effects["target"].get(name)
+        cells = (f"{_ms(ideal['median_s']):>9} {ideal['ratio']:>7.2f}" if ideal
+                 else f"{'':>9} {'':>7}")
+        cells += (f"   {1e3 * target['median_s']:>10.0f} {target['ratio']:>7.2f}" if target
+                  else "")
+        lines.append(f"{name:<14} {cells}")
+    trials = next(iter(effects["ideal"].values()))["trials"]
+    lines.append(f"ideal: median of {trials} trials per row; DAC/ADC: median of "
+                 f"{next(iter(effects['target'].values()))['trials']} trials per row; rows take "
+                 f"turns; 'x none' is paired per turn; other processes "
+                 f"{effects['other_cores']:.2f} cores during the DAC/ADC rows")
+    return "\n".join(lines)
+
+
 def checks(results: list[dict]) -> list[dict]:
     out = []
     for r in results:
@@ -498,11 +604,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int,
                         help="torch.set_num_threads(N) (default: torch's choice, one per core)")
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
+    parser.add_argument("--effects", action="store_true",
+                        help="also time each device effect per chip (issue 16)")
+    parser.add_argument("--effects-only", action="store_true",
+                        help="time the device effects only (skips (a)-(d))")
+    parser.add_argument("--effects-periphery-trials", type=int, default=2,
+                        help="trials per row for the effects on the DAC/ADC (default 2)")
     args = parser.parse_args(argv)
     if args.threads is not None:
         torch.set_num_threads(args.threads)
-    if min(args.trials, args.repeats, args.periphery_trials, args.periphery_repeats) < 1:
-        parser.error("--trials, --repeats, --periphery-trials and --periphery-repeats must be >= 1")
+    if min(args.trials, args.repeats, args.periphery_trials, args.periphery_repeats,
+           args.effects_periphery_trials) < 1:
+        parser.error("--trials, --repeats, --periphery-trials, --periphery-repeats and "
+                     "--effects-periphery-trials must be >= 1")
     keys = [k.strip() for k in args.models.split(",") if k.strip()]
     unknown = [k for k in keys if k not in MODELS]
     if unknown:
@@ -519,8 +633,12 @@ def main(argv: list[str] | None = None) -> int:
     x10k = data.test.x.repeat(reps, 1, 1, 1)[:TEST_SAMPLES].contiguous()
     y10k = data.test.y.repeat(reps)[:TEST_SAMPLES].contiguous()
     start = time.perf_counter()
+    effects = None
     with tempfile.TemporaryDirectory(prefix="neftc-mc-") as tmp:
-        results = [run_model(k, Path(tmp), data, x10k, y10k, args, log) for k in keys]
+        results = [] if args.effects_only else [
+            run_model(k, Path(tmp), data, x10k, y10k, args, log) for k in keys]
+        if args.effects or args.effects_only:
+            effects = run_effects(Path(tmp), data, x10k, y10k, args, log)
     total = time.perf_counter() - start
     report = {
         "benchmark": "mc_throughput", "target": TARGET, "sigma": SIGMA, "batch_size": BATCH,
@@ -528,12 +646,15 @@ def main(argv: list[str] | None = None) -> int:
         "trials": args.trials, "repeats": args.repeats,
         "periphery_trials": args.periphery_trials, "periphery_repeats": args.periphery_repeats,
         "machine": info, "load_average": {"before": load_before, "after": os.getloadavg()},
-        "total_s": total, "results": results, "checks": checks(results),
+        "total_s": total, "results": results, "checks": checks(results), "effects": effects,
     }
     if args.json:
         print(json.dumps(report, indent=1))
     else:
-        print(format_report(report))
+        if results:
+            print(format_report(report))
+        if effects is not None:
+            print(format_effects(effects))
         print(f"\n(total {total:.0f} s)")
     return 0
 
