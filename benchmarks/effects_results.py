@@ -182,7 +182,7 @@ def run(args: argparse.Namespace) -> None:
         for tag in args.targets:
             target = resolve_target(tag, overrides)
             files = build_models(name, spec, tag, args, work)
-            for model_name in MODELS:
+            for model_name in args.models:
                 layout = work / f"{name}-{tag}-{model_name}"
                 if not (layout / "layout.json").exists():
                     compile_model(files[model_name], target, layout,
@@ -346,6 +346,8 @@ def main() -> None:
     parser.add_argument("--train-sigma", type=float, default=0.3)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--targets", nargs="+", default=["fefet6_128x128"])
+    parser.add_argument("--models", nargs="+", choices=MODELS, default=list(MODELS),
+                        help="sign off these models only (all are trained)")
     parser.add_argument("--sigmas", type=float, nargs="+", default=[0.0, 0.1, 0.2, 0.3, 0.4])
     parser.add_argument("--target-sigmas", type=float, nargs="+",
                         help="sigmas on the target's DAC/ADC (default: --sigmas)")
