@@ -2,10 +2,10 @@
 together and none, for the untuned model and NeFT trained with and without the effects.
 Regenerates the tables of docs/results.md, "Device effects (issue 16)".
 
-One set of typical effect values (``TYPICAL``, each with its source or marked as an assumption)
-is switched on in the target (``resolve_target(tag, overrides)``, the same as ``neftc compile
---set``); every layout is compiled for that target, so the layout states every effect, and each
-row of a table switches effects off at sign-off (``VerifySettings.ideal_effects``, ``neftc verify
+One set of typical effect values (``typical``: the target's ``_effects`` preset plus
+write-verify) is switched on in the target (``resolve_target(tag, overrides)``, the same as
+``neftc compile --set``); every layout is compiled for that target, so the layout states every
+effect, and each row of a table switches effects off at sign-off (``VerifySettings.ideal_effects``, ``neftc verify
 --ideal``): "none" is every effect off, "X" is X alone, "all" every effect on. The chip is read
 ``T_INFERENCE_S`` after programming (drift; ``--t-inference``).
 
@@ -54,29 +54,28 @@ from neftc.neft.train import accuracy, train_classifier
 from neftc.targets import resolve_target
 from neftc.targets.device_model import cell_effect_moments
 
-# One set of typical values: (``--set`` override, source). Sources are the literature or an
-# explicit assumption; docs/emulator.md "Device effects (issue 16)" repeats them.
-TYPICAL: tuple[tuple[str, str], ...] = (
-    ("effects.read_noise.std_rel=0.01",
-     "IBM aihwkit ReRamWan2022NoiseModel docs: short-term read noise about 1 % "
-     "(Wan et al., Nature 608, 504 (2022))"),
-    ("effects.clip=true",
-     "conductances cannot be negative (aihwkit clamps programmed conductances at 0)"),
-    ("effects.drift.nu=0.01",
-     "assumption: RRAM/FeFET conductance relaxation of a few % per decade of time "
-     "(PCM's nu ~ 0.05 for scale)"),
-    ("effects.drift.nu_std=0.005", "assumption (as nu)"),
-    ("effects.drift.compensation=global", "the usual global drift compensation"),
-    ("effects.wire.r_segment_ohm=2.5",
-     "assumption: Cu interconnect at a ~22 nm node, order of magnitude"),
-    ("effects.adc.offset_lsb_std=0.5", "assumption: an uncalibrated 8-bit SAR ADC"),
-    ("effects.adc.gain_rel_std=0.005", "assumption: an uncalibrated 8-bit SAR ADC"),
-    ("effects.adc.inl_lsb=0.5", "assumption: an uncalibrated 8-bit SAR ADC"),
-    ("effects.dac.gain_rel_std=0.01",
-     "assumption: 1-bit wordline drivers' voltage mismatch"),
-    ("effects.write_verify.max_pulses=5",
-     "assumption; the tolerance is the preset's cell.write_verify_tolerance_rel"),
-)
+# One set of typical values: the paper device model's ``_effects`` preset (neftc.targets.presets:
+# every value with its source or marked as an assumption; ``neftc targets TAG_effects`` lists
+# them), plus write-verify, which the preset leaves off (its sigma is what programming leaves).
+WRITE_VERIFY = "effects.write_verify.max_pulses=5"  # assumption; the preset's tolerance
+
+
+def typical(tag: str) -> list[str]:
+    """The ``--set`` overrides that turn ``tag`` into its ``_effects`` twin, with write-verify."""
+    spec = resolve_target(f"{tag}_effects").effects.model_dump(mode="json")
+
+    def leaves(values: dict, prefix: str) -> list[str]:
+        out: list[str] = []
+        for key, value in values.items():
+            path = f"{prefix}.{key}"
+            out += leaves(value, path) if isinstance(value, dict) else [
+                f"{path}={str(value).lower() if isinstance(value, bool) else value}"]
+        return out
+
+    return [o for o in leaves(spec, "effects") if not o.startswith("effects.write_verify.")] + \
+        [WRITE_VERIFY]
+
+
 T_INFERENCE_S = 86400.0  # read one day after programming (drift)
 IDEAL_EFFECTS = ("write-verify", "clip", "drift", "ir-drop", "read-noise")
 CONVERTER_EFFECTS = ("dac", "adc")
@@ -156,7 +155,7 @@ def build_models(name: str, spec: str, tag: str, args: argparse.Namespace,
              f"({time.perf_counter() - start:.0f} s)")
     files = {"untuned": plain}
     for model_name, overrides, t_inference in (
-            ("neft-fx", [o for o, _ in TYPICAL], T_INFERENCE_S), ("neft-plain", [], None)):
+            ("neft-fx", typical(tag), T_INFERENCE_S), ("neft-plain", [], None)):
         out = work / f"{name}-{tag}-{model_name}.pt2"
         files[model_name] = out
         if out.exists():
@@ -176,10 +175,10 @@ def run(args: argparse.Namespace) -> None:
     work = args.work
     work.mkdir(parents=True, exist_ok=True)
     store = load_stores(args)
-    overrides = [o for o, _ in TYPICAL]
     for name in args.datasets:
         spec = dataset_spec(name, args, work)
         for tag in args.targets:
+            overrides = typical(tag)
             target = resolve_target(tag, overrides)
             files = build_models(name, spec, tag, args, work)
             for model_name in args.models:
@@ -286,7 +285,7 @@ def mechanism(args: argparse.Namespace) -> str:
     lines: list[str] = []
     for tag in args.targets:
         plain = resolve_target(tag)
-        target = resolve_target(tag, [o for o, _ in TYPICAL])
+        target = resolve_target(tag, typical(tag))
         levels = 2**target.cell.bits
         lines += [f"#### What training includes: {tag}, per cell level (std after / std "
                   f"before the cell effects; mean shift, level units)", "",

@@ -41,8 +41,9 @@ read from one forward pass).
 
 Per-effect section (``--effects``; issue 16): on LeNet (the demo's model, untrained) compiled
 without copies for ``fefet_128x128`` with the typical device effects of
-``benchmarks/effects_results.py`` (``TYPICAL``, read at ``T_INFERENCE_S``), the time per chip
-instance (``program_chip`` + ``evaluate`` over the same 10,000 samples) with no effect
+``benchmarks/effects_results.py`` (``typical``: FeFET2's ``_effects`` preset plus
+write-verify, read at ``T_INFERENCE_S``), the time per chip instance (``program_chip`` +
+``evaluate`` over the same 10,000 samples) with no effect
 (``ideal_effects=("all",)``), each effect alone and all together; on the ideal periphery
 (write-verify, clip, drift, ir-drop, read-noise; ``--trials`` x ``--repeats``, the settings
 taking turns trial by trial) and on the target's DAC/ADC (dac, adc and all seven;
@@ -76,7 +77,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from _machine import busy_cpu_seconds  # benchmarks/_machine.py, beside this script
-from effects_results import T_INFERENCE_S, TYPICAL  # benchmarks/effects_results.py
+from effects_results import T_INFERENCE_S, typical  # benchmarks/effects_results.py
 from torch import nn
 
 from neftc.datasets.digits import load_digits
@@ -409,13 +410,13 @@ def run_effects(root: Path, data, x10k, y10k, args, log) -> dict:
     on the ideal periphery and on the target's DAC/ADC (same layout, same chips)."""
     torch.manual_seed(0)
     model = LeNet(INPUT_SHAPE, CLASSES).eval()
-    target = resolve_target(TARGET, [override for override, _ in TYPICAL])
+    target = resolve_target(TARGET, typical("fefet2_128x128"))  # TARGET is FeFET2
     out_dir = root / "lenet-effects"
     compile_module(model, data.test.x[:1], target, out_dir,
                    settings=CompileSettings.with_options(replicate=False))
     layout = load_layout(out_dir)
     sets = {"10k": (x10k, y10k)}
-    result: dict = {"overrides": [o for o, _ in TYPICAL], "t_inference_s": T_INFERENCE_S}
+    result: dict = {"overrides": typical("fefet2_128x128"), "t_inference_s": T_INFERENCE_S}
 
     ideal_rows = effect_settings(IDEAL_EFFECTS)
     emulators = {name: Emulator(layout, sigma=SIGMA, seed=0, ideal_periphery=True,
