@@ -7,7 +7,8 @@ write-verify) is switched on in the target (``resolve_target(tag, overrides)``, 
 ``neftc compile --set``); every layout is compiled for that target, so the layout states every
 effect, and each row of a table switches effects off at sign-off
 (``VerifySettings.ideal_effects``, ``neftc verify --ideal``): "none" is every effect off, "X"
-is X alone, "all" every effect on. The chip is read ``T_INFERENCE_S`` after programming (drift; ``--t-inference``).
+is X alone, "all" every effect on. The chip is read ``T_INFERENCE_S`` after programming
+(drift; ``--t-inference``).
 
 Models, per dataset (all compiled with per-channel scales, the recipe's chip, so the three differ
 only in training):
