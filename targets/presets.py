@@ -29,6 +29,7 @@ _COMMON: dict[str, Any] = {
         "digital_add_energy_pj": 0.04,
         "link_energy_pj_per_byte": 8.75,
         "cell_write_energy_pj": 10.0,
+        "cell_write_latency_ns": 100.0,
     },
 }
 
@@ -58,6 +59,8 @@ _COMMON_SOURCES: dict[str, str] = {
     "cost.cell_write_energy_pj": "assumption: one program-and-verify pulse of a RRAM/FeFET cell,"
     " order of magnitude (a few pJ per pulse plus the verify read); without write-verify"
     " (effects.write_verify.max_pulses 0) one pulse per cell",
+    "cost.cell_write_latency_ns": "assumption: one program pulse plus its verify read, about"
+    " 100 ns for RRAM/FeFET (the ISAAC crossbar read cycle is 100 ns)",
 }
 
 # Device effects besides programming variation (``neftc.targets.physics``): off in the paper's

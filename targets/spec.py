@@ -164,6 +164,9 @@ class CostSpec(SpecRecord):
                                         description="one programming pulse of one cell, its "
                                         "verify read included (write-verify: times the "
                                         "expected pulses)")
+    cell_write_latency_ns: float = Field(
+        default=100.0, ge=0, le=COST_MAX, description="one programming pulse of one cell with "
+        "its verify read (absent in specs before issue 16: 100 ns)")
 
 
 class TargetSpec(SpecRecord):

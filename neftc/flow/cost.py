@@ -159,12 +159,15 @@ def target_pulses_per_cell(target: TargetSpec) -> float:
 
 def programming_cost(doc: LayoutDoc, cells: int, original_cells: int) -> ProgrammingCost:
     """Programming every cell once: ``cells`` x the expected pulses per cell
-    (``target_pulses_per_cell``) x ``cost.cell_write_energy_pj``."""
+    (``target_pulses_per_cell``) x ``cost.cell_write_energy_pj`` (energy) and x
+    ``cost.cell_write_latency_ns`` (time, one cell at a time)."""
     target = doc.target
     pulses = target_pulses_per_cell(target)
     return ProgrammingCost(cells=cells, replica_cells=cells - original_cells,
                            pulses_per_cell=pulses,
-                           energy_pj=cells * pulses * target.cost.cell_write_energy_pj)
+                           energy_pj=cells * pulses * target.cost.cell_write_energy_pj,
+                           serial_time_s=cells * pulses * target.cost.cell_write_latency_ns
+                           * 1e-9)
 
 
 def cost_estimate(doc: LayoutDoc) -> CostEstimate:

@@ -261,6 +261,10 @@ class ProgrammingCost(Record):
         "spread (an upper bound on the mean over the levels)")
     energy_pj: float = Field(description="write-verify energy of all cells: cells x "
                              "pulses_per_cell x cost.cell_write_energy_pj")
+    serial_time_s: float | None = Field(
+        default=None, description="programming time one cell at a time: cells x "
+        "pulses_per_cell x cost.cell_write_latency_ns (divide by the cells the chip programs "
+        "in parallel); absent in records before issue 16")
 
 
 class LayerCost(Record):

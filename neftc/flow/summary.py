@@ -175,7 +175,9 @@ def _cost_lines(cost: CostEstimate) -> list[str]:
         f"between tiles + {per.replica_bytes:,.0f} to and from pipeline copies); "
         f"{per.byte_hops:,.0f} byte-hops ({per.replica_byte_hops:,.0f} for the copies)",
         f"programming: {prog.cells:,} cells ({prog.replica_cells:,} in copies), "
-        f"{prog.energy_pj / 1e6:.3g} uJ once",
+        f"{prog.energy_pj / 1e6:.3g} uJ once ({prog.pulses_per_cell:.3g} pulse(s) per cell"
+        + ("" if prog.serial_time_s is None else
+           f", {prog.serial_time_s:.3g} s one cell at a time") + ")",
         f"energy {e.total_pj / 1e6:.3g} uJ (arrays {e.arrays_pj / 1e6:.3g}, ADC "
         f"{e.adc_pj / 1e6:.3g}, DAC {e.dac_pj / 1e6:.3g}, digital {e.digital_pj / 1e6:.3g},"
         f" interconnect {e.interconnect_pj / 1e6:.3g}); latency {lat.sequential / 1e3:.3g} us"
