@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import sys
 import time
@@ -44,6 +43,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from neft_results import interval  # benchmarks/neft_results.py: one Student t rule
 
 from neftc.datasets.spec import load_dataset
 from neftc.driver.compiler import CompileSettings, compile_model
@@ -82,9 +82,6 @@ IDEAL_EFFECTS = ("write-verify", "clip", "drift", "ir-drop", "read-noise")
 CONVERTER_EFFECTS = ("dac", "adc")
 EVERY_EFFECT = IDEAL_EFFECTS + CONVERTER_EFFECTS
 MODELS = ("untuned", "neft-fx", "neft-plain")
-# Student t 0.975 quantiles by degrees of freedom (n - 1).
-T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306,
-        9: 2.262, 10: 2.228, 11: 2.201, 12: 2.179, 14: 2.145, 19: 2.093, 29: 2.045}
 
 
 def rows(periphery: str) -> list[tuple[str, tuple[str, ...]]]:
@@ -215,15 +212,6 @@ def run(args: argparse.Namespace) -> None:
                         _log(f"{key}: " + ", ".join(
                             f"{s}: {100 * m['mean']:.1f}" for s, m in record["sigmas"].items())
                             + f" ({record['verify_seconds']:.0f} s)")
-
-
-def interval(values: list[float]) -> tuple[float, float]:
-    """Mean and 95 % half-width (Student t over the values; 0 for one value)."""
-    array = np.asarray(values, dtype=float)
-    n = len(array)
-    if n < 2:
-        return float(array.mean()), 0.0
-    return float(array.mean()), T975.get(n - 1, 1.96) * float(array.std(ddof=1)) / math.sqrt(n)
 
 
 def _pm(mean_half: tuple[float, float], signed: bool = False) -> str:

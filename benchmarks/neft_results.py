@@ -52,7 +52,7 @@ from neftc.targets import resolve_target
 DEFAULT_METHODS = ("none=none", "nit=nit", "ovf=ovf", "irs=irs")
 # Student t 0.975 quantiles by degrees of freedom (n - 1).
 T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306,
-        9: 2.262}
+        9: 2.262, 10: 2.228, 11: 2.201, 12: 2.179, 14: 2.145, 19: 2.093, 29: 2.045}
 
 
 def parse_method(text: str, neft_epochs: int) -> tuple[str, dict[str, Any] | None, bool]:
