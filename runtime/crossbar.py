@@ -19,6 +19,7 @@ which output position are read from ``neftc.format.encoding``. Three execution p
 from __future__ import annotations
 
 import itertools
+from functools import cached_property
 
 import torch
 import torch.nn.functional as F
@@ -44,15 +45,6 @@ class CrossbarLayer(nn.Module):
         self.offset = record.slicing.offset
         self.tiles: tuple[TileRecord, ...] = tuple(record.tiles)
         self.segments = column_segments(record)
-        # The segments cut at every tile's columns (each piece inside one array per row range:
-        # the path whose reads have per-array converters), with the index of the tile that
-        # holds each of its row ranges.
-        self.array_segments = tuple(_cut_at_tiles(self.segments, self.tiles))
-        self.segment_tiles = tuple(
-            tuple(next(i for i, t in enumerate(self.tiles) if t.row_start == r0
-                       and t.col_start <= segment.col_start < t.col_start + t.col_count)
-                  for r0, _ in segment.row_ranges)
-            for segment in self.array_segments)
         # Which copy computes each output position of a sample (the format's assignment).
         self.position_copy: torch.Tensor
         self.register_buffer("position_copy", torch.tensor(
@@ -68,6 +60,22 @@ class CrossbarLayer(nn.Module):
             record.slicing.polarities, record.slicing.slices, record.slicing.cell_bits))
         self.ideal_weight: torch.Tensor  # q * scale, the noise-free weight
         self.register_buffer("ideal_weight", self.weight_of(self.levels))
+
+    @cached_property
+    def array_segments(self) -> tuple[Segment, ...]:
+        """The segments cut at every tile's columns: each piece inside one array per row range
+        (the path whose reads have per-array converters or noise; built on first use)."""
+        return tuple(_cut_at_tiles(self.segments, self.tiles))
+
+    @cached_property
+    def segment_tiles(self) -> tuple[tuple[int, ...], ...]:
+        """Per ``array_segments`` piece, the index of the tile that holds each of its row
+        ranges (from the layout's tile records)."""
+        return tuple(
+            tuple(next(i for i, t in enumerate(self.tiles) if t.row_start == r0
+                       and t.col_start <= segment.col_start < t.col_start + t.col_count)
+                  for r0, _ in segment.row_ranges)
+            for segment in self.array_segments)
 
     # ------------------------------------------------------------ weights of cells
 

@@ -238,9 +238,8 @@ class Emulator:
     def partial_mvms_per_weight(self) -> dict[str, int]:
         """How many crossbar partial MVMs each weight needs on the target's periphery
         (input cycles x phases x slices x polarities; 1 where the ADC lets them fold)."""
-        effects = self.noise.effects
-        exact = not (effects.read_noise or (not self.ideal_periphery and (effects.dac
-                                                                          or effects.adc)))
+        # reads are exact unless read noise or converter errors act (as ReadEffects.exact_reads)
+        exact = not {"read-noise", "dac", "adc"} & set(self.active_effects)
         return {name: self.periphery.partial_mvms(name, layer.tiles, self.n_levels,
                                                   layer.record.slicing.slices,
                                                   layer.record.slicing.polarities,
