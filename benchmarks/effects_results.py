@@ -220,6 +220,11 @@ def _pm(mean_half: tuple[float, float], signed: bool = False) -> str:
     return f"{sign}{100 * mean:.1f}" + (f" ± {100 * half:.1f}" if half > 0 else "")
 
 
+def _paired(a: list[float], b: list[float]) -> str:
+    """The per-chip difference ``a - b`` of two runs on the same chips: mean ± 95 % CI."""
+    return _pm(interval([x - y for x, y in zip(a, b)]), signed=True)
+
+
 def markdown(records: list[dict], args: argparse.Namespace) -> str:
     """Per dataset, target and periphery: accuracy (mean ± 95 % CI over chips) per row and model,
     and each row's cost against the same model's "none" (paired per chip)."""
@@ -256,9 +261,8 @@ def markdown(records: list[dict], args: argparse.Namespace) -> str:
                             if base is None or row == "none" or s not in record["sigmas"]:
                                 cells.append("")
                                 continue
-                            pairs = [a - b for a, b in zip(record["sigmas"][s]["chips"],
-                                                           base["sigmas"][s]["chips"])]
-                            cells.append(_pm(interval(pairs), signed=True))
+                            cells.append(_paired(record["sigmas"][s]["chips"],
+                                                 base["sigmas"][s]["chips"]))
                         lines.append(f"| {row} | {model_name} | " + " | ".join(cells) + " |")
                 lines.append("")
                 lines += compare_models(by_key, name, tag, periphery, deltas)
@@ -313,9 +317,7 @@ def compare_models(by_key: dict[str, dict], name: str, tag: str, periphery: str,
                 if ra is None or rb is None or s not in ra["sigmas"] or s not in rb["sigmas"]:
                     cells.append("")
                     continue
-                pairs = [x - y for x, y in zip(ra["sigmas"][s]["chips"],
-                                               rb["sigmas"][s]["chips"])]
-                cells.append(_pm(interval(pairs), signed=True))
+                cells.append(_paired(ra["sigmas"][s]["chips"], rb["sigmas"][s]["chips"]))
         lines.append(f"| {row} | " + " | ".join(cells) + " |")
     return [*lines, ""]
 
