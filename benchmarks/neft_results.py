@@ -9,8 +9,9 @@ appended to a JSON-lines store (``--store``), so an interrupted sweep resumes wh
 and ``--report-only`` renders the markdown from the store.
 
 A method is ``name=spec``: ``spec`` is ``none`` (no fine-tuning) or a NeFT mode followed by
-``NeftSettings`` overrides, e.g. ``nit``, ``ovf``, ``nit-T4=nit,temperature=4``,
-``irs-b0=irs,beta=0``, ``nit-x4=nit,epochs=20`` (``epochs`` defaults to ``--neft-epochs``);
+``NeftSettings`` overrides, e.g. ``nit=nit,temperature=1`` (plain NIT), ``ovf``,
+``nit-T4=nit,temperature=4``, ``irs-b0=irs,beta=0``, ``nit-x4=nit,epochs=20``
+(``epochs`` defaults to ``--neft-epochs``);
 ``per_channel=1`` compiles the chip with per-channel scales (the compile's ``--per-channel``,
 which NeFT then trains against), e.g. ``recipe=nit,temperature=4,per_channel=1``;
 ``from_scratch=N`` trains a new model with the method for N epochs (``neftc train --neft MODE
@@ -49,10 +50,26 @@ from neftc.neft.pipeline import NeftSettings
 from neftc.neft.train import accuracy, train_classifier
 from neftc.targets import resolve_target
 
-DEFAULT_METHODS = ("none=none", "nit=nit", "ovf=ovf", "irs=irs")
+# "nit" is plain noise injection (temperature 1), the baseline; nit's own default is 4.
+DEFAULT_METHODS = ("none=none", "nit=nit,temperature=1", "ovf=ovf", "irs=irs")
 # Student t 0.975 quantiles by degrees of freedom (n - 1).
 T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306,
         9: 2.262, 10: 2.228, 11: 2.201, 12: 2.179, 14: 2.145, 19: 2.093, 29: 2.045}
+#: ``--mechanism``'s contrasts: (what the paired difference isolates, method, its control).
+#: Method names are those of docs/results.md's sweeps; a contrast shows where both ran.
+MECHANISMS = (
+    ("feedback terms of OVF", "ovf", "ovf-b0"),
+    ("feedback terms of IRS", "irs", "irs-b0"),
+    ("loss temperature 4, on NIT", "nit-T4", "nit"),
+    ("OVF beyond its temperature", "ovf", "nit-T4"),
+    ("IRS beyond its temperature", "irs", "nit-T4"),
+    ("OVF over NIT (temperature and feedback)", "ovf", "nit"),
+    ("equal compute: NIT for 4x the epochs against OVF", "nit-x4", "ovf"),
+    ("convergence: NIT for 4x the epochs", "nit-x4", "nit"),
+    ("convergence: NIT at Adam 3e-3", "nit-lr3", "nit"),
+    ("the std's scale gradient", "nit", "nit-const"),
+    ("per-channel scales (at temperature 4)", "recipe", "nit-T4"),
+)
 
 
 def parse_method(text: str, neft_epochs: int) -> tuple[str, dict[str, Any] | None, bool]:
@@ -265,6 +282,39 @@ def markdown(records: list[dict], args: argparse.Namespace) -> str:
     return "\n".join(lines)
 
 
+def mechanism_table(records: list[dict], args: argparse.Namespace) -> str:
+    """One table per periphery: each contrast of MECHANISMS as its paired per-seed difference
+    (same chips), mean ± 95 % interval over the seeds (their number in brackets), per target at
+    each ``--delta-sigmas``."""
+    lines: list[str] = []
+    sigmas = [str(s) for s in args.delta_sigmas]
+    for periphery in args.periphery:
+        mine = [r for r in records if r["arch"] == args.arch and r["periphery"] == periphery]
+        by_method = {(r["target"], r["method"], r["seed"]): r for r in mine}
+        targets = [t for t in args.targets if any(r["target"] == t for r in mine)]
+        body = []
+        for label, method, control in MECHANISMS:
+            cells = []
+            for tag in targets:
+                seeds = sorted(seed for (t, m, seed) in by_method if t == tag and m == method
+                               and (t, control, seed) in by_method)
+                for s in sigmas:
+                    pairs = [by_method[(tag, method, seed)]["sigmas"][s]["mean"]
+                             - by_method[(tag, control, seed)]["sigmas"][s]["mean"]
+                             for seed in seeds if s in by_method[(tag, method, seed)]["sigmas"]
+                             and s in by_method[(tag, control, seed)]["sigmas"]]
+                    cells.append(f"{_pm(interval(pairs), signed=True)} ({len(pairs)})"
+                                 if pairs else "")
+            if any(cells):
+                body.append(f"| {label} | {method} − {control} | " + " | ".join(cells) + " |")
+        if not body:
+            continue
+        lines += [f"### {args.arch}: what each mechanism adds, {_periphery_name(periphery)}", "",
+                  "| isolates | Δ | " + " | ".join(f"{t} σ={s}" for t in targets for s in sigmas)
+                  + " |", "|---|---|" + "---|" * (len(targets) * len(sigmas)), *body, ""]
+    return "\n".join(lines)
+
+
 def _periphery_name(periphery: str) -> str:
     return "ideal periphery" if periphery == "ideal" else "the target's DAC/ADC"
 
@@ -303,11 +353,17 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=Path("neft-results-work"))
     parser.add_argument("--store", type=Path, help="JSON-lines store (default: WORK/runs.jsonl)")
     parser.add_argument("--report-only", action="store_true")
+    parser.add_argument("--mechanism", action="store_true",
+                        help="also print the paired contrasts that isolate each mechanism "
+                             "(feedback, temperature, compute, ...) over the store's records")
     args = parser.parse_args()
     args.store = args.store or args.work / "runs.jsonl"
     if not args.report_only:
         run(args)
-    print(markdown(list(load_store(args.store).values()), args))
+    records = list(load_store(args.store).values())
+    print(markdown(records, args))
+    if args.mechanism:
+        print(mechanism_table(records, args))
 
 
 if __name__ == "__main__":

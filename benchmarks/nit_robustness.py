@@ -38,9 +38,9 @@ def measure(work: Path, seed: int, args: argparse.Namespace) -> dict[str, dict]:
     run_cli("train", "lenet", "--data", "digits", "--epochs", str(args.epochs), "--seed",
             str(seed), "-o", str(model), "-q")
     results = {}
-    for name, extra in (("base", []), ("nit", ["--neft", "nit", "--epochs",
-                                               str(args.neft_epochs), "--train-sigma",
-                                               str(args.train_sigma), "--seed", str(seed)])):
+    plain_nit = ["--neft", "nit", "--temperature", "1", "--epochs", str(args.neft_epochs),
+                 "--train-sigma", str(args.train_sigma), "--seed", str(seed)]
+    for name, extra in (("base", []), ("nit", plain_nit)):
         layout = work / f"{name}-{seed}"
         run_cli("compile", str(model), "--target", args.target, "-o", str(layout), "-q", *extra)
         report = json.loads(run_cli("verify", str(layout), "--mc", str(args.mc), "--sigma",

