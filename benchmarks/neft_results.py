@@ -164,7 +164,11 @@ def run(args: argparse.Namespace) -> None:
             target = resolve_target(tag)
             for name, options, per_channel in methods:
                 keys = {p: run_key(args.arch, seed, tag, name, p) for p in args.periphery}
-                todo = [p for p, k in keys.items() if k not in store]
+                # A stored run missing some of --sigmas is extended by those (same chips).
+                missing = {p: [s for s in args.sigmas
+                               if k not in store or str(s) not in store[k]["sigmas"]]
+                           for p, k in keys.items()}
+                todo = [p for p in keys if missing[p]]
                 if not todo:
                     continue
                 options = None if options is None else dict(options)
@@ -191,7 +195,7 @@ def run(args: argparse.Namespace) -> None:
                 for periphery in todo:
                     start = time.perf_counter()
                     report = run_verify(out, spec, VerifySettings(
-                        sigmas=tuple(args.sigmas), trials=args.mc, seed=seed,
+                        sigmas=tuple(missing[periphery]), trials=args.mc, seed=seed,
                         ideal_periphery=periphery == "ideal", noise="cell",
                         **({"bn_recalibrate": args.bn_recalibrate} if args.bn_recalibrate
                            else {})))
@@ -205,6 +209,13 @@ def run(args: argparse.Namespace) -> None:
                         "neft_losses": None if log is None else log.losses,
                         "quantized": report["results"][0]["quantized_accuracy"],
                         "sigmas": {str(r["sigma"]): _mc(r) for r in report["results"]}}
+                    earlier = store.get(record["key"])
+                    if earlier is not None:  # extended: keep the stored sigmas and compile
+                        record.update(compile_seconds=earlier["compile_seconds"],
+                                      neft_losses=earlier["neft_losses"],
+                                      verify_seconds=earlier["verify_seconds"]
+                                      + record["verify_seconds"],
+                                      sigmas={**earlier["sigmas"], **record["sigmas"]})
                     store[record["key"]] = record
                     with args.store.open("a") as handle:
                         handle.write(json.dumps(record) + "\n")
@@ -252,8 +263,9 @@ def markdown(records: list[dict], args: argparse.Namespace) -> str:
                       "|---|---|---|" + "---|" * (len(sigmas) + len(args.delta_sigmas))]
             reference = {r["seed"]: r for r in rows if r["method"] == args.reference}
             for method in methods:
-                mine = sorted((r for r in rows if r["method"] == method),
-                              key=lambda r: r["seed"])
+                mine = sorted((r for r in rows if r["method"] == method
+                               and all(s in r["sigmas"] for s in sigmas)),
+                              key=lambda r: r["seed"])  # the runs that have every --sigmas
                 if not mine:
                     continue
                 chips = sorted({len(r["sigmas"][sigmas[0]].get("chips", [])) for r in mine})
