@@ -322,9 +322,15 @@ def mechanism_table(records: list[dict], args: argparse.Namespace) -> str:
         if not body:
             continue
         lines += [f"### {args.arch}: what each mechanism adds, {_periphery_name(periphery)}", "",
-                  "| isolates | Δ | " + " | ".join(f"{t} σ={s}" for t in targets for s in sigmas)
+                  "| isolates | Δ | " + " | ".join(f"{_short(t)} σ={s}" for t in targets
+                                                   for s in sigmas)
                   + " |", "|---|---|" + "---|" * (len(targets) * len(sigmas)), *body, ""]
     return "\n".join(lines)
+
+
+def _short(tag: str) -> str:
+    """``fefet6_128x128`` -> ``FeFET6``: the device model's name in the docs."""
+    return tag.split("_")[0].replace("fefet", "FeFET").replace("rram", "RRAM")
 
 
 def _periphery_name(periphery: str) -> str:
