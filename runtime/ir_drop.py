@@ -33,6 +33,7 @@ import torch
 from neftc.errors import NeftcError
 from neftc.format import encoding
 from neftc.runtime.crossbar import CrossbarLayer
+from neftc.targets.device_model import conductance_us, level_of
 from neftc.targets.physics import WIRE_OHM_MAX
 from neftc.targets.spec import CellSpec
 
@@ -71,7 +72,7 @@ def ir_drop_cells(cells: torch.Tensor, layer: CrossbarLayer, cell: CellSpec,
                   r_segment_ohm: float, *, array_rows: int | None = None) -> torch.Tensor:
     """The effective cells of one pipeline copy of ``layer`` with wire resistance
     ``r_segment_ohm`` (ohms per segment): ``cells`` [P, S, R, C] in level units (level ``l`` is
-    the conductance ``g_min + (g_max - g_min) l / (L - 1)``) in, the same shape and units out.
+    the conductance ``device_model.conductance_us``) in, the same shape and units out.
     Each tile of the layer is one array (``effective_conductance``); ``r_segment_ohm`` 0 returns
     ``cells`` unchanged. ``array_rows`` (the target's ``array.rows``; default: each tile's own
     rows): a tile of fewer rows sits in rows 0.. of its array, and its bitlines run on through
@@ -95,16 +96,14 @@ def ir_drop_cells(cells: torch.Tensor, layer: CrossbarLayer, cell: CellSpec,
                          "pass the layout's target.array.rows")
     if r_segment_ohm == 0:
         return cells
-    top = float(layer.n_levels - 1)
-    g_min = cell.g_min_us * _SIEMENS_PER_US
-    step = (cell.g_max_us - cell.g_min_us) * _SIEMENS_PER_US / top  # siemens per level
+    span = (cell.g_min_us, cell.g_max_us, layer.n_levels)
     physical = encoding.to_physical(cells.to(torch.float64))  # [R, C*P*S]
     out = physical.clone()
     for tile in layer.tiles:
         rows = slice(tile.row_start, tile.row_start + tile.row_count)
         cols = slice(tile.col_start, tile.col_start + tile.col_count)
-        g = g_min + step * physical[rows, cols]
+        g = conductance_us(physical[rows, cols], *span) * _SIEMENS_PER_US
         g_eff = effective_conductance(g, r_segment_ohm, array_rows)
-        out[rows, cols] = (g_eff - g_min) / step
+        out[rows, cols] = level_of(g_eff / _SIEMENS_PER_US, *span)
     levels = encoding.from_physical(out, slicing.polarities, slicing.slices)
     return levels.to(cells.dtype).contiguous()

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import itertools
 import math
+from typing import TypeVar
 
 import torch
 
@@ -72,11 +73,27 @@ def paper_weight_std(weights: torch.Tensor, qmax: int, n_levels: int, n_slices: 
     return base * torch.where(mid, float(state_ratio), 1.0)
 
 
+#: A number or a tensor of cell values.
+Values = TypeVar("Values", float, torch.Tensor)
+
+
+def conductance_us(level: Values, g_min_us: float, g_max_us: float, n_levels: int) -> Values:
+    """The physical conductance in microsiemens of a cell at level value ``level`` (a number or
+    a tensor; fractional values are analog states): the normalised ``g = l / (L-1)`` spread
+    linearly over the cell's range, ``g_min + (g_max - g_min) l / (L-1)``. The one definition of
+    the level <-> conductance map (``level_of`` is its inverse)."""
+    return g_min_us + (g_max_us - g_min_us) * level / (n_levels - 1)
+
+
+def level_of(g_us: Values, g_min_us: float, g_max_us: float, n_levels: int) -> Values:
+    """The level value of a cell of conductance ``g_us`` (microsiemens): ``conductance_us``'s
+    inverse."""
+    return (g_us - g_min_us) * (n_levels - 1) / (g_max_us - g_min_us)
+
+
 def level_conductances_us(g_min_us: float, g_max_us: float, n_levels: int) -> list[float]:
-    """The programmed conductance of each level ``l`` in microsiemens: the normalised
-    ``g = l / (L-1)`` spread linearly over the cell's range ``[g_min_us, g_max_us]``."""
-    return [g_min_us + (g_max_us - g_min_us) * level / (n_levels - 1)
-            for level in range(n_levels)]
+    """The programmed conductance of each level ``l`` in microsiemens (``conductance_us``)."""
+    return [conductance_us(level, g_min_us, g_max_us, n_levels) for level in range(n_levels)]
 
 
 # ------------------------------------------------------------------ programming-time cell effects
@@ -88,7 +105,7 @@ def level_conductances_us(g_min_us: float, g_max_us: float, n_levels: int) -> li
 def g_min_levels(g_min_us: float, g_max_us: float, n_levels: int) -> float:
     """``r = g_min (L-1) / (g_max - g_min)``: the physical conductance of a cell at level value
     ``v`` is proportional to ``v + r``."""
-    return g_min_us * (n_levels - 1) / (g_max_us - g_min_us)
+    return -level_of(0.0, g_min_us, g_max_us, n_levels)  # the level value of 0 siemens
 
 
 def _pdf(x: float) -> float:
