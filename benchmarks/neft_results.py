@@ -69,6 +69,9 @@ MECHANISMS = (
     ("convergence: NIT at Adam 3e-3", "nit-lr3", "nit"),
     ("the std's scale gradient", "nit", "nit-const"),
     ("per-channel scales (at temperature 4)", "recipe", "nit-T4"),
+    ("BatchNorm statistics learned under the noise", "nit-bntrain", "nit"),
+    ("from scratch (15 epochs) against 10 plain + 5 fine-tuning", "scratch-nit", "nit"),
+    ("loss temperature 4, training from scratch", "scratch-nit4", "scratch-nit"),
 )
 
 
@@ -202,7 +205,8 @@ def run(args: argparse.Namespace) -> None:
                     record = {
                         "key": keys[periphery], "arch": args.arch, "width": args.width,
                         "seed": seed, "target": tag, "method": name,
-                        "spec": None if options is None else options,
+                        "spec": None if options is None else (
+                            {**options, "from_scratch": scratch} if scratch else options),
                         "per_channel": per_channel, "periphery": periphery,
                         "compile_seconds": compile_seconds,
                         "verify_seconds": time.perf_counter() - start,
