@@ -90,7 +90,8 @@ def _add_fine_tuning_options(group: argparse._ArgumentGroup, required: bool) -> 
     group.add_argument("--temperature", type=float, metavar="T", help="the loss divides the "
                        "(combined) logits by T > 0 (default: N + 1 for ovf, irs, ovf+irs with N "
                        "feedback terms, as the paper's loss; 4 for nit, which carries NeFT's "
-                       "measured gain; 1 for none; --temperature 1 is plain NIT)")
+                       "measured gain, but 1 for nit from scratch (train --neft nit), where 4 "
+                       "measured lower; 1 for none; --temperature 1 is plain NIT)")
     group.add_argument("--t-inference", dest="t_inference", type=duration_s, metavar="TIME",
                        help="train for a chip read TIME after programming: the training noise "
                        "includes the target's drift at that time (seconds, or with s, min, h, "

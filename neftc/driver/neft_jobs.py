@@ -102,7 +102,8 @@ def train_zoo_model(arch: str, data_spec: str, output: Path, *, epochs: int, lr:
     """Train a zoo model and save it; with ``neft``, fine-tune it with NeFT after plain training,
     or, with ``from_scratch``, train the new model with NeFT from the start (``epochs``, ``lr``,
     ``batch_size`` replace the settings' fine-tuning ones; BatchNorm statistics learned under the
-    noise: a new model has none to freeze). ``group``: the processes that train together; only
+    noise: a new model has none to freeze; the loss temperature, if not set, the mode's default
+    from scratch). ``group``: the processes that train together; only
     rank 0 measures the test accuracy, writes ``output`` and returns the summary (the others
     return an empty string)."""
     data = load_dataset(data_spec)
@@ -117,7 +118,8 @@ def train_zoo_model(arch: str, data_spec: str, output: Path, *, epochs: int, lr:
                          "from scratch with a mode (nit, ovf, irs, ovf+irs), or drop "
                          "--from-scratch")
     if neft is not None and from_scratch:
-        scratch = replace(neft, epochs=epochs, lr=lr, batch_size=batch_size, bn_stats="train")
+        scratch = replace(neft, epochs=epochs, lr=lr, batch_size=batch_size, bn_stats="train",
+                          temperature=neft.resolved_temperature(from_scratch=True))
         gm, log = _neft_stage(model.to("cpu").eval(), example, scratch, target, progress, group)
         if not group.is_main:
             return ""

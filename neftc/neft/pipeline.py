@@ -96,15 +96,16 @@ class NeftSettings:
         """The feedback strength used: ``beta``, or the mode's default."""
         return DEFAULT_BETA[self.mode] if self.beta is None else self.beta
 
-    def resolved_temperature(self) -> float:
+    def resolved_temperature(self, from_scratch: bool = False) -> float:
         """The loss temperature used: ``temperature``, or the mode's default for its number of
-        feedback terms (OVF: one per sigma offset; IRS: one per tap)."""
+        feedback terms (OVF: one per sigma offset; IRS: one per tap) and, for nit, whether a new
+        model trains ``from_scratch``."""
         if self.temperature is not None:
             return self.temperature
         offsets = len(self.sigma_offsets) if self.mode in ("ovf", "ovf+irs") else 0
         taps = (self.taps if isinstance(self.taps, int) else len(self.taps)) \
             if self.mode in ("irs", "ovf+irs") else 0
-        return default_temperature(self.mode, offsets + taps)
+        return default_temperature(self.mode, offsets + taps, from_scratch)
 
     def chip_quantize(self) -> Quantize:
         """The quantize pass of the chip these settings train for, outside a compile."""
