@@ -258,13 +258,12 @@ def markdown(records: list[dict], args: argparse.Namespace) -> str:
         for tag in args.targets:
             rows = [r for r in records if r["target"] == tag and r["periphery"] == periphery
                     and r["arch"] == args.arch]
-            if not rows:
-                continue
-            lines += [f"### {args.arch}, {tag}, {_periphery_name(periphery)}", "",
+            header = [f"### {args.arch}, {tag}, {_periphery_name(periphery)}", "",
                       "| method | seeds x chips | noise-free | " + " | ".join(
                           f"σ={s}" for s in sigmas) + " | " + " | ".join(
                           f"Δ vs {args.reference} σ={s}" for s in args.delta_sigmas) + " |",
                       "|---|---|---|" + "---|" * (len(sigmas) + len(args.delta_sigmas))]
+            table: list[str] = []
             reference = {r["seed"]: r for r in rows if r["method"] == args.reference}
             for method in methods:
                 mine = sorted((r for r in rows if r["method"] == method
@@ -282,7 +281,7 @@ def markdown(records: list[dict], args: argparse.Namespace) -> str:
                              for r in mine if r["seed"] in reference]
                     cells.append(_pm(interval(pairs), signed=True) if pairs
                                  and method != args.reference else "")
-                lines.append(f"| {method} | " + " | ".join(cells) + " |")
+                table.append(f"| {method} | " + " | ".join(cells) + " |")
                 if all("recalibrated" in r["sigmas"][s] for r in mine for s in sigmas):
                     recal = [cells[0], ""]
                     recal += [_pm(interval([r["sigmas"][s]["recalibrated"]["mean"]
@@ -292,9 +291,10 @@ def markdown(records: list[dict], args: argparse.Namespace) -> str:
                                  - reference[r["seed"]]["sigmas"][str(s)]["mean"]
                                  for r in mine if r["seed"] in reference]
                         recal.append(_pm(interval(pairs), signed=True) if pairs else "")
-                    lines.append(f"| {method} + per-chip BN re-calibration | "
+                    table.append(f"| {method} + per-chip BN re-calibration | "
                                  + " | ".join(recal) + " |")
-            lines.append("")
+            if table:  # a target with none of --methods' runs gets no table
+                lines += [*header, *table, ""]
     return "\n".join(lines)
 
 
@@ -363,7 +363,9 @@ def main() -> None:
     parser.add_argument("--train-sigma", type=float, default=0.3)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--targets", nargs="+", default=["rram1_128x128", "fefet6_128x128"])
-    parser.add_argument("--methods", nargs="+", default=list(DEFAULT_METHODS))
+    parser.add_argument("--methods", nargs="*", default=list(DEFAULT_METHODS),
+                        help="name=mode,field=value,... (none: no method tables, with "
+                        "--mechanism only the mechanism tables)")
     parser.add_argument("--reference", default="nit", help="method the Δ columns compare to")
     parser.add_argument("--sigmas", type=float, nargs="+", default=[0.1, 0.2, 0.3, 0.4])
     parser.add_argument("--delta-sigmas", type=float, nargs="*", default=[0.3, 0.4])

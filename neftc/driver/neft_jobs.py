@@ -103,9 +103,8 @@ def train_zoo_model(arch: str, data_spec: str, output: Path, *, epochs: int, lr:
     or, with ``from_scratch``, train the new model with NeFT from the start (``epochs``, ``lr``,
     ``batch_size`` replace the settings' fine-tuning ones; BatchNorm statistics learned under the
     noise: a new model has none to freeze; the loss temperature, if not set, the mode's default
-    from scratch). ``group``: the processes that train together; only
-    rank 0 measures the test accuracy, writes ``output`` and returns the summary (the others
-    return an empty string)."""
+    from scratch). ``group``: the processes that train together; only rank 0 measures the test
+    accuracy, writes ``output`` and returns the summary (the others return an empty string)."""
     data = load_dataset(data_spec)
     if len(data.train) == 0:
         raise DataError(f"data '{data_spec}' has no training split")

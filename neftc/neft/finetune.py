@@ -3,7 +3,8 @@
 Loss for a classifier with backbone logits ``out`` and N feedback logits ``out_n``
 (DESIGN.md section 5, docs/neft.md): ``CE((out - beta * sum_n gamma_n out_n) / T, y)``,
 ``gamma_n = 10^-(n-1)`` within each family, nothing detached; ``T`` is the temperature
-(``--temperature``; default :func:`default_temperature`: N + 1 with feedback, else 1). OVF's
+(``--temperature``; default :func:`default_temperature`: N + 1 with feedback, 4 for NIT, 1
+from scratch or without noise). OVF's
 ``out_n`` are extra forwards of the same batch and weights at ``sigma + offset_n`` with fresh
 noise; IRS's are the snapshot heads' logits; ``ovf+irs`` takes both (OVF's first). NIT is
 ``CE(out / T, y)`` with noisy weights; ``none`` the same without noise.

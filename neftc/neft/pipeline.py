@@ -77,7 +77,7 @@ class NeftSettings:
     # quantize pass, and refuses values here that disagree with it.
     per_channel: bool | None = None
     calibration: Calibration | None = None
-    # Loss temperature (None: default_temperature, N + 1 with feedback, else 1), the training
+    # Loss temperature (None: default_temperature: N + 1 with feedback, 4 for nit), the training
     # sigma's schedule over the steps, and BatchNorm's statistics while fine-tuning.
     temperature: float | None = None
     sigma_schedule: SigmaSchedule = "constant"
